@@ -1,0 +1,24 @@
+"""scaledet: EfficientDet and DETR detectors with one contract.
+
+Every detector built by :func:`create_model` follows the same call contract:
+
+* eval:  ``model(images) -> list[dict(boxes=Tensor[N,4] xyxy pixels, scores=Tensor[N], labels=Tensor[N] int64)]``
+  where ``images`` is a list of float ``Tensor[3,H,W]`` RGB in ``[0, 1]`` (sizes may differ) and
+  boxes are in each input image's own pixel coordinates, sorted by descending score.
+* train: ``model(images, targets) -> dict[str, Tensor]`` of named losses (``"loss"`` is the total),
+  with ``targets`` a list of ``dict(boxes=Tensor[M,4] xyxy pixels, labels=Tensor[M] int64)``.
+"""
+
+from scaledet.models.registry import create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "__version__"]
+
+
+def __getattr__(name: str):
+    # Heavier entry points are imported on first use so `import scaledet` stays fast.
+    if name == "optimize":
+        from scaledet.inference.optimize import optimize
+
+        return optimize
+    raise AttributeError(f"module 'scaledet' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Detector families. Use :func:`scaledet.create_model` to build one by name."""

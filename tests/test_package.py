@@ -1,0 +1,57 @@
+"""The package skeleton: CLI, registry errors, weight files."""
+
+import pytest
+import torch
+
+import scaledet
+from scaledet import hub, weights
+from scaledet.cli import main
+
+
+def test_cli_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "scaledet" in capsys.readouterr().out
+
+
+def test_unknown_model_names_choices():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        scaledet.create_model("nope")
+
+
+def test_weights_round_trip_with_config(tmp_path):
+    state = {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5)}
+    path = weights.save_weights(state, tmp_path / "w.safetensors", {"model": "efficientdet_d0", "num_classes": 3})
+    assert weights.config_path_for(path).exists()
+    assert weights.read_weights_config(path)["num_classes"] == 3
+    loaded = weights.load_checkpoint(path)
+    assert torch.equal(loaded["a.weight"], state["a.weight"]) and torch.equal(loaded["b.bias"], state["b.bias"])
+
+
+class _Evil:
+    pass
+
+
+def test_load_checkpoint_unwraps_and_refuses_pickled_objects(tmp_path):
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "ckpt.pth")
+    assert torch.equal(weights.load_checkpoint(tmp_path / "ckpt.pth")["w"], torch.ones(2))
+
+    # An arbitrary object (here a module-level class) must never be unpickled.
+    torch.save({"w": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        weights.load_checkpoint(tmp_path / "evil.pth")
+    with pytest.raises(FileNotFoundError):
+        weights.load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_download_checks_hash_and_reports_offline(tmp_path):
+    source = tmp_path / "published.pth"
+    torch.save({"w": torch.ones(2)}, source)
+    digest = hub.sha256_of(source)
+    path = hub.download_checkpoint(source.as_uri(), sha256_prefix=digest[:8], filename="x-123.pth")
+    assert path.parent == hub.cache_dir() and path.read_bytes() == source.read_bytes()
+    with pytest.raises(RuntimeError, match="does not match the published hash"):
+        hub.download_checkpoint(source.as_uri(), sha256_prefix="00000000", filename="x-123.pth")
+    with pytest.raises(RuntimeError, match="place it at"):
+        hub.download_checkpoint((tmp_path / "absent.pth").as_uri(), filename="absent.pth")
