@@ -1,0 +1,414 @@
+"""The training loop: one ``Trainer`` for every detector that follows the model contract.
+
+``Trainer(config, model, train_set, val_set).fit()`` trains with the config's recipe (SGD/AdamW,
+warm-up + cosine or step schedule, EMA, clipping, AMP, gradient accumulation, DDP), evaluates the
+EMA weights, keeps ``last.pt``/``best.pt`` checkpoints, and at the end writes ``weights.safetensors``
+(+ ``weights.json``), ``metrics.json``, ``curves.png`` and ``predictions.png`` into ``config.out``.
+
+Datasets yield ``(image float[3,H,W] in [0,1], target dict(boxes xyxy float pixels, labels int64,
+image_id, ...))``; the model is called as ``model(images, targets) -> dict`` of losses (``"loss"``
+is the total) in training and ``model(images) -> list[dict(boxes, scores, labels)]`` in eval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from scaledet.engine import distributed as dist_utils
+from scaledet.engine.checkpoint import atomic_torch_save, load_training_checkpoint, rng_state, set_rng_state
+from scaledet.engine.config import TrainConfig
+from scaledet.engine.data import EpochSampler, SeededDataset, list_collate
+from scaledet.engine.ema import create_ema
+from scaledet.engine.evaluate import STAT_KEYS, evaluate
+from scaledet.engine.logging import RunLogger, read_log
+from scaledet.engine.schedule import LRSchedule
+
+StepCallback = Callable[["Trainer", dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> the local CUDA device if any (per LOCAL_RANK under torchrun), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            import os
+
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Optimizer parameter groups.
+
+    A model may define ``param_groups(lr) -> list[dict(params=..., [lr=...], [weight_decay=...])]``
+    (DETR uses this for its lower backbone lr). Otherwise: biases and norm weights (1-D tensors) get
+    no weight decay; parameters under ``backbone.`` get ``config.backbone_lr`` when it is set.
+    """
+    if hasattr(model, "param_groups") and callable(model.param_groups):
+        return list(model.param_groups(config.lr))
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_backbone = config.backbone_lr is not None and name.startswith("backbone.")
+        groups.setdefault((is_backbone, parameter.ndim <= 1), []).append(parameter)
+    result = []
+    for (is_backbone, no_decay), params in sorted(groups.items()):
+        group: dict[str, Any] = {"params": params, "lr": config.backbone_lr if is_backbone else config.lr}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        result.append(group)
+    return result
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = build_param_groups(model, config)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_set``; evaluates on ``val_set`` (optional).
+
+    Args:
+        config: the run's :class:`TrainConfig` (recipe fields already resolved).
+        model: a detector following the model contract (on CPU; moved to the device here).
+        train_set / val_set: datasets of ``(image, target)``; ``val_set`` images are given to the
+            model as they come (the model resizes), boxes are compared in those pixels.
+        callbacks: called as ``fn(trainer, record)`` after every optimizer step (tests, logging).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        callbacks: list[StepCallback] | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.distributed = dist_utils.init_from_env(self.device)
+        self.is_main = dist_utils.is_main()
+        self.callbacks = list(callbacks or [])
+        self.train_set, self.val_set = train_set, val_set
+        self._setup_determinism()
+        self.model = self._prepare_model(model)
+        self.optimizer = build_optimizer(self.model, config)
+        self.schedule = LRSchedule(
+            kind=config.schedule, warmup_factor=config.warmup_factor, min_ratio=config.min_lr_ratio,
+            drop_at=config.lr_drop_at,
+        )
+        self.ema = create_ema(self.model, config.ema_decay) if config.ema_decay else None
+        self.ddp_model = self._wrap_ddp(self.model)
+        self.loader, self.sampler = self._build_loader(train_set)
+        self.steps_per_epoch = len(self.loader) // config.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {len(train_set)} samples: fewer than one optimizer step of "
+                f"batch_size {config.batch_size} x grad_accum {config.grad_accum} x {dist_utils.world_size()} ranks"
+            )
+        self.schedule.warmup_steps = int(round(config.warmup_epochs * self.steps_per_epoch))
+        self.planned_steps = config.epochs * self.steps_per_epoch if config.epochs else config.max_steps
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp_dtype() == torch.float16)
+        # progress counters (restored by resume)
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0  # micro-batches of the current epoch already trained
+        self.bad_batches = 0
+        self.best_ap = -1.0
+        self.elapsed_before = 0.0
+        self.last_stats: dict[str, float] | None = None
+        self._stats_step = -1
+        self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+        self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main)
+        if config.resume:
+            self.load(self.out / "last.pt" if config.resume == "auto" else Path(config.resume))
+
+    # ---- set-up ---------------------------------------------------------------------------
+
+    def _setup_determinism(self) -> None:
+        torch.manual_seed(self.config.seed)
+        import random
+
+        import numpy as np
+
+        random.seed(self.config.seed)
+        np.random.seed(self.config.seed % 2**32)
+        if self.config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.config.sync_bn and self.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        if not self.distributed:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def _build_loader(self, dataset: Dataset) -> tuple[DataLoader, EpochSampler]:
+        sampler = EpochSampler(len(dataset), self.config.seed, dist_utils.world_size(), dist_utils.rank())
+        generator = torch.Generator().manual_seed(self.config.seed)
+        loader = DataLoader(
+            SeededDataset(dataset, self.config.seed), batch_size=self.config.batch_size, sampler=sampler,
+            num_workers=self.config.workers, collate_fn=list_collate, drop_last=True, generator=generator,
+            persistent_workers=False, pin_memory=self.device.type == "cuda",
+        )
+        return loader, sampler
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.config.amp:
+            return None
+        return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self._amp_dtype()
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (tensors and plain containers only)."""
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "bad_batches": self.bad_batches,
+            "best_ap": self.best_ap,
+            "elapsed": self.elapsed(),
+            "rng": rng_state(),
+            "config": json.loads(json.dumps(self.config.to_dict())),
+            "model_config": json.loads(json.dumps(getattr(self.model, "config", {}))),
+        }
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        """Atomically write ``OUT/name`` (rank 0 only)."""
+        if not self.is_main:
+            return None
+        return atomic_torch_save(self.state_dict(), self.out / name)
+
+    def load(self, path: Path) -> None:
+        """Continue from a checkpoint written by :meth:`save`."""
+        state = load_training_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{path} has no EMA weights but this run uses EMA (ema_decay={self.config.ema_decay})")
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        self.bad_batches, self.best_ap, self.elapsed_before = state["bad_batches"], state["best_ap"], state["elapsed"]
+        set_rng_state(state["rng"])
+        if self.is_main:
+            print(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+
+    # ---- training -------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self._start if hasattr(self, "_start") else 0.0)
+
+    def progress(self) -> float:
+        """Fraction of the run done: steps / planned steps, or elapsed / time budget if further."""
+        values = [0.0]
+        if self.planned_steps:
+            values.append(self.step / self.planned_steps)
+        if self.config.max_minutes:
+            values.append(self.elapsed() / (60 * self.config.max_minutes))
+        return min(max(values), 1.0)
+
+    def _should_stop(self) -> bool:
+        local = self.config.max_minutes is not None and self.elapsed() >= 60 * self.config.max_minutes
+        if self.config.max_steps is not None and self.step >= self.config.max_steps:
+            return True
+        if self.planned_steps and self.config.epochs and self.step >= self.planned_steps:
+            return True
+        return dist_utils.any_rank(local, self.device)
+
+    def fit(self) -> dict[str, Any]:
+        """Train until epochs / max_steps / max_minutes, then evaluate and write the run outputs."""
+        self._start = time.monotonic()
+        self.model.train()
+        stopped = False
+        while not stopped and (self.config.epochs is None or self.epoch < self.config.epochs):
+            stopped = self._train_epoch()
+            if self.batch_in_epoch >= self.steps_per_epoch * self.config.grad_accum:
+                self._end_epoch()
+        return self._finish()
+
+    def _train_epoch(self) -> bool:
+        """One (possibly resumed) epoch; returns True if a stop condition hit inside it."""
+        self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.config.batch_size)
+        total = self.steps_per_epoch
+        bar = tqdm(
+            total=total, initial=self.batch_in_epoch // self.config.grad_accum, desc=f"epoch {self.epoch}",
+            unit="step", disable=not (self.config.progress and self.is_main), dynamic_ncols=True,
+        )
+        accumulated: list[dict[str, float]] = []
+        batches_left = self.steps_per_epoch * self.config.grad_accum - self.batch_in_epoch
+        for images, targets in self.loader:
+            if batches_left <= 0:
+                break
+            batches_left -= 1
+            losses = self._forward_backward(images, targets)
+            self.batch_in_epoch += 1
+            if losses is not None:
+                accumulated.append(losses)
+            if self.batch_in_epoch % self.config.grad_accum:
+                continue
+            record = self._optimizer_step(accumulated)
+            accumulated = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
+            if self._should_stop():
+                bar.close()
+                return True
+        bar.close()
+        return False
+
+    def _forward_backward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float] | None:
+        """Loss of one micro-batch, backpropagated (scaled by 1/grad_accum); None if not finite."""
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        last_micro = (self.batch_in_epoch + 1) % self.config.grad_accum == 0
+        sync = contextlib.nullcontext() if (last_micro or not self.distributed) else self.ddp_model.no_sync()
+        with sync:
+            with self.autocast():
+                losses = self.ddp_model(images, targets)
+            loss = losses["loss"]
+            finite = not dist_utils.any_rank(not bool(torch.isfinite(loss.detach()).item()), self.device)
+            if not finite:
+                self._skip_bad_batch("non-finite loss", [t for t in targets])
+                return None
+            self.scaler.scale(loss / self.config.grad_accum).backward()
+        return {key: float(value.detach()) for key, value in losses.items()}
+
+    def _skip_bad_batch(self, why: str, targets: list[dict]) -> None:
+        self.bad_batches += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.is_main:
+            warnings.warn(f"skipped a bad batch ({why}) at step {self.step}; {self.bad_batches} skipped so far")
+
+    def _optimizer_step(self, accumulated: list[dict[str, float]]) -> dict[str, Any]:
+        factor = self.schedule.apply(self.optimizer, self.step, self.progress())
+        self.scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad or float("inf"))
+        if accumulated and torch.isfinite(norm):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        elif accumulated:
+            self._skip_bad_batch("non-finite gradient", [])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "lr": self.config.lr * factor,
+                                  "grad_norm": float(norm), "time": round(self.elapsed(), 3)}
+        if accumulated:
+            means = {key: sum(l[key] for l in accumulated) / len(accumulated) for key in accumulated[0]}
+            record.update(dist_utils.all_reduce_mean(means, self.device))
+        if self.step % self.config.log_every == 0 or self.step == 1:
+            self.logger.log("step", record)
+        for callback in self.callbacks:
+            callback(self, record)
+        return record
+
+    def _end_epoch(self) -> None:
+        """Advance the epoch counter, evaluate if due, keep last/best checkpoints."""
+        finished = self.epoch
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        record: dict[str, Any] = {"epoch": finished, "step": self.step, "time": round(self.elapsed(), 3)}
+        due = self.config.eval_every and (finished + 1) % self.config.eval_every == 0
+        last_epoch = self.config.epochs is not None and self.epoch >= self.config.epochs
+        if self.val_set is not None and due and not (last_epoch or self._should_stop()):
+            record.update(self.run_evaluation())
+        self.logger.log("epoch", record)
+        self.save("last.pt")
+        self._maybe_save_best()
+
+    def _maybe_save_best(self) -> None:
+        if self.last_stats is not None and self.last_stats["AP"] > self.best_ap:
+            self.best_ap = self.last_stats["AP"]
+            self.save("best.pt")
+
+    # ---- evaluation and outputs -----------------------------------------------------------
+
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and exported: the EMA if enabled, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def run_evaluation(self) -> dict[str, float]:
+        if self.val_set is None:
+            raise ValueError("no validation set to evaluate on")
+        stats, self._records = evaluate(
+            self.eval_model(), self.val_set, self.device, batch_size=self.config.batch_size,
+            max_images=self.config.eval_max_images, progress=self.config.progress, autocast=self.autocast,
+        )
+        self.last_stats, self._stats_step = stats, self.step
+        return stats
+
+    def _finish(self) -> dict[str, Any]:
+        """Final evaluation, checkpoints, weights, metrics.json and pictures."""
+        stats: dict[str, float] = {}
+        if self.val_set is not None:
+            fresh = self.last_stats is not None and self._stats_step == self.step
+            stats = self.last_stats if fresh else self.run_evaluation()
+        self.logger.log("epoch", {"epoch": self.epoch, "step": self.step, "time": round(self.elapsed(), 3),
+                                  "final": 1, **stats})
+        self.save("last.pt")
+        self._maybe_save_best()
+        metrics = {key: stats.get(key, -1.0) for key in STAT_KEYS} if stats else {}
+        metrics.update(wall_time_s=round(self.elapsed(), 2), steps=self.step, epochs=self.epoch,
+                       bad_batches=self.bad_batches, model=self.config.model, world_size=dist_utils.world_size())
+        if self.is_main:
+            self._write_outputs(metrics)
+        self.logger.close()
+        dist_utils.barrier()
+        return metrics
+
+    def _write_outputs(self, metrics: dict[str, Any]) -> None:
+        from scaledet.engine.plots import plot_curves, plot_predictions
+        from scaledet.weights import save_weights
+
+        model = self.eval_model()
+        save_weights(model.state_dict(), self.out / "weights.safetensors", getattr(model, "config", {"model": self.config.model}))
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot_curves(read_log(self.out), self.out / "curves.png")
+        records = self._records[: self.config.predictions_grid]
+        if records:
+            samples = [self.val_set[index] for index, _, _ in records]
+            plot_predictions(
+                [image for image, _ in samples], [prediction for _, _, prediction in records],
+                getattr(model, "class_names", []), self.out / "predictions.png", targets=[t for _, t in samples],
+            )

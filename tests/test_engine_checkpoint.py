@@ -1,0 +1,112 @@
+"""Checkpoints: exact resume, atomic writes, safe loading, RNG round trip."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from scaledet.engine import Trainer, TrainConfig
+from scaledet.engine import checkpoint as ckpt
+from scaledet.engine.testing import RectangleDataset, TinyDetector
+
+
+def _train(out, max_steps=None, resume=None, **overrides):
+    torch.manual_seed(0)
+    values = dict(epochs=3, batch_size=2, grad_accum=2, lr=0.05, optimizer="sgd", ema_decay=0.9, out=str(out),
+                  max_steps=max_steps, resume=resume, progress=False, log_every=1)
+    values.update(overrides)
+    trainer = Trainer(TrainConfig.for_model("tiny", **values), TinyDetector(), RectangleDataset(20))
+    return trainer, trainer.fit()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_mid_epoch_gives_identical_weights(tmp_path, optimizer):
+    # 20 samples / (batch 2 x accum 2) = 5 steps per epoch; stop at step 7 = inside epoch 1.
+    straight, metrics = _train(tmp_path / "straight", optimizer=optimizer)
+    assert metrics["steps"] == 15
+    first, _ = _train(tmp_path / "resumed", max_steps=7, optimizer=optimizer)
+    assert first.step == 7 and first.epoch == 1
+    resumed, _ = _train(tmp_path / "resumed", resume="auto", optimizer=optimizer)
+    assert resumed.step == 15
+    for name, expected in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], expected), name
+    for name, expected in straight.ema.state_dict().items():
+        assert torch.equal(resumed.ema.state_dict()[name], expected), name
+    # the run without the stop really trained: weights moved away from the initial ones
+    torch.manual_seed(0)
+    initial = TinyDetector().state_dict()["head.weight"]
+    assert not torch.allclose(initial, straight.model.state_dict()["head.weight"])
+
+
+def test_checkpoint_loads_with_weights_only_and_has_everything(tmp_path):
+    trainer, _ = _train(tmp_path, max_steps=3)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert {"model", "ema", "optimizer", "scheduler", "epoch", "step", "rng"} <= set(state)
+    assert state["step"] == 3 and state["batch_in_epoch"] == 6
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_crash_mid_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt.atomic_torch_save({"model": {"w": torch.ones(3)}, "step": 1}, path)
+
+    real_save = torch.save
+
+    def dying_save(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(handle.tell() // 2)  # half the bytes reached the disk ...
+        raise KeyboardInterrupt("killed mid-write")  # ... and the process died
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_torch_save({"model": {"w": torch.zeros(3)}, "step": 2}, path)
+    monkeypatch.undo()
+    state = ckpt.load_training_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_killed_writer_process_leaves_previous_checkpoint(tmp_path):
+    """A real SIGKILL while a large checkpoint is being written."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "last.pt"
+    ckpt.atomic_torch_save({"model": {"w": torch.ones(3)}, "step": 1}, path)
+    code = (
+        "import torch, sys; from scaledet.engine.checkpoint import atomic_torch_save\n"
+        "big = {'model': {f'w{i}': torch.zeros(1_000_000) for i in range(40)}, 'step': 2}\n"
+        "print('ready', flush=True)\n"
+        f"while True: atomic_torch_save(big, {str(path)!r})\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    process.kill()
+    process.wait()
+    state = ckpt.load_training_checkpoint(path)  # old (step 1) or a complete new one (step 2)
+    assert state["step"] in (1, 2)
+    if state["step"] == 2:
+        assert len(state["model"]) == 40
+
+
+def test_rng_state_round_trip():
+    saved = ckpt.rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(5), random.random()
+    ckpt.set_rng_state(saved)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_not_a_training_checkpoint(tmp_path):
+    torch.save({"w": torch.ones(1)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a scaledet training checkpoint"):
+        ckpt.load_training_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        ckpt.load_training_checkpoint(tmp_path / "missing.pt")
+    assert not os.path.exists(tmp_path / "missing.pt")
