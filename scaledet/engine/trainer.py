@@ -155,7 +155,10 @@ class Trainer:
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         if self.config.sync_bn and self.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif self.is_main:
+                warnings.warn("sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); using per-rank BatchNorm")
         model = model.to(self.device)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
