@@ -1,0 +1,210 @@
+"""The EfficientDet module: a pure tensor network plus the wrapper that implements the contract.
+
+* :class:`EfficientDetNet` - ``[B, 3, H, W]`` normalised batch -> (class outputs, box outputs), one
+  ``[B, A*K, H_l, W_l]`` / ``[B, A*4, H_l, W_l]`` tensor per level. Traceable: no data-dependent
+  Python control flow.
+* :class:`EfficientDet` - validates input, resizes (longest side) and pads each image to
+  ``image_size``, normalises, and runs the loss (train) or post-processing (eval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .anchors import generate_anchors
+from .backbone import create_backbone
+from .config import EfficientDetVariant
+from .feature_network import TOPOLOGIES, FeatureNetwork
+from .head import HeadNet, flatten_outputs
+from .loss import detection_loss
+from .postprocess import select_detections
+
+# inputs are RGB in [0, 1]; allow resampling overshoot, reject e.g. 0..255 data by far
+_VALUE_TOLERANCE = 0.1
+
+
+class EfficientDetNet(nn.Module):
+    """Backbone -> feature network (BiFPN) -> shared class / box heads."""
+
+    def __init__(self, variant: EfficientDetVariant) -> None:
+        super().__init__()
+        self.backbone = create_backbone(variant.backbone, variant.backbone_drop_path_rate)
+        in_channels = self.backbone.feature_info.channels()[variant.min_level - 3 :]
+        self.first_backbone_map = variant.min_level - 3
+        topology = TOPOLOGIES[variant.feature_network](variant.min_level, variant.max_level)
+        self.fpn = FeatureNetwork(in_channels, variant.fpn_channels, topology, variant.fpn_repeats,
+                                  variant.min_level, variant.max_level, variant.fusion, variant.activation)
+        head = dict(channels=variant.fpn_channels, num_anchors=variant.num_anchors, repeats=variant.head_repeats,
+                    num_levels=variant.num_levels, act=variant.activation)
+        self.class_net = HeadNet(outputs=variant.num_classes, prior_probability=0.01, **head)
+        self.box_net = HeadNet(outputs=4, **head)
+        self._init_feature_network()
+
+    def _init_feature_network(self) -> None:
+        for module in self.fpn.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``[B, 3, H, W]`` normalised -> (class logits per level, box codes per level)."""
+        features = self.backbone(x)[self.first_backbone_map :]
+        features = self.fpn(features)
+        return self.class_net(features), self.box_net(features)
+
+
+def _validate_images(images: list[Tensor]) -> None:
+    if isinstance(images, Tensor):
+        if images.dim() == 4:
+            images = list(images)
+        else:
+            raise ValueError(f"images must be a list of Tensor[3, H, W] (or a [B, 3, H, W] batch), got a tensor of shape {tuple(images.shape)}")
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images must be a non-empty list of Tensor[3, H, W]")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor) or image.dim() != 3:
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image {i} must be a Tensor[3, H, W], got {shape}")
+        if image.shape[0] != 3:
+            raise ValueError(f"image {i} must have 3 (RGB) channels first, got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(f"image {i} must be a float tensor in [0, 1], got dtype {image.dtype} (divide by 255)")
+        if image.numel() and image.device.type != "meta":
+            low, high = float(image.min()), float(image.max())
+            if not math.isfinite(low + high):
+                raise ValueError(f"image {i} contains NaN or infinite values")
+            if low < -_VALUE_TOLERANCE or high > 1 + _VALUE_TOLERANCE:
+                raise ValueError(f"image {i} values must lie in [0, 1], found [{low:.3g}, {high:.3g}] "
+                                 "(a 0..255 image must be divided by 255)")
+
+
+def _validate_targets(targets: list[dict[str, Tensor]], num_images: int, num_classes: int) -> None:
+    if len(targets) != num_images:
+        raise ValueError(f"got {num_images} images but {len(targets)} targets")
+    for i, target in enumerate(targets):
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"target {i} must be a dict with 'boxes' and 'labels'")
+        boxes, labels = target["boxes"], target["labels"]
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"target {i} boxes must be Tensor[M, 4] xyxy, got shape {tuple(boxes.shape)}")
+        if labels.shape != (boxes.shape[0],):
+            raise ValueError(f"target {i} labels must be Tensor[{boxes.shape[0]}], got shape {tuple(labels.shape)}")
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"target {i} boxes contain NaN or infinite values")
+        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            raise ValueError(f"target {i} has boxes with x2 < x1 or y2 < y1; boxes must be xyxy pixels")
+        if labels.is_floating_point() or (labels.numel() and (labels.min() < 0 or labels.max() >= num_classes)):
+            raise ValueError(f"target {i} labels must be int64 in [0, {num_classes}), got {labels.tolist()[:10]}")
+
+
+class EfficientDet(nn.Module):
+    """EfficientDet following the scaledet contract (see :mod:`scaledet`).
+
+    Attributes: ``network`` (:class:`EfficientDetNet`), ``variant``, ``num_classes``,
+    ``class_names``, ``image_size`` (h, w) and ``config`` (JSON-able, rebuilds the model).
+    """
+
+    def __init__(self, variant: EfficientDetVariant, name: str, class_names: list[str] | None = None,
+                 overrides: dict | None = None) -> None:
+        super().__init__()
+        self.variant = variant
+        self.name = name
+        self.network = EfficientDetNet(variant)
+        self.num_classes = variant.num_classes
+        self.image_size = tuple(variant.image_size)
+        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"got {len(names)} class names for {self.num_classes} classes")
+        self.class_names = names
+        self.overrides = dict(overrides or {})
+        self.register_buffer("mean", torch.tensor(variant.mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(variant.std).view(3, 1, 1), persistent=False)
+        self._anchors: dict[tuple[int, int], Tensor] = {}
+
+    @property
+    def config(self) -> dict:
+        """``{"model", "num_classes", "class_names", "image_size", "overrides"}`` for :func:`scaledet.create_model`."""
+        return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
+                "image_size": list(self.image_size), "overrides": dict(self.overrides)}
+
+    def input_size(self) -> tuple[int, int]:
+        """The (h, w) every image is resized and padded to; data pipelines may prepare exactly this."""
+        return self.image_size
+
+    def anchors_for(self, image_size: tuple[int, int] | None = None) -> Tensor:
+        """Anchors ``[A, 4]`` xyxy in network-input pixels for an input of ``image_size`` (default: ours)."""
+        size = tuple(image_size or self.image_size)
+        if size not in self._anchors:
+            v = self.variant
+            self._anchors[size] = generate_anchors(size, v.min_level, v.max_level, v.num_scales, v.aspect_ratios, v.anchor_scale)
+        return self._anchors[size].to(self.mean.device)
+
+    def forward_features(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The pure network: normalised ``[B, 3, H, W]`` -> per-level class logits and box codes."""
+        return self.network(batch)
+
+    def preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[float], list[tuple[float, float]]]:
+        """Resize each image (longest side) into ``image_size``, normalise, pad bottom/right with the
+        mean colour. Returns the batch ``[B, 3, H, W]``, the scale per image and the (h, w) of the
+        valid region in network pixels."""
+        height, width = self.image_size
+        batch = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype, device=images[0].device)
+        scales, valid = [], []
+        for i, image in enumerate(images):
+            h, w = image.shape[-2:]
+            scale = min(height / h, width / w)
+            new_h, new_w = min(height, round(h * scale)), min(width, round(w * scale))
+            if (new_h, new_w) != (h, w):
+                image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                      antialias=scale < 1)[0]
+            batch[i, :, :new_h, :new_w] = (image - self.mean) / self.std
+            scales.append(scale)
+            valid.append((h * scale, w * scale))
+        return batch, scales, valid
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Eval: list of detections dicts. Train (``targets`` given): dict of named losses."""
+        _validate_images(images)
+        images = list(images)
+        if targets is not None:
+            _validate_targets(targets, len(images), self.num_classes)
+        batch, scales, valid = self.preprocess(images)
+        cls_out, box_out = self.forward_features(batch)
+        cls_logits = flatten_outputs(cls_out, self.num_classes)
+        box_codes = flatten_outputs(box_out, 4)
+        anchors = self.anchors_for(tuple(batch.shape[-2:]))
+        if targets is not None:
+            scaled = [{"boxes": t["boxes"].to(batch) * s, "labels": t["labels"]} for t, s in zip(targets, scales)]
+            v = self.variant
+            return detection_loss(cls_logits, box_codes, anchors, scaled, self.num_classes, v.match_iou,
+                                  v.focal_alpha, v.focal_gamma, v.huber_delta, v.box_loss_weight)
+        return self.postprocess(cls_logits, box_codes, anchors, scales, valid)
+
+    def postprocess(self, cls_logits: Tensor, box_codes: Tensor, anchors: Tensor, scales: list[float],
+                    valid: list[tuple[float, float]]) -> list[dict[str, Tensor]]:
+        """Flattened outputs ``[B, A, K]``, ``[B, A, 4]`` -> detections in each input image's pixels."""
+        v = self.variant
+        results = []
+        for logits, codes, scale, size in zip(cls_logits, box_codes, scales, valid):
+            det = select_detections(logits, codes, anchors, size, v.max_detection_points, v.max_detections,
+                                    v.nms_iou, v.soft_nms, v.soft_nms_sigma)
+            det["boxes"] = det["boxes"] / scale
+            results.append(det)
+        return results
+
+
+def variant_overrides(base: EfficientDetVariant, variant: EfficientDetVariant) -> dict:
+    """JSON-able fields where ``variant`` differs from ``base`` (num_classes and image_size excluded)."""
+    out = {}
+    for f in dataclasses.fields(base):
+        value = getattr(variant, f.name)
+        if f.name in ("num_classes", "image_size", "paper") or value == getattr(base, f.name):
+            continue
+        out[f.name] = [list(v) for v in value] if f.name == "aspect_ratios" else (list(value) if isinstance(value, tuple) else value)
+    return out

@@ -1,0 +1,106 @@
+"""EfficientDet equals the reference port (effdet 0.4.1) for all 15 variants.
+
+effdet's ``tf_efficientdet_*`` with random weights and randomised BN statistics is saved to a
+``.pth`` file, loaded through ``create_model(name, pretrained=FILE, image_size=S)`` and compared
+with effdet's ``DetBenchPredict`` on the same images: raw outputs, then detections.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import scaledet
+from scaledet.models.efficientdet import VARIANTS
+
+effdet = pytest.importorskip("effdet")
+
+RAW_TOL = 1e-4
+SCORE_TOL = 1e-4
+BOX_TOL = 1e-2  # pixels
+SIZES = {"square": (256, 256), "non_square": (192, 320)}
+SMALL = ["efficientdet_d0", "efficientdet_lite0"]  # also checked non-square in the default suite
+
+
+@torch.no_grad()
+def randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Random BN statistics and affine terms, random fusion weights, spread class biases."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.BatchNorm2d):
+            n = sub.num_features
+            sub.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            sub.running_var.copy_(torch.rand(n, generator=gen) * 0.75 + 0.5)
+            sub.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            sub.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    for name, param in module.named_parameters():
+        if name.endswith("edge_weights"):
+            param.copy_(torch.rand(param.shape, generator=gen) + 0.25)
+        if name.startswith("class_net.predict.conv_pw.bias"):
+            param.copy_(torch.randn(param.shape, generator=gen) - 3.0)
+
+
+def effdet_bench(name: str, size: tuple[int, int]):
+    bench = effdet.create_model("tf_" + name, bench_task="predict", pretrained=False, pretrained_backbone=False,
+                                image_size=size)
+    randomise(bench.model)
+    return bench.eval()
+
+
+def compare_variant(name: str, size: tuple[int, int], tmp_path) -> dict[str, float]:
+    """Largest raw and detection differences between effdet and scaledet for one variant/size."""
+    torch.manual_seed(0)
+    bench = effdet_bench(name, size)
+    path = tmp_path / f"{name}.pth"
+    torch.save(bench.model.state_dict(), path)
+    ours = scaledet.create_model(name, pretrained=str(path), image_size=size).eval()
+
+    images = torch.rand(2, 3, *size)
+    variant = VARIANTS[name]
+    batch = (images - torch.tensor(variant.mean).view(3, 1, 1)) / torch.tensor(variant.std).view(3, 1, 1)
+    with torch.no_grad():
+        ref_cls, ref_box = bench.model(batch)
+        our_cls, our_box = ours.forward_features(batch)
+        assert [t.shape for t in our_cls] == [t.shape for t in ref_cls]
+        assert [t.shape for t in our_box] == [t.shape for t in ref_box]
+        raw = max((a - b).abs().max().item() for a, b in zip(our_cls + our_box, ref_cls + ref_box))
+        img_info = {"img_scale": torch.ones(2), "img_size": torch.tensor([[size[1], size[0]]] * 2)}
+        ref_det = bench(batch, img_info=img_info)
+        our_det = ours(list(images))
+    score_diff = box_diff = 0.0
+    for ref, det in zip(ref_det, our_det):
+        n = len(det["scores"])
+        assert n == int((ref[:, 4] > 0).sum()) and n > 0
+        assert torch.equal(det["labels"], ref[:n, 5].long() - 1)
+        score_diff = max(score_diff, (det["scores"] - ref[:n, 4]).abs().max().item())
+        box_diff = max(box_diff, (det["boxes"] - ref[:n, :4]).abs().max().item())
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()
+    return {"raw": raw, "score": score_diff, "box": box_diff}
+
+
+def check(name: str, size: tuple[int, int], tmp_path) -> None:
+    start = time.perf_counter()
+    diff = compare_variant(name, size, tmp_path)
+    print(f"\n{name} {size}: max |raw| {diff['raw']:.2e}, |score| {diff['score']:.2e}, "
+          f"|box| {diff['box']:.2e} px ({time.perf_counter() - start:.1f}s)")
+    assert diff["raw"] < RAW_TOL
+    assert diff["score"] < SCORE_TOL
+    assert diff["box"] < BOX_TOL
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_equal_to_effdet_square(name, tmp_path):
+    check(name, SIZES["square"], tmp_path)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_equal_to_effdet_non_square(name, tmp_path):
+    check(name, SIZES["non_square"], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(VARIANTS) - set(SMALL)))
+def test_equal_to_effdet_non_square_all(name, tmp_path):
+    check(name, SIZES["non_square"], tmp_path)
