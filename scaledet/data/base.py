@@ -1,0 +1,248 @@
+"""The one sample format every dataset returns, and the shared record cleaning.
+
+``dataset[i] -> (image, target)``:
+
+* ``image``: float ``Tensor[3,H,W]``, RGB in ``[0, 1]`` (EXIF-transposed; grayscale, RGBA,
+  palette and 16-bit files converted);
+* ``target``: ``dict(boxes=Tensor[M,4] float32 xyxy pixels, labels=Tensor[M] int64 in
+  [0, K), image_id=int, orig_size=(h, w))``; transforms may add keys (``scale``).
+
+Every dataset also has ``class_names: list[str]`` (label ``k`` is ``class_names[k]``),
+``label_to_category_id: list[int]`` (label -> the category id of the source, used for COCO
+evaluation), ``records`` (one :class:`ImageRecord` per image), ``report``
+(:class:`~scaledet.data.report.DataReport`) and :meth:`DetectionDataset.coco_gt`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from tqdm.auto import tqdm
+
+from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, probe_image
+from scaledet.data.report import DataReport, format_report
+
+Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class ImageRecord:
+    """One image and its cleaned annotations.
+
+    Attributes:
+        path: image file (``None`` for generated images).
+        image_id: the source's image id (COCO id, or the record's index for VOC/YOLO/shapes).
+        width, height: displayed size in pixels (after EXIF rotation).
+        boxes: ``float32 [M, 4]`` xyxy pixels, all finite, inside the image, positive area.
+        labels: ``int64 [M]`` contiguous labels in ``[0, K)``.
+        iscrowd: ``bool [M]``; crowd (COCO) / difficult (VOC) boxes: not trained on, ignored by COCO eval.
+        areas: ``float32 [M]``; the source's ``area`` (COCO segmentation area) or the box area.
+    """
+
+    path: Path | None
+    image_id: int
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+
+
+@dataclass
+class RawBox:
+    """An annotation before cleaning: xyxy floats (may be NaN / negative / outside)."""
+
+    xyxy: Sequence[float]
+    label: int
+    iscrowd: bool = False
+    area: float | None = None
+    where: str = ""  # "file: record" for messages
+
+
+def clean_boxes(raw: list[RawBox], width: int, height: int, report: DataReport) -> dict[str, np.ndarray]:
+    """Validate boxes against the image size: drop NaN / negative / zero-area / outside
+    boxes and clip partly-outside ones, counting each case in ``report``.
+
+    Returns:
+        dict of ``boxes [M,4] float32``, ``labels [M] int64``, ``iscrowd [M] bool``, ``areas [M] float32``.
+    """
+    kept: list[tuple[list[float], int, bool, float]] = []
+    for box in raw:
+        xyxy = _clean_box(box, width, height, report)
+        if xyxy is not None:
+            area = box.area if box.area is not None and box.area > 0 else (xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1])
+            kept.append((xyxy, box.label, box.iscrowd, area))
+    return {
+        "boxes": np.asarray([k[0] for k in kept], np.float32).reshape(-1, 4),
+        "labels": np.asarray([k[1] for k in kept], np.int64),
+        "iscrowd": np.asarray([k[2] for k in kept], bool),
+        "areas": np.asarray([k[3] for k in kept], np.float32),
+    }
+
+
+def _clean_box(box: RawBox, width: int, height: int, report: DataReport) -> list[float] | None:
+    x1, y1, x2, y2 = (float(v) for v in box.xyxy)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        report.skip("nan_box", f"{box.where}: box {list(box.xyxy)} has a NaN/inf coordinate")
+        return None
+    if x2 < x1 or y2 < y1:
+        report.skip("negative_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} has negative width/height")
+        return None
+    if x2 == x1 or y2 == y1:
+        report.skip("zero_area_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} has zero area")
+        return None
+    cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+    cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+    if cx2 <= cx1 or cy2 <= cy1:
+        report.skip(
+            "out_of_image_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} is outside the {width}x{height} image"
+        )
+        return None
+    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+        report.note("clipped_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} clipped to {width}x{height}")
+    return [cx1, cy1, cx2, cy2]
+
+
+def probe_records(paths: list[Path], source: str, report: DataReport, check_images: str = "header") -> list:
+    """Header-check every image file (with a progress bar).
+
+    Returns a list parallel to ``paths`` of :class:`~scaledet.data.images.ImageInfo`, or
+    ``None`` for files that are missing or unreadable (counted in ``report``).
+    ``check_images="full"`` decodes every file instead of reading headers only.
+    """
+    if check_images not in ("header", "full"):
+        raise ValueError(f"check_images must be 'header' or 'full', got {check_images!r}")
+    infos = []
+    for path in tqdm(paths, desc=f"checking images ({source})", unit="img", leave=False, disable=len(paths) < 200):
+        infos.append(_probe_one(path, report, check_images))
+    return infos
+
+
+def _probe_one(path: Path, report: DataReport, check_images: str):
+    if not path.is_file():
+        report.skip("missing_image", f"{path}: image file not found")
+        return None
+    try:
+        info = probe_image(path)
+        if check_images == "full":
+            load_image(path)
+    except IMAGE_ERRORS as error:
+        report.skip("unreadable_image", f"{path}: cannot read image ({error})")
+        return None
+    if needs_conversion(info.mode):
+        report.note("converted_image", f"{path}: mode {info.mode} converted to RGB")
+    if info.orientation != 1:
+        report.note("exif_rotated", f"{path}: EXIF orientation {info.orientation} applied")
+    return info
+
+
+class DetectionDataset(Dataset):
+    """Base class: a list of :class:`ImageRecord` served in the sample format (see module doc).
+
+    Args:
+        records: the cleaned records (at least one).
+        class_names: name of each contiguous label.
+        label_to_category_id: the source's category id for each label.
+        report: what was skipped while loading.
+        transforms: optional ``transforms(image, target) -> (image, target)`` (torchvision v2
+            style, see :mod:`scaledet.data.transforms`); the image is a ``tv_tensors.Image``
+            and ``target["boxes"]`` a ``tv_tensors.BoundingBoxes`` when it is called.
+    """
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        class_names: list[str],
+        label_to_category_id: list[int],
+        report: DataReport,
+        transforms: Transform | None = None,
+    ) -> None:
+        if not records:
+            skipped = f" ({report.num_skipped} records skipped: {report.as_dict()})" if report.counts else ""
+            raise ValueError(f"{report.source}: dataset has no usable images{skipped}")
+        if len(class_names) != len(label_to_category_id):
+            raise ValueError("class_names and label_to_category_id must have the same length")
+        self.records = records
+        self.class_names = list(class_names)
+        self.label_to_category_id = list(label_to_category_id)
+        self.report = report
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """Float ``Tensor[3,H,W]`` RGB in ``[0,1]`` of record ``index`` (subclasses may render)."""
+        return load_image(self.records[index].path)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        """``(image, target)`` of record ``index``; an unreadable file is reported and the next
+        readable record is returned instead, so a run never dies on one bad file."""
+        for offset in range(len(self.records)):
+            current = (index + offset) % len(self.records)
+            try:
+                image = self.load_image(current)
+            except IMAGE_ERRORS as error:
+                self.report.skip("unreadable_image", f"{self.records[current].path}: cannot read image ({error})")
+                continue
+            return self._sample(current, image)
+        raise RuntimeError(f"{self.report.source}: no readable image left")
+
+    def _sample(self, index: int, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        record = self.records[index]
+        height, width = image.shape[-2:]
+        keep = ~record.iscrowd
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(record.boxes[keep]).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+            ),
+            "labels": torch.from_numpy(record.labels[keep]),
+            "image_id": record.image_id,
+            "orig_size": (int(height), int(width)),
+        }
+        image = tv_tensors.Image(image)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor).float()
+        return image.as_subclass(torch.Tensor), target
+
+    def coco_gt(self) -> dict:
+        """The ground truth as a COCO annotation dict (original category ids, crowd flags, areas)."""
+        images, annotations = [], []
+        for record in self.records:
+            name = record.path.name if record.path is not None else f"{record.image_id:08d}.png"
+            images.append({"id": record.image_id, "width": record.width, "height": record.height, "file_name": name})
+            for box, label, crowd, area in zip(record.boxes, record.labels, record.iscrowd, record.areas):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                annotations.append({
+                    "id": len(annotations) + 1,
+                    "image_id": record.image_id,
+                    "category_id": self.label_to_category_id[int(label)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": float(area),
+                    "iscrowd": int(crowd),
+                })
+        categories = [{"id": cid, "name": name} for cid, name in zip(self.label_to_category_id, self.class_names)]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+    def summary(self) -> str:
+        """The bad-data summary (see :func:`~scaledet.data.report.format_report`)."""
+        num_boxes = sum(len(r.boxes) for r in self.records)
+        return format_report(self.report, num_images=len(self.records), num_boxes=num_boxes)
+
+
+def print_report(dataset: DetectionDataset, file=None) -> None:
+    """Print ``dataset.summary()`` (the engine calls this before training starts)."""
+    print(dataset.summary(), file=file)

@@ -1,0 +1,94 @@
+"""Reading image files into the sample format: float ``Tensor[3,H,W]`` RGB in ``[0, 1]``.
+
+Every file is EXIF-transposed (boxes are annotated on the image as displayed) and
+converted to 8-bit-equivalent RGB: grayscale, palette, RGBA/LA (alpha dropped), CMYK and
+16-bit grayscale (scaled by 1/65535) are all accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: PIL modes holding more than 8 bits per pixel, with the value that maps to 1.0
+_WIDE_MODES: dict[str, float] = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+_EXIF_ORIENTATION = 0x0112
+#: errors PIL raises for missing, truncated or non-image files
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file header says: displayed size (after EXIF rotation), mode, orientation."""
+
+    width: int
+    height: int
+    mode: str
+    orientation: int
+
+
+def probe_image(path: Path) -> ImageInfo:
+    """Read only the header (and the tail for JPEG/PNG) of ``path``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OSError: not an image, or a JPEG/PNG whose end marker is missing (truncated file).
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        mode, fmt = image.mode, image.format
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: displayed size is transposed
+        width, height = height, width
+    _check_tail(path, fmt)
+    return ImageInfo(width=width, height=height, mode=mode, orientation=orientation)
+
+
+def _check_tail(path: Path, fmt: str | None) -> None:
+    """Cheap truncation check: JPEG must end with EOI (FFD9), PNG with an IEND chunk."""
+    markers = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
+    if fmt not in markers:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(max(0, size - 4096))
+        tail = handle.read()
+    if markers[fmt] not in tail:
+        raise OSError(f"{fmt} file is truncated (no end marker)")
+
+
+def needs_conversion(mode: str) -> bool:
+    """True when ``mode`` is not plain 8-bit RGB (the dataset notes such files in its report)."""
+    return mode != "RGB"
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Decode ``path`` fully into float ``Tensor[3,H,W]`` RGB in ``[0, 1]``, EXIF-transposed.
+
+    Raises:
+        OSError (or another of :data:`IMAGE_ERRORS`): missing, truncated or unreadable file.
+    """
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return pil_to_float(image)
+
+
+def pil_to_float(image: Image.Image) -> torch.Tensor:
+    """Any PIL image -> float ``Tensor[3,H,W]`` RGB in ``[0, 1]``."""
+    if image.mode in _WIDE_MODES:
+        array = np.asarray(image, dtype=np.float32) / _WIDE_MODES[image.mode]
+        gray = torch.from_numpy(np.clip(array, 0.0, 1.0))
+        return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+    if image.mode == "F":
+        gray = torch.from_numpy(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0))
+        return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.uint8)  # [H, W, 3]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)

@@ -1,0 +1,71 @@
+"""Opening any supported dataset by path, and writing a dataset out as COCO JSON + images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from scaledet.data.base import DetectionDataset
+from scaledet.data.coco import CocoDataset
+from scaledet.data.shapes import shapes_split
+from scaledet.data.voc import VOCDataset, find_voc_root
+from scaledet.data.yolo import YOLODataset
+
+
+def open_dataset(path: str | Path, images: str | Path | None = None, split: str | None = None, **kwargs) -> DetectionDataset:
+    """Open a detection dataset, detecting its format.
+
+    Args:
+        path: one of
+            * ``"shapes"``, ``"shapes:train"``, ``"shapes:val"``: the built-in synthetic set
+              (``kwargs`` go to :class:`~scaledet.data.shapes.ShapesDataset`, e.g. ``image_size``);
+            * a COCO annotation ``.json`` (images beside it, in ``images/`` next to it, or ``images=``);
+            * a Pascal VOC folder (``Annotations/``, ``JPEGImages/``; ``split=`` picks ``ImageSets/Main/<split>.txt``);
+            * a YOLO ``data.yaml`` (``split=`` ``"train"``/``"val"``/``"test"`` required).
+        images: COCO only: the image folder.
+        split: VOC / YOLO / shapes split.
+        **kwargs: passed to the dataset class (``transforms=``, ``check_images=``, shapes sizes).
+
+    Raises:
+        ValueError: unknown format, bad file (named with line/record), or no usable image.
+    """
+    text = str(path)
+    if text == "shapes" or text.startswith("shapes:"):
+        name = text.partition(":")[2] or split or "train"
+        return shapes_split(name, **kwargs)
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: dataset path does not exist")
+    if path.suffix.lower() == ".json":
+        return CocoDataset(path, images=images, **kwargs)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return YOLODataset(path, split=split, **kwargs)
+    if path.is_dir() and find_voc_root(path) is not None:
+        return VOCDataset(path, split=split, **kwargs)
+    raise ValueError(f"{path}: not a COCO .json, a YOLO data.yaml or a Pascal VOC folder (with Annotations/)")
+
+
+def write_coco(dataset: DetectionDataset, out_dir: str | Path, annotation_name: str = "annotations.json") -> Path:
+    """Write ``dataset`` as ``out_dir/images/<id>.png`` plus ``out_dir/<annotation_name>`` (COCO).
+
+    Images are rendered / decoded without the dataset's transforms. Returns the JSON path,
+    which :func:`open_dataset` reads back to the same boxes, labels and category ids.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    gt = dataset.coco_gt()
+    for index, row in enumerate(tqdm(gt["images"], desc=f"writing {out_dir}", unit="img", leave=False)):
+        row["file_name"] = f"{row['id']:06d}.png"
+        array = (dataset.load_image(index).permute(1, 2, 0).numpy() * 255.0).round().astype("uint8")
+        Image.fromarray(array).save(out_dir / "images" / row["file_name"])
+    json_path = out_dir / annotation_name
+    json_path.write_text(json.dumps(gt))
+    return json_path
+
+
+def write_shapes_coco(out_dir: str | Path, split: str = "train", **kwargs) -> Path:
+    """Render a shapes split to COCO JSON + PNG images in ``out_dir``; returns the JSON path."""
+    return write_coco(shapes_split(split, **kwargs), out_dir)

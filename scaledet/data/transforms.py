@@ -1,0 +1,131 @@
+"""Box-aware augmentation with torchvision.transforms.v2 (``tv_tensors.Image`` + ``BoundingBoxes``).
+
+* :func:`train_transforms`: photometric jitter, horizontal flip, the paper's scale jitter
+  (resize by a random factor of the output size keeping the aspect ratio, random crop, pad
+  bottom/right), then clip boxes and drop degenerate ones (and their labels).
+* :func:`eval_transforms`: resize the longest side to fit, pad bottom/right; the target gets
+  ``scale`` so ``boxes_in_original_pixels = boxes / scale``.
+* :func:`collate_fn`: ``(list[Tensor[3,H,W]], list[dict])`` for a DataLoader.
+
+All transforms are called as ``transform(image, target)`` with ``target["boxes"]`` a
+``tv_tensors.BoundingBoxes`` and ``target["labels"]`` a ``Tensor[M]``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+    return size
+
+
+def _input_size(flat_inputs: list[Any]) -> tuple[int, int]:
+    image = next(i for i in flat_inputs if isinstance(i, torch.Tensor) and i.ndim >= 3)
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
+class ResizeCropPad(v2.Transform):
+    """Scale jitter: resize so the image fits ``scale * size`` (aspect kept), random crop to at
+    most ``size``, pad bottom/right with ``fill`` to exactly ``size`` (height, width).
+
+    ``scale_range=(1, 1)`` with ``random_crop=False`` is the deterministic eval resize + pad.
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        scale_range: tuple[float, float] = (0.1, 2.0),
+        random_crop: bool = True,
+        fill: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.size, self.scale_range, self.random_crop, self.fill = _size(size), scale_range, random_crop, fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = _input_size(flat_inputs)
+        out_h, out_w = self.size
+        jitter = random.uniform(*self.scale_range)
+        ratio = jitter * min(out_h / height, out_w / width)
+        new_h, new_w = max(1, round(height * ratio)), max(1, round(width * ratio))
+        top = random.randint(0, max(new_h - out_h, 0)) if self.random_crop else 0
+        left = random.randint(0, max(new_w - out_w, 0)) if self.random_crop else 0
+        return {"resized": (new_h, new_w), "top": top, "left": left, "ratio": ratio}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out_h, out_w = self.size
+        new_h, new_w = params["resized"]
+        inpt = self._call_kernel(F.resize, inpt, size=[new_h, new_w], antialias=True)
+        crop_h, crop_w = min(new_h, out_h), min(new_w, out_w)
+        inpt = self._call_kernel(F.crop, inpt, top=params["top"], left=params["left"], height=crop_h, width=crop_w)
+        return self._call_kernel(F.pad, inpt, padding=[0, 0, out_w - crop_w, out_h - crop_h], fill=self.fill)
+
+
+class _RecordScale:
+    """Wraps ResizeCropPad for eval: stores the resize ratio as ``target["scale"]``."""
+
+    def __init__(self, resize: ResizeCropPad) -> None:
+        self.resize = resize
+
+    def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        height, width = image.shape[-2:]
+        image, target = self.resize(image, target)
+        out_h, out_w = self.resize.size
+        target["scale"] = min(out_h / height, out_w / width)
+        return image, target
+
+
+def train_transforms(
+    image_size: int | tuple[int, int],
+    scale_range: tuple[float, float] = (0.1, 2.0),
+    hflip: float = 0.5,
+    photometric: bool = True,
+    fill: float = 0.0,
+    min_box_size: float = 2.0,
+) -> v2.Compose:
+    """Training augmentation producing ``image_size`` (height, width) images.
+
+    Args:
+        image_size: output size, int or (height, width).
+        scale_range: the paper's scale jitter (0.1-2.0 of the output size).
+        hflip: probability of a horizontal flip.
+        photometric: brightness / contrast / saturation / hue jitter.
+        fill: padding value (0 = black).
+        min_box_size: boxes narrower or shorter than this (pixels) after the crop are dropped.
+    """
+    steps: list[v2.Transform] = []
+    if photometric:
+        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip))
+    steps += [
+        ResizeCropPad(image_size, scale_range, random_crop=True, fill=fill),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=min_box_size, min_area=min_box_size),
+    ]
+    return v2.Compose(steps)
+
+
+def eval_transforms(image_size: int | tuple[int, int], fill: float = 0.0) -> _RecordScale:
+    """Resize the longest side to fit ``image_size`` (aspect kept) and pad bottom/right.
+
+    The returned target has ``scale``: a box in the transformed image maps back to the
+    original with ``box / scale`` (no offset, padding is at the bottom/right).
+    """
+    return _RecordScale(ResizeCropPad(image_size, (1.0, 1.0), random_crop=False, fill=fill))
+
+
+def collate_fn(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """DataLoader collate: ``[(image, target), ...] -> (list of images, list of targets)``."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)

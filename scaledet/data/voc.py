@@ -1,0 +1,125 @@
+"""Pascal VOC folders (``Annotations/*.xml`` + ``JPEGImages/``) -> DetectionDataset.
+
+Accepted roots: the ``VOC2007``-style folder itself, or a ``VOCdevkit`` holding exactly one.
+Class names: ``classes.txt`` / ``labels.txt`` in the root if present, else the 20 VOC classes
+when every object name is one of them, else the sorted names found in *all* XML files (so
+train and val splits of one folder always agree). VOC's 1-based pixel corners become
+0-based xyxy (``xmin - 1, ymin - 1, xmax, ymax``); ``difficult`` objects are flagged like
+COCO crowd boxes (not trained on, ignored by evaluation).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
+from scaledet.data.report import DataReport
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]  # fmt: skip
+
+
+def find_voc_root(path: Path) -> Path | None:
+    """The folder holding ``Annotations/`` (``path`` itself or its single VOC child), else None."""
+    if (path / "Annotations").is_dir():
+        return path
+    children = [c for c in sorted(path.glob("*")) if (c / "Annotations").is_dir()] if path.is_dir() else []
+    return children[0] if len(children) == 1 else None
+
+
+def _parse_xml(path: Path) -> dict:
+    """``{filename, objects: [(name, [x1,y1,x2,y2] strings, difficult)]}``."""
+    root = ET.parse(path).getroot()
+    objects = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        coords = [box.findtext(k) if box is not None else None for k in ("xmin", "ymin", "xmax", "ymax")]
+        objects.append((str(obj.findtext("name", "")).strip(), coords, obj.findtext("difficult", "0").strip() == "1"))
+    return {
+        "filename": root.findtext("filename"),
+        "objects": objects,
+    }
+
+
+class VOCDataset(DetectionDataset):
+    """A Pascal VOC detection folder.
+
+    Args:
+        root: the VOC folder (with ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/``) or a VOCdevkit.
+        split: ``ImageSets/Main/<split>.txt`` to use (e.g. ``"train"``, ``"val"``); default: every XML.
+        class_names: override the class list (see module doc for the default).
+        transforms, check_images: as in :class:`~scaledet.data.coco.CocoDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        class_names: list[str] | None = None,
+        transforms: Transform | None = None,
+        check_images: str = "header",
+    ) -> None:
+        found = find_voc_root(Path(root))
+        if found is None:
+            raise ValueError(f"{root}: not a Pascal VOC folder (no Annotations/ directory)")
+        report = DataReport(source=str(found) + (f" [{split}]" if split else ""))
+        parsed = self._parse_all(found, report)
+        names = class_names or self._class_names(found, parsed)
+        label_of = {name: label for label, name in enumerate(names)}
+        stems = self._split_stems(found, split, parsed)
+        paths = [found / "JPEGImages" / (parsed[s]["filename"] or f"{s}.jpg") for s in stems]
+        infos = probe_records(paths, found.name, report, check_images)
+        records = []
+        for index, (stem, path, info) in enumerate(zip(stems, paths, infos)):
+            if info is not None:
+                raw = self._raw_boxes(parsed[stem]["objects"], label_of, f"Annotations/{stem}.xml", report)
+                boxes = clean_boxes(raw, info.width, info.height, report)
+                records.append(ImageRecord(path, index, info.width, info.height, **boxes))
+        super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms)
+
+    @staticmethod
+    def _parse_all(root: Path, report: DataReport) -> dict[str, dict]:
+        parsed = {}
+        for xml in sorted((root / "Annotations").glob("*.xml")):
+            try:
+                parsed[xml.stem] = _parse_xml(xml)
+            except ET.ParseError as error:
+                report.skip("bad_annotation_file", f"{xml}: invalid XML ({error})")
+        return parsed
+
+    @staticmethod
+    def _class_names(root: Path, parsed: dict[str, dict]) -> list[str]:
+        for name in ("classes.txt", "labels.txt"):
+            if (root / name).is_file():
+                return [line.strip() for line in (root / name).read_text().splitlines() if line.strip()]
+        found = {obj[0] for record in parsed.values() for obj in record["objects"]}
+        return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
+
+    @staticmethod
+    def _split_stems(root: Path, split: str | None, parsed: dict) -> list[str]:
+        if split is None:
+            return sorted(parsed)
+        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise ValueError(f"{root}: split {split!r} not found ({split_file} missing)")
+        stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        return [s for s in stems if s in parsed]
+
+    @staticmethod
+    def _raw_boxes(objects: list, label_of: dict, where: str, report: DataReport) -> list[RawBox]:
+        raw = []
+        for index, (name, coords, difficult) in enumerate(objects):
+            here = f"{where}: object[{index}] {name!r}"
+            if name not in label_of:
+                report.skip("unknown_category", f"{here}: class {name!r} not in the class list")
+                continue
+            try:
+                x1, y1, x2, y2 = (float(c) for c in coords)
+            except (TypeError, ValueError):
+                report.skip("malformed_box", f"{here}: bndbox {coords} is not 4 numbers")
+                continue
+            raw.append(RawBox([x1 - 1.0, y1 - 1.0, x2, y2], label_of[name], difficult, None, here))
+        return raw

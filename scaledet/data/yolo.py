@@ -1,0 +1,132 @@
+"""YOLO (Ultralytics) ``data.yaml`` -> DetectionDataset.
+
+``data.yaml`` holds ``path`` (optional root), ``train`` / ``val`` / ``test`` (a folder of
+images, a ``.txt`` list of image paths, or a list of either) and ``names`` (list, or dict
+index -> name). Labels are found by replacing the last ``images`` path component with
+``labels`` and the suffix with ``.txt``; each line is ``class cx cy w h`` normalised to
+``[0, 1]`` (or ``class x1 y1 x2 y2 x3 y3 ...`` polygon, whose bounding box is used). A
+missing label file means an image without objects. Class ``k`` has category id ``k + 1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
+from scaledet.data.report import DataReport
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def read_data_yaml(path: Path) -> dict:
+    """Parse and check ``data.yaml``; ValueError naming the file on a bad one."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: invalid YAML ({error})") from None
+    if not isinstance(data, dict) or "names" not in data:
+        raise ValueError(f"{path}: a YOLO data.yaml needs a 'names' entry")
+    names = data["names"]
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise ValueError(f"{path}: 'names' keys must be 0..{len(names) - 1}, got {sorted(names)}")
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{path}: 'names' must be a non-empty list or dict")
+    data["names"] = [str(n) for n in names]
+    return data
+
+
+def _list_images(entry: str | list, root: Path) -> list[Path]:
+    entries = entry if isinstance(entry, list) else [entry]
+    images: list[Path] = []
+    for item in entries:
+        path = Path(item) if Path(item).is_absolute() else root / item
+        if path.is_dir():
+            images.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.suffix == ".txt" and path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            images.extend(Path(line) if Path(line).is_absolute() else root / line for line in lines)
+        else:
+            raise ValueError(f"{path}: YOLO split entry is neither an image folder nor a .txt list")
+    return images
+
+
+def label_path(image: Path) -> Path:
+    """``.../images/a/b.jpg`` -> ``.../labels/a/b.txt`` (last ``images`` component)."""
+    parts = list(image.parts)
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] == "images":
+            parts[index] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def parse_label_file(path: Path, width: int, height: int, num_classes: int, report: DataReport) -> list[RawBox]:
+    """Boxes in pixels from one YOLO label file; bad lines are skipped and reported."""
+    if not path.is_file():
+        return []
+    raw = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        where = f"{path}:{number}"
+        if not fields:
+            continue
+        if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+            report.skip("bad_yolo_line", f"{where}: {len(fields)} fields, expected 5 (class cx cy w h) or a polygon")
+            continue
+        try:
+            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+        except ValueError:
+            report.skip("bad_yolo_line", f"{where}: non-numeric field in {line.strip()!r}")
+            continue
+        if not 0 <= cls < num_classes:
+            report.skip("unknown_category", f"{where}: class {cls} not in 0..{num_classes - 1}")
+            continue
+        raw.append(RawBox(_to_xyxy(values, width, height), cls, False, None, where))
+    return raw
+
+
+def _to_xyxy(values: list[float], width: int, height: int) -> list[float]:
+    if len(values) == 4:
+        cx, cy, w, h = values
+        return [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+    xs, ys = values[0::2], values[1::2]
+    return [min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height]
+
+
+class YOLODataset(DetectionDataset):
+    """One split of a YOLO dataset described by ``data.yaml``.
+
+    Args:
+        data_yaml: the ``data.yaml`` file.
+        split: ``"train"``, ``"val"`` or ``"test"`` (required: a yaml describes several).
+        transforms, check_images: as in :class:`~scaledet.data.coco.CocoDataset`.
+    """
+
+    def __init__(
+        self,
+        data_yaml: str | Path,
+        split: str | None = None,
+        transforms: Transform | None = None,
+        check_images: str = "header",
+    ) -> None:
+        path = Path(data_yaml)
+        data = read_data_yaml(path)
+        splits = [s for s in ("train", "val", "test") if data.get(s)]
+        if split not in splits:
+            raise ValueError(f"{path}: choose split= one of {splits} (got {split!r})")
+        root = Path(data.get("path") or path.parent)
+        root = root if root.is_absolute() else path.parent / root
+        report = DataReport(source=f"{path} [{split}]")
+        images = _list_images(data[split], root)
+        infos = probe_records(images, path.name, report, check_images)
+        names = data["names"]
+        records = []
+        for index, (image, info) in enumerate(zip(images, infos)):
+            if info is not None:
+                raw = parse_label_file(label_path(image), info.width, info.height, len(names), report)
+                records.append(ImageRecord(image, index, info.width, info.height, **clean_boxes(raw, info.width, info.height, report)))
+        super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms)

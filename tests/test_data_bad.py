@@ -1,0 +1,226 @@
+"""Every bad-data case of issue 3 item 8: a clear error naming the file, or a counted skip."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scaledet.data import CocoDataset, DataWarning, YOLODataset, open_dataset, print_report
+
+
+def _save(path, array, **kwargs):
+    Image.fromarray(array).save(path, **kwargs)
+    return path.name
+
+
+def _rgb(h=32, w=48, value=(200, 30, 30)):
+    return np.tile(np.array(value, np.uint8), (h, w, 1))
+
+
+def _coco(tmp_path, images, annotations, categories=({"id": 1, "name": "a"},)):
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": list(categories)}))
+    return path
+
+
+def _image(image_id, name, w=48, h=32):
+    return {"id": image_id, "file_name": name, "width": w, "height": h}
+
+
+def _box(image_id, bbox, category_id=1, ann_id=None):
+    return {"id": ann_id or image_id * 100, "image_id": image_id, "category_id": category_id, "bbox": bbox}
+
+
+def _open(path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = CocoDataset(path)
+    return dataset, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+
+
+@pytest.fixture
+def ok_image(tmp_path):
+    return _save(tmp_path / "ok.png", _rgb())
+
+
+def test_missing_image_file_is_skipped_with_warning(tmp_path, ok_image):
+    path = _coco(tmp_path, [_image(1, ok_image), _image(2, "missing.jpg")], [_box(1, [1, 1, 10, 10]), _box(2, [1, 1, 5, 5])])
+    dataset, messages = _open(path)
+    assert [r.image_id for r in dataset.records] == [1]
+    assert dataset.report.counts["missing_image"] == 1
+    assert any("missing.jpg" in m and "not found" in m for m in messages)
+
+
+def test_truncated_jpeg_is_skipped_at_load(tmp_path, ok_image):
+    _save(tmp_path / "full.jpg", _rgb(64, 64), quality=90)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image), _image(2, "cut.jpg", 64, 64)], []))
+    assert [r.image_id for r in dataset.records] == [1]
+    assert dataset.report.counts["unreadable_image"] == 1
+    assert any("cut.jpg" in m and "truncated" in m for m in messages)
+
+
+def test_image_broken_after_load_is_replaced_not_fatal(tmp_path):
+    names = [_save(tmp_path / f"{i}.png", _rgb(value=(10 * i, 0, 0))) for i in range(3)]
+    dataset, _ = _open(_coco(tmp_path, [_image(i, n) for i, n in enumerate(names)], []))
+    (tmp_path / names[1]).write_bytes(b"not an image any more")
+    with pytest.warns(DataWarning, match="1.png"):
+        image, target = dataset[1]
+    assert target["image_id"] == 2  # the next readable record
+    assert image[0, 0, 0].item() == pytest.approx(20 / 255)
+    assert dataset.report.counts["unreadable_image"] == 1
+
+
+def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
+    gray = _save(tmp_path / "gray.png", np.full((32, 48), 100, np.uint8))
+    rgba = np.zeros((32, 48, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 10, 20, 30, 7
+    rgba_name = _save(tmp_path / "rgba.png", rgba)
+    wide = (np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)
+    wide_name = _save(tmp_path / "wide.png", wide)
+    dataset, messages = _open(_coco(tmp_path, [_image(1, gray), _image(2, rgba_name), _image(3, wide_name)], []))
+    assert dataset.report.counts["converted_image"] == 3 and not messages
+    image = dataset[0][0]
+    assert image.shape == (3, 32, 48) and torch.allclose(image, torch.full_like(image, 100 / 255))
+    image = dataset[1][0]
+    assert image.shape == (3, 32, 48)
+    assert image[:, 5, 5].tolist() == pytest.approx([10 / 255, 20 / 255, 30 / 255])
+    image = dataset[2][0]
+    expected = torch.from_numpy(wide.astype(np.float32) / 65535)
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 48)
+    assert torch.allclose(image[0], expected) and torch.equal(image[0], image[2])
+    assert image.max().item() > 0.9  # not clipped to 8 bits
+
+
+def test_exif_rotated_jpeg_is_transposed_and_boxes_use_displayed_frame(tmp_path):
+    raw = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide x 20 high: left red, right blue
+    raw[:, :20] = (255, 0, 0)
+    raw[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    Image.fromarray(raw).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    ann = [_box(1, [2, 2, 10, 30])]  # in the displayed (20 wide x 40 high) frame
+    dataset, _ = _open(_coco(tmp_path, [_image(1, "rot.jpg", w=40, h=20)], ann))
+    image, target = dataset[0]
+    assert image.shape == (3, 40, 20)
+    assert image[0, 5, 10] > 0.8 and image[2, 5, 10] < 0.2  # red on top
+    assert image[2, 35, 10] > 0.8 and image[0, 35, 10] < 0.2  # blue below
+    assert target["boxes"].tolist() == [[2.0, 2.0, 12.0, 32.0]]
+    assert target["orig_size"] == (40, 20)
+    assert dataset.report.counts["exif_rotated"] == 1 and dataset.report.counts["size_mismatch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("bbox", "reason"),
+    [
+        ([5, 5, 0, 10], "zero_area_box"),
+        ([5, 5, 10, 0], "zero_area_box"),
+        ([20, 5, -4, 10], "negative_box"),
+        ([60, 40, 10, 10], "out_of_image_box"),
+        ([-30, 2, 10, 10], "out_of_image_box"),
+        ([float("nan"), 2, 10, 10], "nan_box"),
+        ([None, 2, 10, 10], "nan_box"),
+        ([1, 2, 3], "malformed_box"),
+        (["1", 2, 3, 4], "malformed_box"),
+    ],
+)
+def test_bad_boxes_are_dropped_and_counted(tmp_path, ok_image, bbox, reason):
+    anns = [_box(1, [1, 1, 10, 10], ann_id=1), _box(1, bbox, ann_id=2)]
+    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image)], anns))
+    assert dataset.report.counts == {reason: 1}
+    assert any("annotations[1] (id 2)" in m for m in messages)
+    assert dataset[0][1]["boxes"].tolist() == [[1.0, 1.0, 11.0, 11.0]]
+
+
+def test_box_partly_outside_is_clipped_and_kept(tmp_path, ok_image):
+    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, [-5, 20, 20, 30])]))
+    assert dataset[0][1]["boxes"].tolist() == [[0.0, 20.0, 15.0, 32.0]]
+    assert dataset.report.counts == {"clipped_box": 1} and not messages
+
+
+def test_unknown_category_and_unknown_image_id_are_skipped(tmp_path, ok_image):
+    anns = [_box(1, [1, 1, 5, 5], category_id=9, ann_id=1), _box(7, [1, 1, 5, 5], ann_id=2), _box(1, [2, 2, 5, 5], ann_id=3)]
+    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image)], anns))
+    assert dataset.report.counts == {"unknown_category": 1, "unknown_image_id": 1}
+    assert any("category_id 9" in m for m in messages) and any("image_id 7" in m for m in messages)
+    assert dataset[0][1]["labels"].tolist() == [0]
+
+
+def test_invalid_json_names_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [\n  {"id": 1,, "file_name": "x.png"}]}')
+    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON at line 2 column 12"):
+        open_dataset(path)
+
+
+def test_coco_structure_errors_name_the_record(tmp_path):
+    path = _coco(tmp_path, [_image(1, "a.png"), _image(1, "b.png")], [])
+    with pytest.raises(ValueError, match=r"ann\.json: images\[1\] repeats image id 1"):
+        CocoDataset(path)
+    path = _coco(tmp_path, [], [], categories=[{"name": "no id"}])
+    with pytest.raises(ValueError, match=r"categories\[0\] needs an integer 'id'"):
+        CocoDataset(path)
+
+
+def _yolo(tmp_path, lines):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    _save(tmp_path / "images" / "a.png", _rgb(40, 80))
+    (tmp_path / "labels" / "a.txt").write_text("\n".join(lines))
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images\nval: images\nnames: [a, b]\n")
+    return tmp_path / "data.yaml"
+
+
+def test_yolo_line_with_wrong_field_count_is_skipped(tmp_path):
+    path = _yolo(tmp_path, ["0 0.5 0.5 0.25 0.5", "1 0.5 0.5 0.25", "1 0.5 0.5 0.2 0.2 0.9", "x 0.5 0.5 0.1 0.1", "5 0.5 0.5 0.1 0.1"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = YOLODataset(path, split="train")
+    messages = [str(w.message) for w in caught]
+    assert dataset.report.counts == {"bad_yolo_line": 3, "unknown_category": 1}
+    assert any("a.txt:2: 4 fields" in m for m in messages) and any("a.txt:3: 6 fields" in m for m in messages)
+    assert dataset[0][1]["boxes"].tolist() == [[30.0, 10.0, 50.0, 30.0]]
+
+
+def test_empty_datasets_raise_naming_the_source(tmp_path):
+    with pytest.raises(ValueError, match=r"ann\.json: dataset has no usable images"):
+        CocoDataset(_coco(tmp_path, [], []))
+    with pytest.raises(ValueError, match=r"no usable images \(1 records skipped"):
+        CocoDataset(_coco(tmp_path, [_image(1, "gone.png")], []))
+    (tmp_path / "y" / "images").mkdir(parents=True)
+    (tmp_path / "y" / "data.yaml").write_text("train: images\nval: images\nnames: [a]\n")
+    with pytest.raises(ValueError, match=r"data\.yaml \[val\]: dataset has no usable images"):
+        open_dataset(tmp_path / "y" / "data.yaml", split="val")
+    (tmp_path / "voc" / "Annotations").mkdir(parents=True)
+    with pytest.raises(ValueError, match="voc: dataset has no usable images"):
+        open_dataset(tmp_path / "voc")
+
+
+def test_bad_voc_xml_is_skipped(tmp_path):
+    root = tmp_path / "VOC"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    _save(root / "JPEGImages" / "good.jpg", _rgb())
+    (root / "Annotations" / "good.xml").write_text(
+        "<annotation><filename>good.jpg</filename><object><name>dog</name>"
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
+    (root / "Annotations" / "bad.xml").write_text("<annotation><object>")
+    with pytest.warns(DataWarning, match="bad.xml: invalid XML"):
+        dataset = open_dataset(root)
+    assert len(dataset) == 1 and dataset.report.counts == {"bad_annotation_file": 1}
+
+
+def test_summary_lists_every_reason_with_counts(tmp_path, ok_image, capsys):
+    anns = [_box(1, [5, 5, 0, 1], ann_id=1), _box(1, [5, 5, 0, 1], ann_id=2), _box(1, [1, 1, 4, 4], category_id=3, ann_id=3)]
+    dataset, _ = _open(_coco(tmp_path, [_image(1, ok_image), _image(2, "nope.png")], anns))
+    print_report(dataset)
+    out = capsys.readouterr().out
+    assert "1 images, 0 boxes; 4 records skipped" in out
+    assert "skip      2 x zero_area_box" in out and "skip      1 x missing_image" in out
+    assert "skip      1 x unknown_category" in out
+    assert dataset.report.as_dict() == {"missing_image": 1, "unknown_category": 1, "zero_area_box": 2}
