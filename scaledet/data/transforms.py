@@ -13,7 +13,6 @@ All transforms are called as ``transform(image, target)`` with ``target["boxes"]
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import torch
@@ -26,6 +25,11 @@ def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
     return size
+
+
+def _randint(high: int) -> int:
+    """Uniform integer in ``[0, high]`` from torch's RNG."""
+    return int(torch.randint(0, high + 1, ()).item())
 
 
 def _input_size(flat_inputs: list[Any]) -> tuple[int, int]:
@@ -55,11 +59,12 @@ class ResizeCropPad(v2.Transform):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = _input_size(flat_inputs)
         out_h, out_w = self.size
-        jitter = random.uniform(*self.scale_range)
+        low, high = self.scale_range
+        jitter = low + (high - low) * torch.rand(()).item()  # torch RNG, like the other v2 transforms
         ratio = jitter * min(out_h / height, out_w / width)
         new_h, new_w = max(1, round(height * ratio)), max(1, round(width * ratio))
-        top = random.randint(0, max(new_h - out_h, 0)) if self.random_crop else 0
-        left = random.randint(0, max(new_w - out_w, 0)) if self.random_crop else 0
+        top = _randint(max(new_h - out_h, 0)) if self.random_crop else 0
+        left = _randint(max(new_w - out_w, 0)) if self.random_crop else 0
         return {"resized": (new_h, new_w), "top": top, "left": left, "ratio": ratio}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -72,16 +77,18 @@ class ResizeCropPad(v2.Transform):
 
 
 class _RecordScale:
-    """Wraps ResizeCropPad for eval: stores the resize ratio as ``target["scale"]``."""
+    """Wraps ResizeCropPad for eval: stores the exact per-axis resize factors as
+    ``target["scale"] = Tensor[4] (sx, sy, sx, sy)`` (sizes are rounded to whole pixels)."""
 
     def __init__(self, resize: ResizeCropPad) -> None:
         self.resize = resize
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
         height, width = image.shape[-2:]
+        params = self.resize.make_params([image])
         image, target = self.resize(image, target)
-        out_h, out_w = self.resize.size
-        target["scale"] = min(out_h / height, out_w / width)
+        new_h, new_w = params["resized"]
+        target["scale"] = torch.tensor([new_w / width, new_h / height] * 2, dtype=torch.float32)
         return image, target
 
 
@@ -119,8 +126,8 @@ def train_transforms(
 def eval_transforms(image_size: int | tuple[int, int], fill: float = 0.0) -> _RecordScale:
     """Resize the longest side to fit ``image_size`` (aspect kept) and pad bottom/right.
 
-    The returned target has ``scale``: a box in the transformed image maps back to the
-    original with ``box / scale`` (no offset, padding is at the bottom/right).
+    The returned target has ``scale`` (``Tensor[4]``: sx, sy, sx, sy): a box in the transformed
+    image maps back to the original with ``box / scale`` (no offset: padding is bottom/right).
     """
     return _RecordScale(ResizeCropPad(image_size, (1.0, 1.0), random_crop=False, fill=fill))
 
