@@ -1,0 +1,50 @@
+"""``scaledet profile [names...] [--json]``: parameters, MACs and anchors beside the paper's numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", help="model names (default: every model that supports profiling)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of :func:`scaledet.profiling.profile_model` rows."""
+    lines = ["| model | input | params | paper params | GMACs | paper GFLOPs | MACs / paper | anchors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        paper = row["paper"]
+        gmacs = row["macs"] / 1e9
+        ratio = gmacs / paper["gflops"] if paper.get("gflops") else None
+        paper_params = f"{paper['params_m']}M" if paper.get("params_m") else "-"
+        lines.append(f"| {row['model']} | {row['native_size'][0]}x{row['native_size'][1]} | {row['params']:,} | "
+                     f"{paper_params} | {gmacs:.2f} | {_fmt(paper.get('gflops'), 'g')} | "
+                     f"{_fmt(ratio, '.3f')} | {_fmt(row['anchors'], ',')} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from scaledet import list_models
+    from scaledet.profiling import family_module, profile_model
+
+    names = args.names or [n for n in list_models() if hasattr(family_module(n), "profile_info")]
+    rows, failed = [], []
+    for name in tqdm(names, desc="profiling", disable=len(names) < 4 or args.json):
+        try:
+            rows.append(profile_model(name))
+        except Exception as error:  # one family's failure must not hide the others' rows
+            failed.append(f"{name}: {type(error).__name__}: {error}")
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    for line in failed:
+        print(f"could not profile {line}", file=sys.stderr)
+    return 1 if failed else 0
