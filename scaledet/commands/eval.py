@@ -1,0 +1,74 @@
+"""``scaledet eval``: COCO metrics for a detections file, or for a model on a dataset.
+
+    scaledet eval --gt ANNOTATIONS.json --detections RESULTS.json [--json OUT] [--max-dets 1 10 100]
+    scaledet eval --model NAME --weights FILE --data DATA [--images DIR] [--split S] [--json OUT] [--results R.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    files = parser.add_argument_group("evaluate a detections file")
+    files.add_argument("--gt", help="COCO annotation JSON (ground truth)")
+    files.add_argument("--detections", help="COCO results JSON: [{image_id, category_id, bbox xywh, score}]")
+    model = parser.add_argument_group("evaluate a model on a dataset")
+    model.add_argument("--model", help="model name, e.g. efficientdet_d0")
+    model.add_argument("--weights", help="our safetensors / a reference .pth checkpoint, or 'coco'")
+    model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes[:val]")
+    model.add_argument("--images", help="image folder for a COCO JSON (default: beside it or images/)")
+    model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO)")
+    model.add_argument("--image-size", type=int, help="model input size override")
+    model.add_argument("--batch-size", type=int, default=8)
+    model.add_argument("--device", default="cpu")
+    model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    model.add_argument("--results", help="also write the model's detections as a COCO results JSON here")
+    parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
+                        help="detection caps per image (raise the last for dense scenes)")  # fmt: skip
+    parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
+    parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
+
+
+def _model_stats(args: argparse.Namespace) -> dict:
+    from scaledet import create_model
+    from scaledet.data import open_dataset, print_report
+    from scaledet.evaluation import evaluate_model
+
+    if not (args.model and args.data):
+        raise ValueError("--model and --data go together (with --weights); or use --gt and --detections")
+    split = args.split or ("val" if str(args.data).endswith((".yaml", ".yml")) else None)
+    dataset = open_dataset(args.data, images=args.images, split=split)
+    print_report(dataset)
+    model = create_model(args.model, pretrained=args.weights, image_size=args.image_size).to(args.device)
+    return evaluate_model(
+        model, dataset, args.max_dets, args.batch_size, args.device, args.workers, results_path=args.results
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from scaledet.evaluation import evaluate_detections, format_per_class, format_stats
+
+    try:
+        if args.gt or args.detections:
+            if not (args.gt and args.detections):
+                raise ValueError("--gt and --detections go together")
+            stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend)
+        elif args.model:
+            stats = _model_stats(args)
+        else:
+            raise ValueError("give --gt and --detections, or --model, --weights and --data")
+    except ValueError as error:
+        print(f"scaledet eval: error: {error}", file=sys.stderr)
+        return 2
+    print(format_stats(stats))
+    print()
+    print(format_per_class(stats))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(stats, indent=2))
+        print(f"stats written to {args.json}")
+    return 0
