@@ -1,0 +1,43 @@
+"""`scaledet eval --model NAME --weights FILE --data DATA` with a real (tiny, random) EfficientDet."""
+
+import json
+
+import pytest
+import torch
+
+from scaledet import create_model
+from scaledet.cli import main as cli_main
+from scaledet.data import ShapesDataset, open_dataset, write_coco
+from scaledet.evaluation import STAT_KEYS, evaluate_detections
+from scaledet.weights import save_weights
+
+
+def test_cli_eval_model_on_dataset_matches_detections_path(tmp_path, capsys):
+    torch.manual_seed(0)
+    dataset = ShapesDataset(num_images=3, image_size=(48, 64), seed=5)
+    annotations = write_coco(dataset, tmp_path / "data")
+    model = create_model("efficientdet_d0", num_classes=4, image_size=64, class_names=dataset.class_names)
+    weights = save_weights(model.state_dict(), tmp_path / "d0.safetensors", model.config)
+    stats_path, results_path = tmp_path / "stats.json", tmp_path / "results.json"
+    argv = ["eval", "--model", "efficientdet_d0", "--weights", str(weights), "--data", str(annotations),
+            "--batch-size", "2", "--json", str(stats_path), "--results", str(results_path)]  # fmt: skip
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95" in printed and "triangle" in printed
+    stats = json.loads(stats_path.read_text())
+    results = json.loads(results_path.read_text())
+    assert len(results) > 0 and {r["category_id"] for r in results} <= {1, 2, 3, 4}
+    assert {r["image_id"] for r in results} == {0, 1, 2}
+    # scoring the written detections through the file path gives the same 12 numbers
+    again = evaluate_detections(annotations, results_path)
+    assert [stats[k] for k in STAT_KEYS] == pytest.approx([again[k] for k in STAT_KEYS], abs=1e-9)
+    assert all(stats[k] == -1 or 0 <= stats[k] <= 1 for k in STAT_KEYS)
+    # the detections are the model's own outputs on the original-size images, mapped to category ids
+    model.eval()
+    with torch.no_grad():
+        first = model([open_dataset(annotations)[0][0]])[0]  # the PNG the command read
+    mine = [r for r in results if r["image_id"] == 0]
+    assert len(mine) == len(first["boxes"])
+    x1, y1, x2, y2 = first["boxes"][0].tolist()
+    assert mine[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)
+    assert mine[0]["category_id"] == int(first["labels"][0]) + 1
