@@ -1,0 +1,79 @@
+"""DETR's backbone (torchvision ResNet with frozen BatchNorm) and sine positional encoding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import FrozenBatchNorm2d
+
+_TRAINABLE_STAGES = ("layer2", "layer3", "layer4")
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet trunk returning layer4 features and the downsampled padding mask.
+
+    BatchNorm is :class:`torchvision.ops.FrozenBatchNorm2d` everywhere; the stem and layer1 are
+    frozen (``requires_grad=False``), layer2-4 train, as in the official DETR.
+
+    Args:
+        name: torchvision ResNet name (``"resnet50"``, ``"resnet101"``, ``"resnet18"``...).
+        dilation: DC5 - dilation instead of stride in layer4 (output stride 16 instead of 32).
+    """
+
+    def __init__(self, name: str = "resnet50", dilation: bool = False) -> None:
+        super().__init__()
+        if not name.startswith("resnet"):
+            raise ValueError(f"DETR backbone must be a torchvision ResNet, got {name!r}")
+        body = torchvision.models.get_model(
+            name, weights=None, norm_layer=FrozenBatchNorm2d, replace_stride_with_dilation=[False, False, dilation]
+        )
+        self.num_channels: int = body.fc.in_features
+        del body.fc, body.avgpool
+        self.body = body
+        for param_name, param in self.body.named_parameters():
+            if not param_name.startswith(_TRAINABLE_STAGES):
+                param.requires_grad_(False)
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """images [B,3,H,W] normalised, mask [B,H,W] bool (True on padding) ->
+        (features [B,C,H/s,W/s], mask [B,H/s,W/s] resized with nearest interpolation)."""
+        body = self.body
+        x = body.maxpool(body.relu(body.bn1(body.conv1(images))))
+        x = body.layer4(body.layer3(body.layer2(body.layer1(x))))
+        small_mask = F.interpolate(mask[None].float(), size=x.shape[-2:]).to(torch.bool)[0]
+        return x, small_mask
+
+
+class SinePositionEncoding(nn.Module):
+    """Parameter-free 2-D sine/cosine encoding of pixel positions (DETR's ``normalize=True`` form).
+
+    For each axis, positions are the cumulative count of valid (not padded) pixels, divided by the
+    axis total (+1e-6) and scaled by 2*pi; feature ``i`` uses frequency ``T^(2*floor(i/2)/F)`` with
+    sin on even and cos on odd indices. Output channels are ``cat(pos_y, pos_x)``.
+    """
+
+    def __init__(self, num_features: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.temperature = temperature
+        self.scale = scale
+
+    def _encode(self, position: Tensor) -> Tensor:
+        """position [B,H,W] -> [B,H,W,F] interleaved sin/cos."""
+        index = torch.arange(self.num_features, dtype=torch.float32, device=position.device)
+        frequencies = self.temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / self.num_features)
+        angles = position[..., None] / frequencies
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=4).flatten(3)
+
+    def forward(self, mask: Tensor) -> Tensor:
+        """mask [B,H,W] bool (True on padding) -> positions [B, 2F, H, W] float32."""
+        valid = (~mask).to(torch.float32)
+        y = valid.cumsum(1)
+        x = valid.cumsum(2)
+        y = y / (y[:, -1:, :] + 1e-6) * self.scale
+        x = x / (x[:, :, -1:] + 1e-6) * self.scale
+        return torch.cat((self._encode(y), self._encode(x)), dim=3).permute(0, 3, 1, 2)

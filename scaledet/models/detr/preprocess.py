@@ -1,0 +1,129 @@
+"""Input checks, DETR's resize / normalise / pad, and target conversion.
+
+Box formats: targets arrive as xyxy in each input image's pixels; the network and the loss use
+normalised ``(cx, cy, w, h)`` in ``[0, 1]`` relative to that image (independent of the resize).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchvision.ops import box_convert
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RANGE_TOLERANCE = 0.01  # values this far outside [0, 1] are rejected (e.g. 0..255 inputs)
+
+
+def check_images(images: Sequence[Tensor]) -> None:
+    """Raise ValueError unless ``images`` is a non-empty list of float [3,H,W] RGB tensors in [0, 1]."""
+    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images must be a non-empty list of float Tensor[3,H,W] (one per image)")
+    for index, image in enumerate(images):
+        if not isinstance(image, Tensor) or image.dim() != 3:
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image {index} must be a Tensor[3,H,W], got {shape}")
+        if image.shape[0] != 3:
+            raise ValueError(f"image {index} must have 3 (RGB) channels first, got shape {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(f"image {index} must be float in [0, 1], got dtype {image.dtype}")
+        if image.shape[1] < 1 or image.shape[2] < 1:
+            raise ValueError(f"image {index} is empty: shape {tuple(image.shape)}")
+        low, high = float(image.min()), float(image.max())
+        if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):  # also catches NaN
+            raise ValueError(
+                f"image {index} values must be in [0, 1], got range [{low:.3g}, {high:.3g}]"
+                " (divide 0..255 images by 255)"
+            )
+
+
+def check_targets(targets: Sequence[dict], num_images: int, num_classes: int) -> None:
+    """Raise ValueError unless each target holds finite xyxy ``boxes`` [M,4] (x2 >= x1, y2 >= y1)
+    and int64 ``labels`` [M] in ``[0, num_classes)``."""
+    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        raise ValueError(f"targets must be a list with one dict per image ({num_images})")
+    for index, target in enumerate(targets):
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"target {index} must be a dict with 'boxes' and 'labels'")
+        boxes, labels = target["boxes"], target["labels"]
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"target {index} boxes must be [M,4] xyxy, got shape {tuple(boxes.shape)}")
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"target {index} boxes contain NaN or inf")
+        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            raise ValueError(f"target {index} boxes must be xyxy with x2 >= x1 and y2 >= y1")
+        if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
+            raise ValueError(f"target {index} labels must be int64 [M] matching boxes, got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"target {index} labels must be in [0, {num_classes}), got {labels.tolist()}")
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """DETR's resize rule: shorter side -> ``min_size`` unless the longer side would exceed
+    ``max_size``, in which case the longer side -> ``max_size``. Returns (height, width)."""
+    short, long = min(height, width), max(height, width)
+    target_short = float(min_size)
+    if long / short * target_short > max_size:
+        target_short = round(max_size * short / long)
+    if height <= width:
+        return int(target_short), int(target_short * width / height)
+    return int(target_short * height / width), int(target_short)
+
+
+def normalize_and_pad(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """ImageNet-normalise and zero-pad (bottom/right) into ``batch`` [B,3,Hmax,Wmax] with
+    ``mask`` [B,Hmax,Wmax] bool, True on padding."""
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    first = images[0]
+    batch = first.new_zeros(len(images), 3, height, width)
+    mask = torch.ones(len(images), height, width, dtype=torch.bool, device=first.device)
+    mean = torch.tensor(IMAGENET_MEAN, device=first.device, dtype=first.dtype)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=first.device, dtype=first.dtype)[:, None, None]
+    for index, image in enumerate(images):
+        batch[index, :, : image.shape[1], : image.shape[2]] = (image - mean) / std
+        mask[index, : image.shape[1], : image.shape[2]] = False
+    return batch, mask
+
+
+class Preprocessor:
+    """Resize (shorter side ``min_size``, longer at most ``max_size``; in training the shorter side
+    is drawn from ``train_min_sizes`` once per batch), normalise and pad a list of images.
+
+    ``min_size=0`` disables resizing (images are used at their own size).
+    """
+
+    def __init__(self, min_size: int = 800, max_size: int = 1333, train_min_sizes: Sequence[int] = ()) -> None:
+        self.min_size = min_size
+        self.max_size = max_size
+        self.train_min_sizes = tuple(train_min_sizes)
+
+    def __call__(self, images: Sequence[Tensor], training: bool = False) -> tuple[Tensor, Tensor]:
+        """list of [3,H,W] in [0,1] -> (batch [B,3,H',W'] normalised, mask [B,H',W'] True on padding)."""
+        min_size = random.choice(self.train_min_sizes) if training and self.train_min_sizes else self.min_size
+        if min_size > 0:
+            images = [self._resize(image, min_size) for image in images]
+        return normalize_and_pad(images)
+
+    def _resize(self, image: Tensor, min_size: int) -> Tensor:
+        size = resized_size(image.shape[1], image.shape[2], min_size, self.max_size)
+        if size == tuple(image.shape[1:]):
+            return image
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def normalized_targets(images: Sequence[Tensor], targets: Sequence[dict]) -> list[dict]:
+    """Targets with xyxy pixel boxes -> ``dict(boxes=[M,4] normalised cxcywh, labels=[M])``,
+    relative to each input image's width and height."""
+    converted = []
+    for image, target in zip(images, targets):
+        height, width = image.shape[1:]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=image.device)
+        boxes = box_convert(target["boxes"].to(torch.float32) / scale, "xyxy", "cxcywh")
+        converted.append({"boxes": boxes, "labels": target["labels"]})
+    return converted

@@ -1,0 +1,97 @@
+"""The DETR variant table, the training recipe defaults and the COCO class names.
+
+Variants are rows of one table (:data:`VARIANTS`); ``create_model(name, **overrides)`` replaces
+fields of the row with :func:`dataclasses.replace`, so every override is a typed field here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# COCO category names indexed by the COCO category id (0..90); ids without a category are "N/A".
+# The official DETR checkpoints predict these 91 ids plus the no-object class (index 91).
+COCO91_CLASS_NAMES: list[str] = [
+    "N/A", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A",
+    "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+]
+
+# DETR's multi-scale training resize: shorter side drawn from these, longer side at most max_size.
+DETR_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+
+_URL = "https://dl.fbaipublicfiles.com/detr/"
+
+
+@dataclass(frozen=True)
+class DetrVariant:
+    """One DETR configuration. All fields can be overridden through ``create_model(**overrides)``.
+
+    Architecture fields follow the paper / official code; ``min_size``/``max_size`` are the eval
+    resize (shorter side, cap on the longer side); ``train_min_sizes`` the shorter sides drawn at
+    random per batch in training mode (DETR's multi-scale augmentation).
+    """
+
+    backbone: str = "resnet50"  # any torchvision ResNet name (resnet18/34 without dilation)
+    dilation: bool = False  # DC5: dilation instead of stride in layer4 (stride 16)
+    num_classes: int = 91  # object classes, no-object excluded (COCO ids 0..90)
+    hidden_dim: int = 256
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    enc_layers: int = 6
+    dec_layers: int = 6
+    num_queries: int = 100
+    dropout: float = 0.1
+    min_size: int = 800
+    max_size: int = 1333
+    train_min_sizes: tuple[int, ...] = DETR_TRAIN_SCALES
+    aux_loss: bool = True
+    # matcher costs and loss weights (paper: class 1, L1 5, GIoU 2; no-object weight 0.1)
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    eos_coef: float = 0.1
+    url: str = ""  # published COCO checkpoint (official format)
+    sha256_prefix: str = ""  # hash prefix the published file name carries
+
+
+VARIANTS: dict[str, DetrVariant] = {
+    "detr_r50": DetrVariant(url=_URL + "detr-r50-e632da11.pth", sha256_prefix="e632da11"),
+    "detr_r50_dc5": DetrVariant(dilation=True, url=_URL + "detr-r50-dc5-f0fb7ef5.pth", sha256_prefix="f0fb7ef5"),
+    "detr_r101": DetrVariant(backbone="resnet101", url=_URL + "detr-r101-2c7b67e5.pth", sha256_prefix="2c7b67e5"),
+    "detr_r101_dc5": DetrVariant(
+        backbone="resnet101", dilation=True, url=_URL + "detr-r101-dc5-a2e86def.pth", sha256_prefix="a2e86def"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DetrRecipe:
+    """DETR's training recipe (paper / official ``main.py``), read by the training engine.
+
+    ``lr_drop_fraction``: the learning rate is multiplied by ``lr_drop_factor`` once, after this
+    fraction of the schedule (official: epoch 200 of 300). Augmentation: random horizontal flip
+    plus the model's own multi-scale resize (``DetrVariant.train_min_sizes``, ``max_size``).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    clip_grad_norm: float = 0.1
+    lr_drop_fraction: float = 2 / 3
+    lr_drop_factor: float = 0.1
+    epochs: int = 300
+    batch_size: int = 4  # images per GPU (paper: 4 x 16 GPUs = 64)
+    horizontal_flip: float = 0.5
+    train_min_sizes: tuple[int, ...] = DETR_TRAIN_SCALES
+    max_size: int = 1333
+
+
+RECIPE = DetrRecipe()
