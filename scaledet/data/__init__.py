@@ -7,7 +7,7 @@ labels=Tensor[M] int64 in [0, K), image_id=int, orig_size=(h, w))``. Datasets ex
 and ``coco_gt()``. See ``docs/data.md``.
 """
 
-from scaledet.data.base import DetectionDataset, ImageRecord, print_report
+from scaledet.data.base import DetectionDataset, ImageRecord, Sample, Target, print_report
 from scaledet.data.coco import CocoDataset
 from scaledet.data.images import load_image
 from scaledet.data.io import open_dataset, write_coco, write_shapes_coco
@@ -17,12 +17,9 @@ from scaledet.data.transforms import ResizeCropPad, collate_fn, eval_transforms,
 from scaledet.data.voc import VOCDataset
 from scaledet.data.yolo import YOLODataset
 
-#: alias: the dataset base class that defines the ``(image, target)`` sample format
-Sample = DetectionDataset
-
 __all__ = [
     "CocoDataset", "DataReport", "DataWarning", "DetectionDataset", "ImageRecord", "ResizeCropPad",
-    "SHAPE_CLASSES", "Sample", "ShapesDataset", "VOCDataset", "YOLODataset", "collate_fn", "eval_transforms",
+    "SHAPE_CLASSES", "Sample", "ShapesDataset", "Target", "VOCDataset", "YOLODataset", "collate_fn", "eval_transforms",
     "format_report", "load_image", "open_dataset", "print_report", "shapes_split", "train_transforms",
     "write_coco", "write_shapes_coco",
 ]  # fmt: skip

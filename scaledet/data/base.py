@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -30,6 +31,26 @@ from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, pro
 from scaledet.data.report import DataReport, format_report
 
 Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
+
+
+class Target(TypedDict, total=False):
+    """The target of one sample.
+
+    ``boxes``: ``Tensor[M,4]`` float32 xyxy pixels of the returned image; ``labels``: ``Tensor[M]``
+    int64 in ``[0, K)``; ``image_id``: the source's image id; ``orig_size``: ``(h, w)`` of the
+    file as displayed; ``scale``: only after :func:`~scaledet.data.eval_transforms`, ``Tensor[4]``
+    ``(sx, sy, sx, sy)`` with ``original_box = box / scale``.
+    """
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    image_id: int
+    orig_size: tuple[int, int]
+    scale: torch.Tensor
+
+
+#: what ``dataset[i]`` returns: ``(image Tensor[3,H,W] float RGB in [0,1], target)``
+Sample = tuple[torch.Tensor, Target]
 
 
 @dataclass
@@ -187,7 +208,7 @@ class DetectionDataset(Dataset):
         """Float ``Tensor[3,H,W]`` RGB in ``[0,1]`` of record ``index`` (subclasses may render)."""
         return load_image(self.records[index].path)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> Sample:
         """``(image, target)`` of record ``index``; an unreadable file is reported and the next
         readable record is returned instead, so a run never dies on one bad file."""
         for offset in range(len(self.records)):
