@@ -21,7 +21,6 @@ RAW_TOL = 1e-4
 SCORE_TOL = 1e-4
 BOX_TOL = 1e-2  # pixels
 SIZES = {"square": (256, 256), "non_square": (192, 320)}
-SMALL = ["efficientdet_d0", "efficientdet_lite0"]  # also checked non-square in the default suite
 
 
 @torch.no_grad()
@@ -90,17 +89,7 @@ def check(name: str, size: tuple[int, int], tmp_path) -> None:
     assert diff["box"] < BOX_TOL
 
 
+@pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
 @pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_equal_to_effdet_square(name, tmp_path):
-    check(name, SIZES["square"], tmp_path)
-
-
-@pytest.mark.parametrize("name", SMALL)
-def test_equal_to_effdet_non_square(name, tmp_path):
-    check(name, SIZES["non_square"], tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(set(VARIANTS) - set(SMALL)))
-def test_equal_to_effdet_non_square_all(name, tmp_path):
-    check(name, SIZES["non_square"], tmp_path)
+def test_equal_to_effdet(name, size, tmp_path):
+    check(name, SIZES[size], tmp_path)

@@ -38,8 +38,8 @@ def detection_loss(cls_logits: Tensor, box_codes: Tensor, anchors: Tensor, targe
         targets: per image ``dict(boxes=[M, 4] xyxy, labels=[M] int64)``.
 
     Returns:
-        ``class_loss`` (focal, summed / (positives + 1)), ``box_loss`` (Huber on positives,
-        summed / (4 * (positives + 1))) and ``loss = class_loss + box_weight * box_loss``.
+        ``class_loss`` (focal, summed / (positives + 1)), ``box_loss`` (Huber on the non-zero
+        target coordinates of positives, summed / (4 * (positives + 1))) and ``loss = class_loss + box_weight * box_loss``.
     """
     cls_targets, box_targets, positive = [], [], []
     for target in targets:
@@ -58,5 +58,7 @@ def detection_loss(cls_logits: Tensor, box_codes: Tensor, anchors: Tensor, targe
     normalizer = positive.sum().to(cls_logits.dtype) + 1.0
     class_loss = sigmoid_focal_loss(cls_logits, cls_targets, alpha=alpha, gamma=gamma, reduction="sum") / normalizer
     huber = F.huber_loss(box_codes, box_targets, reduction="none", delta=delta)
-    box_loss = (huber * positive.unsqueeze(-1)).sum() / (4.0 * normalizer)
+    # as in the official TF code, a target coordinate that is exactly 0 carries no loss
+    mask = positive.unsqueeze(-1) & (box_targets != 0)
+    box_loss = (huber * mask).sum() / (4.0 * normalizer)
     return {"loss": class_loss + box_weight * box_loss, "class_loss": class_loss, "box_loss": box_loss}
