@@ -30,8 +30,9 @@ _CLASS_HEAD = ("class_head.",)
 _SIZE_FIELDS = ("min_size", "max_size")
 
 
-def assemble(variant: DetrVariant, class_names: list[str] | None = None) -> DETR:
-    """Build a randomly initialised DETR from a variant row."""
+def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: str = "detr_r50",
+             overrides: dict[str, Any] | None = None) -> DETR:
+    """Build a randomly initialised DETR from a variant row (``name``/``overrides`` go to its config)."""
     matcher = HungarianMatcher(variant.cost_class, variant.cost_bbox, variant.cost_giou)
     return DETR(
         backbone=ResNetBackbone(variant.backbone, variant.dilation),
@@ -44,6 +45,8 @@ def assemble(variant: DetrVariant, class_names: list[str] | None = None) -> DETR
                                variant.cost_class, variant.cost_bbox, variant.cost_giou),
         aux_loss=variant.aux_loss,
         class_names=class_names,
+        name=name,
+        overrides=overrides,
     )
 
 
@@ -95,9 +98,10 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
     overrides = _typed_overrides(overrides)
     state, stored = _read_pretrained(pretrained, VARIANTS[name]) if pretrained is not None else ({}, {})
     merged = {**_typed_overrides(stored.get("overrides", {})), **overrides}
-    if image_size is None and stored.get("image_size"):
-        image_size = tuple(stored["image_size"])
-    variant = dataclasses.replace(VARIANTS[name], **merged, **_size_fields(image_size))
+    sizes = {key: merged.pop(key) for key in _SIZE_FIELDS if key in merged}  # config keeps them in image_size
+    if image_size is not None or not sizes:
+        sizes = _size_fields(image_size if image_size is not None else stored.get("image_size"))
+    variant = dataclasses.replace(VARIANTS[name], **merged, **sizes)
     checkpoint_classes = state["class_head.weight"].shape[0] - 1 if "class_head.weight" in state else None
     num_classes = num_classes or checkpoint_classes or variant.num_classes
     variant = dataclasses.replace(variant, num_classes=num_classes)
@@ -105,16 +109,9 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
         class_names = stored.get("class_names")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
-    model = assemble(variant, class_names or _default_class_names(num_classes))
+    model = assemble(variant, class_names or _default_class_names(num_classes), name, merged)
     if state:
         _load(model, state, reset_classes=checkpoint_classes != num_classes)
-    model.config = {
-        "model": name,
-        "num_classes": num_classes,
-        "class_names": model.class_names,
-        "image_size": list(model.image_size),
-        "overrides": {key: list(value) if isinstance(value, tuple) else value for key, value in merged.items()},
-    }
     return model
 
 

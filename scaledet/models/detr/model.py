@@ -62,11 +62,14 @@ class DETR(nn.Module):
         criterion: the set loss used in training mode.
         aux_loss: return auxiliary (earlier decoder layer) outputs in training.
         class_names: K names (``model.class_names``).
+        name, overrides: the registry name and the variant overrides it was built with; together with
+            the attributes above they make :attr:`config`, from which ``create_model`` rebuilds it.
     """
 
     def __init__(self, backbone: ResNetBackbone, transformer: Transformer, num_classes: int, num_queries: int,
                  preprocessor: Preprocessor, criterion: SetCriterion, aux_loss: bool = True,
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, name: str = "detr_r50",
+                 overrides: dict | None = None) -> None:
         super().__init__()
         dim = transformer.decoder_norm.normalized_shape[0]
         self.backbone = backbone
@@ -82,7 +85,16 @@ class DETR(nn.Module):
         self.criterion = criterion
         self.aux_loss = aux_loss
         self.image_size = (preprocessor.min_size, preprocessor.max_size)
-        self.config: dict = {}
+        self.name = name
+        self.overrides = dict(overrides or {})
+
+    @property
+    def config(self) -> dict:
+        """JSON-able ``{"model", "num_classes", "class_names", "image_size", "overrides"}``;
+        ``image_size`` is DETR's eval resize (shorter side, longest-side cap)."""
+        overrides = {key: list(value) if isinstance(value, tuple) else value for key, value in self.overrides.items()}
+        return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
+                "image_size": list(self.image_size), "overrides": overrides}
 
     def forward_features(self, batch: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
         """batch [B,3,H,W] ImageNet-normalised, mask [B,H,W] bool (True on padding) ->
