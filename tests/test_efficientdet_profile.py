@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from scaledet.cli import main
 from scaledet.models.efficientdet import VARIANTS
@@ -55,3 +56,13 @@ def test_profile_cli_table(capsys):
     assert main(["profile", "efficientdet_d0"]) == 0
     out = capsys.readouterr().out
     assert "| efficientdet_d0 | 512x512 | 3,880,067 | 3.9M | 2.49 | 2.5 |" in out
+
+
+def test_meta_device_count_equals_a_real_forward():
+    import scaledet
+    from scaledet.profiling import count_macs
+
+    real = count_macs(scaledet.create_model("efficientdet_lite0"), (320, 320))
+    with torch.device("meta"):
+        meta = count_macs(scaledet.create_model("efficientdet_lite0"), (320, 320))
+    assert real == meta and 0.9e9 < real < 1.0e9

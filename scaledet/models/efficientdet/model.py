@@ -46,9 +46,14 @@ class EfficientDetNet(nn.Module):
         self._init_feature_network()
 
     def _init_feature_network(self) -> None:
+        """Glorot-uniform as in the TF code, whose depthwise fan-out counts one channel per group."""
         for module in self.fpn.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
+                receptive = module.weight[0, 0].numel()
+                fan_in = module.weight.shape[1] * receptive
+                fan_out = module.weight.shape[0] * receptive // module.groups
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                nn.init.uniform_(module.weight, -limit, limit)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
