@@ -238,3 +238,28 @@ def test_soft_nms_gaussian():
 def test_bad_input_raises_value_error(d0_small, images, targets, message):
     with pytest.raises(ValueError, match=message):
         d0_small(images, targets)
+
+
+def test_overfits_one_batch():
+    """30 AdamW steps on two images with one box each: the loss falls and the box is found."""
+    from torchvision.ops import box_iou
+
+    torch.manual_seed(0)
+    model = scaledet.create_model("efficientdet_lite0", num_classes=2, image_size=128).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    image = torch.rand(3, 128, 128) * 0.2
+    image[:, 30:90, 40:100] = 0.9
+    images = [image, image.flip(-1)]
+    targets = [{"boxes": torch.tensor([[40.0, 30.0, 100.0, 90.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[28.0, 30.0, 88.0, 90.0]]), "labels": torch.tensor([1])}]
+    history = []
+    for _ in range(30):
+        loss = model(images, targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < 0.4 * history[0]
+    with torch.no_grad():
+        det = model.eval()([image])[0]
+    assert det["labels"][0] == 1 and box_iou(det["boxes"][:1], targets[0]["boxes"])[0, 0] > 0.5
