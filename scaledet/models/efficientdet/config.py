@@ -130,6 +130,9 @@ def with_overrides(variant: EfficientDetVariant, **overrides) -> EfficientDetVar
         raise ValueError(f"unknown EfficientDet option(s) {unknown}; valid: {sorted(names)}")
     if "image_size" in overrides:
         overrides["image_size"] = as_size(overrides["image_size"])
+    for key in ("mean", "std"):
+        if key in overrides:
+            overrides[key] = tuple(float(v) for v in overrides[key])
     if "aspect_ratios" in overrides:
         overrides["aspect_ratios"] = tuple(tuple(float(v) for v in pair) for pair in overrides["aspect_ratios"])
     return dataclasses.replace(variant, **overrides)
