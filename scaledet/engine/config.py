@@ -32,6 +32,7 @@ class TrainConfig:
     train: str | None = None
     val: str | None = None
     images: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)  # extra open_dataset kwargs (e.g. shapes sizes)
     num_classes: int | None = None
     pretrained: str | None = None
     image_size: int | None = None
@@ -54,6 +55,7 @@ class TrainConfig:
     lr_drop_at: float | None = None  # step schedule: fraction of training where lr drops x0.1
     clip_grad: float | None = None
     ema_decay: float | None = None  # 0 disables EMA
+    bn_momentum: float | None = None  # set every BatchNorm's momentum (short runs: 0.1 tracks faster)
     augment: dict[str, Any] = field(default_factory=dict)  # passed to the data layer's train_transforms
     # runtime
     grad_accum: int = 1

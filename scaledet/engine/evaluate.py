@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from scaledet.engine import distributed as dist_utils
 
+# the 12 COCO stats, in pycocotools' order (same keys as scaledet.evaluation.STAT_KEYS)
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -70,14 +71,26 @@ class _null:
 
 
 def coco_stats(dataset: Dataset, records: list[tuple[int, int, dict[str, torch.Tensor]]]) -> dict[str, float]:
-    """The 12 COCO stats of ``records`` (from :func:`predict_dataset`) via the project evaluator."""
+    """The 12 COCO stats of ``records`` (from :func:`predict_dataset`) via the project evaluator.
+
+    Only the images in ``records`` count (``eval_max_images`` evaluates a prefix of the set).
+    """
     from scaledet.evaluation import COCOEvaluator
 
-    evaluator = COCOEvaluator.from_dataset(dataset)
-    for _, image_id, prediction in records:
-        evaluator.add(image_id, prediction)
+    evaluator = COCOEvaluator(_ground_truth_of(dataset, {image_id for _, image_id, _ in records}),
+                              label_to_category_id=dataset.label_to_category_id)
+    evaluator.update([prediction for _, _, prediction in records], [image_id for _, image_id, _ in records])
     stats = evaluator.compute()
     return {key: float(stats[key]) for key in STAT_KEYS}
+
+
+def _ground_truth_of(dataset: Dataset, image_ids: set[int]) -> dict:
+    """``dataset.coco_gt()`` restricted to ``image_ids``."""
+    gt = dataset.coco_gt()
+    if len(image_ids) == len(gt["images"]):
+        return gt
+    return {**gt, "images": [row for row in gt["images"] if row["id"] in image_ids],
+            "annotations": [row for row in gt["annotations"] if row["image_id"] in image_ids]}
 
 
 def evaluate(

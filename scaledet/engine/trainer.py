@@ -159,6 +159,10 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             elif self.is_main:
                 warnings.warn("sync_bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); using per-rank BatchNorm")
+        if self.config.bn_momentum is not None:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = self.config.bn_momentum
         model = model.to(self.device)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,74 @@
+"""`scaledet train`: train a detector on COCO JSON, Pascal VOC, YOLO or the built-in shapes data.
+
+Options come from an optional YAML file (``--config``, keys = the long flag names with ``_``) and
+are overridden by flags. Unset recipe options take the model family's defaults
+(:data:`scaledet.engine.config.FAMILY_RECIPES`). Run on K processes with
+``torchrun --nproc_per_node=K -m scaledet train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+# flag -> (type, help); every flag defaults to None so the YAML file / family recipe decide.
+_VALUE_FLAGS: dict[str, tuple[Any, str]] = {
+    "model": (str, "model name, e.g. efficientdet_d0 (default efficientdet_d0)"),
+    "train": (str, "training data: COCO .json, VOC folder, YOLO data.yaml or shapes:train"),
+    "val": (str, "validation data (same formats); evaluated with COCO metrics"),
+    "images": (str, "COCO only: folder holding the images"),
+    "image_size": (int, "input size (square) of the model"),
+    "epochs": (int, "number of epochs"),
+    "max_minutes": (float, "stop training after this wall time (still evaluates and saves)"),
+    "max_steps": (int, "stop after this many optimizer steps"),
+    "out": (str, "output folder (default runs/train)"),
+    "pretrained": (str, "'coco' or a weights file to start from"),
+    "num_classes": (int, "number of classes (default: the training set's)"),
+    "batch_size": (int, "images per optimizer step and process"),
+    "lr": (float, "peak learning rate"),
+    "backbone_lr": (float, "learning rate of backbone.* parameters"),
+    "optimizer": (str, "sgd or adamw"),
+    "momentum": (float, "SGD momentum"),
+    "weight_decay": (float, "weight decay (not applied to biases and norm weights)"),
+    "schedule": (str, "cosine or step"),
+    "warmup_epochs": (float, "linear warm-up length in epochs"),
+    "clip_grad": (float, "gradient-norm clip (0: off)"),
+    "ema_decay": (float, "EMA decay of the evaluated weights (0: no EMA)"),
+    "grad_accum": (int, "micro-batches per optimizer step"),
+    "workers": (int, "DataLoader worker processes"),
+    "seed": (int, "random seed"),
+    "device": (str, "auto, cpu, cuda, cuda:1 ..."),
+    "eval_every": (int, "evaluate every N epochs (0: only at the end)"),
+    "log_every": (int, "log a step record every N steps"),
+}
+_BOOL_FLAGS: dict[str, str] = {
+    "amp": "mixed precision (bf16 on CPU, fp16 on CUDA)",
+    "channels_last": "channels_last memory format",
+    "sync_bn": "SyncBatchNorm across ranks (CUDA)",
+    "tensorboard": "also log to OUT/tensorboard (needs the tensorboard package)",
+    "deterministic": "torch.use_deterministic_algorithms",
+    "progress": "progress bars (default on)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of options (flags override it)")
+    for name, (kind, help_text) in _VALUE_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
+    for name, help_text in _BOOL_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                            default=None, help=help_text)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None,
+                        help="continue from a checkpoint (default OUT/last.pt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from scaledet.engine.config import TrainConfig
+    from scaledet.engine.run import train_from_config
+
+    flags = {name: getattr(args, name) for name in (*_VALUE_FLAGS, *_BOOL_FLAGS, "resume")}
+    config = TrainConfig.from_sources(args.config, **flags)
+    if config.train is None:
+        raise SystemExit("scaledet train: give --train DATA (or 'train:' in the --config file)")
+    train_from_config(config)
+    return 0

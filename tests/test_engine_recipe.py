@@ -1,0 +1,113 @@
+"""Recipe defaults per family, config merging, schedules, parameter groups, bad batches, time limit."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scaledet.engine import Trainer, TrainConfig, build_param_groups
+from scaledet.engine.schedule import LRSchedule
+from scaledet.engine.testing import RectangleDataset, TinyDetector
+
+
+def test_family_recipes():
+    effdet = TrainConfig.for_model("efficientdet_d0", epochs=1)
+    assert (effdet.optimizer, effdet.schedule, effdet.momentum, effdet.weight_decay) == ("sgd", "cosine", 0.9, 4e-5)
+    assert effdet.ema_decay == 0.9998 and effdet.warmup_epochs == 1.0
+    detr = TrainConfig.for_model("detr_r50", epochs=1)
+    assert (detr.optimizer, detr.lr, detr.backbone_lr, detr.weight_decay) == ("adamw", 1e-4, 1e-5, 1e-4)
+    assert (detr.clip_grad, detr.schedule, detr.lr_drop_at) == (0.1, "step", pytest.approx(2 / 3))
+    assert TrainConfig.for_model("detr_r50", epochs=1, lr=5e-5).lr == 5e-5  # explicit values win
+
+
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: detr_r50\nepochs: 3\nbatch-size: 2\nlr: 0.001\nmodel_overrides: {num_queries: 10}\n")
+    config = TrainConfig.from_sources(path, lr=0.002, epochs=None)
+    assert (config.model, config.epochs, config.batch_size, config.lr) == ("detr_r50", 3, 2, 0.002)
+    assert config.model_overrides == {"num_queries": 10} and config.optimizer == "adamw"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(epochs=1, optimizer="rmsprop"), "optimizer must be one of"),
+        (dict(epochs=1, lr=-1.0), "lr must be > 0"),
+        (dict(epochs=0), "epochs must be > 0"),
+        (dict(), "the run needs an end"),
+        (dict(epochs=1, ema_decay=1.5), "ema_decay must be in"),
+        (dict(epochs=1, learning_rate=0.1), "unknown training option"),
+    ],
+)
+def test_bad_options_name_the_problem(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.for_model("efficientdet_d0", **values)
+
+
+def test_warmup_cosine_and_step_schedules():
+    cosine = LRSchedule("cosine", warmup_steps=10, warmup_factor=0.1, min_ratio=0.0)
+    assert cosine.factor(0, 0.0) == pytest.approx(0.1)
+    assert cosine.factor(5, 0.05) == pytest.approx((0.1 * 0.5 + 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert cosine.factor(10, 0.5) == pytest.approx(0.5)
+    assert cosine.factor(99, 1.0) == pytest.approx(0.0)
+    step = LRSchedule("step", drop_at=2 / 3)
+    assert [step.factor(0, p) for p in (0.0, 0.66, 0.67, 1.0)] == [1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1)]
+
+
+class _WithGroups(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Linear(2, 2)
+        self.head = nn.Linear(2, 2)
+
+    def param_groups(self, lr):
+        return [{"params": self.backbone.parameters(), "lr": lr / 10}, {"params": self.head.parameters()}]
+
+
+def test_param_groups_from_model_or_default():
+    config = TrainConfig.for_model("detr_r50", epochs=1)
+    groups = build_param_groups(_WithGroups(), config)
+    assert groups[0]["lr"] == pytest.approx(1e-5) and "lr" not in groups[1]
+    plain = nn.Sequential()
+    plain.backbone, plain.head = nn.Linear(2, 3), nn.Linear(3, 1)
+    groups = build_param_groups(plain, TrainConfig.for_model("generic", epochs=1, backbone_lr=1e-5))
+    shapes = {(g["lr"], g.get("weight_decay", "default")): [tuple(p.shape) for p in g["params"]] for g in groups}
+    assert shapes == {(1e-3, "default"): [(1, 3)], (1e-3, 0.0): [(1,)], (1e-5, "default"): [(3, 2)], (1e-5, 0.0): [(3,)]}
+
+
+class _PoisonedRectangles(RectangleDataset):
+    """Sample 5 has NaN box coordinates: its batch's loss is NaN."""
+
+    def __getitem__(self, index):
+        image, target = super().__getitem__(index)
+        if index == 5:
+            target["boxes"] = torch.full_like(target["boxes"], float("nan"))
+        return image, target
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path):
+    config = TrainConfig.for_model("tiny", epochs=2, batch_size=4, lr=0.05, optimizer="sgd", out=str(tmp_path),
+                                   progress=False, ema_decay=0.5)
+    trainer = Trainer(config, TinyDetector(), _PoisonedRectangles(16))
+    with pytest.warns(UserWarning, match="skipped a bad batch"):
+        metrics = trainer.fit()
+    assert metrics["bad_batches"] == 2  # sample 5 is seen once per epoch
+    assert metrics["steps"] == 8
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.ema.parameters())
+
+
+def test_max_minutes_stops_and_still_saves(tmp_path):
+    config = TrainConfig.for_model("tiny", epochs=10_000, max_minutes=0.01, batch_size=4, lr=0.05, optimizer="sgd",
+                                   out=str(tmp_path), progress=False)
+    metrics = Trainer(config, TinyDetector(), RectangleDataset(16)).fit()
+    assert 0.6 <= metrics["wall_time_s"] < 30 and 0 < metrics["steps"] < 40_000
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "weights.safetensors").exists()
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_too_small_training_set_is_a_clear_error(tmp_path):
+    config = TrainConfig.for_model("tiny", epochs=1, batch_size=8, out=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
+        Trainer(config, TinyDetector(), RectangleDataset(4))
