@@ -93,3 +93,9 @@ def check(name: str, size: tuple[int, int], tmp_path) -> None:
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_equal_to_effdet(name, size, tmp_path):
     check(name, SIZES[size], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_equal_to_effdet_native_size(name, tmp_path):
+    check(name, VARIANTS[name].image_size, tmp_path)
