@@ -130,7 +130,7 @@ class EfficientDet(nn.Module):
         self.overrides = dict(overrides or {})
         self.register_buffer("mean", torch.tensor(variant.mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(variant.std).view(3, 1, 1), persistent=False)
-        self._anchors: dict[tuple[int, int], Tensor] = {}
+        self._anchors: dict[tuple, Tensor] = {}  # (size, device) -> anchors
 
     @property
     def config(self) -> dict:
@@ -145,10 +145,12 @@ class EfficientDet(nn.Module):
     def anchors_for(self, image_size: tuple[int, int] | None = None) -> Tensor:
         """Anchors ``[A, 4]`` xyxy in network-input pixels for an input of ``image_size`` (default: ours)."""
         size = tuple(image_size or self.image_size)
-        if size not in self._anchors:
+        key = (size, self.mean.device)
+        if key not in self._anchors:
             v = self.variant
-            self._anchors[size] = generate_anchors(size, v.min_level, v.max_level, v.num_scales, v.aspect_ratios, v.anchor_scale)
-        return self._anchors[size].to(self.mean.device)
+            anchors = generate_anchors(size, v.min_level, v.max_level, v.num_scales, v.aspect_ratios, v.anchor_scale)
+            self._anchors[key] = anchors.to(self.mean.device)
+        return self._anchors[key]
 
     def forward_features(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The pure network: normalised ``[B, 3, H, W]`` -> per-level class logits and box codes."""
