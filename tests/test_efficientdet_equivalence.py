@@ -72,11 +72,21 @@ def compare_variant(name: str, size: tuple[int, int], tmp_path) -> dict[str, flo
     for ref, det in zip(ref_det, our_det):
         n = len(det["scores"])
         assert n == int((ref[:, 4] > 0).sum()) and n > 0
-        assert torch.equal(det["labels"], ref[:n, 5].long() - 1)
-        score_diff = max(score_diff, (det["scores"] - ref[:n, 4]).abs().max().item())
-        box_diff = max(box_diff, (det["boxes"] - ref[:n, :4]).abs().max().item())
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
+        score_diff = max(score_diff, (det["scores"] - ref[:n, 4]).abs().max().item())
+        box_diff = max(box_diff, _box_diff(det, ref[:n]))
     return {"raw": raw, "score": score_diff, "box": box_diff}
+
+
+def _box_diff(det: dict, ref: torch.Tensor) -> float:
+    """Largest box difference, pairing each detection with the reference detection of the same
+    label and (within SCORE_TOL) the same score that is closest: detections whose scores tie
+    exactly may come out of NMS in either order."""
+    same = ((det["scores"][:, None] - ref[None, :, 4]).abs() <= SCORE_TOL) & (
+        det["labels"][:, None] == ref[None, :, 5].long() - 1)
+    distance = (det["boxes"][:, None, :] - ref[None, :, :4]).abs().amax(-1)
+    distance = torch.where(same, distance, torch.full_like(distance, float("inf")))
+    return distance.min(dim=1).values.max().item()
 
 
 def check(name: str, size: tuple[int, int], tmp_path) -> None:
