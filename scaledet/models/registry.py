@@ -19,6 +19,7 @@ from torch import nn
 _FAMILIES: dict[str, str] = {
     "efficientdet": "efficientdet_",
     "detr": "detr_",
+    "baselines": "retinanet_",
 }
 
 
