@@ -9,6 +9,7 @@ builds :class:`~scaledet.models.detr.model.DETR`. ``image_size`` is DETR's eval 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from scaledet.models.detr.variants import COCO91_CLASS_NAMES, RECIPE, VARIANTS, 
 
 __all__ = ["VARIANTS", "RECIPE", "DetrVariant", "DetrRecipe", "DETR", "build", "assemble", "profile_info"]
 
+_LOG = logging.getLogger(__name__)
 _CLASS_HEAD = ("class_head.",)
 _SIZE_FIELDS = ("min_size", "max_size")
 
@@ -111,13 +113,17 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
         raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
     model = assemble(variant, class_names or _default_class_names(num_classes), name, merged)
     if state:
-        _load(model, state, reset_classes=checkpoint_classes != num_classes)
+        _load(model, state, checkpoint_classes)
     return model
 
 
-def _load(model: DETR, state: dict, reset_classes: bool) -> None:
-    """Strict load; with ``reset_classes`` the class head keeps its fresh initialisation."""
+def _load(model: DETR, state: dict, checkpoint_classes: int | None) -> None:
+    """Strict load; when the checkpoint's class count differs, the class head keeps its fresh init."""
+    reset_classes = checkpoint_classes != model.num_classes
     ignore = _CLASS_HEAD if reset_classes else ()
+    if reset_classes:
+        _LOG.info("DETR: class head re-initialised for %d classes (checkpoint: %s)", model.num_classes,
+                  checkpoint_classes)
     check_compatible(state, model.state_dict(), ignore=ignore)
     model.load_state_dict({key: value for key, value in state.items() if not key.startswith(ignore)},
                           strict=not reset_classes)
