@@ -1,0 +1,135 @@
+"""scaledet.optimize: folded BatchNorm, channels_last and fast post-processing give eager's detections."""
+
+import pytest
+import torch
+from torch import nn
+
+import scaledet
+from scaledet.inference.compare import detection_differences
+from scaledet.inference.fold import fold_batchnorm
+from scaledet.inference.postprocess import prefix_nms, top_candidates
+from torchvision.ops import FrozenBatchNorm2d, batched_nms
+
+
+def randomise_efficientdet(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics (so folding matters), spread class logits, moderate box codes."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.1 - 0.05)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 0.2 + 0.9)
+                module.weight.copy_(torch.rand(n, generator=generator) * 0.2 + 0.9)
+                module.bias.copy_(torch.rand(n, generator=generator) * 0.1 - 0.05)
+        # calibrate the predictors: class logits median -> -3 and 99.9th percentile -> +2; box codes small
+        model.eval()
+        cls_out, box_out = model.forward_features(torch.rand(1, 3, *model.image_size, generator=generator))
+        for head, outputs, low, high in ((model.network.class_net, cls_out, -3.0, 2.0),
+                                         (model.network.box_net, box_out, 0.0, 0.5)):
+            values = torch.cat([o.flatten() for o in outputs])
+            q50, q999 = torch.quantile(values[:: max(1, values.numel() // 100_000)], torch.tensor([0.5, 0.999]))
+            scale = (high - low) / (q999 - q50)
+            head.predict.pointwise.weight.mul_(scale)
+            head.predict.pointwise.bias.mul_(scale).add_(low - q50 * scale)
+    return model
+
+
+def assert_equal_detections(reference, other, score_tol=1e-4, box_tol=1e-2):
+    diff = detection_differences(reference, other, score_tol)
+    assert diff["count_diff"] == 0 and diff["unmatched"] == 0, diff
+    assert diff["max_score_diff"] <= score_tol and diff["max_box_diff"] <= box_tol, diff
+    assert sum(len(d["scores"]) for d in reference) > 0
+
+
+@pytest.mark.parametrize("name", ["efficientdet_d0", "efficientdet_lite0"])
+def test_optimized_efficientdet_equals_eager(name):
+    model = randomise_efficientdet(scaledet.create_model(name, num_classes=20, image_size=256))
+    fast = scaledet.optimize(model)
+    assert fast.folded >= 100  # backbone + BiFPN + unshared heads
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.network.modules())
+    images = [torch.rand(3, 200, 256), torch.rand(3, 256, 170)]
+    with torch.no_grad():
+        reference, result = model(images), fast(images)
+    assert [len(d["scores"]) for d in result] == [100, 100]
+    assert_equal_detections(reference, result)
+    assert fast.class_names == model.class_names and fast.config == model.config
+    # the original is untouched
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.network.modules())
+
+
+def test_optimized_bf16_close_to_eager():
+    model = randomise_efficientdet(scaledet.create_model("efficientdet_d0", num_classes=20, image_size=256))
+    fast = scaledet.optimize(model, precision="bf16")
+    images = [torch.rand(3, 256, 256)]
+    with torch.no_grad():
+        reference, result = model(images), fast(images)
+    top = 10  # bf16 reorders near ties; the strongest detections agree
+    assert torch.equal(reference[0]["labels"][:top], result[0]["labels"][:top])
+    assert (reference[0]["scores"][:top] - result[0]["scores"][:top]).abs().max() < 0.05
+
+
+def test_optimized_detr_equals_eager():
+    model = scaledet.create_model("detr_r50", num_classes=5, image_size=(96, 128), num_queries=20).eval()
+    with torch.no_grad():
+        for module in model.backbone.modules():  # non-trivial frozen statistics
+            if isinstance(module, FrozenBatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.8, 1.2)
+    fast = scaledet.optimize(model)
+    assert fast.folded == 53  # every ResNet-50 conv has its BN
+    images = [torch.rand(3, 90, 120), torch.rand(3, 100, 80)]
+    with torch.no_grad():
+        reference, result = model(images), fast(images)
+    assert_equal_detections(reference, result, score_tol=1e-4, box_tol=1e-2)
+
+
+def test_fold_batchnorm_skips_shared_convs():
+    conv = nn.Conv2d(3, 4, 3)
+    net = nn.ModuleDict({"conv": conv, "a": nn.BatchNorm2d(4), "b": nn.BatchNorm2d(4)}).eval()
+    x = torch.rand(1, 3, 8, 8)
+    assert fold_batchnorm(net, lambda: (net["a"](conv(x)), net["b"](conv(x)))) == 0
+    single = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)).eval()
+    single[1].running_mean.fill_(0.3)
+    single[1].running_var.fill_(2.0)
+    expected = single(x)
+    assert fold_batchnorm(single, lambda: single(x)) == 1
+    assert isinstance(single[1], nn.Identity)
+    torch.testing.assert_close(single(x), expected)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(single.train(), lambda: single(x))
+
+
+def test_top_candidates_equal_plain_topk():
+    logits = torch.randn(2, 3000, 7)
+    values, anchors, labels = top_candidates(logits, 500)
+    ref_values, ref_flat = logits.reshape(2, -1).topk(500, dim=1)
+    torch.testing.assert_close(values, ref_values, rtol=0, atol=0)
+    assert torch.equal(anchors * 7 + labels, ref_flat)
+
+
+def test_prefix_nms_equals_full_nms():
+    boxes = torch.rand(3000, 2) * 200
+    boxes = torch.cat([boxes, boxes + torch.rand(3000, 2) * 60 + 1], dim=1)
+    scores = torch.rand(3000).sort(descending=True).values
+    labels = torch.randint(0, 3, (3000,))
+    for max_det in (5, 100, 3000):
+        expected = batched_nms(boxes, scores, labels, 0.5)[:max_det]
+        assert torch.equal(prefix_nms(boxes, scores, labels, 0.5, max_det, chunk=50), expected)
+
+
+def test_optimize_rejects_bad_input():
+    model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=128).eval()
+    with pytest.raises(ValueError, match="precision"):
+        scaledet.optimize(model, precision="int8")
+    with pytest.raises(ValueError, match="CUDA"):
+        scaledet.optimize(model, precision="fp16")([torch.rand(3, 64, 64)])
+    fast = scaledet.optimize(model)
+    with pytest.raises(ValueError, match="inference-only"):
+        fast([torch.rand(3, 64, 64)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    with pytest.raises(ValueError, match="inference-only"):
+        fast.train()
+    with pytest.raises(ValueError, match="0..255"):
+        fast([torch.rand(3, 64, 64) * 255])
+    with pytest.raises(ValueError, match="EfficientDet and DETR"):
+        scaledet.optimize(nn.Linear(2, 2))
