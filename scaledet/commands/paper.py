@@ -1,0 +1,78 @@
+"""``scaledet paper``: reproduce the EfficientDet paper's comparisons as a markdown report with figures.
+
+Writes ``OUT/report.md``, ``OUT/measurements.json`` and PNG figures (default ``OUT`` = ``docs/paper``)
+and prints the tables. Sizes are counted on the meta device (seconds); latency runs real forward
+passes on ``--device`` (a few minutes on a CPU: D7x at 1536 px is the slowest); ``--train-ablation``
+trains every feature network / fusion row (minutes per run, resumable via the JSON cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("docs/paper"), help="output folder (default docs/paper)")
+    parser.add_argument("--device", default="cpu", help="device for latency and fusion timing (cpu, cuda, ...)")
+    parser.add_argument("--no-latency", dest="latency", action="store_false",
+                        help="skip every timed forward pass (sizes, ratios and figures of size only)")
+    parser.add_argument("--gpu-json", type=Path, default=None,
+                        help="import GPU latencies: a measurements.json of `scaledet paper --device cuda` "
+                             "or a `scaledet bench --device cuda` JSON (default: OUT/gpu_measurements.json if present)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse OUT/measurements.json for tables 1-6 (only the ablation and figures are redone)")
+    parser.add_argument("--train-ablation", action="store_true", help="train the feature-network / fusion ablation")
+    parser.add_argument("--ablation-device", default=None, help="device for the ablation (default --device)")
+    parser.add_argument("--ablation-cache", type=Path, default=None, help="JSON cache of finished runs (default OUT/ablation_cache.json)")
+    parser.add_argument("--ablation-minutes", type=float, default=None, help="wall-clock safety cap per run (default 5)")
+    parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per run (default 4)")
+    parser.add_argument("--ablation-steps", type=int, default=None, help="stop each run after N steps (smoke tests)")
+    parser.add_argument("--ablation-images", type=int, default=None, help="shapes:train images (default 400)")
+    parser.add_argument("--ablation-size", type=int, default=None, help="input size in px (default 128)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per row (default 0 1; at least 2)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def budget_from_args(args: argparse.Namespace):
+    """The :class:`AblationBudget` with the flags that were given."""
+    import dataclasses
+
+    from scaledet.paper.ablation import AblationBudget
+
+    given = {"max_minutes": args.ablation_minutes, "epochs": args.ablation_epochs, "max_steps": args.ablation_steps,
+             "train_images": args.ablation_images, "image_size": args.ablation_size,
+             "seeds": tuple(args.seeds) if args.seeds else None}
+    budget = dataclasses.replace(AblationBudget(), **{k: v for k, v in given.items() if v is not None})
+    if len(budget.seeds) < 2:
+        raise ValueError(f"the ablation needs at least 2 seeds to give a spread, got {list(budget.seeds)}")
+    return budget
+
+
+def run(args: argparse.Namespace) -> int:
+    from scaledet.paper.report import ReportOptions, build_report
+
+    gpu_json = args.gpu_json
+    if gpu_json is None and (args.out / "gpu_measurements.json").exists():
+        gpu_json = args.out / "gpu_measurements.json"
+    if gpu_json is not None and not gpu_json.exists():
+        print(f"scaledet paper: --gpu-json {gpu_json} does not exist", file=sys.stderr)
+        return 2
+    try:
+        budget = budget_from_args(args)
+    except ValueError as error:
+        print(f"scaledet paper: {error}", file=sys.stderr)
+        return 2
+    options = ReportOptions(out=args.out, device=args.device, latency=args.latency, gpu_json=gpu_json,
+                            train_ablation=args.train_ablation, ablation_budget=budget,
+                            ablation_device=args.ablation_device, ablation_cache=args.ablation_cache,
+                            progress=args.progress, reuse=args.reuse, command="scaledet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["paper"] else "scaledet paper")
+    try:
+        text = build_report(options)
+    except ValueError as error:
+        print(f"scaledet paper: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'measurements.json'} and figures", file=sys.stderr)
+    return 0
