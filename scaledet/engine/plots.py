@@ -55,20 +55,26 @@ def plot_predictions(
     path: str | Path,
     score_threshold: float = 0.3,
     targets: Sequence[dict[str, torch.Tensor]] | None = None,
+    min_side: int = 256,
 ) -> Path:
     """A grid of ``images`` (float [3,H,W] in [0,1]) with predicted boxes (xyxy pixels) drawn.
 
-    Ground-truth boxes (if ``targets`` is given) are drawn thin in white under the predictions.
+    Ground-truth boxes (if ``targets`` is given) are drawn thin in white under the predictions;
+    predictions scoring below ``score_threshold`` are left out. Images smaller than ``min_side``
+    are enlarged by an integer factor.
     """
     from torchvision.utils import draw_bounding_boxes, make_grid
 
     drawn = []
     for index, (image, prediction) in enumerate(zip(images, predictions)):
+        zoom = max(1, min_side // max(image.shape[-2:]))  # small images are enlarged so labels stay legible
         canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
+        canvas = canvas.repeat_interleave(zoom, dim=-2).repeat_interleave(zoom, dim=-1)
         if targets is not None and len(targets[index]["boxes"]):
-            canvas = draw_bounding_boxes(canvas, targets[index]["boxes"].cpu(), colors="white", width=1)
+            canvas = draw_bounding_boxes(canvas, targets[index]["boxes"].cpu() * zoom, colors="white", width=1)
         keep = prediction["scores"] >= score_threshold
         boxes, labels, scores = (prediction[key][keep].cpu() for key in ("boxes", "labels", "scores"))
+        boxes = boxes * zoom
         if len(boxes):
             names = [f"{_name(class_names, int(l))} {float(s):.2f}" for l, s in zip(labels, scores)]
             colors = [_COLORS[int(l) % len(_COLORS)] for l in labels]
