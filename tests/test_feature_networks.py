@@ -179,3 +179,16 @@ def test_retinanet_contract_train_and_eval():
         scaledet.create_model("retinanet_r50_fpn", fpn_channels=64)
     with pytest.raises(ValueError, match="labels must be int64"):
         model.train()(images[:1], [{"boxes": targets[0]["boxes"], "labels": torch.tensor([7])}])
+
+
+def test_retinanet_weights_round_trip_with_backbone_override(tmp_path):
+    from scaledet.weights import save_weights
+
+    model = scaledet.create_model("retinanet_r50_fpn", num_classes=3, image_size=64, backbone="tf_efficientnet_b0",
+                                  class_names=["a", "b", "c"]).eval()
+    path = save_weights(model.state_dict(), tmp_path / "r.safetensors", model.config)
+    again = scaledet.create_model("retinanet_r50_fpn", pretrained=path).eval()
+    assert again.config == model.config and again.config["overrides"] == {"backbone": "tf_efficientnet_b0"}
+    batch = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again.forward_features(batch)["cls_logits"], model.forward_features(batch)["cls_logits"])
