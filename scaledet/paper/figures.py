@@ -21,7 +21,11 @@ def _axes_panel(ax, xs_det, ys_det, labels, baselines, xlabel: str, log: bool) -
     for x, y, label in baselines:
         ax.plot([x], [y], "s", label=label)
     if log:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("COCO AP (paper)")
     ax.grid(alpha=0.3)
