@@ -111,3 +111,21 @@ def test_too_small_training_set_is_a_clear_error(tmp_path):
     config = TrainConfig.for_model("tiny", epochs=1, batch_size=8, out=str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="fewer than one optimizer step"):
         Trainer(config, TinyDetector(), RectangleDataset(4))
+
+
+def test_detr_plugs_in_with_its_recipe(tmp_path):
+    import scaledet
+
+    model = scaledet.create_model("detr_r50", num_classes=3, backbone="resnet18", hidden_dim=32, ffn_dim=64,
+                                  enc_layers=1, dec_layers=1, num_queries=10, min_size=64, max_size=64,
+                                  train_min_sizes=(64,))
+    config = TrainConfig.for_model("detr_r50", epochs=1, batch_size=4, out=str(tmp_path), progress=False)
+    trainer = Trainer(config, model, RectangleDataset(8, image_size=64))
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    assert lrs == [pytest.approx(1e-5), pytest.approx(1e-4)]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    for group in trainer.optimizer.param_groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert in_backbone == ({True} if group["lr"] < 5e-5 else {False})
+    assert trainer.schedule.kind == "step" and config.clip_grad == 0.1

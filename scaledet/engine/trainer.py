@@ -13,6 +13,7 @@ is the total) in training and ``model(images) -> list[dict(boxes, scores, labels
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import time
@@ -52,12 +53,14 @@ def resolve_device(name: str) -> torch.device:
 def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Optimizer parameter groups.
 
-    A model may define ``param_groups(lr) -> list[dict(params=..., [lr=...], [weight_decay=...])]``
-    (DETR uses this for its lower backbone lr). Otherwise: biases and norm weights (1-D tensors) get
+    A model may define ``param_groups(lr[, backbone_lr]) -> list[dict(params=..., [lr=...],
+    [weight_decay=...])]`` (DETR uses this for its lower backbone lr). Otherwise: biases and norm weights (1-D tensors) get
     no weight decay; parameters under ``backbone.`` get ``config.backbone_lr`` when it is set.
     """
     if hasattr(model, "param_groups") and callable(model.param_groups):
-        return list(model.param_groups(config.lr))
+        accepts = inspect.signature(model.param_groups).parameters
+        extra = {"backbone_lr": config.backbone_lr} if "backbone_lr" in accepts and config.backbone_lr else {}
+        return list(model.param_groups(config.lr, **extra))
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
