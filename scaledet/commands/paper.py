@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-ablation", action="store_true", help="train the feature-network / fusion ablation")
     parser.add_argument("--ablation-device", default=None, help="device for the ablation (default --device)")
     parser.add_argument("--ablation-cache", type=Path, default=None, help="JSON cache of finished runs (default OUT/ablation_cache.json)")
-    parser.add_argument("--ablation-minutes", type=float, default=None, help="wall-clock safety cap per run (default 5)")
+    parser.add_argument("--ablation-minutes", type=float, default=None, help="wall-clock safety cap per run (default 20)")
     parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per run (default 4)")
     parser.add_argument("--ablation-steps", type=int, default=None, help="stop each run after N steps (smoke tests)")
     parser.add_argument("--ablation-images", type=int, default=None, help="shapes:train images (default 400)")

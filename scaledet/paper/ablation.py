@@ -32,7 +32,7 @@ class AblationBudget:
     train_images: int = 400
     val_images: int = 100
     epochs: int = 4
-    max_minutes: float = 5.0  # safety cap per run (if hit, the cosine schedule follows wall time)
+    max_minutes: float = 20.0  # safety cap only: every run should end by its epochs (equal steps)
     max_steps: int | None = None  # for tests: stop after this many optimizer steps
     batch_size: int = 16
     lr: float = 0.08
