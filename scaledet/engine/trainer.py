@@ -136,6 +136,7 @@ class Trainer:
         self.bad_batches = 0
         self.best_ap = -1.0
         self.elapsed_before = 0.0
+        self._start: float | None = None
         self.last_stats: dict[str, float] | None = None
         self._stats_step = -1
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
@@ -245,7 +246,7 @@ class Trainer:
     # ---- training -------------------------------------------------------------------------
 
     def elapsed(self) -> float:
-        return self.elapsed_before + (time.monotonic() - self._start if hasattr(self, "_start") else 0.0)
+        return self.elapsed_before + (time.monotonic() - self._start if self._start is not None else 0.0)
 
     def progress(self) -> float:
         """Fraction of the run done: steps / planned steps, or elapsed / time budget if further."""
@@ -317,12 +318,12 @@ class Trainer:
             loss = losses["loss"]
             finite = not dist_utils.any_rank(not bool(torch.isfinite(loss.detach()).item()), self.device)
             if not finite:
-                self._skip_bad_batch("non-finite loss", [t for t in targets])
+                self._skip_bad_batch("non-finite loss")
                 return None
             self.scaler.scale(loss / self.config.grad_accum).backward()
         return {key: float(value.detach()) for key, value in losses.items()}
 
-    def _skip_bad_batch(self, why: str, targets: list[dict]) -> None:
+    def _skip_bad_batch(self, why: str) -> None:
         self.bad_batches += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.is_main:
@@ -339,7 +340,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
         elif accumulated:
-            self._skip_bad_batch("non-finite gradient", [])
+            self._skip_bad_batch("non-finite gradient")
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "lr": self.config.lr * factor,
