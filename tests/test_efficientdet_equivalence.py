@@ -14,6 +14,7 @@ import torch
 
 import scaledet
 from scaledet.models.efficientdet import VARIANTS
+from scaledet.models.efficientdet.head import flatten_outputs
 
 effdet = pytest.importorskip("effdet")
 
@@ -49,7 +50,12 @@ def effdet_bench(name: str, size: tuple[int, int]):
 
 
 def compare_variant(name: str, size: tuple[int, int], tmp_path) -> dict[str, float]:
-    """Largest raw and detection differences between effdet and scaledet for one variant/size."""
+    """Largest differences between effdet and scaledet for one variant and input size.
+
+    ``raw``: network outputs. ``score`` / ``box``: detections of our whole model (resize, network,
+    post-processing) vs ``DetBenchPredict``. ``pp_score`` / ``pp_box``: our post-processing fed
+    effdet's own raw outputs, which isolates post-processing from float rounding in the network.
+    """
     torch.manual_seed(0)
     bench = effdet_bench(name, size)
     path = tmp_path / f"{name}.pth"
@@ -68,14 +74,21 @@ def compare_variant(name: str, size: tuple[int, int], tmp_path) -> dict[str, flo
         img_info = {"img_scale": torch.ones(2), "img_size": torch.tensor([[size[1], size[0]]] * 2)}
         ref_det = bench(batch, img_info=img_info)
         our_det = ours(list(images))
+        pp_det = ours.postprocess(flatten_outputs(ref_cls, ours.num_classes), flatten_outputs(ref_box, 4),
+                                  ours.anchors_for(size), [1.0, 1.0], [size, size])
+    return {"raw": raw, **detection_diff(our_det, ref_det), **detection_diff(pp_det, ref_det, "pp_")}
+
+
+def detection_diff(ours: list[dict], ref: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """Largest score and box differences of our detections vs effdet's ``[B, 100, 6]`` rows."""
     score_diff = box_diff = 0.0
-    for ref, det in zip(ref_det, our_det):
+    for det, rows in zip(ours, ref):
         n = len(det["scores"])
-        assert n == int((ref[:, 4] > 0).sum()) and n > 0
+        assert n == int((rows[:, 4] > 0).sum()) and n > 0
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
-        score_diff = max(score_diff, (det["scores"] - ref[:n, 4]).abs().max().item())
-        box_diff = max(box_diff, _box_diff(det, ref[:n]))
-    return {"raw": raw, "score": score_diff, "box": box_diff}
+        score_diff = max(score_diff, (det["scores"] - rows[:n, 4]).abs().max().item())
+        box_diff = max(box_diff, _box_diff(det, rows[:n]))
+    return {prefix + "score": score_diff, prefix + "box": box_diff}
 
 
 def _box_diff(det: dict, ref: torch.Tensor) -> float:
@@ -89,14 +102,17 @@ def _box_diff(det: dict, ref: torch.Tensor) -> float:
     return distance.min(dim=1).values.max().item()
 
 
-def check(name: str, size: tuple[int, int], tmp_path) -> None:
+def check(name: str, size: tuple[int, int], tmp_path, end_to_end: bool = True) -> None:
     start = time.perf_counter()
     diff = compare_variant(name, size, tmp_path)
     print(f"\n{name} {size}: max |raw| {diff['raw']:.2e}, |score| {diff['score']:.2e}, "
-          f"|box| {diff['box']:.2e} px ({time.perf_counter() - start:.1f}s)")
+          f"|box| {diff['box']:.2e} px; post-processing alone: |score| {diff['pp_score']:.2e}, "
+          f"|box| {diff['pp_box']:.2e} px ({time.perf_counter() - start:.1f}s)")
     assert diff["raw"] < RAW_TOL
-    assert diff["score"] < SCORE_TOL
-    assert diff["box"] < BOX_TOL
+    assert diff["pp_score"] < SCORE_TOL and diff["pp_box"] < BOX_TOL
+    if end_to_end:
+        assert diff["score"] < SCORE_TOL
+        assert diff["box"] < BOX_TOL
 
 
 @pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
@@ -108,4 +124,8 @@ def test_equal_to_effdet(name, size, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_equal_to_effdet_native_size(name, tmp_path):
-    check(name, VARIANTS[name].image_size, tmp_path)
+    """At native resolution random weights give many candidates whose logits tie to ~1e-7 (e.g.
+    along the image border); rounding at that level can flip which of two overlapping boxes NMS
+    keeps (seen for D4 at 1024: one swap, 8 px). So end-to-end detections are only printed here;
+    raw outputs and post-processing (on effdet's raw outputs) are asserted."""
+    check(name, VARIANTS[name].image_size, tmp_path, end_to_end=False)
