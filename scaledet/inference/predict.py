@@ -1,0 +1,138 @@
+"""Running a detector over files: input discovery, batched inference, drawing and COCO results.
+
+Inputs are images, folders (searched recursively), globs and video files. Unreadable inputs are
+reported through ``on_skip`` and skipped; they never stop the batch.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+
+@dataclass
+class Frame:
+    """One image to detect on: ``image`` float ``[3, H, W]`` in [0, 1]; ``frame`` index for videos."""
+
+    source: Path
+    image: Tensor
+    frame: int | None = None
+    detections: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.source) if self.frame is None else f"{self.source}#frame={self.frame}"
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (recursive) and globs -> (sorted media paths, problems as text)."""
+    paths, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        elif path.is_file():
+            found = [path]
+        else:
+            found = [Path(p) for p in sorted(glob.glob(item, recursive=True)) if Path(p).is_file()]
+            if not found:
+                problems.append(f"{item}: no such file, folder or matching glob")
+        paths += found
+    return list(dict.fromkeys(paths)), problems
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_video(path: Path, max_frames: int | None = None, stride: int = 1) -> Iterator[tuple[int, Tensor, float]]:
+    """Decode ``path`` with PyAV: yields (frame index, float ``[3, H, W]`` RGB in [0, 1], fps)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 25)
+        kept = 0
+        for index, frame in enumerate(container.decode(stream)):
+            if index % stride:
+                continue
+            if max_frames is not None and kept >= max_frames:
+                break
+            kept += 1
+            array = frame.to_ndarray(format="rgb24")
+            yield index, torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), fps
+
+
+def draw(image: Tensor, detections: dict[str, Tensor], class_names: list[str], threshold: float) -> Tensor:
+    """uint8 ``[3, H, W]`` with the detections scoring >= ``threshold`` drawn (class name + score)."""
+    from torchvision.utils import draw_bounding_boxes
+
+    keep = detections["scores"] >= threshold
+    boxes, scores, labels = detections["boxes"][keep], detections["scores"][keep], detections["labels"][keep]
+    canvas = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    if not len(boxes):
+        return canvas
+    names = [f"{class_names[int(k)] if int(k) < len(class_names) else int(k)} {float(s):.2f}"
+             for k, s in zip(labels, scores)]
+    return draw_bounding_boxes(canvas, boxes.float(), labels=names, colors="red", width=2)
+
+
+def coco_results(image_id: int, detections: dict[str, Tensor], threshold: float = 0.0) -> list[dict]:
+    """COCO results rows ``{image_id, category_id, bbox [x, y, w, h] px, score}`` (category = label)."""
+    rows = []
+    for box, score, label in zip(detections["boxes"].tolist(), detections["scores"].tolist(),
+                                 detections["labels"].tolist()):
+        if score >= threshold:
+            x1, y1, x2, y2 = box
+            rows.append({"image_id": image_id, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                         "score": float(score)})
+    return rows
+
+
+class VideoWriter:
+    """Writes uint8 ``[3, H, W]`` frames to a video file with PyAV (mpeg4, even-sized)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        import av
+
+        self.container = av.open(str(path), mode="w")
+        self.fps = fps
+        self.stream = None
+
+    def write(self, frame: Tensor) -> None:
+        import av
+
+        frame = frame[:, : frame.shape[1] // 2 * 2, : frame.shape[2] // 2 * 2]
+        if self.stream is None:
+            from fractions import Fraction
+
+            self.stream = self.container.add_stream("mpeg4", rate=Fraction(self.fps).limit_denominator(1000))
+            self.stream.height, self.stream.width = frame.shape[1:]
+            self.stream.pix_fmt = "yuv420p"
+        video_frame = av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+        for packet in self.stream.encode(video_frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+
+def detect_in_batches(model: Callable, frames: list[Frame], batch_size: int, device: str) -> None:
+    """Fill ``frame.detections`` (on CPU) for every frame, ``batch_size`` images per call."""
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size]
+        with torch.no_grad():
+            results = model([frame.image.to(device) for frame in chunk])
+        for frame, result in zip(chunk, results):
+            frame.detections = {key: value.cpu() for key, value in result.items()}

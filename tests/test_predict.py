@@ -1,0 +1,80 @@
+"""scaledet predict on a folder with a good RGB image, a grayscale PNG, a corrupt file and a tiny video."""
+
+import json
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+from scaledet.cli import main
+from scaledet.inference.predict import coco_results, collect_inputs
+
+
+def _write_video(path, frames=5, size=(48, 64)):
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            array = np.full((*size, 3), 40 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(inputs / "rgb.jpg")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 40), dtype=np.uint8), mode="L").save(inputs / "gray.png")
+    (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    _write_video(inputs / "clip.mp4")
+    out = tmp_path / "out"
+    code = main(["predict", str(inputs), "--model", "efficientdet_lite0", "--image-size", "128", "--output", str(out),
+                 "--score-threshold", "0", "--batch-size", "2", "--save-json"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"skipped {inputs / 'corrupt.jpg'}: unreadable image" in err
+    assert (out / "rgb.jpg").exists() and (out / "gray.jpg").exists() and (out / "rgb.json").exists()
+    assert not (out / "corrupt.jpg").exists()
+    with av.open(str(out / "clip.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5
+    images = json.loads((out / "images.json").read_text())
+    assert sorted((Path_name(i["file_name"]), i["frame"]) for i in images) == sorted(
+        [("gray.png", None), ("rgb.jpg", None)] + [("clip.mp4", f) for f in range(5)])
+    gray = next(i for i in images if i["file_name"].endswith("gray.png"))
+    assert (gray["width"], gray["height"]) == (40, 50)
+    results = json.loads((out / "detections.json").read_text())
+    assert {r["image_id"] for r in results} == {i["id"] for i in images}  # threshold 0: 100 per image
+    assert len(results) == 100 * len(images)
+    for row in results:
+        x, y, w, h = row["bbox"]
+        image = next(i for i in images if i["id"] == row["image_id"])
+        assert w >= 0 and h >= 0 and x >= 0 and y >= 0
+        assert x + w <= image["width"] + 1e-3 and y + h <= image["height"] + 1e-3
+
+
+def Path_name(name):  # noqa: N802 - tiny helper
+    return name.rsplit("/", 1)[-1]
+
+
+def test_predict_reports_missing_inputs_and_bad_arguments(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nothing*.jpg"), "--model", "efficientdet_lite0", "--image-size", "64",
+                 "--output", str(tmp_path / "o")]) == 0
+    assert "no such file, folder or matching glob" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "give --model" in capsys.readouterr().err
+
+
+def test_collect_inputs_and_coco_rows(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    (tmp_path / "y.jpg").write_bytes(b"")
+    paths, problems = collect_inputs([str(tmp_path / "a"), str(tmp_path / "*.jpg"), str(tmp_path / "y.jpg")])
+    assert [p.name for p in paths] == ["x.png", "y.jpg"] and problems == []
+    rows = coco_results(7, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 8.0], [0, 0, 1, 1]]),
+                            "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([3, 1])}, threshold=0.5)
+    assert rows == [{"image_id": 7, "category_id": 3, "bbox": [1.0, 2.0, 3.0, 6.0], "score": rows[0]["score"]}]
+    assert abs(rows[0]["score"] - 0.9) < 1e-6
