@@ -48,3 +48,29 @@ def test_train_command_writes_every_output(tmp_path, capsys):
                  "--batch-size", "4", "--epochs", "4", "--out", str(out), "--no-progress", "--lr", "0.01", "--resume"])
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 8
+
+
+def test_fine_tune_from_a_local_file_with_new_classes(tmp_path):
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import build_model
+    from scaledet.weights import save_weights
+
+    source = scaledet.create_model("efficientdet_d0", num_classes=3, image_size=64, **TINY_EFFICIENTDET)
+    path = save_weights(source.state_dict(), tmp_path / "source.safetensors", source.config)
+    config = TrainConfig.for_model("efficientdet_d0", epochs=1, pretrained=str(path), num_classes=4,
+                                   image_size=64, model_overrides=TINY_EFFICIENTDET)
+    model = build_model(config, ["circle", "square", "triangle", "cross"])
+    assert model.num_classes == 4 and model.config["class_names"][3] == "cross"
+    before, after = source.state_dict(), model.state_dict()
+    head = "network.class_net.predict"  # the class predictor is re-initialised, everything else kept
+    assert after[f"{head}.pointwise.weight"].shape[0] == 4 * 9 != before[f"{head}.pointwise.weight"].shape[0]
+    shared = [key for key in before if not key.startswith(head)]
+    assert len(shared) > 100 and all(torch.equal(before[key], after[key]) for key in shared)
+
+    config.num_classes = 5
+    try:
+        build_model(config, ["circle", "square", "triangle", "cross"])
+    except ValueError as error:
+        assert "--num-classes 5 but the training data has 4 classes" in str(error)
+    else:
+        raise AssertionError("a class-count mismatch must be a ValueError")
