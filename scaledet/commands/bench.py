@@ -1,0 +1,119 @@
+"""scaledet bench: batch-1 latency and batch-N throughput of ours (eager, optimised, onnxruntime)
+against effdet / transformers in the same run, interleaved; prints a markdown table, writes JSON.
+
+CPU: ``scaledet bench --models efficientdet_d0 detr_r50 --threads 1 --json benchmarks/results/cpu.json``
+GPU: ``scaledet bench --device cuda --models efficientdet_d0 ... --batch-sizes 1 32 --precision fp16 bf16``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["efficientdet_d0"], help="model names")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
+                        help="precisions of the optimised engine")
+    parser.add_argument("--compile", action="store_true", help="also time optimised + torch.compile")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engine")
+    parser.add_argument("--no-reference", action="store_true", help="skip effdet / transformers")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: torch's)")
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported), >= 1")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="input image size (default: the model's native size; DETR 800 1066)")
+    parser.add_argument("--json", help="write machine info + rows here")
+    parser.add_argument("--markdown", help="write the table (with the machine line) here")
+
+
+def _image_size(model, args) -> tuple[int, int]:
+    if args.image_size:
+        return tuple(args.image_size)
+    return (800, 1066) if model.config["model"].startswith("detr") else tuple(model.image_size)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
+        raise ValueError("--runs and --batch-sizes must be >= 1, --warmup >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA device is available")
+    if "fp16" in args.precision and not args.device.startswith("cuda"):
+        raise ValueError("fp16 needs --device cuda (use bf16 on CPU)")
+
+
+def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from scaledet.inference.benchmark import build_engines, postprocess_share, summarise, time_engines
+    from scaledet.inference.compare import detection_differences
+
+    engines, model = build_engines(name, args.device, args.precision, args.compile, not args.no_onnx, tmp,
+                                   reference=not args.no_reference)
+    size = _image_size(model, args)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, *size, generator=generator) for _ in range(max(args.batch_sizes))]
+    rows, equality = [], {}
+    for batch_size in args.batch_sizes:
+        bar = tqdm(total=args.warmup + args.runs, desc=f"{name} b{batch_size}", leave=False)
+        outputs = time_engines(engines, images, batch_size, args.runs, args.warmup, args.device, bar.update)
+        bar.close()
+        rows += summarise(name, engines, batch_size)
+        for engine in engines:
+            if engine.detections is not None and engine.name != "ours-eager":
+                diff = detection_differences(outputs["ours-eager"], engine.detections(outputs[engine.name]))
+                equality[f"{engine.name}@b{batch_size}"] = diff
+    share = postprocess_share(model, images[:1], args.runs) if args.device == "cpu" else None
+    return {"model": name, "input_hw": list(size), "rows": rows, "vs_eager_detections": equality,
+            "postprocess_batch1": share}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from scaledet.inference.benchmark import machine_info, markdown_table, temporary_dir
+
+    try:
+        _check_args(args)
+    except ValueError as error:
+        print(f"scaledet bench: error: {error}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    with temporary_dir() as tmp:
+        for name in args.models:
+            results.append(bench_model(name, args, Path(tmp)))
+    machine = machine_info(args.device)
+    machine["load_average_end"] = machine.pop("load_average")
+    rows = [row for result in results for row in result["rows"]]
+    table = markdown_table(rows)
+    print(table)
+    for result in results:
+        if result["postprocess_batch1"]:
+            p = result["postprocess_batch1"]
+            print(f"{result['model']} post-processing (batch 1): {p['postprocess_ms']:.1f} ms of "
+                  f"{p['total_ms']:.1f} ms = {100 * p['share']:.1f}%")
+        for key, diff in result["vs_eager_detections"].items():
+            print(f"{result['model']} {key} vs ours-eager: " + ", ".join(f"{k}={v:.3g}" for k, v in diff.items()))
+    machine_line = (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
+                    f"{machine['torch_threads']} thread(s), load average {machine['load_average_end']} at the end, "
+                    f"{machine['time_utc']} UTC" + (f", GPU {machine['gpu']}" if "gpu" in machine else ""))
+    print(f"\nmachine: {machine_line}\ncommand: scaledet bench {' '.join(sys.argv[2:])}")
+    payload = {"machine": machine, "command": "scaledet bench " + " ".join(sys.argv[2:]), "args": vars(args),
+               "results": results}
+    payload["args"] = {k: v for k, v in payload["args"].items() if not k.startswith("_")}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=1, default=str))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(f"{table}\n\nMachine: {machine_line}\n\nCommand: `{payload['command']}`\n")
+    return 0
