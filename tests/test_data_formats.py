@@ -124,7 +124,7 @@ def test_shapes_is_deterministic_and_varied():
     labels = np.concatenate([r.labels for r in a.records])
     assert set(labels.tolist()) == {0, 1, 2, 3} and a.class_names == ["circle", "square", "triangle", "cross"]
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 96
-    assert sides.min() > 0.08 and sides.max() < 0.45  # objects 10-40% of the image
+    assert sides.min() > 0.11 and sides.max() < 0.45  # objects 16-40% of the image (triangles: a bit less)
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 128).all() and (boxes[:, 3] <= 96).all()
 
 

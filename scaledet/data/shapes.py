@@ -98,7 +98,7 @@ class ShapesDataset(DetectionDataset):
         image_size: int | tuple[int, int] = 256,
         seed: int = 0,
         max_objects: int = 4,
-        size_range: tuple[float, float] = (0.12, 0.4),
+        size_range: tuple[float, float] = (0.16, 0.4),
         empty_fraction: float = 0.08,
         max_overlap: float = 0.25,
         transforms: Transform | None = None,
