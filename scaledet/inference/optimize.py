@@ -99,6 +99,7 @@ class _Optimized(nn.Module):
         self.class_names = model.class_names
         self.num_classes = model.num_classes
         self.image_size = model.image_size
+        self.training = False  # eval-only from the start (train(True) raises)
 
     @property
     def config(self) -> dict:

@@ -1,0 +1,31 @@
+"""scaledet bench (tiny, no references) writes a table and JSON with medians and equality checks."""
+
+import json
+
+from scaledet.cli import main
+
+
+def test_bench_cli_tiny(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    code = main(["bench", "--models", "efficientdet_lite0", "--image-size", "64", "64", "--batch-sizes", "1", "2",
+                 "--runs", "2", "--warmup", "1", "--no-onnx", "--no-reference", "--precision", "fp32",
+                 "--json", str(out), "--markdown", str(md)])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    rows = payload["results"][0]["rows"]
+    assert [(r["engine"], r["batch"]) for r in rows] == [("ours-eager", 1), ("ours-opt-fp32", 1),
+                                                          ("ours-eager", 2), ("ours-opt-fp32", 2)]
+    assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in rows)
+    assert rows[0]["vs_eager"] == 1.0 and rows[0]["vs_reference"] is None
+    equal = payload["results"][0]["vs_eager_detections"]["ours-opt-fp32@b2"]
+    assert equal["count_diff"] == 0 and equal["max_score_diff"] < 1e-4
+    share = payload["results"][0]["postprocess_batch1"]
+    assert 0 < share["postprocess_ms"] < share["total_ms"]
+    assert payload["machine"]["cores"] >= 1 and "Machine:" in md.read_text()
+    assert "| efficientdet_lite0 | ours-opt-fp32 | 2 |" in capsys.readouterr().out
+
+
+def test_bench_rejects_fp16_on_cpu(capsys):
+    assert main(["bench", "--precision", "fp16"]) == 2
+    assert "fp16 needs --device cuda" in capsys.readouterr().err
