@@ -7,6 +7,7 @@ broadcast, so every rank returns the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -43,7 +44,7 @@ def predict_dataset(
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         samples = [dataset[i] for i in chunk]
-        with autocast() if autocast else _null():
+        with autocast() if autocast else contextlib.nullcontext():
             results = model([image.to(device) for image, _ in samples])
         for index, (_, target), result in zip(chunk, samples, results):
             records.append((index, _image_id(target), {k: _cpu(v) for k, v in result.items()}))
@@ -60,14 +61,6 @@ def _cpu(value: torch.Tensor) -> torch.Tensor:
 def _image_id(target: dict[str, Any]) -> int:
     image_id = target["image_id"]
     return int(image_id.item() if isinstance(image_id, torch.Tensor) else image_id)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def coco_stats(dataset: Dataset, records: list[tuple[int, int, dict[str, torch.Tensor]]]) -> dict[str, float]:
