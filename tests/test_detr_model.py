@@ -223,3 +223,26 @@ def test_published_urls_carry_their_hash_prefix():
         assert row.url.startswith("https://dl.fbaipublicfiles.com/detr/") and row.url.endswith(f"-{row.sha256_prefix}.pth")
     assert sorted(detr.VARIANTS) == ["detr_r101", "detr_r101_dc5", "detr_r50", "detr_r50_dc5"]
     assert set(scaledet.list_models()) >= set(detr.VARIANTS)
+
+
+class _Network(torch.nn.Module):
+    """forward_features without the (empty in eval) aux list, as an exporter sees it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, mask):
+        logits, boxes, _ = self.model.forward_features(batch, mask)
+        return logits, boxes
+
+
+def test_forward_features_traces_for_export():
+    network = _Network(tiny().eval())
+    batch, mask = torch.randn(1, 3, 96, 128), torch.zeros(1, 96, 128, dtype=torch.bool)
+    with torch.no_grad():
+        traced = torch.jit.trace(network, (batch, mask))
+        other, other_mask = torch.randn(2, 3, 128, 96), torch.zeros(2, 128, 96, dtype=torch.bool)
+        other_mask[1, 100:] = True  # a padded second image of another size
+        for traced_out, eager_out in zip(traced(other, other_mask), network(other, other_mask)):
+            torch.testing.assert_close(traced_out, eager_out, atol=1e-6, rtol=0)

@@ -144,3 +144,29 @@ def test_tiny_detr_overfits_a_handful_of_images():
         detections = model.eval()(images)
     stats = evaluate_detections(*_coco(images, targets, detections))
     assert stats["AP50"] > 0.9, stats
+
+
+def test_training_engine_trains_detr_with_its_recipe(tmp_path):
+    """The engine reads DETR's recipe, uses model.param_groups (backbone at lr/10) and saves a model
+    that create_model rebuilds."""
+    from scaledet.data import ShapesDataset
+    from scaledet.engine import TrainConfig, Trainer, build_optimizer
+    from scaledet.models.detr import RECIPE
+
+    train = ShapesDataset(num_images=8, seed=0, image_size=64, max_objects=2)
+    model = scaledet.create_model("detr_r50", num_classes=4, image_size=64, max_size=64, train_min_sizes=(),
+                                  backbone="resnet18", hidden_dim=32, num_heads=2, ffn_dim=64, enc_layers=1,
+                                  dec_layers=2, num_queries=5)
+    model.class_names = list(train.class_names)
+    config = TrainConfig.for_model("detr_r50", max_steps=3, batch_size=4, out=str(tmp_path), progress=False,
+                                   eval_every=0)
+    assert (config.lr, config.weight_decay, config.clip_grad) == (RECIPE.lr, RECIPE.weight_decay, RECIPE.clip_grad_norm)
+    optimizer = build_optimizer(model, config)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([RECIPE.lr, RECIPE.backbone_lr])
+    before = model.transformer.decoder_norm.weight.detach().clone()
+    metrics = Trainer(config, model, train, None).fit()
+    assert metrics["steps"] == 3 and metrics["bad_batches"] == 0
+    assert not torch.equal(before, model.transformer.decoder_norm.weight)
+    reloaded = scaledet.create_model("detr_r50", pretrained=tmp_path / "weights.safetensors")
+    assert reloaded.class_names == list(train.class_names) and reloaded.image_size == (64, 64)
+    assert torch.equal(reloaded.transformer.decoder_norm.weight, model.transformer.decoder_norm.weight)

@@ -100,9 +100,8 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
     overrides = _typed_overrides(overrides)
     state, stored = _read_pretrained(pretrained, VARIANTS[name]) if pretrained is not None else ({}, {})
     merged = {**_typed_overrides(stored.get("overrides", {})), **overrides}
-    sizes = {key: merged.pop(key) for key in _SIZE_FIELDS if key in merged}  # config keeps them in image_size
-    if image_size is not None or not sizes:
-        sizes = _size_fields(image_size if image_size is not None else stored.get("image_size"))
+    explicit_sizes = {key: merged.pop(key) for key in _SIZE_FIELDS if key in merged}  # config keeps image_size
+    sizes = {**_size_fields(image_size if image_size is not None else stored.get("image_size")), **explicit_sizes}
     variant = dataclasses.replace(VARIANTS[name], **merged, **sizes)
     checkpoint_classes = state["class_head.weight"].shape[0] - 1 if "class_head.weight" in state else None
     num_classes = num_classes or checkpoint_classes or variant.num_classes
