@@ -189,7 +189,7 @@ def test_yolo_line_with_wrong_field_count_is_skipped(tmp_path):
 def test_empty_datasets_raise_naming_the_source(tmp_path):
     with pytest.raises(ValueError, match=r"ann\.json: dataset has no usable images"):
         CocoDataset(_coco(tmp_path, [], []))
-    with pytest.raises(ValueError, match=r"no usable images \(1 records skipped"):
+    with pytest.raises(ValueError, match=r"no usable images \(1 records skipped"), pytest.warns(DataWarning):
         CocoDataset(_coco(tmp_path, [_image(1, "gone.png")], []))
     (tmp_path / "y" / "images").mkdir(parents=True)
     (tmp_path / "y" / "data.yaml").write_text("train: images\nval: images\nnames: [a]\n")
