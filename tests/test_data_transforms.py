@@ -78,3 +78,18 @@ def test_collate_fn_keeps_lists():
     images, targets = collate_fn([_sample(), _sample(10, 20)])
     assert [tuple(i.shape) for i in images] == [(3, 60, 100), (3, 10, 20)]
     assert [t["image_id"] for t in targets] == [9, 9]
+
+
+def test_dataloader_workers_batch_shapes_with_train_transforms():
+    from torch.utils.data import DataLoader
+
+    from scaledet.data import ShapesDataset
+
+    dataset = ShapesDataset(num_images=8, image_size=64, seed=0, transforms=train_transforms(48))
+    batches = list(DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_fn))
+    assert len(batches) == 2
+    for images, targets in batches:
+        assert all(type(image) is torch.Tensor and image.shape == (3, 48, 48) for image in images)
+        assert all(type(t["boxes"]) is torch.Tensor and t["boxes"].dtype == torch.float32 for t in targets)
+        assert all(len(t["boxes"]) == len(t["labels"]) and (t["boxes"] <= 48).all() for t in targets)
+    assert sorted(t["image_id"] for _, targets in batches for t in targets) == list(range(8))
