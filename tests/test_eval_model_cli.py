@@ -41,3 +41,15 @@ def test_cli_eval_model_on_dataset_matches_detections_path(tmp_path, capsys):
     x1, y1, x2, y2 = first["boxes"][0].tolist()
     assert mine[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)
     assert mine[0]["category_id"] == int(first["labels"][0]) + 1
+
+
+def test_cli_eval_renders_shapes_at_the_model_size(tmp_path, capsys, monkeypatch):
+    import scaledet.data.shapes as shapes
+
+    monkeypatch.setitem(shapes.SHAPES_SPLITS, "val", {"num_images": 2, "seed": 1})  # keep the test tiny
+    model = create_model("efficientdet_d0", num_classes=4, image_size=(48, 64), class_names=list(shapes.SHAPE_CLASSES))
+    weights = save_weights(model.state_dict(), tmp_path / "d0.safetensors", model.config)
+    argv = ["eval", "--model", "efficientdet_d0", "--weights", str(weights), "--data", "shapes:val",
+            "--results", str(tmp_path / "r.json")]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert "shapes(seed=1, n=2, size=48x64): 2 images" in capsys.readouterr().out

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("evaluate a model on a dataset")
     model.add_argument("--model", help="model name, e.g. efficientdet_d0")
     model.add_argument("--weights", help="our safetensors / a reference .pth checkpoint, or 'coco'")
-    model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes[:val]")
+    model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes:val (rendered at the model's size)")
     model.add_argument("--images", help="image folder for a COCO JSON (default: beside it or images/)")
     model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO)")
     model.add_argument("--image-size", type=int, help="model input size override")
@@ -40,10 +40,12 @@ def _model_stats(args: argparse.Namespace) -> dict:
 
     if not (args.model and args.data):
         raise ValueError("--model and --data go together (with --weights); or use --gt and --detections")
-    split = args.split or ("val" if str(args.data).endswith((".yaml", ".yml")) else None)
-    dataset = open_dataset(args.data, images=args.images, split=split)
-    print_report(dataset)
     model = create_model(args.model, pretrained=args.weights, image_size=args.image_size).to(args.device)
+    split = args.split or ("val" if str(args.data).endswith((".yaml", ".yml")) else None)
+    # shapes is rendered at the model's input size (as `scaledet demo` does), other data as stored
+    options = {"image_size": tuple(model.image_size)} if str(args.data).startswith("shapes") else {}
+    dataset = open_dataset(args.data, images=args.images, split=split, **options)
+    print_report(dataset)
     return evaluate_model(
         model, dataset, args.max_dets, args.batch_size, args.device, args.workers, results_path=args.results
     )
