@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-minutes", type=float, default=None, help="wall-clock safety cap per run (default 20)")
     parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per run (default 4)")
     parser.add_argument("--ablation-steps", type=int, default=None, help="stop each run after N steps (smoke tests)")
-    parser.add_argument("--ablation-images", type=int, default=None, help="shapes:train images (default 400)")
-    parser.add_argument("--ablation-size", type=int, default=None, help="input size in px (default 128)")
+    parser.add_argument("--ablation-images", type=int, default=None, help="shapes:train images (default 192)")
+    parser.add_argument("--ablation-size", type=int, default=None, help="input size in px (default 96)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per row (default 0 1; at least 2)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

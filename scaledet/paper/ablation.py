@@ -28,9 +28,9 @@ class AblationBudget:
     """The recipe shared by every run (EfficientDet-D0 network at a tiny resolution, from scratch)."""
 
     model: str = "efficientdet_d0"
-    image_size: int = 128
-    train_images: int = 400
-    val_images: int = 100
+    image_size: int = 96
+    train_images: int = 192
+    val_images: int = 50
     epochs: int = 4
     max_minutes: float = 20.0  # safety cap only: every run should end by its epochs (equal steps)
     max_steps: int | None = None  # for tests: stop after this many optimizer steps

@@ -82,7 +82,8 @@ def _baselines(device: str | None) -> list[dict[str, Any]]:
 def _environment(options: ReportOptions) -> str:
     return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `{options.command}` "
             f"(torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores visible; latency device: {options.device if options.latency else 'not measured'}).")
+            f"{os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f} at the start; latency device: "
+            f"{options.device if options.latency else 'not measured'}).")
 
 
 def measure_tables(options: ReportOptions) -> dict[str, Any]:
