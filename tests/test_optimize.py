@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import scaledet
+from scaledet.inference.benchmark import spread_random_weights
 from scaledet.inference.compare import detection_differences
 from scaledet.inference.fold import fold_batchnorm
 from scaledet.inference.postprocess import prefix_nms, top_candidates
@@ -13,26 +14,9 @@ from torchvision.ops import FrozenBatchNorm2d, batched_nms
 
 def randomise_efficientdet(model: nn.Module) -> nn.Module:
     """Non-trivial BatchNorm statistics (so folding matters), spread class logits, moderate box codes."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.1 - 0.05)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 0.2 + 0.9)
-                module.weight.copy_(torch.rand(n, generator=generator) * 0.2 + 0.9)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.1 - 0.05)
-        # calibrate the predictors: class logits median -> -3 and 99.9th percentile -> +2; box codes small
-        model.eval()
-        cls_out, box_out = model.forward_features(torch.rand(1, 3, *model.image_size, generator=generator))
-        for head, outputs, low, high in ((model.network.class_net, cls_out, -3.0, 2.0),
-                                         (model.network.box_net, box_out, 0.0, 0.5)):
-            values = torch.cat([o.flatten() for o in outputs])
-            q50, q999 = torch.quantile(values[:: max(1, values.numel() // 100_000)], torch.tensor([0.5, 0.999]))
-            scale = (high - low) / (q999 - q50)
-            head.predict.pointwise.weight.mul_(scale)
-            head.predict.pointwise.bias.mul_(scale).add_(low - q50 * scale)
-    return model
+    net = model.network
+    spread_random_weights(net, net.class_net.predict.pointwise, net.box_net.predict.pointwise, model.image_size)
+    return model.eval()
 
 
 def assert_equal_detections(reference, other, score_tol=1e-4, box_tol=1e-2):
@@ -133,3 +117,28 @@ def test_optimize_rejects_bad_input():
         fast([torch.rand(3, 64, 64) * 255])
     with pytest.raises(ValueError, match="EfficientDet and DETR"):
         scaledet.optimize(nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_optimized_compile_equals_eager():
+    model = randomise_efficientdet(scaledet.create_model("efficientdet_lite0", num_classes=5, image_size=128))
+    fast = scaledet.optimize(model, compile=True)
+    images = [torch.rand(3, 128, 100)]
+    with torch.no_grad():
+        reference, result = model(images), fast(images)
+    assert_equal_detections(reference, result, score_tol=1e-4, box_tol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_optimized_on_cuda(precision):
+    model = randomise_efficientdet(scaledet.create_model("efficientdet_d0", num_classes=5, image_size=256)).cuda()
+    fast = scaledet.optimize(model, precision=precision)
+    images = [torch.rand(3, 256, 200, device="cuda")]
+    with torch.no_grad():
+        reference, result = model(images), fast(images)
+    assert result[0]["boxes"].device.type == "cuda"
+    top = 10 if precision == "fp32" else 5  # cuDNN may use TF32 even for the fp32 reference
+    assert torch.equal(reference[0]["labels"][:top], result[0]["labels"][:top])
+    tolerance = 1e-3 if precision == "fp32" else 0.05
+    assert (reference[0]["scores"][:top] - result[0]["scores"][:top]).abs().max() < tolerance

@@ -67,6 +67,35 @@ def machine_info(device: str) -> dict:
     return info
 
 
+@torch.no_grad()
+def spread_random_weights(network: torch.nn.Module, class_conv: torch.nn.Conv2d, box_conv: torch.nn.Conv2d,
+                          image_size: tuple[int, int], seed: int = 1) -> None:
+    """Make a randomly initialised EfficientDet network's detections non-degenerate, in place.
+
+    The default init gives every anchor nearly the same class logit (many exact score ties make
+    "same detections" ill-defined). This perturbs BatchNorm statistics and affine terms a little
+    and rescales the two predictor convs so that, on a random image, class logits have median -3
+    and 99.9th percentile +2, and box codes median 0 and 99.9th percentile 0.5.
+    ``network(x [1,3,H,W])`` must return (class outputs, box outputs) per level (ours or effdet's).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.1 - 0.05)
+            module.running_var.copy_(torch.rand(n, generator=generator) * 0.2 + 0.9)
+            module.weight.copy_(torch.rand(n, generator=generator) * 0.2 + 0.9)
+            module.bias.copy_(torch.rand(n, generator=generator) * 0.1 - 0.05)
+    network.eval()
+    cls_out, box_out = network(torch.rand(1, 3, *image_size, generator=generator))
+    for conv, outputs, low, high in ((class_conv, cls_out, -3.0, 2.0), (box_conv, box_out, 0.0, 0.5)):
+        values = torch.cat([o.flatten() for o in outputs])
+        q50, q999 = torch.quantile(values[:: max(1, values.numel() // 100_000)], torch.tensor([0.5, 0.999]))
+        scale = (high - low) / (q999 - q50)
+        conv.weight.mul_(scale)
+        conv.bias.mul_(scale).add_(low - q50 * scale)
+
+
 def reference_efficientdet(name: str, device: str, tmp: Path):
     """(effdet DetBenchPredict, our model with the same weights) or (None, our random model)."""
     import scaledet
@@ -76,6 +105,8 @@ def reference_efficientdet(name: str, device: str, tmp: Path):
     except ImportError:
         return None, scaledet.create_model(name)
     bench = effdet.create_model("tf_" + name, bench_task="predict", pretrained=False, pretrained_backbone=False)
+    net = bench.model
+    spread_random_weights(net, net.class_net.predict.conv_pw, net.box_net.predict.conv_pw, bench.config.image_size)
     path = tmp / f"{name}_effdet.pth"
     torch.save(bench.model.state_dict(), path)
     return bench.eval().to(device), scaledet.create_model(name, pretrained=path)

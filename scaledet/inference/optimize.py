@@ -87,6 +87,11 @@ def freeze_fusions(network: nn.Module) -> int:
     return len(names)
 
 
+def _compile(function):
+    """torch.compile with inductor freezing (weights become constants: prepacked, fused convs)."""
+    return torch.compile(function, options={"freezing": True})
+
+
 class _Optimized(nn.Module):
     """Shared wrapper state: the source model's contract attributes, precision and device handling."""
 
@@ -132,7 +137,7 @@ class OptimizedEfficientDet(_Optimized):
         self.folded = fold_batchnorm(net, lambda: net(example))
         freeze_fusions(net)
         net.to(memory_format=torch.channels_last)
-        self.network = torch.compile(net) if compile else net
+        self.network = _compile(net) if compile else net
 
     def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
         """Contract of :class:`~scaledet.models.efficientdet.EfficientDet` (eval only)."""
@@ -171,7 +176,7 @@ class OptimizedDETR(_Optimized):
         mask = torch.zeros(1, 64, 64, dtype=torch.bool, device=example.device)
         self.folded = fold_batchnorm(backbone, lambda: backbone(example, mask))
         backbone.to(memory_format=torch.channels_last)
-        self.features = torch.compile(model.forward_features) if compile else model.forward_features
+        self.features = _compile(model.forward_features) if compile else model.forward_features
 
     def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
         """Contract of :class:`~scaledet.models.detr.DETR` (eval only)."""
