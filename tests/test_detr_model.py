@@ -237,12 +237,17 @@ class _Network(torch.nn.Module):
         return logits, boxes
 
 
-def test_forward_features_traces_for_export():
+def test_forward_features_exports_with_dynamic_sizes():
+    """torch.export (what the ONNX dynamo exporter uses) with dynamic batch, height and width."""
+    from torch.export import Dim
+
     network = _Network(tiny().eval())
-    batch, mask = torch.randn(1, 3, 96, 128), torch.zeros(1, 96, 128, dtype=torch.bool)
+    batch, mask = torch.randn(2, 3, 96, 128), torch.zeros(2, 96, 128, dtype=torch.bool)
+    size, height, width = Dim("batch", min=1, max=16), Dim("h32", min=2, max=64), Dim("w32", min=2, max=64)
+    exported = torch.export.export(network, (batch, mask), dynamic_shapes=(
+        {0: size, 2: 32 * height, 3: 32 * width}, {0: size, 1: 32 * height, 2: 32 * width}))
+    other, other_mask = torch.randn(3, 3, 128, 96), torch.zeros(3, 128, 96, dtype=torch.bool)
+    other_mask[1, 100:] = True  # a padded image of another size
     with torch.no_grad():
-        traced = torch.jit.trace(network, (batch, mask))
-        other, other_mask = torch.randn(2, 3, 128, 96), torch.zeros(2, 128, 96, dtype=torch.bool)
-        other_mask[1, 100:] = True  # a padded second image of another size
-        for traced_out, eager_out in zip(traced(other, other_mask), network(other, other_mask)):
-            torch.testing.assert_close(traced_out, eager_out, atol=1e-6, rtol=0)
+        for exported_out, eager_out in zip(exported.module()(other, other_mask), network(other, other_mask)):
+            torch.testing.assert_close(exported_out, eager_out, atol=1e-6, rtol=0)
