@@ -153,8 +153,9 @@ def test_converter_is_strict(tmp_path):
 
 
 def _published_r50() -> Path | None:
+    # evaluated at collection, before the per-test TORCH_HOME fixture: the user's real torch.hub cache
     candidates = [os.environ.get("SCALEDET_DETR_R50", ""),
-                  Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch/hub/checkpoints/detr-r50-e632da11.pth"]
+                  Path(torch.hub.get_dir()) / "checkpoints" / "detr-r50-e632da11.pth"]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 

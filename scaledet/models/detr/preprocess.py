@@ -6,7 +6,6 @@ normalised ``(cx, cy, w, h)`` in ``[0, 1]`` relative to that image (independent 
 
 from __future__ import annotations
 
-import random
 from typing import Sequence
 
 import torch
@@ -105,7 +104,9 @@ class Preprocessor:
 
     def __call__(self, images: Sequence[Tensor], training: bool = False) -> tuple[Tensor, Tensor]:
         """list of [3,H,W] in [0,1] -> (batch [B,3,H',W'] normalised, mask [B,H',W'] True on padding)."""
-        min_size = random.choice(self.train_min_sizes) if training and self.train_min_sizes else self.min_size
+        min_size = self.min_size
+        if training and self.train_min_sizes:  # torch's RNG, so seeded / checkpointed runs repeat
+            min_size = self.train_min_sizes[int(torch.randint(len(self.train_min_sizes), ()))]
         if min_size > 0:
             images = [self._resize(image, min_size) for image in images]
         return normalize_and_pad(images)
