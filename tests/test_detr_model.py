@@ -44,6 +44,7 @@ def test_parameter_counts_match_the_paper():
 def test_macs_at_800x1066_match_the_reference():
     profile = profile_model("detr_r50")
     assert profile["native_size"] == [800, 1066]
+    assert profile["params"] == 41_524_768 and profile["trainable_params"] == 41_302_368
     assert abs(profile["macs"] / 81.2e9 - 1) < 0.03, profile["macs"]
 
 

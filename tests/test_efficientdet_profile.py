@@ -55,7 +55,7 @@ def test_profile_cli_json(capsys):
 def test_profile_cli_table(capsys):
     assert main(["profile", "efficientdet_d0"]) == 0
     out = capsys.readouterr().out
-    assert "| efficientdet_d0 | 512x512 | 3,880,067 | 3.9M | 2.49 | 2.5 |" in out
+    assert "| efficientdet_d0 | 512x512 | 3,880,067 | 3,880,067 | 3.9M | 2.49 | 2.5 |" in out
 
 
 def test_meta_device_count_equals_a_real_forward():

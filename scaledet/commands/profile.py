@@ -18,15 +18,15 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of :func:`scaledet.profiling.profile_model` rows."""
-    lines = ["| model | input | params | paper params | GMACs | paper GFLOPs | MACs / paper | anchors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | input | params | trainable | paper params | GMACs | paper GFLOPs | MACs / paper | anchors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         paper = row["paper"]
         gmacs = row["macs"] / 1e9
         ratio = gmacs / paper["gflops"] if paper.get("gflops") else None
         paper_params = f"{paper['params_m']}M" if paper.get("params_m") else "-"
         lines.append(f"| {row['model']} | {row['native_size'][0]}x{row['native_size'][1]} | {row['params']:,} | "
-                     f"{paper_params} | {gmacs:.2f} | {_fmt(paper.get('gflops'), 'g')} | "
+                     f"{row['trainable_params']:,} | {paper_params} | {gmacs:.2f} | {_fmt(paper.get('gflops'), 'g')} | "
                      f"{_fmt(ratio, '.3f')} | {_fmt(row['anchors'], ',')} |")
     return "\n".join(lines)
 
