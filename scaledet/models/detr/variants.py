@@ -8,20 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# COCO category names indexed by the COCO category id (0..90); ids without a category are "N/A".
-# The official DETR checkpoints predict these 91 ids plus the no-object class (index 91).
-COCO91_CLASS_NAMES: list[str] = [
-    "N/A", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A",
-    "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
-    "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-]
+from scaledet.models.coco_names import COCO_NAMES_BY_ID
+
+# The official DETR checkpoints predict the 91 COCO ids (0..90) plus the no-object class (index 91).
+COCO91_CLASS_NAMES: list[str] = list(COCO_NAMES_BY_ID)
 
 # DETR's multi-scale training resize: shorter side drawn from these, longer side at most max_size.
 DETR_TRAIN_SCALES: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
