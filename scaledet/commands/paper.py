@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-images", type=int, default=None, help="shapes:train images (default 192)")
     parser.add_argument("--ablation-size", type=int, default=None, help="input size in px (default 96)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per row (default 0 1; at least 2)")
+    parser.add_argument("--note", default=None, help="a remark about this run printed in the report (e.g. machine load)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     options = ReportOptions(out=args.out, device=args.device, latency=args.latency, gpu_json=gpu_json,
                             train_ablation=args.train_ablation, ablation_budget=budget,
                             ablation_device=args.ablation_device, ablation_cache=args.ablation_cache,
-                            progress=args.progress, reuse=args.reuse, command="scaledet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["paper"] else "scaledet paper")
+                            progress=args.progress, reuse=args.reuse, note=args.note, command="scaledet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["paper"] else "scaledet paper")
     try:
         text = build_report(options)
     except ValueError as error:

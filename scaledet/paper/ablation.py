@@ -62,6 +62,7 @@ def _save_cache(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.chmod(tmp.name, 0o644)  # a report artefact, readable like any other file
     os.replace(tmp.name, path)
 
 

@@ -35,6 +35,7 @@ class ReportOptions:
     progress: bool = True
     command: str = "scaledet paper"
     reuse: bool = False  # take tables 1-6 from OUT/measurements.json instead of measuring again
+    note: str | None = None  # a remark about the run (e.g. the machine's load), printed under the header
 
 
 def read_gpu_measurements(path: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -157,6 +158,7 @@ def render(data: dict[str, Any], options: ReportOptions, figures: list[Path], ab
     parts = [
         "# Reproducing the EfficientDet paper's comparisons with scaledet",
         data.get("environment") or _environment(options),
+        *([f"Note on this run: {options.note}"] if options.note else []),
         "Regenerate with `scaledet paper --out docs/paper` (add `--train-ablation` for the training rows, "
         "`--gpu-json FILE` to import GPU latencies). Paper numbers: Tan, Pang, Le, *EfficientDet*, CVPR 2020. "
         "MACs are multiply-accumulates of convolutions and matrix products (`FlopCounterMode` / 2); the paper's "
@@ -221,6 +223,11 @@ def render(data: dict[str, Any], options: ReportOptions, figures: list[Path], ab
             ablation_markdown(ablation),
             ranking_sentence(ablation),
         ]
+        if max(r["ap_mean"] for r in ablation) < 5:
+            parts.append("Every row is below 5 AP: at this budget the detectors have barely started to learn, so this "
+                         "ablation exercises the machinery (same recipe, seeds, spread, cache) but cannot test the "
+                         "paper's ranking; a larger budget (`--ablation-epochs`, `--ablation-images`, `--ablation-size`, "
+                         "ideally on a GPU) is needed for that.")
     else:
         parts.append("_Not run for this report._ `scaledet paper --train-ablation` trains each row (the six feature "
                      "networks plus BiFPN-softmax, so BiFPN covers the three fusion modes) for the same budget and seeds "
