@@ -192,3 +192,8 @@ def test_retinanet_weights_round_trip_with_backbone_override(tmp_path):
     batch = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(again.forward_features(batch)["cls_logits"], model.forward_features(batch)["cls_logits"])
+
+
+def test_unknown_feature_network_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown feature_network 'bogus'.*nasfpn"):
+        scaledet.create_model("efficientdet_d0", feature_network="bogus", image_size=64)

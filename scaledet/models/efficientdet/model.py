@@ -36,6 +36,8 @@ class EfficientDetNet(nn.Module):
         self.backbone = create_backbone(variant.backbone, variant.backbone_drop_path_rate)
         in_channels = self.backbone.feature_info.channels()[variant.min_level - 3 :]
         self.first_backbone_map = variant.min_level - 3
+        if variant.feature_network not in TOPOLOGIES:
+            raise ValueError(f"unknown feature_network {variant.feature_network!r}; choose one of {sorted(TOPOLOGIES)}")
         topology = TOPOLOGIES[variant.feature_network](variant.min_level, variant.max_level)
         self.fpn = FeatureNetwork(in_channels, variant.fpn_channels, topology, variant.fpn_repeats,
                                   variant.min_level, variant.max_level, variant.fusion, variant.activation)
