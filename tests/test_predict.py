@@ -1,6 +1,7 @@
 """scaledet predict on a folder with a good RGB image, a grayscale PNG, a corrupt file and a tiny video."""
 
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -28,7 +29,8 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(inputs / "rgb.jpg")
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 40), dtype=np.uint8), mode="L").save(inputs / "gray.png")
+    gray = np.random.default_rng(1).integers(0, 255, (50, 40), dtype=np.uint8)
+    Image.fromarray(gray, mode="L").save(inputs / "gray.png")
     (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     _write_video(inputs / "clip.mp4")
     out = tmp_path / "out"
@@ -42,7 +44,7 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
     with av.open(str(out / "clip.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
     images = json.loads((out / "images.json").read_text())
-    assert sorted((Path_name(i["file_name"]), i["frame"]) for i in images) == sorted(
+    assert sorted((Path(i["file_name"]).name, i["frame"]) for i in images) == sorted(
         [("gray.png", None), ("rgb.jpg", None)] + [("clip.mp4", f) for f in range(5)])
     gray = next(i for i in images if i["file_name"].endswith("gray.png"))
     assert (gray["width"], gray["height"]) == (40, 50)
@@ -54,10 +56,6 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
         image = next(i for i in images if i["id"] == row["image_id"])
         assert w >= 0 and h >= 0 and x >= 0 and y >= 0
         assert x + w <= image["width"] + 1e-3 and y + h <= image["height"] + 1e-3
-
-
-def Path_name(name):  # noqa: N802 - tiny helper
-    return name.rsplit("/", 1)[-1]
 
 
 def test_predict_reports_missing_inputs_and_bad_arguments(tmp_path, capsys):
