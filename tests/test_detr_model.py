@@ -136,10 +136,10 @@ def test_param_groups_follow_the_recipe():
 
 @pytest.mark.parametrize("images, message", [
     ([torch.rand(1, 20, 20)], "3 \\(RGB\\) channels"),
-    ([torch.rand(20, 20)], "Tensor\\[3,H,W\\]"),
-    (torch.rand(1, 3, 20, 20), "list"),
+    ([torch.rand(20, 20)], "Tensor\\[3, H, W\\]"),
+    (torch.rand(3, 20, 20), "list"),
     ([torch.rand(3, 20, 20) * 255], "values must be in \\[0, 1\\]"),
-    ([torch.full((3, 20, 20), float("nan"))], "values must be in"),
+    ([torch.full((3, 20, 20), float("nan"))], "NaN"),
     ([torch.randint(0, 2, (3, 20, 20))], "float"),
 ])
 def test_bad_images_are_rejected(images, message):
@@ -153,7 +153,7 @@ def test_bad_images_are_rejected(images, message):
     (lambda t: t[0].update(boxes=torch.tensor([[9.0, 1.0, 5.0, 5.0], [0.0, 0.0, 1.0, 1.0]])), "x2 >= x1"),
     (lambda t: t[0].update(labels=torch.tensor([1, 4])), "labels must be in \\[0, 4\\)"),
     (lambda t: t[0].update(labels=torch.tensor([1.0, 2.0])), "int64"),
-    (lambda t: t[1].update(boxes=torch.zeros(1, 5)), "\\[M,4\\]"),
+    (lambda t: t[1].update(boxes=torch.zeros(1, 5)), "\\[M, 4\\]"),
     (lambda t: t.pop(), "one dict per image"),
 ])
 def test_bad_targets_are_rejected(change, message):

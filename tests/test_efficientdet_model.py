@@ -225,7 +225,7 @@ def test_soft_nms_gaussian():
     [
         ([torch.rand(4, 64, 64)], None, "3 \\(RGB\\) channels"),
         ([torch.rand(64, 64)], None, "Tensor\\[3, H, W\\]"),
-        (torch.rand(64, 64), None, "list of Tensor"),
+        (torch.rand(64, 64), None, "list of float Tensor"),
         ([torch.rand(3, 64, 64) * 255], None, "divided by 255"),
         ([(torch.rand(3, 64, 64) * 255).to(torch.uint8)], None, "float"),
         ([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[1.0, float("nan"), 5, 5]]), "labels": torch.tensor([0])}], "NaN"),

@@ -176,9 +176,10 @@ class OnnxDetector:
         return self._efficientdet(images) if self.family == "efficientdet" else self._detr(images)
 
     def _efficientdet(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        from scaledet.models.efficientdet.model import EfficientDet, _validate_images
+        from scaledet.models.efficientdet.model import EfficientDet
+        from scaledet.models.inputs import check_images
 
-        _validate_images(images)
+        images = check_images(images)
         batch, scales, valid = EfficientDet.preprocess(self._eff, [image.float().cpu() for image in images])
         feeds = {"images": batch.numpy(), "valid_sizes": torch.tensor(valid, dtype=torch.float32).numpy()}
         image, boxes, scores, labels = (torch.from_numpy(x) for x in self.session.run(None, feeds))
@@ -189,9 +190,10 @@ class OnnxDetector:
         return results
 
     def _detr(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        from scaledet.models.detr.preprocess import Preprocessor, check_images
+        from scaledet.models.detr.preprocess import Preprocessor
+        from scaledet.models.inputs import check_images
 
-        check_images(images)
+        images = check_images(images)
         min_size, max_size = self.image_size
         batch, mask = Preprocessor(min_size, max_size)([image.float().cpu() for image in images])
         sizes = torch.tensor([list(image.shape[1:]) for image in images], dtype=torch.float32)

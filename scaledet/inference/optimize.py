@@ -142,12 +142,12 @@ class OptimizedEfficientDet(_Optimized):
     def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
         """Contract of :class:`~scaledet.models.efficientdet.EfficientDet` (eval only)."""
         from scaledet.models.efficientdet.head import flatten_outputs
-        from scaledet.models.efficientdet.model import _validate_images
+        from scaledet.models.inputs import check_images
         from scaledet.inference.postprocess import efficientdet_detections
 
         if targets is not None:
             raise ValueError("an optimised model is inference-only; pass targets to the original model")
-        _validate_images(images)
+        images = check_images(images)
         model, variant = self.model, self.model.variant
         batch, scales, valid = model.preprocess(list(images))
         with torch.no_grad(), self.autocast(batch.device):
@@ -181,11 +181,11 @@ class OptimizedDETR(_Optimized):
     def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
         """Contract of :class:`~scaledet.models.detr.DETR` (eval only)."""
         from scaledet.models.detr.model import postprocess
-        from scaledet.models.detr.preprocess import check_images
+        from scaledet.models.inputs import check_images
 
         if targets is not None:
             raise ValueError("an optimised model is inference-only; pass targets to the original model")
-        check_images(images)
+        images = check_images(images)
         batch, mask = self.model.preprocessor(images)
         with torch.no_grad(), self.autocast(batch.device):
             logits, boxes, _ = self.features(batch.contiguous(memory_format=torch.channels_last), mask)

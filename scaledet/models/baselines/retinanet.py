@@ -25,6 +25,8 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from scaledet.models.inputs import check_images, check_targets
+
 FPN_CHANNELS = 256
 _TORCHVISION_RESNETS = ("resnet50", "resnet101")
 
@@ -119,15 +121,12 @@ class RetinaNetDetector(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Eval: list of detection dicts sorted by score. Train: dict of losses with ``"loss"``."""
-        from scaledet.models.efficientdet.model import _validate_images, _validate_targets
-
-        _validate_images(images)
-        images = list(images)
+        images = check_images(images)
         if targets is None:
             if self.training:
                 raise ValueError("training mode needs targets; call model.eval() for detections")
             return self.net(images)
-        _validate_targets(targets, len(images), self.num_classes)
+        check_targets(targets, len(images), self.num_classes)
         targets = [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in targets]
         losses = self.net(images, targets)
         losses["loss"] = sum(losses.values())

@@ -11,7 +11,8 @@ from torchvision.ops import box_convert
 
 from scaledet.models.detr.backbone import ResNetBackbone, SinePositionEncoding
 from scaledet.models.detr.criterion import SetCriterion
-from scaledet.models.detr.preprocess import Preprocessor, check_images, check_targets, normalized_targets
+from scaledet.models.detr.preprocess import Preprocessor, normalized_targets
+from scaledet.models.inputs import check_images, check_targets
 from scaledet.models.detr.transformer import Transformer
 
 
@@ -110,7 +111,7 @@ class DETR(nn.Module):
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
         """See the class docstring for the contract."""
-        check_images(images)
+        images = check_images(images)
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets (call model.eval() for detections)")

@@ -15,51 +15,6 @@ from torchvision.ops import box_convert
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_RANGE_TOLERANCE = 0.01  # values this far outside [0, 1] are rejected (e.g. 0..255 inputs)
-
-
-def check_images(images: Sequence[Tensor]) -> None:
-    """Raise ValueError unless ``images`` is a non-empty list of float [3,H,W] RGB tensors in [0, 1]."""
-    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)) or not images:
-        raise ValueError("images must be a non-empty list of float Tensor[3,H,W] (one per image)")
-    for index, image in enumerate(images):
-        if not isinstance(image, Tensor) or image.dim() != 3:
-            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"image {index} must be a Tensor[3,H,W], got {shape}")
-        if image.shape[0] != 3:
-            raise ValueError(f"image {index} must have 3 (RGB) channels first, got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
-            raise ValueError(f"image {index} must be float in [0, 1], got dtype {image.dtype}")
-        if image.shape[1] < 1 or image.shape[2] < 1:
-            raise ValueError(f"image {index} is empty: shape {tuple(image.shape)}")
-        low, high = float(image.min()), float(image.max())
-        if not (low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE):  # also catches NaN
-            raise ValueError(
-                f"image {index} values must be in [0, 1], got range [{low:.3g}, {high:.3g}]"
-                " (divide 0..255 images by 255)"
-            )
-
-
-def check_targets(targets: Sequence[dict], num_images: int, num_classes: int) -> None:
-    """Raise ValueError unless each target holds finite xyxy ``boxes`` [M,4] (x2 >= x1, y2 >= y1)
-    and int64 ``labels`` [M] in ``[0, num_classes)``."""
-    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
-        raise ValueError(f"targets must be a list with one dict per image ({num_images})")
-    for index, target in enumerate(targets):
-        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
-            raise ValueError(f"target {index} must be a dict with 'boxes' and 'labels'")
-        boxes, labels = target["boxes"], target["labels"]
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"target {index} boxes must be [M,4] xyxy, got shape {tuple(boxes.shape)}")
-        if not torch.isfinite(boxes).all():
-            raise ValueError(f"target {index} boxes contain NaN or inf")
-        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-            raise ValueError(f"target {index} boxes must be xyxy with x2 >= x1 and y2 >= y1")
-        if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
-            raise ValueError(f"target {index} labels must be int64 [M] matching boxes, got {labels.dtype} "
-                             f"{tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"target {index} labels must be in [0, {num_classes}), got {labels.tolist()}")
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:

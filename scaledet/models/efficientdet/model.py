@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaledet.models.inputs import check_images, check_targets
+
 from .anchors import generate_anchors
 from .backbone import create_backbone
 from .config import EfficientDetVariant
@@ -23,10 +25,6 @@ from .feature_network import TOPOLOGIES, FeatureNetwork
 from .head import HeadNet, flatten_outputs
 from .loss import detection_loss
 from .postprocess import select_detections
-
-# inputs are RGB in [0, 1]; allow resampling overshoot, reject e.g. 0..255 data by far
-_VALUE_TOLERANCE = 0.1
-
 
 class EfficientDetNet(nn.Module):
     """Backbone -> feature network (BiFPN) -> shared class / box heads."""
@@ -64,50 +62,6 @@ class EfficientDetNet(nn.Module):
         features = self.backbone(x)[self.first_backbone_map :]
         features = self.fpn(features)
         return self.class_net(features), self.box_net(features)
-
-
-def _validate_images(images: list[Tensor]) -> None:
-    if isinstance(images, Tensor):
-        if images.dim() == 4:
-            images = list(images)
-        else:
-            raise ValueError(f"images must be a list of Tensor[3, H, W] (or a [B, 3, H, W] batch), got a tensor of shape {tuple(images.shape)}")
-    if not isinstance(images, (list, tuple)) or not images:
-        raise ValueError("images must be a non-empty list of Tensor[3, H, W]")
-    for i, image in enumerate(images):
-        if not isinstance(image, Tensor) or image.dim() != 3:
-            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"image {i} must be a Tensor[3, H, W], got {shape}")
-        if image.shape[0] != 3:
-            raise ValueError(f"image {i} must have 3 (RGB) channels first, got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
-            raise ValueError(f"image {i} must be a float tensor in [0, 1], got dtype {image.dtype} (divide by 255)")
-        if image.numel() and image.device.type != "meta":
-            low, high = float(image.min()), float(image.max())
-            if not math.isfinite(low + high):
-                raise ValueError(f"image {i} contains NaN or infinite values")
-            if low < -_VALUE_TOLERANCE or high > 1 + _VALUE_TOLERANCE:
-                raise ValueError(f"image {i} values must lie in [0, 1], found [{low:.3g}, {high:.3g}] "
-                                 "(a 0..255 image must be divided by 255)")
-
-
-def _validate_targets(targets: list[dict[str, Tensor]], num_images: int, num_classes: int) -> None:
-    if len(targets) != num_images:
-        raise ValueError(f"got {num_images} images but {len(targets)} targets")
-    for i, target in enumerate(targets):
-        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
-            raise ValueError(f"target {i} must be a dict with 'boxes' and 'labels'")
-        boxes, labels = target["boxes"], target["labels"]
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"target {i} boxes must be Tensor[M, 4] xyxy, got shape {tuple(boxes.shape)}")
-        if labels.shape != (boxes.shape[0],):
-            raise ValueError(f"target {i} labels must be Tensor[{boxes.shape[0]}], got shape {tuple(labels.shape)}")
-        if not torch.isfinite(boxes).all():
-            raise ValueError(f"target {i} boxes contain NaN or infinite values")
-        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-            raise ValueError(f"target {i} has boxes with x2 < x1 or y2 < y1; boxes must be xyxy pixels")
-        if labels.is_floating_point() or (labels.numel() and (labels.min() < 0 or labels.max() >= num_classes)):
-            raise ValueError(f"target {i} labels must be int64 in [0, {num_classes}), got {labels.tolist()[:10]}")
 
 
 class EfficientDet(nn.Module):
@@ -179,10 +133,9 @@ class EfficientDet(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Eval: list of detections dicts. Train (``targets`` given): dict of named losses."""
-        _validate_images(images)
-        images = list(images)
+        images = check_images(images)
         if targets is not None:
-            _validate_targets(targets, len(images), self.num_classes)
+            check_targets(targets, len(images), self.num_classes)
         batch, scales, valid = self.preprocess(images)
         cls_out, box_out = self.forward_features(batch)
         cls_logits = flatten_outputs(cls_out, self.num_classes)

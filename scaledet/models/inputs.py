@@ -1,0 +1,80 @@
+"""Checks of what callers pass to a detector, shared by every family.
+
+Every detector takes ``images``: a list of float ``Tensor[3, H, W]`` RGB in ``[0, 1]`` (sizes may
+differ; a ``[B, 3, H, W]`` batch is accepted too) and, in training, ``targets``: one
+``dict(boxes=Tensor[M, 4] xyxy pixels, labels=Tensor[M] int64 in [0, num_classes))`` per image.
+Anything else raises ``ValueError`` with a message naming the image/target and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# Inputs are RGB in [0, 1]; allow resampling overshoot, reject e.g. 0..255 data by far.
+VALUE_TOLERANCE = 0.1
+
+
+def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
+    """Validate ``images`` and return them as a list of ``Tensor[3, H, W]``."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError("images must be a non-empty list of float Tensor[3, H, W] (or a [B, 3, H, W] batch), "
+                             f"got a tensor of shape {tuple(images.shape)}")
+        images = list(images)
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images must be a non-empty list of float Tensor[3, H, W]")
+    for index, image in enumerate(images):
+        _check_image(index, image)
+    return list(images)
+
+
+def _check_image(index: int, image: Tensor) -> None:
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image {index} must be a Tensor[3, H, W], got {shape}")
+    if image.shape[0] != 3:
+        raise ValueError(f"image {index} must have 3 (RGB) channels first, got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image {index} must be a float tensor in [0, 1], got dtype {image.dtype} (divide by 255)")
+    if image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"image {index} is empty: shape {tuple(image.shape)}")
+    if image.device.type == "meta":  # shape-only runs (profiling) carry no values
+        return
+    low, high = float(image.min()), float(image.max())
+    if not math.isfinite(low + high):
+        raise ValueError(f"image {index} contains NaN or infinite values")
+    if low < -VALUE_TOLERANCE or high > 1 + VALUE_TOLERANCE:
+        raise ValueError(f"image {index} values must be in [0, 1], found [{low:.3g}, {high:.3g}] "
+                         "(a 0..255 image must be divided by 255)")
+
+
+def check_targets(targets: Sequence[dict[str, Tensor]], num_images: int, num_classes: int) -> None:
+    """Validate one target dict per image: finite xyxy ``boxes`` ``[M, 4]`` with x2 >= x1 and
+    y2 >= y1, and int64 ``labels`` ``[M]`` in ``[0, num_classes)``."""
+    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        count = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(f"targets must be a list with one dict per image: got {num_images} images and {count} targets")
+    for index, target in enumerate(targets):
+        _check_target(index, target, num_classes)
+
+
+def _check_target(index: int, target: dict[str, Tensor], num_classes: int) -> None:
+    if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+        raise ValueError(f"target {index} must be a dict with 'boxes' and 'labels'")
+    boxes, labels = target["boxes"], target["labels"]
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"target {index} boxes must be Tensor[M, 4] xyxy, got shape {tuple(boxes.shape)}")
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"target {index} boxes contain NaN or infinite values")
+    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+        raise ValueError(f"target {index} has boxes with x2 < x1 or y2 < y1; boxes must be xyxy pixels "
+                         "with x2 >= x1 and y2 >= y1")
+    if labels.dtype != torch.int64 or labels.shape != (boxes.shape[0],):
+        raise ValueError(f"target {index} labels must be int64 Tensor[{boxes.shape[0]}] matching boxes, "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"target {index} labels must be in [0, {num_classes}), got {labels.tolist()[:10]}")
