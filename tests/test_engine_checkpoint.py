@@ -112,3 +112,16 @@ def test_not_a_training_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError):
         ckpt.load_training_checkpoint(tmp_path / "missing.pt")
     assert not os.path.exists(tmp_path / "missing.pt")
+
+
+def test_logs_restart_for_a_new_run_and_continue_on_resume(tmp_path):
+    from scaledet.engine.logging import read_log
+
+    _train(tmp_path, max_steps=4)
+    _train(tmp_path, max_steps=4)  # a new run in the same folder replaces the log
+    steps = [r["step"] for r in read_log(tmp_path) if r["kind"] == "step"]
+    assert steps == [1, 2, 3, 4]
+    _train(tmp_path, max_steps=6, resume="auto")
+    steps = [r["step"] for r in read_log(tmp_path) if r["kind"] == "step"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "steps.csv").read_text().count("step,") == 1  # one header

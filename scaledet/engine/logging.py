@@ -11,16 +11,20 @@ from typing import Any
 
 
 class RunLogger:
-    """Append-only writer for step and epoch records (call :meth:`close` at the end)."""
+    """Writer for step and epoch records (call :meth:`close` at the end).
 
-    def __init__(self, out: str | Path, tensorboard: bool = False, enabled: bool = True) -> None:
+    A new run replaces the files in ``out``; ``append=True`` (resume) continues them.
+    """
+
+    def __init__(self, out: str | Path, tensorboard: bool = False, enabled: bool = True, append: bool = False) -> None:
         self.out = Path(out)
         self.enabled = enabled
+        self.append = append  # continue existing logs (resume) instead of starting new ones
         self._csv: dict[str, tuple[Any, csv.DictWriter]] = {}
         self._writer = None
         if enabled:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.out / "log.jsonl", "a", encoding="utf-8")
+            self._jsonl = open(self.out / "log.jsonl", "a" if append else "w", encoding="utf-8")
             if tensorboard:
                 self._writer = _tensorboard_writer(self.out / "tensorboard")
 
@@ -40,8 +44,8 @@ class RunLogger:
     def _csv_row(self, kind: str, record: dict[str, Any]) -> None:
         if kind not in self._csv:
             path = self.out / f"{kind}s.csv"
-            new = not path.exists()
-            handle = open(path, "a", newline="", encoding="utf-8")
+            new = not (self.append and path.exists())
+            handle = open(path, "w" if new else "a", newline="", encoding="utf-8")
             writer = csv.DictWriter(handle, fieldnames=list(record), extrasaction="ignore")
             if new:
                 writer.writeheader()

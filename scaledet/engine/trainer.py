@@ -139,7 +139,8 @@ class Trainer:
         self.last_stats: dict[str, float] | None = None
         self._stats_step = -1
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
-        self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main)
+        self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main,
+                                append=bool(config.resume))
         if config.resume:
             self.load(self.out / "last.pt" if config.resume == "auto" else Path(config.resume))
 
