@@ -5,6 +5,7 @@ What it does (the original model is left untouched):
 * EfficientDet: the class/box heads share conv weights across levels but keep per-level BatchNorm,
   so they are first unshared into one conv chain per level; then every conv -> BatchNorm pair
   (timm backbone, BiFPN, heads) is folded; DETR: the ResNet's FrozenBatchNorm is folded.
+* on CPU, 1x1 convs are routed to oneDNN (:func:`route_pointwise_to_onednn`, output unchanged);
 * conv weights and the input batch use ``torch.channels_last`` (the heads' permute to
   ``[B, H, W, A*K]`` becomes free);
 * ``precision="bf16"``: the network runs under ``torch.autocast`` with bfloat16 (outputs cast back
@@ -87,6 +88,20 @@ def freeze_fusions(network: nn.Module) -> int:
     return len(names)
 
 
+def route_pointwise_to_onednn(module: nn.Module) -> int:
+    """Give every 1x1, stride-1 convolution ``dilation=2`` (a 1x1 kernel has no taps to spread, so the
+    result is identical). PyTorch's CPU dispatcher sends undilated 1x1 convs with batch < 16 on one
+    thread to its generic im2col/GEMM path; a dilated conv goes to oneDNN, which is faster on
+    channels_last inputs (D0 batch 1, one thread: ~98 -> ~80 ms). Returns the number changed."""
+    changed = 0
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1) \
+                and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1):
+            conv.dilation = (2, 2)
+            changed += 1
+    return changed
+
+
 def _compile(function):
     """torch.compile with inductor freezing (weights become constants: prepacked, fused convs)."""
     return torch.compile(function, options={"freezing": True})
@@ -136,6 +151,8 @@ class OptimizedEfficientDet(_Optimized):
         example = torch.zeros(1, 3, *model.image_size, device=model.mean.device)
         self.folded = fold_batchnorm(net, lambda: net(example))
         freeze_fusions(net)
+        if example.device.type == "cpu":
+            route_pointwise_to_onednn(net)
         net.to(memory_format=torch.channels_last)
         self.network = _compile(net) if compile else net
 
@@ -175,6 +192,8 @@ class OptimizedDETR(_Optimized):
         example = torch.zeros(1, 3, 64, 64, device=model.query_embed.weight.device)
         mask = torch.zeros(1, 64, 64, dtype=torch.bool, device=example.device)
         self.folded = fold_batchnorm(backbone, lambda: backbone(example, mask))
+        if example.device.type == "cpu":
+            route_pointwise_to_onednn(backbone)
         backbone.to(memory_format=torch.channels_last)
         self.features = _compile(model.forward_features) if compile else model.forward_features
 
