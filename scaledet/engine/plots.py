@@ -25,7 +25,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch" and r.get("AP") is not None]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    loss_keys = sorted({k for r in steps for k in r if k.startswith("loss")})
+    loss_keys = sorted({k for r in steps for k in r if "loss" in k})
     for key in loss_keys:
         points = [(r["step"], r[key]) for r in steps if key in r]
         axes[0].plot(*zip(*points), label=key) if points else None
