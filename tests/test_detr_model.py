@@ -188,6 +188,28 @@ def test_save_and_reload_round_trip(tmp_path):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
 
 
+def test_from_scratch_backbone_trains_batchnorm_and_every_stage(tmp_path):
+    model = tiny(backbone_norm="batch", backbone_trainable_layers=5).train()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    model(_images(), _targets())["loss"].backward()
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0 and model.backbone.body.bn1.weight.grad is not None
+    assert model.backbone.body.bn1.num_batches_tracked.item() == 1  # statistics are updated in training
+    path = weights.save_weights(model.state_dict(), tmp_path / "scratch.safetensors", model.config)
+    reloaded = scaledet.create_model("detr_r50", pretrained=path)
+    assert reloaded.config == model.config
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, reloaded.state_dict()[key]), key
+    frozen_two = tiny(backbone_norm="batch", backbone_trainable_layers=2)
+    trainable = {name.split(".")[2] for name, p in frozen_two.named_parameters() if name.startswith("backbone.") and p.requires_grad}
+    assert trainable == {"layer3", "layer4"}
+    with pytest.raises(ValueError, match="norm must be one of"):
+        tiny(backbone_norm="group")
+    with pytest.raises(ValueError, match="trainable_layers must be in 0..5"):
+        tiny(backbone_trainable_layers=6)
+
+
 def test_new_num_classes_resets_only_the_class_head(tmp_path):
     source = tiny(num_classes=91)
     torch.save({"model": convert.to_official(source.state_dict())}, tmp_path / "official.pth")

@@ -78,3 +78,11 @@ def _check_target(index: int, target: dict[str, Tensor], num_classes: int) -> No
                          f"got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"target {index} labels must be in [0, {num_classes}), got {labels.tolist()[:10]}")
+
+
+def class_names_for(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """``class_names`` as a list, or ``class_0 .. class_{K-1}`` when None; ValueError if the count is not K."""
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"got {len(names)} class names for {num_classes} classes")
+    return names

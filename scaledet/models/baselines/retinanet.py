@@ -25,7 +25,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from scaledet.models.inputs import check_images, check_targets
+from scaledet.models.inputs import check_images, check_targets, class_names_for
 
 FPN_CHANNELS = 256
 _TORCHVISION_RESNETS = ("resnet50", "resnet101")
@@ -98,10 +98,7 @@ class RetinaNetDetector(nn.Module):
         self.variant, self.name = variant, name
         self.num_classes = variant.num_classes
         self.image_size = tuple(variant.image_size)
-        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(self.num_classes)]
-        if len(names) != self.num_classes:
-            raise ValueError(f"got {len(names)} class names for {self.num_classes} classes")
-        self.class_names = names
+        self.class_names = class_names_for(class_names, self.num_classes)
         self.overrides = dict(overrides or {})
         side = max(self.image_size)
         self.net = RetinaNet(create_fpn_backbone(variant.backbone), num_classes=self.num_classes, min_size=side,

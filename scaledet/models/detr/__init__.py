@@ -37,7 +37,8 @@ def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: s
     """Build a randomly initialised DETR from a variant row (``name``/``overrides`` go to its config)."""
     matcher = HungarianMatcher(variant.cost_class, variant.cost_bbox, variant.cost_giou)
     return DETR(
-        backbone=ResNetBackbone(variant.backbone, variant.dilation),
+        backbone=ResNetBackbone(variant.backbone, variant.dilation, variant.backbone_norm,
+                                variant.backbone_trainable_layers),
         transformer=Transformer(variant.hidden_dim, variant.num_heads, variant.ffn_dim, variant.enc_layers,
                                 variant.dec_layers, variant.dropout),
         num_classes=variant.num_classes,
@@ -123,7 +124,10 @@ def _load(model: DETR, state: dict, checkpoint_classes: int | None) -> None:
     if reset_classes:
         _LOG.info("DETR: class head re-initialised for %d classes (checkpoint: %s)", model.num_classes,
                   checkpoint_classes)
-    check_compatible(state, model.state_dict(), ignore=ignore)
+    expected = model.state_dict()
+    counters = {key: value for key, value in expected.items() if key.endswith("num_batches_tracked")}
+    check_compatible(state, {key: value for key, value in expected.items() if key not in counters}, ignore=ignore)
+    state = {**counters, **state}  # BatchNorm2d counters (backbone_norm="batch") are not stored
     model.load_state_dict({key: value for key, value in state.items() if not key.startswith(ignore)},
                           strict=not reset_classes)
 

@@ -10,32 +10,47 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
-_TRAINABLE_STAGES = ("layer2", "layer3", "layer4")
+_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+BACKBONE_NORMS = ("frozen", "batch")
 
 
 class ResNetBackbone(nn.Module):
     """torchvision ResNet trunk returning layer4 features and the downsampled padding mask.
 
-    BatchNorm is :class:`torchvision.ops.FrozenBatchNorm2d` everywhere; the stem and layer1 are
-    frozen (``requires_grad=False``), layer2-4 train, as in the official DETR.
+    The official DETR (the default here) fine-tunes an ImageNet ResNet: BatchNorm is
+    :class:`torchvision.ops.FrozenBatchNorm2d` everywhere and the stem and layer1 are frozen
+    (``requires_grad=False``); layer2-4 train. Training from scratch (no ImageNet weights, e.g.
+    offline) needs ``norm="batch"`` and ``trainable_layers=5``: frozen identity statistics and
+    frozen random early layers leave a random network little to learn with.
 
     Args:
         name: torchvision ResNet name (``"resnet50"``, ``"resnet101"``, ``"resnet18"``...).
         dilation: DC5 - dilation instead of stride in layer4 (output stride 16 instead of 32).
+        norm: ``"frozen"`` (FrozenBatchNorm2d, the published weights) or ``"batch"`` (BatchNorm2d).
+        trainable_layers: how many of (layer4, layer3, layer2, layer1, stem) train, counted from
+            layer4 (0-5; torchvision's ``trainable_backbone_layers``); the rest get no gradient.
     """
 
-    def __init__(self, name: str = "resnet50", dilation: bool = False) -> None:
+    def __init__(self, name: str = "resnet50", dilation: bool = False, norm: str = "frozen",
+                 trainable_layers: int = 3) -> None:
         super().__init__()
         if not name.startswith("resnet"):
             raise ValueError(f"DETR backbone must be a torchvision ResNet, got {name!r}")
+        if norm not in BACKBONE_NORMS:
+            raise ValueError(f"DETR backbone norm must be one of {BACKBONE_NORMS}, got {norm!r}")
+        if not 0 <= trainable_layers <= len(_STAGES):
+            raise ValueError(f"trainable_layers must be in 0..{len(_STAGES)}, got {trainable_layers}")
         body = torchvision.models.get_model(
-            name, weights=None, norm_layer=FrozenBatchNorm2d, replace_stride_with_dilation=[False, False, dilation]
+            name, weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d,
+            replace_stride_with_dilation=[False, False, dilation],
         )
         self.num_channels: int = body.fc.in_features
         del body.fc, body.avgpool
         self.body = body
+        trainable = _STAGES[len(_STAGES) - trainable_layers:]
         for param_name, param in self.body.named_parameters():
-            if not param_name.startswith(_TRAINABLE_STAGES):
+            stage = param_name.split(".")[0] if param_name.startswith("layer") else "stem"
+            if stage not in trainable:
                 param.requires_grad_(False)
 
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

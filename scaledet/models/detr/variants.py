@@ -30,6 +30,8 @@ class DetrVariant:
 
     backbone: str = "resnet50"  # any torchvision ResNet name (resnet18/34 without dilation)
     dilation: bool = False  # DC5: dilation instead of stride in layer4 (stride 16)
+    backbone_norm: str = "frozen"  # "frozen" (FrozenBatchNorm2d, as published) or "batch" (from scratch)
+    backbone_trainable_layers: int = 3  # layer2-4 train, stem + layer1 frozen (official); 5 = all
     num_classes: int = 91  # object classes, no-object excluded (COCO ids 0..90)
     hidden_dim: int = 256
     num_heads: int = 8

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaledet.models.inputs import check_images, check_targets
+from scaledet.models.inputs import check_images, check_targets, class_names_for
 
 from .anchors import generate_anchors
 from .backbone import create_backbone
@@ -79,10 +79,7 @@ class EfficientDet(nn.Module):
         self.network = EfficientDetNet(variant)
         self.num_classes = variant.num_classes
         self.image_size = tuple(variant.image_size)
-        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(self.num_classes)]
-        if len(names) != self.num_classes:
-            raise ValueError(f"got {len(names)} class names for {self.num_classes} classes")
-        self.class_names = names
+        self.class_names = class_names_for(class_names, self.num_classes)
         self.overrides = dict(overrides or {})
         self.register_buffer("mean", torch.tensor(variant.mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(variant.std).view(3, 1, 1), persistent=False)
