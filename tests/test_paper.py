@@ -90,7 +90,7 @@ def test_ablation_cache_resumes_and_summarises(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "train_one", fake_train)
     cache = tmp_path / "cache.json"
     rows = [r for r in FEATURE_NETWORKS if r.key in ("fpn", "bifpn_fast")]
-    budget = ablation.AblationBudget(max_steps=3)
+    budget = ablation.AblationBudget(max_steps=3, seeds=(0, 1))
     summary = ablation.run_ablation(cache, budget, rows=rows, progress=False)
     assert calls == [("fpn", 0), ("fpn", 1), ("bifpn_fast", 0), ("bifpn_fast", 1)]
     assert [r["aps"] for r in summary] == [pytest.approx([10.0, 20.0]), pytest.approx([40.0, 50.0])]
@@ -103,7 +103,7 @@ def test_ablation_cache_resumes_and_summarises(tmp_path, monkeypatch):
     ablation.run_ablation(cache, budget, rows=rows, progress=False)  # resumes the missing run only
     assert calls[4:] == [("bifpn_fast", 1)]
     with pytest.raises(ValueError, match="another budget"):
-        ablation.run_ablation(cache, ablation.AblationBudget(max_steps=4), rows=rows, progress=False)
+        ablation.run_ablation(cache, ablation.AblationBudget(max_steps=4, seeds=(0, 1)), rows=rows, progress=False)
     sentence = ablation.ranking_sentence(summary)
     assert sentence.startswith("The paper's ranking holds exactly") and "within seed noise" not in sentence
 
@@ -127,7 +127,7 @@ def test_paper_command_writes_the_report(tmp_path, monkeypatch, capsys):
              "runs": {f"{r.key}/{s}": {"AP": 0.01 * (i + s), "AP50": 0.1, "steps": 5, "wall_time_s": 1.0}
                       for i, r in enumerate(FEATURE_NETWORKS) for s in (0, 1)}}
     (tmp_path / "ablation_cache.json").write_text(json.dumps(cache))
-    assert main(["paper", "--out", str(tmp_path), "--no-latency", "--no-progress"]) == 0
+    assert main(["paper", "--out", str(tmp_path), "--no-latency", "--no-progress", "--seeds", "0", "1"]) == 0
     report = (tmp_path / "report.md").read_text()
     printed = capsys.readouterr().out
     for heading in ("Table 1", "Table 2", "Table 4", "Table 5", "Table 6", "Figures", "training ablation"):

@@ -14,6 +14,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from scaledet.paper.ablation import AblationBudget
+
+    default = AblationBudget()
     parser.add_argument("--out", type=Path, default=Path("docs/paper"), help="output folder (default docs/paper)")
     parser.add_argument("--device", default="cpu", help="device for latency and fusion timing (cpu, cuda, ...)")
     parser.add_argument("--no-latency", dest="latency", action="store_false",
@@ -26,12 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-ablation", action="store_true", help="train the feature-network / fusion ablation")
     parser.add_argument("--ablation-device", default=None, help="device for the ablation (default --device)")
     parser.add_argument("--ablation-cache", type=Path, default=None, help="JSON cache of finished runs (default OUT/ablation_cache.json)")
-    parser.add_argument("--ablation-minutes", type=float, default=None, help="wall-clock safety cap per run (default 20)")
-    parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs per run (default 4)")
+    parser.add_argument("--ablation-minutes", type=float, default=None, help=f"wall-clock safety cap per run (default {default.max_minutes:g})")
+    parser.add_argument("--ablation-epochs", type=int, default=None, help=f"epochs per run (default {default.epochs})")
     parser.add_argument("--ablation-steps", type=int, default=None, help="stop each run after N steps (smoke tests)")
-    parser.add_argument("--ablation-images", type=int, default=None, help="shapes:train images (default 192)")
-    parser.add_argument("--ablation-size", type=int, default=None, help="input size in px (default 96)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds per row (default 0 1; at least 2)")
+    parser.add_argument("--ablation-images", type=int, default=None, help=f"shapes:train images (default {default.train_images})")
+    parser.add_argument("--ablation-size", type=int, default=None, help=f"input size in px (default {default.image_size})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"seeds per row (default {' '.join(map(str, default.seeds))}; at least 2)")
     parser.add_argument("--note", default=None, help="a remark about this run printed in the report (e.g. machine load)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

@@ -28,19 +28,19 @@ class AblationBudget:
     """The recipe shared by every run (EfficientDet-D0 network at a tiny resolution, from scratch)."""
 
     model: str = "efficientdet_d0"
-    image_size: int = 96
-    train_images: int = 192
-    val_images: int = 50
-    epochs: int = 4
+    image_size: int = 128  # the demo's resolution (objects 20-51 px)
+    train_images: int = 800
+    val_images: int = 200
+    epochs: int = 6  # 300 steps: the demo recipe reaches AP ~0.3 by then, enough to rank the rows
     max_minutes: float = 20.0  # safety cap only: every run should end by its epochs (equal steps)
     max_steps: int | None = None  # for tests: stop after this many optimizer steps
     batch_size: int = 16
-    lr: float = 0.08
+    lr: float = 0.04  # the demo's (swept on the shapes data)
     ema_decay: float = 0.999
     bn_momentum: float = 0.1
     warmup_epochs: float = 1.0
     scale_range: tuple[float, float] = (0.75, 1.33)
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     extra: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields
 
     def key(self) -> str:
