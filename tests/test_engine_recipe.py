@@ -37,6 +37,7 @@ def test_yaml_then_flags(tmp_path):
         (dict(epochs=0), "epochs must be > 0"),
         (dict(), "the run needs an end"),
         (dict(epochs=1, ema_decay=1.5), "ema_decay must be in"),
+        (dict(epochs=1, freeze_bn_fraction=1.0), "freeze_bn_fraction must be in"),
         (dict(epochs=1, learning_rate=0.1), "unknown training option"),
     ],
 )
@@ -105,6 +106,29 @@ def test_max_minutes_stops_and_still_saves(tmp_path):
     assert 0.6 <= metrics["wall_time_s"] < 30 and 0 < metrics["steps"] < 40_000
     assert (tmp_path / "last.pt").exists() and (tmp_path / "weights.safetensors").exists()
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_freeze_bn_fraction_fixes_batchnorm_statistics_at_the_end(tmp_path):
+    config = TrainConfig.for_model("tiny", epochs=4, batch_size=4, lr=0.05, optimizer="sgd", out=str(tmp_path),
+                                   progress=False, ema_decay=0.0, freeze_bn_fraction=0.25)
+    trainer = Trainer(config, TinyDetector(), RectangleDataset(16))
+    norms = [m for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    seen = []
+
+    def record(trainer, _record):  # after each of the 16 optimizer steps
+        seen.append((trainer.step, [m.training for m in norms], [m.running_mean.clone() for m in norms]))
+        trainer.model.train()  # as an evaluation between steps does
+
+    trainer.callbacks.append(record)
+    trainer.fit()
+    frozen_steps = [step for step, modes, _ in seen if not any(modes)]
+    assert frozen_steps == [13, 14, 15, 16]  # the last quarter, though train() was called after every step
+    assert all(all(modes) for step, modes, _ in seen if step <= 12)
+    statistics_at = {step: means for step, _, means in seen}
+    for before, after in zip(statistics_at[12], statistics_at[16]):
+        assert torch.equal(before, after)  # running statistics no longer updated
+    for before, after in zip(statistics_at[11], statistics_at[12]):
+        assert not torch.equal(before, after)
 
 
 def test_too_small_training_set_is_a_clear_error(tmp_path):

@@ -24,6 +24,7 @@ DEMO_DEFAULTS: dict = dict(
     lr=0.04,
     ema_decay=0.999,
     bn_momentum=0.1,
+    freeze_bn_fraction=0.2,  # last ~180 steps on BatchNorm's running statistics (see docs/training.md)
     weight_decay=4e-5,
     warmup_epochs=1.0,  # 100 steps
     scale_min=0.75,
@@ -51,7 +52,7 @@ def demo_config(args: argparse.Namespace):
         args.model, train="shapes:train", val="shapes:val", out=args.out, image_size=args.image_size,
         epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, ema_decay=args.ema_decay, workers=args.workers, seed=args.seed, progress=args.progress,
-        bn_momentum=args.bn_momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        bn_momentum=args.bn_momentum, freeze_bn_fraction=args.freeze_bn_fraction, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         device=args.device, eval_every=0, log_every=5,
         augment={"scale_range": (args.scale_min, args.scale_max), "photometric": False},
         model_overrides={"backbone_drop_path_rate": 0.0},

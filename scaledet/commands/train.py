@@ -34,6 +34,7 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "warmup_epochs": (float, "linear warm-up length in epochs"),
     "clip_grad": (float, "gradient-norm clip (0: off)"),
     "ema_decay": (float, "EMA decay of the evaluated weights (0: no EMA)"),
+    "freeze_bn_fraction": (float, "final fraction of training with BatchNorm on its running statistics (default 0)"),
     "grad_accum": (int, "micro-batches per optimizer step"),
     "workers": (int, "DataLoader worker processes"),
     "seed": (int, "random seed"),

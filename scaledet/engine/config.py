@@ -56,6 +56,9 @@ class TrainConfig:
     clip_grad: float | None = None
     ema_decay: float | None = None  # 0 disables EMA
     bn_momentum: float | None = None  # set every BatchNorm's momentum (short runs: 0.1 tracks faster)
+    # for this final fraction of training, BatchNorm normalises with its running statistics (and
+    # stops updating them), so the weights adapt to the statistics evaluation will use
+    freeze_bn_fraction: float = 0.0
     augment: dict[str, Any] = field(default_factory=dict)  # passed to the data layer's train_transforms
     # runtime
     grad_accum: int = 1
@@ -117,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.freeze_bn_fraction < 1.0:
+            raise ValueError(f"freeze_bn_fraction must be in [0, 1), got {self.freeze_bn_fraction}")
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             raise ValueError("give --epochs, --max-minutes or max_steps: the run needs an end")
 

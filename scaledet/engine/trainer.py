@@ -310,6 +310,7 @@ class Trainer:
         """Loss of one micro-batch, backpropagated (scaled by 1/grad_accum); None if not finite."""
         images = [image.to(self.device, non_blocking=True) for image in images]
         targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        self._freeze_bn_if_due()
         last_micro = (self.batch_in_epoch + 1) % self.config.grad_accum == 0
         sync = contextlib.nullcontext() if (last_micro or not self.distributed) else self.ddp_model.no_sync()
         with sync:
@@ -322,6 +323,18 @@ class Trainer:
                 return None
             self.scaler.scale(loss / self.config.grad_accum).backward()
         return {key: float(value.detach()) for key, value in losses.items()}
+
+    def _freeze_bn_if_due(self) -> None:
+        """In the last ``freeze_bn_fraction`` of training, put every BatchNorm in eval mode: it then
+        normalises with (and no longer updates) its running statistics, as evaluation will.
+
+        Called before every micro-batch because evaluation in between restores train mode.
+        """
+        fraction = self.config.freeze_bn_fraction
+        if fraction and self.progress() >= 1.0 - fraction:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def _skip_bad_batch(self, why: str) -> None:
         self.bad_batches += 1

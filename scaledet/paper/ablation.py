@@ -31,16 +31,17 @@ class AblationBudget:
     image_size: int = 128  # the demo's resolution (objects 20-51 px)
     train_images: int = 800
     val_images: int = 200
-    epochs: int = 6  # 300 steps: the demo recipe reaches AP ~0.3 by then, enough to rank the rows
+    epochs: int = 12  # 600 steps: shapes detectors leave the loss plateau after ~300 steps (measured)
     max_minutes: float = 20.0  # safety cap only: every run should end by its epochs (equal steps)
     max_steps: int | None = None  # for tests: stop after this many optimizer steps
     batch_size: int = 16
     lr: float = 0.04  # the demo's (swept on the shapes data)
     ema_decay: float = 0.999
     bn_momentum: float = 0.1
+    freeze_bn_fraction: float = 0.2  # the demo's: without it a run's AP swings with the seed (docs/training.md)
     warmup_epochs: float = 1.0
     scale_range: tuple[float, float] = (0.75, 1.33)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1)
     extra: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields
 
     def key(self) -> str:
@@ -75,7 +76,8 @@ def train_one(row: FeatureNetworkRow, seed: int, budget: AblationBudget, device:
     config = TrainConfig.for_model(
         budget.model, train="shapes:train", val="shapes:val", image_size=budget.image_size, epochs=budget.epochs,
         max_minutes=budget.max_minutes, max_steps=budget.max_steps, batch_size=budget.batch_size, lr=budget.lr,
-        ema_decay=budget.ema_decay, bn_momentum=budget.bn_momentum, warmup_epochs=budget.warmup_epochs, seed=seed,
+        ema_decay=budget.ema_decay, bn_momentum=budget.bn_momentum, freeze_bn_fraction=budget.freeze_bn_fraction,
+        warmup_epochs=budget.warmup_epochs, seed=seed,
         device=device, out=str(out), progress=False, eval_every=0, predictions_grid=0,
         augment={"scale_range": tuple(budget.scale_range)},
         model_overrides={"feature_network": row.topology, "fusion": row.fusion, "backbone_drop_path_rate": 0.0},
