@@ -16,9 +16,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from scaledet.engine import distributed as dist_utils
-
-# the 12 COCO stats, in pycocotools' order (same keys as scaledet.evaluation.STAT_KEYS)
-STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+from scaledet.evaluation.coco import STAT_KEYS  # the 12 COCO stats, in pycocotools' order
 
 
 @torch.no_grad()

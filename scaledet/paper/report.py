@@ -171,7 +171,8 @@ def render(data: dict[str, Any], options: ReportOptions, figures: list[Path], ab
         "## Table 2: size, cost and latency of D0-D7x",
         "Params and MACs for 90 classes at the native input size. Latency: batch 1, the network only (backbone, "
         "BiFPN, heads; no resize, anchors decoding or NMS), median of 3 timed passes for D0-D2, 2 for D3-D4 and 1 "
-        "for D5-D7x after one warm-up pass, on a shared machine - read it as an order of magnitude, not a benchmark. "
+        "for D5-D7x after one warm-up pass (the load average at the start is in the line above) - few passes, so "
+        "read it as an order of magnitude, not a benchmark. "
         "The paper's latencies are on a V100 GPU, so they are not comparable with CPU times.",
         tables.table2_markdown(data["table2"]),
         "## Table 4: backbone and BiFPN",
