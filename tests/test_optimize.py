@@ -8,7 +8,7 @@ import scaledet
 from scaledet.inference.benchmark import spread_random_weights
 from scaledet.inference.compare import detection_differences
 from scaledet.inference.fold import fold_batchnorm
-from scaledet.inference.postprocess import prefix_nms, top_candidates
+from scaledet.inference.postprocess import max_over_classes, prefix_nms, top_candidates
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 
 
@@ -84,12 +84,37 @@ def test_fold_batchnorm_skips_shared_convs():
         fold_batchnorm(single.train(), lambda: single(x))
 
 
-def test_top_candidates_equal_plain_topk():
-    logits = torch.randn(2, 3000, 7)
+def test_pointwise_routing_keeps_outputs_and_keys_on_small_and_large_inputs():
+    from scaledet.inference.optimize import ONEDNN_POINTWISE_MIN_NUMEL, OneDnnPointwiseConv2d, route_pointwise_to_onednn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(48, 64, 1), nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 1, stride=2))
+    plain = [conv.__class__ for conv in net]
+    keys = list(net.state_dict())
+    for shape in [(1, 48, 1, 1), (1, 48, 64, 64), (4, 48, 8, 8)]:  # SE vector, a large map, a small batch
+        x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected = net(x)
+            routed = route_pointwise_to_onednn(net)
+            got = net(x)
+            for conv, cls in zip(net, plain):
+                conv.__class__ = cls
+        assert routed == 1  # only the 1x1 stride-1 conv
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    route_pointwise_to_onednn(net)
+    assert isinstance(net[0], OneDnnPointwiseConv2d) and type(net[1]) is nn.Conv2d and type(net[2]) is nn.Conv2d
+    assert list(net.state_dict()) == keys and net[0].dilation == (1, 1)
+    assert 48 * 64 * 64 > ONEDNN_POINTWISE_MIN_NUMEL > 48
+
+
+@pytest.mark.parametrize("num_classes", [1, 7, 90])
+def test_top_candidates_equal_plain_topk(num_classes):
+    logits = torch.randn(2, 3000, num_classes)
+    assert torch.equal(max_over_classes(logits), logits.amax(dim=-1))
     values, anchors, labels = top_candidates(logits, 500)
     ref_values, ref_flat = logits.reshape(2, -1).topk(500, dim=1)
     torch.testing.assert_close(values, ref_values, rtol=0, atol=0)
-    assert torch.equal(anchors * 7 + labels, ref_flat)
+    assert torch.equal(anchors * num_classes + labels, ref_flat)
 
 
 def test_prefix_nms_equals_full_nms():

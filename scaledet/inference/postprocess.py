@@ -31,6 +31,15 @@ def _top_in_anchors(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, index[order]
 
 
+def max_over_classes(cls_logits: Tensor) -> Tensor:
+    """``cls_logits.amax(dim=-1)``, faster on CPU: the elementwise maximum of two (overlapping, for an
+    odd class count) halves first, because PyTorch reduces long rows much faster than 90-wide ones
+    (D0: 1.9 -> 1.4 ms). Exact: max is idempotent and order-free."""
+    num_classes = cls_logits.shape[-1]
+    half = (num_classes + 1) // 2
+    return cls_logits[..., :half].maximum(cls_logits[..., num_classes - half:]).amax(dim=-1)
+
+
 def top_candidates(cls_logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """cls_logits ``[B, A, K]`` -> (logits ``[B, k]`` descending, anchor index ``[B, k]``, label ``[B, k]``),
     equal to ``cls_logits.reshape(B, -1).topk(k)`` split into (anchor, class)."""
@@ -39,7 +48,7 @@ def top_candidates(cls_logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     if num_anchors <= k:
         logits, flat = cls_logits.reshape(batch, -1).topk(k, dim=1)
         return logits, flat // num_classes, flat % num_classes
-    anchors = cls_logits.amax(dim=2).topk(k, dim=1).indices  # [B, k] anchors holding the top-k pairs
+    anchors = max_over_classes(cls_logits).topk(k, dim=1).indices  # [B, k] anchors holding the top-k pairs
     rows = (anchors + torch.arange(batch, device=anchors.device)[:, None] * num_anchors).reshape(-1)
     sub = cls_logits.reshape(-1, num_classes).index_select(0, rows).reshape(batch, k, num_classes)
     logits, flat = zip(*(_top_in_anchors(image, k) for image in sub))
