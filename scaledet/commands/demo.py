@@ -45,15 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_config(args: argparse.Namespace):
-    """The :class:`TrainConfig` of the demo run."""
+    """The :class:`TrainConfig` of the demo run: every recipe value that is a training option, from
+    ``args``; the rest (image counts, scale range, threads) is used where the data and threads are set up."""
+    import dataclasses
+
     from scaledet.engine.config import TrainConfig
 
+    options = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+    recipe = {name: getattr(args, name) for name in DEMO_DEFAULTS if name in options}
     return TrainConfig.for_model(
-        args.model, train="shapes:train", val="shapes:val", out=args.out, image_size=args.image_size,
-        epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, ema_decay=args.ema_decay, workers=args.workers, seed=args.seed, progress=args.progress,
-        bn_momentum=args.bn_momentum, freeze_bn_fraction=args.freeze_bn_fraction, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        device=args.device, eval_every=0, log_every=5,
+        args.model, train="shapes:train", val="shapes:val", out=args.out, seed=args.seed, progress=args.progress,
+        eval_every=0, log_every=5, **recipe,
         augment={"scale_range": (args.scale_min, args.scale_max), "photometric": False},
         model_overrides={"backbone_drop_path_rate": 0.0},
     )

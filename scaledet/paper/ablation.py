@@ -146,8 +146,8 @@ def ranking_sentence(rows: list[dict[str, Any]]) -> str:
     else:
         verdict = f"The paper's ranking does not hold at this scale: {best} is best here, the paper's best is {paper_order[0]}"
     noise = "so the order is within seed noise" if gap[0] - gap[1] < 2 * spread else "beyond seed noise"
-    return (f"{verdict} (our order of the rows the paper's Table 5 scores: {' > '.join(ours_order)}; the top two means differ by {gap[0] - gap[1]:.2f} AP "
-            f"and the largest seed standard deviation is {spread:.2f} AP, {noise}).")
+    return (f"{verdict} (our order of the rows the paper's Table 5 scores: {' > '.join(ours_order)}; "
+            f"the top two means differ by {gap[0] - gap[1]:.2f} AP and the largest seed standard deviation is {spread:.2f} AP, {noise}).")
 
 
 def ablation_markdown(rows: list[dict[str, Any]]) -> str:

@@ -219,8 +219,8 @@ def render(data: dict[str, Any], options: ReportOptions, figures: list[Path], ab
         parts += [
             f"Every row trained from scratch with the same recipe: `{budget.model}` network at {budget.image_size} px, "
             f"{budget.train_images} shapes:train images, up to {budget.epochs} epochs or {budget.max_minutes:g} min per run, "
-            f"batch {budget.batch_size}, SGD lr {budget.lr}, EMA {budget.ema_decay}, BatchNorm on its running statistics for "
-            f"the last {budget.freeze_bn_fraction:.0%} of steps, seeds {list(budget.seeds)}; AP "
+            f"batch {budget.batch_size}, SGD lr {budget.lr}, EMA {budget.ema_decay}, "
+            f"BatchNorm on its running statistics for the last {budget.freeze_bn_fraction:.0%} of steps, seeds {list(budget.seeds)}; AP "
             f"on {budget.val_images} held-out shapes:val images (COCO AP x100, EMA weights). Cache: `{cache_path.name}`.",
             ablation_markdown(ablation),
             ranking_sentence(ablation),
