@@ -3,6 +3,11 @@
 Each sub-command lives in ``scaledet/commands/<name>.py`` and exposes two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import heavy
 dependencies inside ``run`` so that ``scaledet --help`` stays fast.
+
+Errors the user can cause (:class:`scaledet.errors.UserError`, ``ValueError``, ``OSError``, bad
+YAML, Ctrl-C) are printed as ``scaledet <command>: error: ...`` without a traceback, exit status
+2 (130 for Ctrl-C); ``scaledet --debug <command> ...`` re-raises them with the traceback. Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ COMMANDS: dict[str, str] = {
 }
 
 
+DEBUG_HELP = "show the full traceback of an error instead of a one-line message"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaledet", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         try:
@@ -36,8 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # command not implemented yet
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sub)
+        # also accepted after the command; SUPPRESS keeps a flag given before it
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         sub.set_defaults(_run=module.run)
     return parser
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions printed as one message: what bad input, files or settings raise."""
+    from scaledet.errors import UserError
+
+    types: list[type[BaseException]] = [UserError, ValueError, OSError]
+    try:
+        import yaml
+
+        types.append(yaml.YAMLError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def describe_error(error: BaseException) -> str:
+    """The message of ``error`` for a person: the text loaders wrote, or ``FILE: reason`` for OS errors."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    text = str(error).strip()
+    return text or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"scaledet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug or not isinstance(error, user_error_types()):
+            raise
+        print(f"scaledet {args.command}: error: {describe_error(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from scaledet.errors import DownloadError
+
 
 def cache_dir() -> Path:
     """Where downloaded checkpoints live: ``$TORCH_HOME/hub/checkpoints`` (torch.hub's cache)."""
@@ -33,9 +35,9 @@ def _check_hash(path: Path, sha256_prefix: str | None, url: str) -> None:
         return
     actual = sha256_of(path)
     if not actual.startswith(sha256_prefix.lower()):
-        raise RuntimeError(
-            f"checkpoint {path} does not match the published hash for {url}: sha256 starts with "
-            f"{actual[:len(sha256_prefix)]}, expected {sha256_prefix}. Delete the file and download it again."
+        raise DownloadError(
+            f"{path} does not match the published hash for {url} (sha256 starts with "
+            f"{actual[:len(sha256_prefix)]}, expected {sha256_prefix})\ndelete the file and download it again"
         )
 
 
@@ -49,8 +51,9 @@ def download_checkpoint(url: str, sha256_prefix: str | None = None, filename: st
         filename: name in the cache (default: the URL's last path component).
 
     Raises:
-        RuntimeError: the download failed (e.g. offline); the message names the URL and the
-            exact path where the file can be placed by hand.
+        DownloadError (a RuntimeError and a :class:`~scaledet.errors.UserError`): the download
+            failed (e.g. offline), in two lines: the URL, then the exact path where the file
+            can be placed by hand; or the file does not match its hash.
     """
     filename = filename or os.path.basename(urlparse(url).path)
     target = cache_dir() / filename
@@ -60,9 +63,9 @@ def download_checkpoint(url: str, sha256_prefix: str | None = None, filename: st
             torch.hub.download_url_to_file(url, str(target), hash_prefix=None, progress=True)
         except Exception as error:  # urllib raises several unrelated types when offline
             target.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"could not download {url} ({type(error).__name__}: {error}). If this machine is offline, "
-                f"download the file elsewhere and place it at {target} (or pass its path as pretrained=...)."
+            raise DownloadError(
+                f"could not download {url} ({type(error).__name__}: {error})\n"
+                f"offline? download it elsewhere and place it at {target}, or give the file's path instead of 'coco'"
             ) from error
     _check_hash(target, sha256_prefix, url)
     return target

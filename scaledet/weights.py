@@ -6,19 +6,24 @@ with the same JSON written beside it (``name.json``) for people and other tools:
 "image_size": [H, W], "overrides": {...}}``.
 
 Foreign checkpoints (``.pth``/``.pt``/``.bin``) are read with ``torch.load(weights_only=True)``:
-tensors and plain containers only, never arbitrary pickled objects.
+tensors and plain containers only, never arbitrary pickled objects. A file that cannot be read
+(empty, truncated, not a checkpoint) or that holds pickled code raises
+:class:`~scaledet.errors.UserError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from scaledet.errors import UserError
 
 FORMAT_TAG = "scaledet"
 CONFIG_KEY = "scaledet_config"
@@ -55,12 +60,63 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, config: 
     return path
 
 
+#: what to do about a weights file that cannot be read
+REDOWNLOAD_FIX = "download or export it again"
+
+
+def corrupt_file_error(path: str | Path, error: BaseException, fix: str) -> UserError:
+    """``PATH is empty or corrupt (Reason: detail): FIX`` for a file a loader choked on."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    detail = detail if len(detail) <= 100 else detail[:97] + "..."
+    reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return UserError(f"{path} is empty or corrupt ({reason}): {fix}")
+
+
+def _is_refused_code(error: pickle.UnpicklingError) -> bool:
+    """True when ``weights_only`` refused an object (pickled code), False for unreadable bytes."""
+    text = str(error)
+    return "Weights only load failed" in text and "Unsupported operand" not in text
+
+
+def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one clear error per failure.
+
+    Args:
+        path: the file.
+        fix: what the user should do about an unreadable file (ends the message).
+
+    Raises:
+        UserError: the file is empty or corrupt (``PATH is empty or corrupt (...): FIX``), or it
+            holds pickled objects other than tensors and plain containers, which are refused
+            for safety (never loaded, whatever the file claims to be).
+        OSError: the file cannot be opened (missing, a folder, no permission).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as error:
+        if _is_refused_code(error):
+            raise UserError(
+                f"{path} is not a plain weights file (it contains pickled code, refused for safety); "
+                "save only the tensors, e.g. torch.save(model.state_dict(), PATH), or use .safetensors"
+            ) from None
+        raise corrupt_file_error(path, error, fix) from None
+    except Exception as error:  # EOFError, RuntimeError (zip), KeyError ...: torch names none of them well
+        raise corrupt_file_error(path, error, fix) from None
+
+
 def read_weights_config(path: str | Path) -> dict[str, Any] | None:
     """The config stored with our safetensors file, or ``None`` if it is not ours."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except OSError:
+        raise
+    except Exception as error:  # safetensors raises its own SafetensorError on bad bytes
+        raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
     if CONFIG_KEY in metadata:
         return json.loads(metadata[CONFIG_KEY])
     sidecar = config_path_for(path)
@@ -83,18 +139,24 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds no tensor state dict.
+        UserError (a ValueError): the file is empty or corrupt, holds pickled code, or holds no
+            tensor state dict.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if is_safetensors(path):
-        return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except OSError:
+            raise
+        except Exception as error:  # SafetensorError on bad bytes
+            raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
+    loaded = torch_load_weights_only(path)
     for key in ("model", "state_dict", "model_state"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
             break
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise UserError(f"{path} does not hold a state dict of tensors")
     return dict(loaded)

@@ -1,7 +1,8 @@
-"""Every bad-data case of issue 3 item 8: a clear error naming the file, or a counted skip."""
+"""Every bad-data case of issue 3 item 8 and issue 10: a clear error naming the file, or a counted skip."""
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from scaledet.data import CocoDataset, DataWarning, YOLODataset, open_dataset, print_report
+from scaledet.errors import UserError
 
 
 def _save(path, array, **kwargs):
@@ -34,10 +36,10 @@ def _box(image_id, bbox, category_id=1, ann_id=None):
     return {"id": ann_id or image_id * 100, "image_id": image_id, "category_id": category_id, "bbox": bbox}
 
 
-def _open(path):
+def _open(path, **kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dataset = CocoDataset(path)
+        dataset = CocoDataset(path, **kwargs)
     return dataset, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
 
 
@@ -58,7 +60,7 @@ def test_truncated_jpeg_is_skipped_at_load(tmp_path, ok_image):
     _save(tmp_path / "full.jpg", _rgb(64, 64), quality=90)
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image), _image(2, "cut.jpg", 64, 64)], []))
+    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image), _image(2, "cut.jpg", 64, 64)], []), allow_empty=True)
     assert [r.image_id for r in dataset.records] == [1]
     assert dataset.report.counts["unreadable_image"] == 1
     assert any("cut.jpg" in m and "truncated" in m for m in messages)
@@ -66,7 +68,7 @@ def test_truncated_jpeg_is_skipped_at_load(tmp_path, ok_image):
 
 def test_image_broken_after_load_is_replaced_not_fatal(tmp_path):
     names = [_save(tmp_path / f"{i}.png", _rgb(value=(10 * i, 0, 0))) for i in range(3)]
-    dataset, _ = _open(_coco(tmp_path, [_image(i, n) for i, n in enumerate(names)], []))
+    dataset, _ = _open(_coco(tmp_path, [_image(i, n) for i, n in enumerate(names)], []), allow_empty=True)
     (tmp_path / names[1]).write_bytes(b"not an image any more")
     with pytest.warns(DataWarning, match="1.png"):
         image, target = dataset[1]
@@ -82,7 +84,8 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
     rgba_name = _save(tmp_path / "rgba.png", rgba)
     wide = (np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)
     wide_name = _save(tmp_path / "wide.png", wide)
-    dataset, messages = _open(_coco(tmp_path, [_image(1, gray), _image(2, rgba_name), _image(3, wide_name)], []))
+    images = [_image(1, gray), _image(2, rgba_name), _image(3, wide_name)]
+    dataset, messages = _open(_coco(tmp_path, images, []), allow_empty=True)
     assert dataset.report.counts["converted_image"] == 3 and not messages
     image = dataset[0][0]
     assert image.shape == (3, 32, 48) and torch.allclose(image, torch.full_like(image, 100 / 255))
@@ -125,7 +128,8 @@ def test_exif_rotated_jpeg_is_transposed_and_boxes_use_displayed_frame(tmp_path)
         ([float("nan"), 2, 10, 10], "nan_box"),
         ([None, 2, 10, 10], "nan_box"),
         ([1, 2, 3], "malformed_box"),
-        (["1", 2, 3, 4], "malformed_box"),
+        (["a", 2, 3, 4], "malformed_box"),
+        ([1, 2, True, 4], "malformed_box"),
     ],
 )
 def test_bad_boxes_are_dropped_and_counted(tmp_path, ok_image, bbox, reason):
@@ -217,10 +221,138 @@ def test_bad_voc_xml_is_skipped(tmp_path):
 
 def test_summary_lists_every_reason_with_counts(tmp_path, ok_image, capsys):
     anns = [_box(1, [5, 5, 0, 1], ann_id=1), _box(1, [5, 5, 0, 1], ann_id=2), _box(1, [1, 1, 4, 4], category_id=3, ann_id=3)]
-    dataset, _ = _open(_coco(tmp_path, [_image(1, ok_image), _image(2, "nope.png")], anns))
+    dataset, _ = _open(_coco(tmp_path, [_image(1, ok_image), _image(2, "nope.png")], anns), allow_empty=True)
     print_report(dataset)
     out = capsys.readouterr().out
     assert "1 images, 0 boxes; 4 records skipped" in out
     assert "skip      2 x zero_area_box" in out and "skip      1 x missing_image" in out
     assert "skip      1 x unknown_category" in out
     assert dataset.report.as_dict() == {"missing_image": 1, "unknown_category": 1, "zero_area_box": 2}
+
+
+# --- sets that would train on nothing (issue 10): a clear error before training ----------------
+
+
+def test_coco_without_annotations_is_an_error_unless_allowed(tmp_path, ok_image):
+    path = _coco(tmp_path, [_image(1, ok_image)], [])
+    with pytest.raises(UserError, match=r"ann\.json: no usable boxes in 1 image: the annotations hold no boxes") as info:
+        open_dataset(path)
+    assert "--allow-empty" in str(info.value) and len(str(info.value).splitlines()) == 2
+    assert len(open_dataset(path, allow_empty=True)) == 1  # background-only, deliberately
+
+
+def test_every_box_dropped_names_the_cause(tmp_path, ok_image):
+    path = _coco(tmp_path, [_image(1, ok_image)], [_box(1, [1, 1, 5, 5], category_id=7)])
+    with pytest.raises(UserError, match=r"1 x unknown_category, e\.g\. .*category_id 7"), pytest.warns(DataWarning):
+        CocoDataset(path)
+
+
+def test_coco_without_categories_is_an_error(tmp_path, ok_image):
+    path = _coco(tmp_path, [_image(1, ok_image)], [_box(1, [1, 1, 5, 5])], categories=[])
+    with pytest.raises(UserError, match=r"ann\.json: 'categories' is empty"):
+        open_dataset(path, allow_empty=True)
+
+
+@pytest.mark.parametrize(
+    ("iscrowd", "crowd"),
+    [("0", False), ("1", True), ("true", True), ("False", False), (0, False), (1, True), (True, True), (None, False),
+     ("maybe", None)],
+)
+def test_iscrowd_strings_are_parsed_not_truthy(tmp_path, ok_image, iscrowd, crowd):
+    anns = [_box(1, [1, 1, 10, 10], ann_id=1), {**_box(1, [2, 2, 8, 8], ann_id=2), "iscrowd": iscrowd}]
+    dataset, messages = _open(_coco(tmp_path, [_image(1, ok_image)], anns))
+    if crowd is None:  # not a flag: that annotation is skipped and named
+        assert dataset.report.counts == {"bad_iscrowd": 1} and any("iscrowd 'maybe'" in m for m in messages)
+        assert dataset.records[0].iscrowd.tolist() == [False]
+    else:
+        assert dataset.records[0].iscrowd.tolist() == [False, crowd]
+        assert len(dataset[0][1]["boxes"]) == (1 if crowd else 2)  # crowd boxes are not trained on
+
+
+def test_numeric_strings_in_coco_are_numbers(tmp_path, ok_image):
+    images = [{"id": "3", "file_name": ok_image, "width": "48", "height": "32"}]
+    anns = [{"id": 1, "image_id": "3", "category_id": "5", "bbox": ["1", "2", "10.5", " 4 "], "area": "30", "iscrowd": "0"}]
+    dataset, messages = _open(_coco(tmp_path, images, anns, categories=[{"id": "5", "name": "a"}]))
+    assert not messages and dataset.report.counts == {}
+    assert dataset.label_to_category_id == [5] and dataset.records[0].image_id == 3
+    assert dataset[0][1]["boxes"].tolist() == [[1.0, 2.0, 11.5, 6.0]] and dataset.records[0].areas.tolist() == [30.0]
+
+
+def test_only_crowd_boxes_is_an_error(tmp_path, ok_image):
+    anns = [{**_box(1, [1, 1, 10, 10]), "iscrowd": "1"}]
+    with pytest.raises(UserError, match="all 1 boxes are crowd / difficult boxes"):
+        CocoDataset(_coco(tmp_path, [_image(1, ok_image)], anns))
+
+
+def test_yolo_labels_in_a_misnamed_folder_are_an_error(tmp_path):
+    path = _yolo(tmp_path, ["0 0.5 0.5 0.25 0.5"])
+    (tmp_path / "labels").rename(tmp_path / "label")  # the tester's case: labels/ misnamed
+    with pytest.raises(UserError, match=r"no usable boxes in 1 image: 1 x missing_label, e\.g\. .*labels.a\.txt") as info:
+        open_dataset(path, split="train")
+    assert "'labels' folder beside 'images'" in str(info.value)
+    dataset = open_dataset(path, split="train", allow_empty=True)
+    assert dataset.report.counts == {"missing_label": 1} and "kept      1 x missing_label" in dataset.summary()
+
+
+def test_yolo_yaml_without_path_resolves_from_its_own_folder(tmp_path, monkeypatch):
+    (tmp_path / "dir").mkdir()
+    _yolo(tmp_path / "dir", ["0 0.5 0.5 0.25 0.5"])
+    (tmp_path / "dir" / "data.yaml").write_text("train: images\nval: images\nnames: [a, b]\n")  # no 'path:'
+    monkeypatch.chdir(tmp_path)  # given as dir/data.yaml from the folder above
+    dataset = open_dataset("dir/data.yaml", split="train")
+    assert [r.path for r in dataset.records] == [Path("dir/images/a.png")] and len(dataset.records[0].boxes) == 1
+    (tmp_path / "dir" / "data.yaml").write_text("path: .\ntrain: imgs\nnames: [a]\n")
+    with pytest.raises(UserError, match=r"dir.data\.yaml: train: 'imgs' -> dir.imgs is neither an image folder"):
+        open_dataset("dir/data.yaml", split="train")
+
+
+def test_voc_with_an_empty_class_list_is_an_error(tmp_path):
+    root = tmp_path / "VOC"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    _save(root / "JPEGImages" / "a.jpg", _rgb())
+    (root / "Annotations" / "a.xml").write_text("<annotation><filename>a.jpg</filename></annotation>")
+    (root / "classes.txt").write_text("\n")
+    with pytest.raises(UserError, match="VOC: no classes defined"):
+        open_dataset(root)
+
+
+def test_unknown_data_options_are_named(tmp_path, ok_image):
+    path = _coco(tmp_path, [_image(1, ok_image)], [_box(1, [1, 1, 5, 5])])
+    with pytest.raises(UserError, match=r"unknown data option\(s\) num_images for CocoDataset; it takes transforms"):
+        open_dataset(path, num_images=3)
+
+
+def test_progress_false_hides_the_image_check_bar(tmp_path, monkeypatch):
+    from scaledet.data import base
+
+    calls = []
+
+    def fake_tqdm(items, **kwargs):
+        calls.append(kwargs["disable"])
+        return items
+
+    monkeypatch.setattr(base, "tqdm", fake_tqdm)
+    paths = [tmp_path / f"{i}.png" for i in range(250)]  # missing: counted, fast
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base.probe_records(paths, "x", base.DataReport(), progress=True)
+        base.probe_records(paths, "x", base.DataReport(), progress=False)
+    assert calls == [False, True]
+
+
+def test_training_config_passes_no_progress_and_allow_empty_to_the_loaders(tmp_path, ok_image, monkeypatch):
+    from scaledet.data import coco
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import open_datasets
+
+    seen = []
+    real = coco.probe_records
+    monkeypatch.setattr(coco, "probe_records", lambda *args: seen.append(args[-1]) or real(*args))
+    path = _coco(tmp_path, [_image(1, ok_image)], [])
+    config = TrainConfig.for_model("efficientdet_d0", train=str(path), epochs=1, progress=False)
+    with pytest.raises(UserError, match="--allow-empty"):
+        open_datasets(config)
+    config.allow_empty = True
+    train, val = open_datasets(config)
+    assert len(train) == 1 and val is None and seen == [False, False]

@@ -72,7 +72,9 @@ def test_voc_folder_split_and_one_based_corners(tmp_path):
     assert isinstance(train, VOCDataset) and len(train) == 1
     assert train.class_names[:3] == ["aeroplane", "bicycle", "bird"] and len(train.class_names) == 20
     _check_sample(train, [7, 11])  # cat, dog in VOC order
-    val = open_dataset(root, split="val")
+    with pytest.raises(ValueError, match="all 2 boxes are crowd / difficult boxes"):
+        open_dataset(root, split="val")  # nothing to train on or score against
+    val = open_dataset(root, split="val", allow_empty=True)
     assert val.records[0].iscrowd.tolist() == [True, True]  # difficult: ignored, not trained
     assert val[0][1]["boxes"].shape == (0, 4)
     with pytest.raises(ValueError, match="split 'test' not found"):

@@ -39,8 +39,9 @@ def test_load_checkpoint_unwraps_and_refuses_pickled_objects(tmp_path):
 
     # An arbitrary object (here a module-level class) must never be unpickled.
     torch.save({"w": _Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+    with pytest.raises(ValueError, match=r"evil\.pth is not a plain weights file \(it contains pickled code") as info:
         weights.load_checkpoint(tmp_path / "evil.pth")
+    assert "weights_only" not in str(info.value)  # never suggests loading it unsafely
     with pytest.raises(FileNotFoundError):
         weights.load_checkpoint(tmp_path / "missing.pth")
 

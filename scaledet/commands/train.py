@@ -49,6 +49,7 @@ _BOOL_FLAGS: dict[str, str] = {
     "tensorboard": "also log to OUT/tensorboard (needs the tensorboard package)",
     "deterministic": "torch.use_deterministic_algorithms",
     "progress": "progress bars (default on)",
+    "allow_empty": "accept data without any box (background images only; by default that is an error)",
 }
 
 

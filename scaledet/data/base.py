@@ -16,6 +16,7 @@ evaluation), ``records`` (one :class:`ImageRecord` per image), ``report``
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
 from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, probe_image
-from scaledet.data.report import DataReport, format_report
+from scaledet.data.report import KEPT_REASONS, REASONS, DataReport, format_report
+from scaledet.errors import UserError
 
 Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
 
@@ -132,8 +134,10 @@ def _clean_box(box: RawBox, width: int, height: int, report: DataReport) -> list
     return [cx1, cy1, cx2, cy2]
 
 
-def probe_records(paths: list[Path], source: str, report: DataReport, check_images: str = "header") -> list:
-    """Header-check every image file (with a progress bar).
+def probe_records(
+    paths: list[Path], source: str, report: DataReport, check_images: str = "header", progress: bool = True
+) -> list:
+    """Header-check every image file (with a progress bar from 200 files on, unless ``progress=False``).
 
     Returns a list parallel to ``paths`` of :class:`~scaledet.data.images.ImageInfo`, or
     ``None`` for files that are missing or unreadable (counted in ``report``).
@@ -142,7 +146,8 @@ def probe_records(paths: list[Path], source: str, report: DataReport, check_imag
     if check_images not in ("header", "full"):
         raise ValueError(f"check_images must be 'header' or 'full', got {check_images!r}")
     infos = []
-    for path in tqdm(paths, desc=f"checking images ({source})", unit="img", leave=False, disable=len(paths) < 200):
+    disable = not progress or len(paths) < 200
+    for path in tqdm(paths, desc=f"checking images ({source})", unit="img", leave=False, disable=disable):
         infos.append(_probe_one(path, report, check_images))
     return infos
 
@@ -176,7 +181,17 @@ class DetectionDataset(Dataset):
         transforms: optional ``transforms(image, target) -> (image, target)`` (torchvision v2
             style, see :mod:`scaledet.data.transforms`); the image is a ``tv_tensors.Image``
             and ``target["boxes"]`` a ``tv_tensors.BoundingBoxes`` when it is called.
+        allow_empty: accept a set without a single box to learn from (background images
+            only). Off by default: such a set is nearly always mislabelled data (annotations
+            missing, labels in the wrong folder, every box dropped as invalid), and training
+            or evaluating on it would finish without an error but mean nothing.
+
+    Raises:
+        UserError: no usable image, no class, or (unless ``allow_empty``) no box.
     """
+
+    #: a subclass's hint, appended to the "no boxes" error (where its format looks for labels)
+    empty_hint: str = ""
 
     def __init__(
         self,
@@ -185,12 +200,17 @@ class DetectionDataset(Dataset):
         label_to_category_id: list[int],
         report: DataReport,
         transforms: Transform | None = None,
+        allow_empty: bool = False,
     ) -> None:
         if not records:
             skipped = f" ({report.num_skipped} records skipped: {report.as_dict()})" if report.counts else ""
-            raise ValueError(f"{report.source}: dataset has no usable images{skipped}")
+            raise UserError(f"{report.source}: dataset has no usable images{skipped}")
+        if not class_names:
+            raise UserError(f"{report.source}: no classes defined; a detector needs at least one class")
         if len(class_names) != len(label_to_category_id):
             raise ValueError("class_names and label_to_category_id must have the same length")
+        if not allow_empty and not any((~record.iscrowd).any() for record in records):
+            raise UserError(_no_boxes_message(records, report, self.empty_hint))
         self.records = records
         self.class_names = list(class_names)
         self.label_to_category_id = list(label_to_category_id)
@@ -262,6 +282,29 @@ class DetectionDataset(Dataset):
         """The bad-data summary (see :func:`~scaledet.data.report.format_report`)."""
         num_boxes = sum(len(r.boxes) for r in self.records)
         return format_report(self.report, num_images=len(self.records), num_boxes=num_boxes)
+
+
+#: report reasons that lose boxes (not whole images, not harmless repairs): the causes of an empty set
+_BOX_LOSS_REASONS = frozenset(REASONS) - KEPT_REASONS - {"missing_image", "unreadable_image", "bad_image_record"} | {
+    "missing_label"
+}
+
+
+def _no_boxes_message(records: list[ImageRecord], report: DataReport, hint: str) -> str:
+    """Two lines: why a set has no box to learn from (the most frequent cause, with an example), and the fixes."""
+    crowd = sum(len(record.boxes) for record in records)
+    causes = Counter({r: n for r, n in report.counts.items() if r in _BOX_LOSS_REASONS})
+    if crowd:
+        why = f"all {crowd} boxes are crowd / difficult boxes, which are not trained on"
+    elif causes:
+        reason, count = causes.most_common(1)[0]
+        why = f"{count} x {reason}, e.g. {report.examples[reason][0]}"
+    else:
+        why = "the annotations hold no boxes"
+    return (
+        f"{report.source}: no usable boxes in {len(records)} image{'s' if len(records) != 1 else ''}: {why}{hint}\n"
+        "fix the annotations; if the images really hold no objects, allow that with --allow-empty (allow_empty=True)"
+    )
 
 
 def print_report(dataset: DetectionDataset, file=None) -> None:

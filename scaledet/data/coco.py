@@ -3,6 +3,12 @@
 Category ids (any integers, e.g. COCO's non-contiguous 1..90) become contiguous labels in
 order of increasing id; ``label_to_category_id`` maps back for evaluation. Images are looked
 up in ``images=`` if given, else beside the JSON, else in an ``images/`` folder next to it.
+
+Files written by other tools sometimes hold numbers as strings: ids, ``category_id``,
+``bbox`` values and ``area`` given as numeric strings (``"7"``, ``"12.5"``) are read as
+numbers, and ``iscrowd`` accepts ``0``/``1``, ``true``/``false`` and the strings ``"0"``,
+``"1"``, ``"true"``, ``"false"``, ``"yes"``, ``"no"`` (a string is never truthy by itself:
+``"0"`` is not a crowd box). Other values are skipped and counted in the report.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 
 from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
 from scaledet.data.report import DataReport
+from scaledet.errors import UserError
 
 
 def read_json(path: Path) -> object:
@@ -21,27 +28,83 @@ def read_json(path: Path) -> object:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        raise UserError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _require_list(data: dict, key: str, path: Path, required: bool = True) -> list:
     value = data.get(key, None if required else [])
     if not isinstance(value, list):
-        raise ValueError(f"{path}: COCO field {key!r} must be a list, got {type(value).__name__}")
+        raise UserError(f"{path}: COCO field {key!r} must be a list, got {type(value).__name__}")
     return value
 
 
+def as_int(value: object) -> int | None:
+    """An integer id from an int or a string of one (``"7"`` -> 7); ``None`` for anything else.
+
+    Booleans and non-integral floats are not ids; an integral float (``7.0``) is accepted.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def as_number(value: object) -> float | None:
+    """A float from a number or a numeric string; JSON ``null`` is NaN; ``None`` for anything else."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+_FLAG_STRINGS = {"0": False, "1": True, "false": False, "true": True, "no": False, "yes": True}
+
+
+def as_flag(value: object) -> bool | None:
+    """``iscrowd``: numbers (non-zero = crowd), booleans, ``"0"``/``"1"``/``"true"``/``"false"``/
+    ``"yes"``/``"no"`` (any case), JSON ``null`` (not crowd); ``None`` for anything else."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, int, float)):
+        return bool(value)
+    if isinstance(value, str):
+        return _FLAG_STRINGS.get(value.strip().lower())
+    return None
+
+
 def parse_categories(categories: list, path: Path) -> tuple[list[int], list[str]]:
-    """Sorted category ids and their names; ValueError on malformed or duplicate ids."""
+    """Sorted category ids and their names; UserError on none, malformed or duplicate ids."""
+    if not categories:
+        raise UserError(
+            f"{path}: 'categories' is empty; a COCO file needs at least one, e.g. "
+            '"categories": [{"id": 1, "name": "object"}]'
+        )
     by_id: dict[int, str] = {}
     for index, category in enumerate(categories):
-        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
-            raise ValueError(f"{path}: categories[{index}] needs an integer 'id', got {category!r}")
-        if category["id"] in by_id:
-            raise ValueError(f"{path}: categories[{index}] repeats category id {category['id']}")
-        by_id[category["id"]] = str(category.get("name", category["id"]))
+        category_id = as_int(category.get("id")) if isinstance(category, dict) else None
+        if category_id is None:
+            raise UserError(f"{path}: categories[{index}] needs an integer 'id', got {category!r}")
+        if category_id in by_id:
+            raise UserError(f"{path}: categories[{index}] repeats category id {category_id}")
+        by_id[category_id] = str(category.get("name", category_id))
     ids = sorted(by_id)
     return ids, [by_id[i] for i in ids]
 
@@ -64,9 +127,12 @@ class CocoDataset(DetectionDataset):
         images: folder with the image files (default: beside the JSON, or ``images/`` next to it).
         transforms: optional v2-style ``transforms(image, target)``.
         check_images: ``"header"`` (read headers + tail, fast) or ``"full"`` (decode every file).
+        allow_empty: accept a set without any box (see :class:`~scaledet.data.base.DetectionDataset`).
+        progress: show the image-check progress bar (large sets only).
 
     Raises:
-        ValueError: invalid JSON (file, line, column), wrong structure, or no usable image.
+        UserError (a ValueError): invalid JSON (file, line, column), wrong structure, no
+        category, no usable image, or no box at all (unless ``allow_empty``).
     """
 
     def __init__(
@@ -75,17 +141,19 @@ class CocoDataset(DetectionDataset):
         images: str | Path | None = None,
         transforms: Transform | None = None,
         check_images: str = "header",
+        allow_empty: bool = False,
+        progress: bool = True,
     ) -> None:
         path = Path(annotation_file)
         data = read_json(path)
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a COCO file must be a JSON object, got {type(data).__name__}")
+            raise UserError(f"{path}: a COCO file must be a JSON object, got {type(data).__name__}")
         report = DataReport(source=str(path))
         category_ids, names = parse_categories(_require_list(data, "categories", path), path)
         label_of = {cid: label for label, cid in enumerate(category_ids)}
         image_rows = self._image_rows(_require_list(data, "images", path), path, images, report)
         raw = self._raw_boxes(_require_list(data, "annotations", path, required=False), image_rows, label_of, path, report)
-        infos = probe_records([row["path"] for row in image_rows.values()], path.name, report, check_images)
+        infos = probe_records([row["path"] for row in image_rows.values()], path.name, report, check_images, progress)
         records = []
         for (image_id, row), info in zip(image_rows.items(), infos):
             if info is None:
@@ -93,43 +161,51 @@ class CocoDataset(DetectionDataset):
             self._check_size(row, info, report)
             boxes = clean_boxes(raw.get(image_id, []), info.width, info.height, report)
             records.append(ImageRecord(row["path"], image_id, info.width, info.height, **boxes))
-        super().__init__(records, names, category_ids, report, transforms)
+        super().__init__(records, names, category_ids, report, transforms, allow_empty)
 
     @staticmethod
     def _image_rows(rows: list, path: Path, images: str | Path | None, report: DataReport) -> dict[int, dict]:
         images_dir = Path(images) if images is not None else None
         out: dict[int, dict] = {}
         for index, row in enumerate(rows):
-            if not isinstance(row, dict) or not isinstance(row.get("id"), int) or not row.get("file_name"):
+            image_id = as_int(row.get("id")) if isinstance(row, dict) else None
+            if image_id is None or not row.get("file_name"):
                 report.skip("bad_image_record", f"{path}: images[{index}] needs an integer 'id' and a 'file_name'")
                 continue
-            if row["id"] in out:
-                raise ValueError(f"{path}: images[{index}] repeats image id {row['id']}")
+            if image_id in out:
+                raise UserError(f"{path}: images[{index}] repeats image id {image_id}")
             candidates = _image_candidates(str(row["file_name"]), path.parent, images_dir)
-            out[row["id"]] = {"path": _resolve(candidates), "width": row.get("width"), "height": row.get("height")}
+            out[image_id] = {"path": _resolve(candidates), "width": as_int(row.get("width")),
+                             "height": as_int(row.get("height"))}
         return out
 
     @staticmethod
     def _raw_boxes(annotations: list, image_rows: dict, label_of: dict, path: Path, report: DataReport) -> dict:
         raw: dict[int, list[RawBox]] = defaultdict(list)
         for index, ann in enumerate(annotations):
-            where = f"{path.name}: annotations[{index}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
-            if not isinstance(ann, dict) or ann.get("image_id") not in image_rows:
-                image_id = ann.get("image_id") if isinstance(ann, dict) else None
-                report.skip("unknown_image_id", f"{where}: image_id {image_id!r} is not in 'images'")
+            if not isinstance(ann, dict):
+                report.skip("unknown_image_id", f"{path.name}: annotations[{index}] is not an object: {ann!r}")
                 continue
-            if ann.get("category_id") not in label_of:
+            where = f"{path.name}: annotations[{index}] (id {ann.get('id')})"
+            image_id, category_id = as_int(ann.get("image_id")), as_int(ann.get("category_id"))
+            if image_id not in image_rows:
+                report.skip("unknown_image_id", f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+                continue
+            if category_id not in label_of:
                 report.skip("unknown_category", f"{where}: category_id {ann.get('category_id')!r} not in 'categories'")
                 continue
             bbox = ann.get("bbox")
-            if not _is_four_numbers(bbox):
+            values = [as_number(v) for v in bbox] if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else None
+            if values is None or None in values:
                 report.skip("malformed_box", f"{where}: bbox {bbox!r} is not [x, y, w, h]")
                 continue
-            x, y, w, h = (float(v) if v is not None else float("nan") for v in bbox)
-            area = ann.get("area") if isinstance(ann.get("area"), (int, float)) else None
-            raw[ann["image_id"]].append(
-                RawBox([x, y, x + w, y + h], label_of[ann["category_id"]], bool(ann.get("iscrowd", 0)), area, where)
-            )
+            crowd = as_flag(ann.get("iscrowd"))
+            if crowd is None:
+                report.skip("bad_iscrowd", f"{where}: iscrowd {ann.get('iscrowd')!r} is not 0/1/true/false")
+                continue
+            x, y, w, h = values
+            area = as_number(ann["area"]) if "area" in ann else None
+            raw[image_id].append(RawBox([x, y, x + w, y + h], label_of[category_id], crowd, area, where))
         return raw
 
     @staticmethod
@@ -142,11 +218,3 @@ class CocoDataset(DetectionDataset):
                 f"{row['path']}: annotated {row['width']}x{row['height']}, file is {info.width}x{info.height}",
             )
 
-
-def _is_four_numbers(bbox: object) -> bool:
-    """True for a 4-list of numbers (None counts as NaN, i.e. JSON ``null`` / ``NaN``)."""
-    return (
-        isinstance(bbox, (list, tuple))
-        and len(bbox) == 4
-        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in bbox)
-    )

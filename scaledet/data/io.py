@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -10,12 +11,21 @@ from tqdm.auto import tqdm
 
 from scaledet.data.base import DetectionDataset
 from scaledet.data.coco import CocoDataset
-from scaledet.data.shapes import shapes_split
+from scaledet.data.shapes import ShapesDataset, shapes_split
 from scaledet.data.voc import VOCDataset, find_voc_root
 from scaledet.data.yolo import YOLODataset
+from scaledet.errors import UserError
 
 
-def open_dataset(path: str | Path, images: str | Path | None = None, split: str | None = None, **kwargs) -> DetectionDataset:
+def open_dataset(
+    path: str | Path,
+    images: str | Path | None = None,
+    split: str | None = None,
+    *,
+    allow_empty: bool = False,
+    progress: bool = True,
+    **kwargs,
+) -> DetectionDataset:
     """Open a detection dataset, detecting its format.
 
     Args:
@@ -27,25 +37,43 @@ def open_dataset(path: str | Path, images: str | Path | None = None, split: str 
             * a YOLO ``data.yaml`` (``split=`` ``"train"``/``"val"``/``"test"`` required).
         images: COCO only: the image folder.
         split: VOC / YOLO / shapes split.
+        allow_empty: accept a set without a single box (background images only); by default
+            such a set raises, since it is nearly always mislabelled data.
+        progress: show the image-check progress bar (sets of 200 images or more).
         **kwargs: passed to the dataset class (``transforms=``, ``check_images=``, shapes sizes).
 
     Raises:
-        ValueError: unknown format, bad file (named with line/record), or no usable image.
+        UserError (a ValueError): unknown format, bad file (named with line/record), no
+        category, no usable image, or no box (unless ``allow_empty``).
     """
     text = str(path)
     if text == "shapes" or text.startswith("shapes:"):
         name = text.partition(":")[2] or split or "train"
-        return shapes_split(name, **kwargs)
+        _check_options(ShapesDataset, kwargs, text, given=())
+        return shapes_split(name, allow_empty=allow_empty, **kwargs)
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: dataset path does not exist")
+        raise UserError(f"{path}: dataset path does not exist")
+    kwargs.update(allow_empty=allow_empty, progress=progress)
     if path.suffix.lower() == ".json":
-        return CocoDataset(path, images=images, **kwargs)
+        return _check_options(CocoDataset, kwargs, path, given=("annotation_file", "images"))(path, images=images, **kwargs)
     if path.suffix.lower() in (".yaml", ".yml"):
-        return YOLODataset(path, split=split, **kwargs)
+        return _check_options(YOLODataset, kwargs, path, given=("data_yaml", "split"))(path, split=split, **kwargs)
     if path.is_dir() and find_voc_root(path) is not None:
-        return VOCDataset(path, split=split, **kwargs)
-    raise ValueError(f"{path}: not a COCO .json, a YOLO data.yaml or a Pascal VOC folder (with Annotations/)")
+        return _check_options(VOCDataset, kwargs, path, given=("root", "split"))(path, split=split, **kwargs)
+    raise UserError(f"{path}: not a COCO .json, a YOLO data.yaml or a Pascal VOC folder (with Annotations/)")
+
+
+def _check_options(cls: type, options: dict, source: object, given: tuple[str, ...]) -> type:
+    """``cls`` itself, after checking that it takes every key of ``options`` (e.g. a config's
+    ``data_options``); UserError naming the unknown ones and the accepted ones otherwise.
+    ``given``: the arguments :func:`open_dataset` passes itself (not options)."""
+    accepted = [name for name in inspect.signature(cls).parameters if name not in given]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(f"{source}: unknown data option(s) {', '.join(unknown)} for {cls.__name__}; "
+                        f"it takes {', '.join(accepted)}")
+    return cls
 
 
 def write_coco(dataset: DetectionDataset, out_dir: str | Path, annotation_name: str = "annotations.json") -> Path:

@@ -26,7 +26,9 @@ REASONS: dict[str, str] = {
     "negative_box": "negative width or height: box skipped",
     "zero_area_box": "zero width or height: box skipped",
     "out_of_image_box": "box entirely outside the image: box skipped",
+    "bad_iscrowd": "iscrowd is not 0/1/true/false: annotation skipped",
     "bad_yolo_line": "YOLO label line with a wrong field count: line skipped",
+    "missing_label": "YOLO label file not found: image has no objects (kept)",
     "clipped_box": "box partly outside the image: clipped (kept)",
     "size_mismatch": "annotated image size differs from the file: file size used (kept)",
     "converted_image": "grayscale / palette / RGBA / 16-bit / CMYK image: converted to RGB (kept)",
@@ -34,7 +36,7 @@ REASONS: dict[str, str] = {
 }
 
 #: reasons that keep the record (reported as notes, not warnings)
-KEPT_REASONS = frozenset({"clipped_box", "size_mismatch", "converted_image", "exif_rotated"})
+KEPT_REASONS = frozenset({"clipped_box", "size_mismatch", "converted_image", "exif_rotated", "missing_label"})
 
 
 class DataWarning(UserWarning):

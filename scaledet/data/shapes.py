@@ -89,6 +89,7 @@ class ShapesDataset(DetectionDataset):
         empty_fraction: probability that an image has no object.
         max_overlap: largest IoU allowed between two objects' boxes.
         transforms: optional v2-style ``transforms(image, target)``.
+        allow_empty: accept a set whose every image is empty (e.g. ``empty_fraction=1``).
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class ShapesDataset(DetectionDataset):
         empty_fraction: float = 0.08,
         max_overlap: float = 0.25,
         transforms: Transform | None = None,
+        allow_empty: bool = False,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -118,7 +120,8 @@ class ShapesDataset(DetectionDataset):
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             records.append(ImageRecord(None, index, width, height, boxes, labels, np.zeros(len(shapes), bool), areas))
         report = DataReport(source=f"shapes(seed={seed}, n={num_images}, size={height}x{width})")
-        super().__init__(records, list(SHAPE_CLASSES), list(range(1, len(SHAPE_CLASSES) + 1)), report, transforms)
+        super().__init__(records, list(SHAPE_CLASSES), list(range(1, len(SHAPE_CLASSES) + 1)), report, transforms,
+                         allow_empty)
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, index, stream])

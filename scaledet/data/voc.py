@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
 from scaledet.data.report import DataReport
+from scaledet.errors import UserError
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -51,7 +52,7 @@ class VOCDataset(DetectionDataset):
         root: the VOC folder (with ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/``) or a VOCdevkit.
         split: ``ImageSets/Main/<split>.txt`` to use (e.g. ``"train"``, ``"val"``); default: every XML.
         class_names: override the class list (see module doc for the default).
-        transforms, check_images: as in :class:`~scaledet.data.coco.CocoDataset`.
+        transforms, check_images, allow_empty, progress: as in :class:`~scaledet.data.coco.CocoDataset`.
     """
 
     def __init__(
@@ -61,24 +62,26 @@ class VOCDataset(DetectionDataset):
         class_names: list[str] | None = None,
         transforms: Transform | None = None,
         check_images: str = "header",
+        allow_empty: bool = False,
+        progress: bool = True,
     ) -> None:
         found = find_voc_root(Path(root))
         if found is None:
-            raise ValueError(f"{root}: not a Pascal VOC folder (no Annotations/ directory)")
+            raise UserError(f"{root}: not a Pascal VOC folder (no Annotations/ directory)")
         report = DataReport(source=str(found) + (f" [{split}]" if split else ""))
         parsed = self._parse_all(found, report)
         names = class_names or self._class_names(found, parsed)
         label_of = {name: label for label, name in enumerate(names)}
         stems = self._split_stems(found, split, parsed)
         paths = [found / "JPEGImages" / (parsed[s]["filename"] or f"{s}.jpg") for s in stems]
-        infos = probe_records(paths, found.name, report, check_images)
+        infos = probe_records(paths, found.name, report, check_images, progress)
         records = []
         for index, (stem, path, info) in enumerate(zip(stems, paths, infos)):
             if info is not None:
                 raw = self._raw_boxes(parsed[stem]["objects"], label_of, f"Annotations/{stem}.xml", report)
                 boxes = clean_boxes(raw, info.width, info.height, report)
                 records.append(ImageRecord(path, index, info.width, info.height, **boxes))
-        super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms)
+        super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms, allow_empty)
 
     @staticmethod
     def _parse_all(root: Path, report: DataReport) -> dict[str, dict]:
@@ -104,7 +107,7 @@ class VOCDataset(DetectionDataset):
             return sorted(parsed)
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
-            raise ValueError(f"{root}: split {split!r} not found ({split_file} missing)")
+            raise UserError(f"{root}: split {split!r} not found ({split_file} missing)")
         stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
         return [s for s in stems if s in parsed]
 

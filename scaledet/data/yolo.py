@@ -1,11 +1,14 @@
 """YOLO (Ultralytics) ``data.yaml`` -> DetectionDataset.
 
-``data.yaml`` holds ``path`` (optional root), ``train`` / ``val`` / ``test`` (a folder of
-images, a ``.txt`` list of image paths, or a list of either) and ``names`` (list, or dict
-index -> name). Labels are found by replacing the last ``images`` path component with
-``labels`` and the suffix with ``.txt``; each line is ``class cx cy w h`` normalised to
-``[0, 1]`` (or ``class x1 y1 x2 y2 x3 y3 ...`` polygon, whose bounding box is used). A
-missing label file means an image without objects. Class ``k`` has category id ``k + 1``.
+``data.yaml`` holds ``path`` (optional root; a relative one is taken from the yaml's folder,
+and without it the yaml's folder is the root, wherever the command runs), ``train`` / ``val`` /
+``test`` (a folder of images, a ``.txt`` list of image paths, or a list of either; relative to
+the root) and ``names`` (list, or dict index -> name). Labels are found by replacing the last
+``images`` path component with ``labels`` and the suffix with ``.txt``; each line is
+``class cx cy w h`` normalised to ``[0, 1]`` (or ``class x1 y1 x2 y2 x3 y3 ...`` polygon, whose
+bounding box is used). A missing label file means an image without objects (counted as
+``missing_label``; when no image has a box the dataset refuses to load unless
+``allow_empty=True``). Class ``k`` has category id ``k + 1``.
 """
 
 from __future__ import annotations
@@ -16,41 +19,51 @@ import yaml
 
 from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
 from scaledet.data.report import DataReport
+from scaledet.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def read_data_yaml(path: Path) -> dict:
-    """Parse and check ``data.yaml``; ValueError naming the file on a bad one."""
+    """Parse and check ``data.yaml``; UserError naming the file on a bad one."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML ({error})") from None
+        raise UserError(f"{path}: invalid YAML ({error})") from None
     if not isinstance(data, dict) or "names" not in data:
-        raise ValueError(f"{path}: a YOLO data.yaml needs a 'names' entry")
+        raise UserError(f"{path}: a YOLO data.yaml needs a 'names' entry")
     names = data["names"]
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
-            raise ValueError(f"{path}: 'names' keys must be 0..{len(names) - 1}, got {sorted(names)}")
+            raise UserError(f"{path}: 'names' keys must be 0..{len(names) - 1}, got {sorted(names)}")
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{path}: 'names' must be a non-empty list or dict")
+        raise UserError(f"{path}: 'names' must be a non-empty list or dict")
     data["names"] = [str(n) for n in names]
     return data
 
 
-def _list_images(entry: str | list, root: Path) -> list[Path]:
+def dataset_root(data: dict, yaml_path: Path) -> Path:
+    """The folder split entries are relative to: ``path:`` (absolute, or relative to the yaml's
+    folder), else the yaml's folder."""
+    return yaml_path.parent / str(data.get("path") or ".")
+
+
+def _list_images(entry: str | list, root: Path, where: str) -> list[Path]:
     entries = entry if isinstance(entry, list) else [entry]
     images: list[Path] = []
     for item in entries:
-        path = Path(item) if Path(item).is_absolute() else root / item
+        path = root / str(item)  # an absolute item replaces root
         if path.is_dir():
             images.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
         elif path.suffix == ".txt" and path.is_file():
             lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            images.extend(Path(line) if Path(line).is_absolute() else root / line for line in lines)
+            images.extend(root / line for line in lines)
         else:
-            raise ValueError(f"{path}: YOLO split entry is neither an image folder nor a .txt list")
+            raise UserError(
+                f"{where}: {item!r} -> {path} is neither an image folder nor a .txt list of images "
+                f"(split entries are relative to {root})"
+            )
     return images
 
 
@@ -65,8 +78,10 @@ def label_path(image: Path) -> Path:
 
 
 def parse_label_file(path: Path, width: int, height: int, num_classes: int, report: DataReport) -> list[RawBox]:
-    """Boxes in pixels from one YOLO label file; bad lines are skipped and reported."""
+    """Boxes in pixels from one YOLO label file; bad lines are skipped and reported, a missing
+    file is counted as ``missing_label`` (an image without objects)."""
     if not path.is_file():
+        report.note("missing_label", f"{path}: label file not found")
         return []
     raw = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -103,8 +118,10 @@ class YOLODataset(DetectionDataset):
     Args:
         data_yaml: the ``data.yaml`` file.
         split: ``"train"``, ``"val"`` or ``"test"`` (required: a yaml describes several).
-        transforms, check_images: as in :class:`~scaledet.data.coco.CocoDataset`.
+        transforms, check_images, allow_empty, progress: as in :class:`~scaledet.data.coco.CocoDataset`.
     """
+
+    empty_hint = " (YOLO labels are read from the 'labels' folder beside 'images': images/a.jpg -> labels/a.txt)"
 
     def __init__(
         self,
@@ -112,21 +129,21 @@ class YOLODataset(DetectionDataset):
         split: str | None = None,
         transforms: Transform | None = None,
         check_images: str = "header",
+        allow_empty: bool = False,
+        progress: bool = True,
     ) -> None:
         path = Path(data_yaml)
         data = read_data_yaml(path)
         splits = [s for s in ("train", "val", "test") if data.get(s)]
         if split not in splits:
-            raise ValueError(f"{path}: choose split= one of {splits} (got {split!r})")
-        root = Path(data.get("path") or path.parent)
-        root = root if root.is_absolute() else path.parent / root
+            raise UserError(f"{path}: choose split= one of {splits} (got {split!r})")
         report = DataReport(source=f"{path} [{split}]")
-        images = _list_images(data[split], root)
-        infos = probe_records(images, path.name, report, check_images)
+        images = _list_images(data[split], dataset_root(data, path), f"{path}: {split}")
+        infos = probe_records(images, path.name, report, check_images, progress)
         names = data["names"]
         records = []
         for index, (image, info) in enumerate(zip(images, infos)):
             if info is not None:
                 raw = parse_label_file(label_path(image), info.width, info.height, len(names), report)
                 records.append(ImageRecord(image, index, info.width, info.height, **clean_boxes(raw, info.width, info.height, report)))
-        super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms)
+        super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms, allow_empty)

@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from scaledet.errors import UserError
+from scaledet.weights import torch_load_weights_only
+
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` ``obj`` to ``path`` so that ``path`` is always either old or complete."""
@@ -51,14 +54,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: what to do about a checkpoint that cannot be resumed from
+RESUME_FIX = "delete it or start without --resume"
+
+
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`atomic_torch_save` (tensors and containers only)."""
+    """Read a checkpoint written by :func:`atomic_torch_save` (tensors and containers only).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UserError (a ValueError): empty or corrupt (``PATH is empty or corrupt (...): delete it or
+            start without --resume``), pickled code, or not a training checkpoint.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"checkpoint not found: {path} (start without --resume, or give --resume PATH)")
+    state = torch_load_weights_only(path, fix=RESUME_FIX)
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise ValueError(f"{path} is not a scaledet training checkpoint (no 'model'/'step' entries)")
+        raise UserError(f"{path} is not a scaledet training checkpoint (no 'model'/'step' entries): {RESUME_FIX}")
     return state
 
 

@@ -33,6 +33,7 @@ class TrainConfig:
     val: str | None = None
     images: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)  # extra open_dataset kwargs (e.g. shapes sizes)
+    allow_empty: bool = False  # accept train / val data without a single box (background images only)
     num_classes: int | None = None
     pretrained: str | None = None
     image_size: int | None = None

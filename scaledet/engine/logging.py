@@ -1,19 +1,34 @@
 """Run logs: one JSON line per record in ``OUT/log.jsonl`` plus ``OUT/steps.csv`` / ``OUT/epochs.csv``,
-and optionally TensorBoard scalars (if the ``tensorboard`` package is installed)."""
+and optionally TensorBoard scalars (if the ``tensorboard`` package is installed).
+
+The logger also owns the output folder for the run: it holds ``OUT/run.lock``
+(:class:`~scaledet.engine.lock.RunLock`) from creation to :meth:`RunLogger.close`, so a second
+run into the same folder fails at once instead of interleaving the logs.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+from scaledet.engine.lock import RunLock
+
+#: the record files, rewritten by :meth:`RunLogger.truncate_after`
+CSV_KINDS = ("step", "epoch")
 
 
 class RunLogger:
     """Writer for step and epoch records (call :meth:`close` at the end).
 
-    A new run replaces the files in ``out``; ``append=True`` (resume) continues them.
+    A new run replaces the files in ``out``; ``append=True`` (resume) continues them, and
+    :meth:`truncate_after` drops the records a resumed run is about to write again.
+
+    Raises:
+        UserError: another live run holds ``out`` (see :mod:`scaledet.engine.lock`).
     """
 
     def __init__(self, out: str | Path, tensorboard: bool = False, enabled: bool = True, append: bool = False) -> None:
@@ -22,8 +37,9 @@ class RunLogger:
         self.append = append  # continue existing logs (resume) instead of starting new ones
         self._csv: dict[str, tuple[Any, csv.DictWriter]] = {}
         self._writer = None
+        self._lock = RunLock(self.out)
         if enabled:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()  # before any file of the folder is touched
             self._jsonl = open(self.out / "log.jsonl", "a" if append else "w", encoding="utf-8")
             if tensorboard:
                 self._writer = _tensorboard_writer(self.out / "tensorboard")
@@ -44,17 +60,46 @@ class RunLogger:
     def _csv_row(self, kind: str, record: dict[str, Any]) -> None:
         if kind not in self._csv:
             path = self.out / f"{kind}s.csv"
-            new = not (self.append and path.exists())
-            handle = open(path, "w" if new else "a", newline="", encoding="utf-8")
-            writer = csv.DictWriter(handle, fieldnames=list(record), extrasaction="ignore")
-            if new:
+            header = _csv_header(path) if self.append else None
+            handle = open(path, "w" if header is None else "a", newline="", encoding="utf-8")
+            # appending: keep the file's columns, so resumed rows line up with the earlier ones
+            writer = csv.DictWriter(handle, fieldnames=header or list(record), extrasaction="ignore")
+            if header is None:
                 writer.writeheader()
             self._csv[kind] = (handle, writer)
         handle, writer = self._csv[kind]
         writer.writerow(record)
         handle.flush()
 
+    def truncate_after(self, step: int) -> None:
+        """Drop every record of a step after ``step`` from ``log.jsonl``, ``steps.csv`` and ``epochs.csv``.
+
+        A run resumed from a checkpoint of step ``step`` trains (and logs) the later steps again;
+        without this, steps logged after that checkpoint by the interrupted run appear twice.
+        """
+        if not self.enabled:
+            return
+        self._jsonl.close()
+        for handle, _ in self._csv.values():
+            handle.close()
+        self._csv.clear()
+        path = self.out / "log.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            _rewrite(path, [line for line in lines if _step_of_json(line) <= step])
+        for kind in CSV_KINDS:
+            path = self.out / f"{kind}s.csv"
+            if path.exists():
+                with open(path, newline="", encoding="utf-8") as handle:
+                    rows = list(csv.reader(handle))
+                column = rows[0].index("step") if rows and "step" in rows[0] else None
+                complete = [row for row in rows[1:] if len(row) == len(rows[0])]  # not a row cut by a kill
+                kept = rows[:1] + [row for row in complete if column is None or _number(row[column]) <= step]
+                _rewrite(path, kept, as_csv=True)
+        self._jsonl = open(self.out / "log.jsonl", "a", encoding="utf-8")
+
     def close(self) -> None:
+        """Close the files and release the folder's lock."""
         if not self.enabled:
             return
         self._jsonl.close()
@@ -62,6 +107,43 @@ class RunLogger:
             handle.close()
         if self._writer is not None:
             self._writer.close()
+        self._lock.release()
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The column names of an existing CSV file, or ``None`` if it is missing or empty."""
+    if not path.exists():
+        return None
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), None) or None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("-inf")  # not a step number: keep the row
+
+
+def _step_of_json(line: str) -> float:
+    """The ``step`` of one JSON log line: ``-inf`` when it has none (kept), ``inf`` when the line
+    is not a JSON object (dropped: a line cut short by a killed process)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return float("inf")
+    return float(step) if isinstance(step, (int, float)) else float("-inf")
+
+
+def _rewrite(path: Path, lines: list, as_csv: bool = False) -> None:
+    """Replace ``path`` by ``lines`` (text lines, or CSV rows) through a temporary file."""
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "w", newline="" if as_csv else None, encoding="utf-8") as handle:
+        if as_csv:
+            csv.writer(handle).writerows(lines)
+        else:
+            handle.writelines(lines)
+    os.replace(temp, path)
 
 
 def _tensorboard_writer(folder: Path):

@@ -25,7 +25,7 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     """
     from scaledet.data import open_dataset, print_report
 
-    options = dict(config.data_options)
+    options = {"allow_empty": config.allow_empty, "progress": config.progress, **config.data_options}
     train = open_dataset(config.train, images=config.images, split="train", **options)
     val = open_dataset(config.val, images=config.images, split="val", **options) if config.val else None
     if dist_utils.is_main():

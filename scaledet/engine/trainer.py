@@ -240,6 +240,7 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self.bad_batches, self.best_ap, self.elapsed_before = state["bad_batches"], state["best_ap"], state["elapsed"]
         set_rng_state(state["rng"])
+        self.logger.truncate_after(self.step)  # the steps after the checkpoint are trained and logged again
         if self.is_main:
             print(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 

@@ -59,6 +59,8 @@ def create_model(
     Returns:
         an ``nn.Module`` following the contract documented in :mod:`scaledet`.
     """
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     for family, prefix in _FAMILIES.items():
         if name.startswith(prefix):
             module = _family_module(family)

@@ -1,0 +1,119 @@
+"""Errors a user can cause get one or two lines naming the file and the fix, exit 2, no traceback;
+``scaledet --debug`` shows the traceback."""
+
+import json
+import os
+import socket
+import urllib.error
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from scaledet import hub
+from scaledet.cli import main
+from scaledet.engine.lock import LOCK_NAME
+from scaledet.errors import UserError
+
+TINY = {"backbone": "mobilenetv3_small_050", "fpn_channels": 16, "fpn_repeats": 1, "head_repeats": 1,
+        "anchor_scale": 3.0, "backbone_drop_path_rate": 0.0}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A run YAML: tiny EfficientDet on 4 shapes images, 2 steps."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"model": "efficientdet_d0", "image_size": 64, "max_steps": 2, "batch_size": 2,
+                                    "model_overrides": TINY}))
+    return path
+
+
+def _shapes(config):
+    """CLI args training on the built-in shapes set, made tiny through ``data_options``."""
+    values = yaml.safe_load(config.read_text())
+    values["data_options"] = {"num_images": 4, "image_size": 64, "max_objects": 2}
+    config.write_text(yaml.safe_dump(values))
+    return ["--config", str(config), "--train", "shapes:train", "--no-progress"]
+
+
+def _error(capsys, argv):
+    """Run the CLI; check it failed cleanly; return stderr's lines."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and "Traceback" not in err, err
+    assert lines[0].startswith(f"scaledet {argv[0]}: error: ")
+    return lines
+
+
+def test_coco_without_annotations(tmp_path, tiny_config, capsys):
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    data = {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    lines = _error(capsys, ["train", "--config", str(tiny_config), "--train", str(tmp_path / "ann.json"),
+                            "--out", str(tmp_path / "run")])
+    assert "ann.json: no usable boxes in 1 image" in lines[0] and "--allow-empty" in lines[1]
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_missing_data_and_missing_config_file(tmp_path, tiny_config, capsys):
+    lines = _error(capsys, ["train", "--config", str(tiny_config), "--train", str(tmp_path / "nope.json")])
+    assert lines == [f"scaledet train: error: {tmp_path / 'nope.json'}: dataset path does not exist"]
+    lines = _error(capsys, ["train", "--config", str(tmp_path / "none.yaml"), "--train", "shapes:train"])
+    assert lines == [f"scaledet train: error: {tmp_path / 'none.yaml'}: No such file or directory"]
+
+
+def test_empty_or_corrupt_last_checkpoint_on_resume(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out), "--resume"])
+    assert lines[0].endswith(f"error: {out / 'last.pt'} is empty or corrupt (EOFError): delete it or start without --resume")
+    torch.save({"model": {}, "step": 1}, out / "last.pt")
+    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:100])  # truncated
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out), "--resume"])
+    assert "last.pt is empty or corrupt (RuntimeError: PytorchStreamReader" in lines[0]
+    assert lines[0].endswith("delete it or start without --resume")
+
+
+class _Evil:
+    pass
+
+
+def test_pickled_code_is_refused_without_suggesting_unsafe_loading(tmp_path, tiny_config, capsys):
+    torch.save({"w": _Evil()}, tmp_path / "evil.pth")
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--pretrained", str(tmp_path / "evil.pth"),
+                            "--out", str(tmp_path / "run")])
+    assert f"{tmp_path / 'evil.pth'} is not a plain weights file (it contains pickled code, refused for safety)" in lines[0]
+    assert "weights_only" not in "\n".join(lines)
+
+
+def test_pretrained_coco_offline_names_url_and_cache_path(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--pretrained", "coco", "--out", str(tmp_path / "run")])
+    assert len(lines) == 2
+    assert "could not download https://" in lines[0] and "Temporary failure in name resolution" in lines[0]
+    assert f"place it at {hub.cache_dir()}/tf_efficientdet_d0" in lines[1]
+
+
+def test_busy_output_folder(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    owner = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-01-01 00:00:00"}
+    (out / LOCK_NAME).write_text(json.dumps(owner))
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out)])
+    assert f"{out} is in use by another training run (pid {os.getppid()}" in lines[0]
+    assert str(out / LOCK_NAME) in lines[1]
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_config):
+    for argv in (["--debug", "train"], ["train", "--debug"]):
+        with pytest.raises(UserError, match="dataset path does not exist"):
+            main([*argv, "--config", str(tiny_config), "--train", str(tmp_path / "nope.json")])
