@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Tests run in 2 processes, one thread each (2-core machines).
+# Tests run in 2 processes, one thread each (2-core machines). The demo picks its own threads.
 PYTEST_ARGS ?= -n 2 -q
-export OMP_NUM_THREADS ?= 1
+TEST_THREADS ?= 1
 
 .PHONY: demo test test-slow venv clean
 
@@ -23,10 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/scaledet demo
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS) -m slow
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS) -m slow
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -12,9 +12,19 @@ from scaledet.engine.testing import RectangleDataset, TinyDetector
 
 
 def test_family_recipes():
-    effdet = TrainConfig.for_model("efficientdet_d0", epochs=1)
+    effdet = TrainConfig.for_model("efficientdet_d0", epochs=1, recipe="paper")
     assert (effdet.optimizer, effdet.schedule, effdet.momentum, effdet.weight_decay) == ("sgd", "cosine", 0.9, 4e-5)
     assert effdet.ema_decay == 0.9998 and effdet.warmup_epochs == 1.0
+    assert (effdet.batch_size, effdet.lr) == (16, pytest.approx(0.02))  # 0.16 at batch 128, scaled linearly
+    auto = TrainConfig.for_model("efficientdet_d0", epochs=1)
+    assert auto.recipe == "auto" and (auto.batch_size, auto.lr, auto.warmup_fraction) == (8, pytest.approx(0.02), 0.1)
+    assert auto.ema_decay is None and auto.bn_momentum is None and auto.warmup_epochs is None  # from the plan
+    assert auto.model_overrides == {"backbone_drop_path_rate": 0.0}
+    # the batch scales the learning rate unless the lr is given; the user's overrides win
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, grad_accum=2).lr == pytest.approx(0.16)
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, lr=0.01).lr == 0.01
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1, model_overrides={"backbone_drop_path_rate": 0.1}
+                                 ).model_overrides == {"backbone_drop_path_rate": 0.1}
     detr = TrainConfig.for_model("detr_r50", epochs=1)
     assert (detr.optimizer, detr.lr, detr.backbone_lr, detr.weight_decay) == ("adamw", 1e-4, 1e-5, 1e-4)
     assert (detr.clip_grad, detr.schedule, detr.lr_drop_at) == (0.1, "step", pytest.approx(2 / 3))
@@ -39,6 +49,8 @@ def test_yaml_then_flags(tmp_path):
         (dict(epochs=1, ema_decay=1.5), "ema_decay must be in"),
         (dict(epochs=1, freeze_bn_fraction=1.0), "freeze_bn_fraction must be in"),
         (dict(epochs=1, learning_rate=0.1), "unknown training option"),
+        (dict(epochs=1, recipe="fast"), "recipe must be one of"),
+        (dict(epochs=1, warmup_fraction=1.5), "warmup_fraction must be in"),
     ],
 )
 def test_bad_options_name_the_problem(values, message):
@@ -52,6 +64,9 @@ def test_warmup_cosine_and_step_schedules():
     assert cosine.factor(5, 0.05) == pytest.approx((0.1 * 0.5 + 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
     assert cosine.factor(10, 0.5) == pytest.approx(0.5)
     assert cosine.factor(99, 1.0) == pytest.approx(0.0)
+    by_progress = LRSchedule("cosine", warmup_fraction=0.1, warmup_factor=0.0)
+    assert by_progress.factor(7, 0.05) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert by_progress.factor(8, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
     step = LRSchedule("step", drop_at=2 / 3)
     assert [step.factor(0, p) for p in (0.0, 0.66, 0.67, 1.0)] == [1.0, 1.0, pytest.approx(0.1), pytest.approx(0.1)]
 

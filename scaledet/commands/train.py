@@ -1,8 +1,8 @@
 """`scaledet train`: train a detector on COCO JSON, Pascal VOC, YOLO or the built-in shapes data.
 
 Options come from an optional YAML file (``--config``, keys = the long flag names with ``_``) and
-are overridden by flags. Unset recipe options take the model family's defaults
-(:data:`scaledet.engine.config.FAMILY_RECIPES`). Run on K processes with
+are overridden by flags. Unset recipe options take the recipe's defaults for the model family
+(:mod:`scaledet.engine.recipe`: ``--recipe auto``, the default, adapts to the run's length and data). Run on K processes with
 ``torchrun --nproc_per_node=K -m scaledet train ...``.
 """
 
@@ -24,6 +24,7 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "out": (str, "output folder (default runs/train)"),
     "pretrained": (str, "'coco' or a weights file to start from"),
     "num_classes": (int, "number of classes (default: the training set's)"),
+    "recipe": (str, "auto (default: adapted to the run's length and data) or paper (the published recipe)"),
     "batch_size": (int, "images per optimizer step and process"),
     "lr": (float, "peak learning rate"),
     "backbone_lr": (float, "learning rate of backbone.* parameters"),
@@ -31,15 +32,18 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "momentum": (float, "SGD momentum"),
     "weight_decay": (float, "weight decay (not applied to biases and norm weights)"),
     "schedule": (str, "cosine or step"),
-    "warmup_epochs": (float, "linear warm-up length in epochs"),
+    "warmup_epochs": (float, "linear warm-up length in epochs (paper recipe: 1)"),
+    "warmup_fraction": (float, "linear warm-up as a fraction of the run (auto recipe: 0.1)"),
     "clip_grad": (float, "gradient-norm clip (0: off)"),
-    "ema_decay": (float, "EMA decay of the evaluated weights (0: no EMA)"),
-    "freeze_bn_fraction": (float, "final fraction of training with BatchNorm on its running statistics (default 0)"),
+    "ema_decay": (float, "EMA decay of the evaluated weights (0: no EMA; default: from the run's length)"),
+    "bn_momentum": (float, "BatchNorm momentum (default: from the run's length)"),
+    "freeze_bn_fraction": (float, "final fraction of training with BatchNorm on its running statistics (auto recipe: 0.2)"),
     "grad_accum": (int, "micro-batches per optimizer step"),
     "workers": (int, "DataLoader worker processes"),
-    "seed": (int, "random seed"),
+    "seed": (int, "random seed (same seed and settings: same run on the same machine)"),
+    "threads": (int, "torch CPU threads (default: OMP_NUM_THREADS if set, else the idle cores)"),
     "device": (str, "auto, cpu, cuda, cuda:1 ..."),
-    "eval_every": (int, "evaluate every N epochs (0: only at the end)"),
+    "eval_every": (int, "evaluate every N epochs (0: only at the end; default: about 4 times per run)"),
     "log_every": (int, "log a step record every N steps"),
 }
 _BOOL_FLAGS: dict[str, str] = {

@@ -1,9 +1,10 @@
-"""Training configuration: one dataclass, recipe defaults per model family.
+"""Training configuration: one dataclass; the recipe fills what the user leaves unset.
 
-``TrainConfig`` holds every knob of a run. Fields that depend on the model family (optimizer,
-learning rate, schedule, clipping, EMA ...) default to ``None`` and are filled by
-:func:`TrainConfig.for_model` from :data:`FAMILY_RECIPES`, keyed by model-name prefix, so a
-new family plugs in by adding one row, never by editing the trainer.
+``TrainConfig`` holds every knob of a run. Recipe fields (optimizer, learning rate, schedule,
+clipping, EMA ...) default to ``None`` and are filled by :func:`TrainConfig.for_model` from the
+chosen recipe's row for the model family (:mod:`scaledet.engine.recipe`): ``recipe="auto"`` (the
+default, adapted to the run's length and data) or ``"paper"`` (the published recipe). A new family
+plugs in by adding a row, never by editing the trainer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from scaledet.engine.recipe import FAMILY_RECIPES, RECIPES, family_recipe, scaled_lr
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
 
@@ -23,8 +26,10 @@ SCHEDULES = ("cosine", "step")
 class TrainConfig:
     """Everything a training run needs (data paths, model, recipe, runtime).
 
-    Recipe fields left ``None`` are filled from the model family's recipe (see
-    :data:`FAMILY_RECIPES`) by :meth:`for_model`.
+    Recipe fields left ``None`` are filled from the model family's row of ``recipe`` (see
+    :mod:`scaledet.engine.recipe`) by :meth:`for_model`; those still ``None`` after that (EMA decay,
+    BatchNorm momentum, evaluation interval, augmentation under ``"auto"``) are chosen by the
+    trainer once it knows how many optimizer steps the run makes.
     """
 
     # what to train on
@@ -43,6 +48,7 @@ class TrainConfig:
     max_minutes: float | None = None
     max_steps: int | None = None  # stop (and checkpoint) after this many optimizer steps
     # recipe (family defaults when None)
+    recipe: str = "auto"  # "auto": adapted to the run's length and data; "paper": the published recipe
     batch_size: int | None = None
     optimizer: str | None = None
     lr: float | None = None
@@ -50,29 +56,31 @@ class TrainConfig:
     momentum: float | None = None
     weight_decay: float | None = None
     schedule: str | None = None
-    warmup_epochs: float | None = None
+    warmup_epochs: float | None = None  # warm-up length in epochs (paper recipe) ...
+    warmup_fraction: float | None = None  # ... or as a fraction of the run (auto recipe); epochs win if both
     warmup_factor: float | None = None
     min_lr_ratio: float | None = None
     lr_drop_at: float | None = None  # step schedule: fraction of training where lr drops x0.1
     clip_grad: float | None = None
-    ema_decay: float | None = None  # 0 disables EMA
-    bn_momentum: float | None = None  # set every BatchNorm's momentum (short runs: 0.1 tracks faster)
+    ema_decay: float | None = None  # 0 disables EMA; None: from the run's length (auto recipe) or 0.9998
+    bn_momentum: float | None = None  # every BatchNorm's momentum; None: from the run's length (auto) or the model's
     # for this final fraction of training, BatchNorm normalises with its running statistics (and
     # stops updating them), so the weights adapt to the statistics evaluation will use
-    freeze_bn_fraction: float = 0.0
-    augment: dict[str, Any] = field(default_factory=dict)  # passed to the data layer's train_transforms
+    freeze_bn_fraction: float | None = None
+    augment: dict[str, Any] = field(default_factory=dict)  # train_transforms kwargs; auto recipe: chosen by the plan
     # runtime
     grad_accum: int = 1
     amp: bool = False
     channels_last: bool = False
     workers: int = 0
     seed: int = 0
+    threads: int = 0  # torch CPU threads; 0: OMP_NUM_THREADS if set, else the idle cores
     device: str = "auto"
     sync_bn: bool = False
     deterministic: bool = False
     out: str = "runs/train"
     resume: str | None = None  # path, or "auto" for OUT/last.pt
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    eval_every: int | None = None  # epochs between evaluations (0: only at the end; None: ~4 per run)
     eval_max_images: int | None = None
     log_every: int = 10
     tensorboard: bool = False
@@ -81,13 +89,23 @@ class TrainConfig:
 
     @classmethod
     def for_model(cls, model: str, **values: Any) -> TrainConfig:
-        """A config for ``model`` with its family's recipe filling every unset recipe field."""
+        """A config for ``model`` with the recipe's row filling every unset recipe field.
+
+        ``values`` may name the recipe (``recipe="paper"``); unset it is ``"auto"``. When the batch
+        size is given but the learning rate is not, the row's lr is scaled linearly to
+        ``batch_size * grad_accum``. The row's ``model_overrides`` are defaults under the user's.
+        """
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        recipe = family_recipe(model)
-        merged = {key: value for key, value in recipe.items()}
-        merged.update({key: value for key, value in values.items() if value is not None})
+        given = {key: value for key, value in values.items() if value is not None}
+        recipe = given.get("recipe", "auto")
+        row = family_recipe(model, recipe)
+        merged = {key: value for key, value in row.items() if key != "reference_batch"}
+        merged.update(given)
+        merged["model_overrides"] = {**row.get("model_overrides", {}), **given.get("model_overrides", {})}
+        if "lr" not in given:
+            merged["lr"] = scaled_lr(row, merged["batch_size"], merged.get("grad_accum", 1))
         config = cls(model=model, **merged)
         config.validate()
         return config
@@ -107,6 +125,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -121,8 +141,12 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.freeze_bn_fraction < 1.0:
+        if self.freeze_bn_fraction is not None and not 0.0 <= self.freeze_bn_fraction < 1.0:
             raise ValueError(f"freeze_bn_fraction must be in [0, 1), got {self.freeze_bn_fraction}")
+        if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             raise ValueError("give --epochs, --max-minutes or max_steps: the run needs an end")
 
@@ -130,32 +154,4 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Recipe rows: model-name prefix -> defaults. The first matching prefix wins.
-FAMILY_RECIPES: dict[str, dict[str, Any]] = {
-    # EfficientDet paper: SGD momentum 0.9, wd 4e-5, lr 0.16 at batch 128 with warm-up then cosine,
-    # EMA 0.9998. Our batch default is small (CPU), so lr is linearly scaled: 0.16 * 16 / 128 = 0.02.
-    "efficientdet_": dict(
-        batch_size=16, optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=4e-5, schedule="cosine",
-        warmup_epochs=1.0, warmup_factor=0.001, min_lr_ratio=0.0, clip_grad=10.0, ema_decay=0.9998,
-    ),
-    # DETR paper: AdamW 1e-4 (backbone 1e-5), wd 1e-4, grad clip 0.1, lr x0.1 at 2/3 of training.
-    "detr_": dict(
-        batch_size=4, optimizer="adamw", lr=1e-4, backbone_lr=1e-5, weight_decay=1e-4, schedule="step",
-        lr_drop_at=2 / 3, warmup_epochs=0.0, warmup_factor=1.0, clip_grad=0.1, ema_decay=0.0,
-    ),
-}
-
-GENERIC_RECIPE: dict[str, Any] = dict(
-    batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0,
-    warmup_factor=1.0, min_lr_ratio=0.0, clip_grad=10.0, ema_decay=0.0,
-)
-
-_RECIPE_FALLBACKS: dict[str, Any] = dict(momentum=0.9, min_lr_ratio=0.0, lr_drop_at=2 / 3, warmup_factor=1.0)
-
-
-def family_recipe(model: str) -> dict[str, Any]:
-    """The recipe defaults for ``model`` (first matching prefix in :data:`FAMILY_RECIPES`)."""
-    for prefix, recipe in FAMILY_RECIPES.items():
-        if model.startswith(prefix):
-            return {**_RECIPE_FALLBACKS, **recipe}
-    return {**_RECIPE_FALLBACKS, **GENERIC_RECIPE}
+__all__ = ["FAMILY_RECIPES", "TrainConfig", "family_recipe"]

@@ -5,6 +5,7 @@ This is what ``scaledet train`` and ``scaledet demo`` call; the library user can
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
@@ -12,7 +13,8 @@ from torch.utils.data import Dataset
 
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.config import TrainConfig
-from scaledet.engine.trainer import Trainer
+from scaledet.engine.recipe import FIT_INPUT_TO_DATA, augmentation_for, box_statistics, fitted_input_size
+from scaledet.engine.trainer import Trainer, seed_everything
 
 
 def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -36,10 +38,13 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     return train, val
 
 
-def build_model(config: TrainConfig, class_names: list[str]) -> nn.Module:
+def build_model(config: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> nn.Module:
     """``create_model`` from the config; the head has ``len(class_names)`` classes unless
-    ``config.num_classes`` says otherwise (it must then agree with the data)."""
+    ``config.num_classes`` says otherwise (it must then agree with the data). ``category_ids``:
+    the training set's ``label_to_category_id`` (default 1..K), saved with the weights so that
+    predictions are written in the dataset's own category ids."""
     from scaledet import create_model
+    from scaledet.models.inputs import category_ids_for
 
     num_classes = config.num_classes or len(class_names)
     if num_classes != len(class_names):
@@ -47,27 +52,71 @@ def build_model(config: TrainConfig, class_names: list[str]) -> nn.Module:
     model = create_model(config.model, num_classes=num_classes, pretrained=config.pretrained,
                          image_size=config.image_size, **config.model_overrides)
     model.class_names = list(class_names)  # models derive ``config["class_names"]`` from this
+    model.category_ids = category_ids_for(category_ids, num_classes)  # ... and ``config["category_ids"]``
     return model
 
 
-def add_train_transforms(dataset: Dataset, config: TrainConfig, image_size: tuple[int, int]) -> None:
-    """Give ``dataset`` the paper's augmentation (flip, scale jitter, crop/pad) at ``image_size``."""
+def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) -> tuple[int, int] | None:
+    """The input size the auto recipe picks for ``train_set`` when ``--image-size`` is not given,
+    or ``None`` to keep the model's. Only for families whose input is a free (h, w) (see
+    :data:`scaledet.engine.recipe.FIT_INPUT_TO_DATA`) and datasets that list their records."""
+    if config.image_size is not None or config.recipe != "auto" or not hasattr(train_set, "records"):
+        return None
+    if not config.model.startswith(FIT_INPUT_TO_DATA):
+        return None
+    size = fitted_input_size(box_statistics(train_set.records), tuple(model.image_size))
+    return None if size == tuple(model.image_size) else size
+
+
+def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
+    """Seed, then build the model for ``train_set`` at the input size the recipe picks (rebuilt,
+    from the same seed, when the data's size differs from the model's native one)."""
+    seed_everything(config.seed)
+    category_ids = getattr(train_set, "label_to_category_id", None)
+    model = build_model(config, list(train_set.class_names), category_ids)
+    size = fit_input_size(config, model, train_set)
+    if size is not None:
+        seed_everything(config.seed)
+        model = build_model(dataclasses.replace(config, image_size=size), list(train_set.class_names), category_ids)
+        if dist_utils.is_main():
+            print(f"input size {size[0]}x{size[1]} (fitted to the training images; --image-size chooses another)")
+    return model
+
+
+def train_augmentation(config: TrainConfig, train_set: Dataset, planned_epochs: float | None) -> dict[str, Any]:
+    """``train_transforms`` keyword arguments: the config's ``augment`` over the recipe's choice.
+
+    The paper recipe uses the paper's augmentation; the auto recipe chooses it from the run's
+    planned epochs (mild while unknown) and the training boxes' sizes (:func:`augmentation_for`)."""
+    if config.recipe != "auto":
+        return dict(config.augment)
+    fraction = box_statistics(train_set.records)["median_box_fraction"] if hasattr(train_set, "records") else None
+    return {**augmentation_for(planned_epochs or 0.0, fraction or None), **config.augment}
+
+
+def add_train_transforms(dataset: Dataset, config: TrainConfig, image_size: tuple[int, int],
+                         planned_epochs: float | None = None) -> None:
+    """Give ``dataset`` the training augmentation (flip, scale jitter, crop/pad) at ``image_size``."""
     from scaledet.data import train_transforms
 
-    dataset.transforms = train_transforms(tuple(image_size), **config.augment)
+    dataset.transforms = train_transforms(tuple(image_size), **train_augmentation(config, dataset, planned_epochs))
 
 
 def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None,
                       model: nn.Module | None = None) -> dict[str, Any]:
-    """Build what is not given, train, evaluate, write ``config.out``; returns metrics.json's dict."""
+    """Open the data (unless given), seed and build the model (unless given), train with the
+    training augmentation, evaluate, write ``config.out``; returns metrics.json's dict."""
     if train_set is None:
         train_set, val_set = open_datasets(config)
-        if model is None:
-            model = build_model(config, list(train_set.class_names))
-        add_train_transforms(train_set, config, model.image_size)
-    elif model is None:
-        model = build_model(config, list(train_set.class_names))
-    metrics = Trainer(config, model, train_set, val_set).fit()
+    if model is None:
+        model = prepare_model(config, train_set)
+    image_size = tuple(model.image_size)
+    add_train_transforms(train_set, config, image_size)
+
+    def augment_for_plan(trainer: Trainer, plan: Any) -> None:
+        add_train_transforms(train_set, config, image_size, trainer.planned_epochs())
+
+    metrics = Trainer(config, model, train_set, val_set, on_plan=[augment_for_plan]).fit()
     if dist_utils.is_main():
         if val_set is not None:
             from scaledet.evaluation import format_stats

@@ -1,7 +1,8 @@
 """Learning-rate schedules as a pure function of training progress.
 
 ``LRSchedule.factor(step, progress)`` -> multiplier of each parameter group's base lr:
-linear warm-up over ``warmup_steps`` optimizer steps from ``warmup_factor`` to 1, then either
+linear warm-up over ``warmup_steps`` optimizer steps (or over the first ``warmup_fraction`` of
+the run's progress, when the number of steps is not known in advance) from ``warmup_factor`` to 1, then either
 cosine decay to ``min_ratio`` or a x0.1 step at ``drop_at`` (fraction of training).
 ``progress`` in [0, 1] is supplied by the trainer (steps done / planned steps, or elapsed / budget
 time for ``--max-minutes`` runs, whichever is further), so time-limited runs still anneal fully.
@@ -22,6 +23,7 @@ class LRSchedule:
     kind: str = "cosine"
     warmup_steps: int = 0
     warmup_factor: float = 1.0
+    warmup_fraction: float = 0.0  # used when warmup_steps is 0
     min_ratio: float = 0.0
     drop_at: float = 2 / 3
 
@@ -36,8 +38,11 @@ class LRSchedule:
             raise ValueError(f"unknown schedule kind {self.kind!r}")
         if step < self.warmup_steps:
             alpha = step / self.warmup_steps
-            value *= self.warmup_factor * (1 - alpha) + alpha
-        return value
+        elif not self.warmup_steps and progress < self.warmup_fraction:
+            alpha = progress / self.warmup_fraction
+        else:
+            return value
+        return value * (self.warmup_factor * (1 - alpha) + alpha)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int, progress: float) -> float:
         """Set every group's lr to ``initial_lr * factor``; returns the factor."""

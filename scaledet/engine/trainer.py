@@ -5,6 +5,13 @@ warm-up + cosine or step schedule, EMA, clipping, AMP, gradient accumulation, DD
 EMA weights, keeps ``last.pt``/``best.pt`` checkpoints, and at the end writes ``weights.safetensors``
 (+ ``weights.json``), ``metrics.json``, ``curves.png`` and ``predictions.png`` into ``config.out``.
 
+The run's plan: the number of optimizer steps is known from ``epochs`` / ``max_steps``; for a
+``max_minutes`` budget it is estimated from the measured step time after the first
+:data:`CALIBRATION_STEPS` steps. The recipe values left open by the auto recipe (EMA decay,
+BatchNorm momentum, evaluation interval, augmentation through ``on_plan``) are set from it then
+(:mod:`scaledet.engine.recipe`); the schedule itself follows progress, so a run of any length
+completes its warm-up and anneals.
+
 Datasets yield ``(image float[3,H,W] in [0,1], target dict(boxes xyxy float pixels, labels int64,
 image_id, ...))``; the model is called as ``model(images, targets) -> dict`` of losses (``"loss"``
 is the total) in training and ``model(images) -> list[dict(boxes, scores, labels)]`` in eval.
@@ -30,12 +37,42 @@ from scaledet.engine import distributed as dist_utils
 from scaledet.engine.checkpoint import atomic_torch_save, load_training_checkpoint, rng_state, set_rng_state
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.data import EpochSampler, SeededDataset, list_collate
-from scaledet.engine.ema import create_ema
+from scaledet.engine.ema import create_ema, set_ema_decay
 from scaledet.engine.evaluate import STAT_KEYS, evaluate
 from scaledet.engine.logging import RunLogger, read_log
+from scaledet.engine.recipe import PlanValues, eval_interval, idle_threads, plan_values
 from scaledet.engine.schedule import LRSchedule
 
 StepCallback = Callable[["Trainer", dict[str, Any]], None]
+PlanCallback = Callable[["Trainer", PlanValues], None]
+
+#: optimizer steps timed (after the first two) to estimate how many steps a time budget allows
+CALIBRATION_STEPS = 8
+_PROVISIONAL_EMA_DECAY = 0.999  # until the plan is known the EMA's own warm-up, (1+n)/(10+n), is lower anyway
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators: call before building the model, so that the
+    same seed and settings give the same initial weights and the same run."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_threads(threads: int) -> int:
+    """Set torch's CPU threads: ``threads`` if > 0, else ``OMP_NUM_THREADS`` when the environment
+    sets it, else the idle cores (:func:`scaledet.engine.recipe.idle_threads`). Returns the count."""
+    import os
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(idle_threads())
+    return torch.get_num_threads()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,6 +128,8 @@ class Trainer:
         train_set / val_set: datasets of ``(image, target)``; ``val_set`` images are given to the
             model as they come (the model resizes), boxes are compared in those pixels.
         callbacks: called as ``fn(trainer, record)`` after every optimizer step (tests, logging).
+        on_plan: called as ``fn(trainer, plan)`` once the run's length is known (at start, or after
+            calibration for a time budget); ``scaledet.engine.run`` sets the augmentation there.
     """
 
     def __init__(
@@ -100,6 +139,7 @@ class Trainer:
         train_set: Dataset,
         val_set: Dataset | None = None,
         callbacks: list[StepCallback] | None = None,
+        on_plan: list[PlanCallback] | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -108,15 +148,19 @@ class Trainer:
         self.distributed = dist_utils.init_from_env(self.device)
         self.is_main = dist_utils.is_main()
         self.callbacks = list(callbacks or [])
+        self.on_plan = list(on_plan or [])
         self.train_set, self.val_set = train_set, val_set
+        if self.device.type == "cpu":
+            configure_threads(config.threads)
         self._setup_determinism()
         self.model = self._prepare_model(model)
         self.optimizer = build_optimizer(self.model, config)
         self.schedule = LRSchedule(
             kind=config.schedule, warmup_factor=config.warmup_factor, min_ratio=config.min_lr_ratio,
-            drop_at=config.lr_drop_at,
+            drop_at=config.lr_drop_at, warmup_fraction=config.warmup_fraction or 0.0,
         )
-        self.ema = create_ema(self.model, config.ema_decay) if config.ema_decay else None
+        ema_decay = _PROVISIONAL_EMA_DECAY if config.ema_decay is None else config.ema_decay
+        self.ema = create_ema(self.model, ema_decay) if ema_decay else None
         self.ddp_model = self._wrap_ddp(self.model)
         self.loader, self.sampler = self._build_loader(train_set)
         self.steps_per_epoch = len(self.loader) // config.grad_accum
@@ -125,8 +169,14 @@ class Trainer:
                 f"the training set has {len(train_set)} samples: fewer than one optimizer step of "
                 f"batch_size {config.batch_size} x grad_accum {config.grad_accum} x {dist_utils.world_size()} ranks"
             )
-        self.schedule.warmup_steps = int(round(config.warmup_epochs * self.steps_per_epoch))
+        if config.warmup_epochs is not None:
+            self.schedule.warmup_steps = int(round(config.warmup_epochs * self.steps_per_epoch))
+        # exact length from epochs, else max_steps (None for a pure time budget); with epochs given,
+        # max_steps only interrupts the run (a later --resume continues the same plan)
         self.planned_steps = config.epochs * self.steps_per_epoch if config.epochs else config.max_steps
+        self.plan: PlanValues | None = None  # set by _set_plan
+        self.eval_every = config.eval_every
+        self._calibration_start: tuple[int, float] | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp_dtype() == torch.float16)
         # progress counters (restored by resume)
         self.epoch = 0
@@ -139,6 +189,8 @@ class Trainer:
         self.last_stats: dict[str, float] | None = None
         self._stats_step = -1
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+        if self.planned_steps and not config.max_minutes:
+            self._set_plan(self.planned_steps)
         self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main,
                                 append=bool(config.resume))
         if config.resume:
@@ -147,15 +199,59 @@ class Trainer:
     # ---- set-up ---------------------------------------------------------------------------
 
     def _setup_determinism(self) -> None:
-        torch.manual_seed(self.config.seed)
-        import random
-
-        import numpy as np
-
-        random.seed(self.config.seed)
-        np.random.seed(self.config.seed % 2**32)
+        seed_everything(self.config.seed)
         if self.config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # ---- the plan ---------------------------------------------------------------------------
+
+    def _set_plan(self, steps: int) -> None:
+        """Fix the run's planned length and the recipe values that depend on it (auto recipe:
+        EMA decay, BatchNorm momentum, evaluation interval; ``on_plan`` callbacks: augmentation).
+        Values the config sets explicitly are kept."""
+        self.plan = plan_values(steps)
+        if self.config.recipe == "auto":
+            if self.config.ema_decay is None and self.ema is not None:
+                set_ema_decay(self.ema, self.plan.ema_decay)
+            if self.config.bn_momentum is None:
+                self._set_bn_momentum(self.plan.bn_momentum)
+        if self.eval_every is None:
+            self.eval_every = eval_interval(self.plan.steps / self.steps_per_epoch)
+        for callback in self.on_plan:
+            callback(self, self.plan)
+        if self.is_main:
+            ema = getattr(getattr(self.ema, "multi_avg_fn", None), "decay", 0.0) if self.ema is not None else 0.0
+            print(f"plan: {self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
+                  f"{self.steps_per_epoch}), lr {self.config.lr:g}, EMA decay {ema:.4f}, evaluation every "
+                  f"{self.eval_every} epoch(s)")
+
+    def planned_epochs(self) -> float | None:
+        """The run's planned length in epochs (``None`` until known)."""
+        return self.plan.steps / self.steps_per_epoch if self.plan is not None else None
+
+    def _calibrate(self) -> None:
+        """For a time budget: after :data:`CALIBRATION_STEPS` timed steps, estimate how many steps
+        the budget allows (the first two steps, slower while memory is allocated, are not timed)."""
+        if self.plan is not None or not self.config.max_minutes:
+            return
+        if self._calibration_start is None:
+            if self.step >= 2:
+                self._calibration_start = (self.step, self.elapsed())
+            return
+        first_step, first_time = self._calibration_start
+        timed = self.step - first_step
+        if timed < CALIBRATION_STEPS:
+            return
+        seconds_per_step = (self.elapsed() - first_time) / timed
+        left = max(60 * self.config.max_minutes - self.elapsed(), 0.0)
+        estimate = self.step + int(left / max(seconds_per_step, 1e-9))
+        estimate = int(dist_utils.all_reduce_mean({"steps": float(estimate)}, self.device)["steps"])
+        self._set_plan(min(estimate, self.planned_steps) if self.planned_steps else estimate)
+
+    def _set_bn_momentum(self, momentum: float) -> None:
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = momentum
 
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         if self.config.sync_bn and self.distributed:
@@ -215,6 +311,7 @@ class Trainer:
             "bad_batches": self.bad_batches,
             "best_ap": self.best_ap,
             "elapsed": self.elapsed(),
+            "plan_steps": self.plan.steps if self.plan is not None else None,
             "rng": rng_state(),
             "config": json.loads(json.dumps(self.config.to_dict())),
             "model_config": json.loads(json.dumps(getattr(self.model, "config", {}))),
@@ -240,6 +337,8 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self.bad_batches, self.best_ap, self.elapsed_before = state["bad_batches"], state["best_ap"], state["elapsed"]
         set_rng_state(state["rng"])
+        if state.get("plan_steps") is not None and self.plan is None:
+            self._set_plan(state["plan_steps"])  # the estimate of the interrupted run, not a new one
         self.logger.truncate_after(self.step)  # the steps after the checkpoint are trained and logged again
         if self.is_main:
             print(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
@@ -331,7 +430,7 @@ class Trainer:
 
         Called before every micro-batch because evaluation in between restores train mode.
         """
-        fraction = self.config.freeze_bn_fraction
+        fraction = self.config.freeze_bn_fraction or 0.0
         if fraction and self.progress() >= 1.0 - fraction:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -357,6 +456,7 @@ class Trainer:
             self._skip_bad_batch("non-finite gradient")
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self._calibrate()
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "lr": self.config.lr * factor,
                                   "grad_norm": float(norm), "time": round(self.elapsed(), 3)}
         if accumulated:
@@ -374,7 +474,7 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         record: dict[str, Any] = {"epoch": finished, "step": self.step, "time": round(self.elapsed(), 3)}
-        due = self.config.eval_every and (finished + 1) % self.config.eval_every == 0
+        due = bool(self.eval_every) and (finished + 1) % self.eval_every == 0
         last_epoch = self.config.epochs is not None and self.epoch >= self.config.epochs
         if self.val_set is not None and due and not (last_epoch or self._should_stop()):
             record.update(self.run_evaluation())

@@ -77,7 +77,7 @@ def train_one(row: FeatureNetworkRow, seed: int, budget: AblationBudget, device:
         budget.model, train="shapes:train", val="shapes:val", image_size=budget.image_size, epochs=budget.epochs,
         max_minutes=budget.max_minutes, max_steps=budget.max_steps, batch_size=budget.batch_size, lr=budget.lr,
         ema_decay=budget.ema_decay, bn_momentum=budget.bn_momentum, freeze_bn_fraction=budget.freeze_bn_fraction,
-        warmup_epochs=budget.warmup_epochs, seed=seed,
+        warmup_epochs=budget.warmup_epochs, seed=seed, recipe="paper",  # every value explicit, as measured
         device=device, out=str(out), progress=False, eval_every=0, predictions_grid=0,
         augment={"scale_range": tuple(budget.scale_range)},
         model_overrides={"feature_network": row.topology, "fusion": row.fusion, "backbone_drop_path_rate": 0.0},
