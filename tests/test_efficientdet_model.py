@@ -192,7 +192,7 @@ def test_model_attributes(d0_small):
     assert d0_small.num_classes == 4 and d0_small.image_size == (128, 128) == d0_small.input_size()
     assert d0_small.class_names == ["class_0", "class_1", "class_2", "class_3"]
     assert d0_small.config == {"model": "efficientdet_d0", "num_classes": 4, "class_names": d0_small.class_names,
-                               "image_size": [128, 128], "overrides": {}}
+                               "category_ids": [1, 2, 3, 4], "image_size": [128, 128], "overrides": {}}
     assert d0_small.anchors_for((128, 128)).shape == (9 * (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1), 4)
 
 

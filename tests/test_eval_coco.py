@@ -154,9 +154,9 @@ def test_bad_inputs_raise():
     gt, dets = _scene(6, num_images=2)
     with pytest.raises(ValueError, match="max_dets must be 3 increasing"):
         COCOEvaluator(gt, max_dets=(10, 1, 100))
-    with pytest.raises(ValueError, match="image ids not in the ground truth: \\[12345\\]"):
+    with pytest.raises(ValueError, match="uses image ids \\{12345\\}; the ground truth has \\{7, 14\\}"):
         evaluate_detections(gt, [{**dets[0], "image_id": 12345}])
-    with pytest.raises(ValueError, match="category ids not in the ground truth: \\[4\\]"):
+    with pytest.raises(ValueError, match="uses category ids \\{4\\}; the ground truth has \\{3, 17, 88\\}"):
         evaluate_detections(gt, [{**dets[0], "category_id": 4}])
     with pytest.raises(ValueError, match="detections\\[0\\] needs"):
         evaluate_detections(gt, [{"image_id": 7}])

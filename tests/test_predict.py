@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from scaledet.cli import main
-from scaledet.inference.predict import coco_results, collect_inputs
+from scaledet.evaluation.results import detection_rows
+from scaledet.inference.predict import collect_inputs
 
 
 def _write_video(path, frames=5, size=(48, 64)):
@@ -43,7 +44,10 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
     assert not (out / "corrupt.jpg").exists()
     with av.open(str(out / "clip.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
-    images = json.loads((out / "images.json").read_text())
+    header = json.loads((out / "detections.images.json").read_text())
+    assert header["image_ids"] == "inputs" and header["categories"][:2] == [{"id": 1, "name": "person"},
+                                                                            {"id": 2, "name": "bicycle"}]
+    images = header["images"]
     assert sorted((Path(i["file_name"]).name, i["frame"]) for i in images) == sorted(
         [("gray.png", None), ("rgb.jpg", None)] + [("clip.mp4", f) for f in range(5)])
     gray = next(i for i in images if i["file_name"].endswith("gray.png"))
@@ -72,7 +76,8 @@ def test_collect_inputs_and_coco_rows(tmp_path):
     (tmp_path / "y.jpg").write_bytes(b"")
     paths, problems = collect_inputs([str(tmp_path / "a"), str(tmp_path / "*.jpg"), str(tmp_path / "y.jpg")])
     assert [p.name for p in paths] == ["x.png", "y.jpg"] and problems == []
-    rows = coco_results(7, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 8.0], [0, 0, 1, 1]]),
-                            "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([3, 1])}, threshold=0.5)
-    assert rows == [{"image_id": 7, "category_id": 3, "bbox": [1.0, 2.0, 3.0, 6.0], "score": rows[0]["score"]}]
+    rows = detection_rows(7, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 8.0], [0, 0, 1, 1]]),
+                              "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([3, 1])},
+                          category_ids=[1, 5, 90, 91], threshold=0.5)
+    assert rows == [{"image_id": 7, "category_id": 91, "bbox": [1.0, 2.0, 3.0, 6.0], "score": rows[0]["score"]}]
     assert abs(rows[0]["score"] - 0.9) < 1e-6

@@ -1,7 +1,11 @@
 """``scaledet eval``: COCO metrics for a detections file, or for a model on a dataset.
 
-    scaledet eval --gt ANNOTATIONS.json --detections RESULTS.json [--json OUT] [--max-dets 1 10 100]
+    scaledet eval --gt ANNOTATIONS.json --detections RESULTS.json [--match-categories id|name] [--json OUT]
     scaledet eval --model NAME --weights FILE --data DATA [--images DIR] [--split S] [--json OUT] [--results R.json]
+
+Detections files are scaledet's results format (:mod:`scaledet.evaluation.results`): a COCO
+results list plus ``RESULTS.images.json`` beside it, which lets images be matched by file name
+and categories by name. Ids the ground truth does not have are an error (exit 2), never AP 0.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     files = parser.add_argument_group("evaluate a detections file")
     files.add_argument("--gt", help="COCO annotation JSON (ground truth)")
-    files.add_argument("--detections", help="COCO results JSON: [{image_id, category_id, bbox xywh, score}]")
+    files.add_argument("--detections", help="COCO results JSON: [{image_id, category_id, bbox xywh, score}] "
+                       "(scaledet predict's detections.json; its .images.json beside it is used when present)")
+    files.add_argument("--match-categories", default="id", choices=["id", "name"],
+                       help="match detection categories to the ground truth by id (default) or by name "
+                            "(needs the .images.json that scaledet predict writes)")
     model = parser.add_argument_group("evaluate a model on a dataset")
     model.add_argument("--model", help="model name, e.g. efficientdet_d0")
     model.add_argument("--weights", help="our safetensors / a reference .pth checkpoint, or 'coco'")
@@ -26,25 +34,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-size", type=int, default=8)
     model.add_argument("--device", default="cpu")
     model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    model.add_argument("--results", help="also write the model's detections as a COCO results JSON here")
+    model.add_argument("--results", help="also write the model's detections here (COCO results JSON with the "
+                       "dataset's ids, plus R.images.json beside it)")
     parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
                         help="detection caps per image (raise the last for dense scenes)")  # fmt: skip
     parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 
 
+def open_eval_dataset(data: str, images: str | None, split: str | None, image_size):
+    """The dataset ``--data`` names, untransformed; YOLO's split defaults to ``val`` and the
+    built-in shapes set is rendered at the model's ``image_size`` (as ``scaledet demo`` does)."""
+    from scaledet.data import open_dataset
+
+    split = split or ("val" if str(data).endswith((".yaml", ".yml")) else None)
+    options = {"image_size": tuple(image_size)} if str(data).startswith("shapes") else {}
+    return open_dataset(data, images=images, split=split, **options)
+
+
 def _model_stats(args: argparse.Namespace) -> dict:
     from scaledet import create_model
-    from scaledet.data import open_dataset, print_report
+    from scaledet.data import print_report
     from scaledet.evaluation import evaluate_model
 
     if not (args.model and args.data):
         raise ValueError("--model and --data go together (with --weights); or use --gt and --detections")
     model = create_model(args.model, pretrained=args.weights, image_size=args.image_size).to(args.device)
-    split = args.split or ("val" if str(args.data).endswith((".yaml", ".yml")) else None)
-    # shapes is rendered at the model's input size (as `scaledet demo` does), other data as stored
-    options = {"image_size": tuple(model.image_size)} if str(args.data).startswith("shapes") else {}
-    dataset = open_dataset(args.data, images=args.images, split=split, **options)
+    dataset = open_eval_dataset(args.data, args.images, args.split, model.image_size)
     print_report(dataset)
     return evaluate_model(
         model, dataset, args.max_dets, args.batch_size, args.device, args.workers, results_path=args.results
@@ -58,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         if args.gt or args.detections:
             if not (args.gt and args.detections):
                 raise ValueError("--gt and --detections go together")
-            stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend)
+            stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend,
+                                        match_categories=args.match_categories)
         elif args.model:
             stats = _model_stats(args)
         else:
@@ -66,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"scaledet eval: error: {error}", file=sys.stderr)
         return 2
+    for note in stats.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     print(format_stats(stats))
     print()
     print(format_per_class(stats))

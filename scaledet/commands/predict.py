@@ -1,9 +1,12 @@
-"""scaledet predict: detect on images, folders, globs and videos; draw results and write COCO JSON.
+"""scaledet predict: detect on images, folders, globs, videos or a dataset; draw results and write them.
 
 Outputs in ``--output`` (default ``runs/predict``): one drawn image per input image (``<name>.jpg``)
-or video (``<name>.mp4``), ``detections.json`` (COCO results: image_id, category_id = label,
-bbox xywh px, score), ``images.json`` (id -> file, frame, size) and with ``--save-json`` one
-``<name>.json`` per image. Unreadable inputs print ``skipped <path>: <reason>`` and are skipped.
+or video (``<name>.mp4``), ``detections.json`` + ``detections.images.json`` in scaledet's results
+format (:mod:`scaledet.evaluation.results`: COCO results rows with the dataset's category ids and
+bbox xywh pixels; the images and category names the ids stand for) and with ``--save-json`` one
+``<name>.json`` per image. ``--data DATA`` predicts a dataset's images under its own image ids;
+loose inputs get ids 1..N, which ``scaledet eval --gt`` matches to the ground truth by file name.
+Unreadable inputs print ``skipped <path>: <reason>`` and are skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs or video files")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, globs or video files")
+    parser.add_argument("--data", help="predict this dataset's images instead (COCO JSON, VOC folder, YOLO "
+                        "data.yaml, shapes:val); the results keep its image ids")
+    parser.add_argument("--split", help="with --data: VOC / YOLO split (default: val for YOLO)")
+    parser.add_argument("--images", help="with --data: image folder of a COCO JSON (default: beside it or images/)")
     parser.add_argument("--model", help="model name, e.g. efficientdet_d0 (default: from --weights)")
     parser.add_argument("--weights", help="our .safetensors, a reference checkpoint, 'coco', or an exported .onnx")
     parser.add_argument("--output", default="runs/predict", help="output folder (default runs/predict)")
@@ -67,54 +74,78 @@ def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from scaledet.evaluation.results import categories_of, write_detections
     from scaledet.inference.predict import collect_inputs, is_video
+    from scaledet.models.inputs import category_ids_of
 
     try:
         if args.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
+        if bool(args.data) == bool(args.inputs):
+            raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")
         detector = load_detector(args)
+        dataset = _open_data(args, detector) if args.data else None
     except (ValueError, FileNotFoundError) as error:
         print(f"scaledet predict: error: {error}", file=sys.stderr)
         return 2
-    paths, problems = collect_inputs(args.inputs)
-    for problem in problems:
-        print(f"skipped {problem}", file=sys.stderr)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {"results": [], "images": [], "used": set(), "skipped": len(problems), "done": 0}
-    images = [p for p in paths if not is_video(p)]
-    videos = [p for p in paths if is_video(p)]
-    progress = tqdm(total=len(images), desc="images", unit="img", disable=not images)
-    for start in range(0, len(images), args.batch_size):
-        _predict_images(detector, images[start : start + args.batch_size], args, out_dir, state)
-        progress.update(len(images[start : start + args.batch_size]))
+    state = {"results": [], "images": [], "used": set(), "skipped": 0, "done": 0,
+             "category_ids": category_ids_of(detector)}
+    if dataset is not None:
+        paths, units = [], list(range(len(dataset.records)))
+    else:
+        paths, problems = collect_inputs(args.inputs)
+        for problem in problems:
+            print(f"skipped {problem}", file=sys.stderr)
+        state["skipped"] = len(problems)
+        units = [p for p in paths if not is_video(p)]
+    progress = tqdm(total=len(units), desc="images", unit="img", disable=not units)
+    for start in range(0, len(units), args.batch_size):
+        chunk = units[start : start + args.batch_size]
+        frames = _dataset_frames(dataset, chunk, state) if dataset is not None else _image_frames(chunk, state)
+        _predict_images(detector, frames, args, out_dir, state)
+        progress.update(len(chunk))
     progress.close()
-    for video in videos:
+    for video in (p for p in paths if is_video(p)):
         _predict_video(detector, video, args, out_dir, state)
-    (out_dir / "detections.json").write_text(json.dumps(state["results"]))
-    (out_dir / "images.json").write_text(json.dumps(state["images"], indent=1))
+    write_detections(out_dir / "detections.json", state["results"], state["images"],
+                     categories_of(state["category_ids"], detector.class_names),
+                     image_ids="dataset" if dataset is not None else "inputs")
     print(f"{state['done']} image(s)/frame(s) -> {out_dir} ({len(state['results'])} detections >= "
           f"{args.score_threshold}); {state['skipped']} input(s) skipped")
-    return 0 if state["done"] or not paths else 1
+    return 0 if state["done"] or not (paths or dataset is not None) else 1
 
 
-def _register(frame, state: dict, args: argparse.Namespace) -> int:
-    from scaledet.inference.predict import coco_results
+def _open_data(args: argparse.Namespace, detector):
+    """The ``--data`` dataset (see :func:`scaledet.commands.eval.open_eval_dataset`)."""
+    from scaledet.commands.eval import open_eval_dataset
+    from scaledet.data import print_report
 
-    image_id = len(state["images"]) + 1
+    dataset = open_eval_dataset(args.data, args.images, args.split, detector.image_size)
+    print_report(dataset)
+    return dataset
+
+
+def _register(frame, state: dict, args: argparse.Namespace) -> list[dict]:
+    """Give ``frame`` its image id (the dataset's, else the next of 1..N), record the image and its
+    result rows; returns the rows."""
+    from scaledet.evaluation.results import detection_rows
+
+    image_id = frame.image_id if frame.image_id is not None else len(state["images"]) + 1
     height, width = frame.image.shape[1:]
     state["images"].append({"id": image_id, "file_name": str(frame.source), "frame": frame.frame,
                             "width": width, "height": height})
-    state["results"] += coco_results(image_id, frame.detections, args.score_threshold)
+    rows = detection_rows(image_id, frame.detections, state["category_ids"], args.score_threshold)
+    state["results"] += rows
     state["done"] += 1
-    return image_id
+    return rows
 
 
-def _predict_images(detector, paths: list[Path], args, out_dir: Path, state: dict) -> None:
-    from PIL import Image
-
+def _image_frames(paths: list[Path], state: dict) -> list:
+    """Frames of the readable image files (unreadable ones are reported and counted as skipped)."""
     from scaledet.data.images import IMAGE_ERRORS, load_image
-    from scaledet.inference.predict import Frame, coco_results, detect_in_batches, draw
+    from scaledet.inference.predict import Frame
 
     frames = []
     for path in paths:
@@ -123,16 +154,40 @@ def _predict_images(detector, paths: list[Path], args, out_dir: Path, state: dic
         except IMAGE_ERRORS as error:
             print(f"skipped {path}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
             state["skipped"] += 1
+    return frames
+
+
+def _dataset_frames(dataset, indices: list[int], state: dict) -> list:
+    """Frames of dataset records ``indices``, carrying the dataset's image ids (unreadable ones skipped)."""
+    from scaledet.data.images import IMAGE_ERRORS
+    from scaledet.inference.predict import Frame
+
+    frames = []
+    for index in indices:
+        record = dataset.records[index]
+        source = record.path if record.path is not None else Path(f"{record.image_id:08d}.png")
+        try:
+            frames.append(Frame(source, dataset.load_image(index), image_id=record.image_id))
+        except IMAGE_ERRORS as error:
+            print(f"skipped {source}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
+            state["skipped"] += 1
+    return frames
+
+
+def _predict_images(detector, frames: list, args, out_dir: Path, state: dict) -> None:
+    from PIL import Image
+
+    from scaledet.inference.predict import detect_in_batches, draw
+
     if not frames:
         return
     detect_in_batches(detector, frames, args.batch_size, args.device)
     for frame in frames:
-        image_id = _register(frame, state, args)
+        rows = _register(frame, state, args)
         target = _output_name(out_dir, frame.source, state["used"], ".jpg")
         drawn = draw(frame.image, frame.detections, detector.class_names, args.score_threshold)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target, quality=92)
         if args.save_json:
-            rows = coco_results(image_id, frame.detections, args.score_threshold)
             target.with_suffix(".json").write_text(json.dumps({"file_name": str(frame.source), "detections": rows}))
 
 

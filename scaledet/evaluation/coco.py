@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,14 @@ import numpy as np
 import torch
 
 from scaledet.data.coco import read_json
+from scaledet.evaluation.results import (
+    align_to_ground_truth,
+    check_ids,
+    check_rows,
+    detection_rows,
+    read_detections,
+    write_detections,
+)
 
 #: the 12 summary stats, in pycocotools' order
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -146,34 +153,16 @@ class COCOEvaluator:
     def _to_results(self, prediction: dict, image_id: int, scale) -> list[dict]:
         scale = torch.as_tensor(scale, dtype=torch.float32).cpu().reshape(-1)  # scalar or (sx, sy, sx, sy)
         boxes = torch.as_tensor(prediction["boxes"]).detach().float().cpu().reshape(-1, 4) / scale
-        scores = torch.as_tensor(prediction["scores"]).detach().float().cpu().reshape(-1)
-        labels = torch.as_tensor(prediction["labels"]).detach().cpu().reshape(-1).long()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= len(self.label_to_category_id)):
-            raise ValueError(f"image {image_id}: labels must be in [0, {len(self.label_to_category_id)})")
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
-        return [
-            {"image_id": image_id, "category_id": self.label_to_category_id[label], "bbox": box, "score": score}
-            for box, score, label in zip(xywh, scores.tolist(), labels.tolist())
-        ]
+        return detection_rows(image_id, {**prediction, "boxes": boxes}, self.label_to_category_id)
 
     def add_results(self, results: Sequence[dict]) -> None:
         """Add COCO result dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``)."""
-        for index, row in enumerate(results):
-            if not isinstance(row, dict) or not {"image_id", "category_id", "bbox", "score"} <= row.keys():
-                raise ValueError(f"detections[{index}] needs image_id, category_id, bbox and score, got {row!r}")
+        check_rows(list(results))
         self.results.extend(results)
-
-    def _check_results(self) -> None:
-        unknown_images = {r["image_id"] for r in self.results} - self.image_ids
-        if unknown_images:
-            raise ValueError(f"detections for image ids not in the ground truth: {sorted(unknown_images)[:10]}")
-        unknown_categories = {r["category_id"] for r in self.results} - set(self.categories)
-        if unknown_categories:
-            raise ValueError(f"detections with category ids not in the ground truth: {sorted(unknown_categories)}")
 
     def coco_eval(self):
         """Run the backend: an accumulated ``COCOeval`` object."""
-        self._check_results()
+        check_ids(self.results, self.gt)
         coco_cls, eval_cls = _backend(self.backend)
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = coco_cls()
@@ -202,22 +191,35 @@ class COCOEvaluator:
         return stats
 
     def write_results(self, path: str | Path) -> Path:
-        """Write the accumulated detections as a COCO results JSON list."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.results))
-        return path
+        """Write the accumulated detections in scaledet's results format
+        (:mod:`scaledet.evaluation.results`): the COCO results list at ``path`` and the ground
+        truth's images and categories beside it."""
+        return write_detections(path, self.results, self.gt["images"], self.gt["categories"], image_ids="dataset")
 
 
-def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), backend: str = "pycocotools") -> dict:
-    """Stats for a COCO results list / JSON file against a COCO GT dict / JSON file / dataset."""
+def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), backend: str = "pycocotools",
+                        match_categories: str = "id") -> dict:
+    """Stats for detections against a COCO GT dict / JSON file / dataset.
+
+    ``detections`` is a COCO results list, or a results JSON file; beside a file, its images
+    file (``NAME.images.json``, see :mod:`scaledet.evaluation.results`) is used to match images
+    by file name and, with ``match_categories="name"``, categories by name. Ids the ground truth
+    does not have raise ValueError naming both sides. Lines worth telling the user (e.g.
+    ground-truth images that were not predicted) are returned under ``"notes"``.
+    """
+    header, detections_name = None, "the detections list"
     if isinstance(detections, (str, Path)):
-        detections = read_json(Path(detections))
-    if not isinstance(detections, list):
-        raise ValueError("detections must be a COCO results list (JSON array)")
+        detections_name = Path(detections).name
+        detections, header = read_detections(detections)
+    check_rows(detections, detections_name)
+    gt_name = Path(gt).name if isinstance(gt, (str, Path)) else "the ground truth"
     evaluator = COCOEvaluator(gt, max_dets=max_dets, backend=backend)
-    evaluator.add_results(detections)
-    return evaluator.compute()
+    rows, notes = align_to_ground_truth(detections, header, evaluator.gt, match_categories, detections_name, gt_name)
+    evaluator.add_results(rows)
+    stats = evaluator.compute()
+    if notes:
+        stats["notes"] = notes
+    return stats
 
 
 def format_stats(stats: dict) -> str:

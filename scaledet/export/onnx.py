@@ -150,7 +150,8 @@ class OnnxDetector:
     ``detector(list of float Tensor[3, H, W] in [0, 1]) -> list[dict(boxes xyxy px, scores, labels)]``.
 
     Pre-processing (resize, normalise, pad) reuses the model family's own code; ``class_names``,
-    ``num_classes``, ``image_size`` and ``config`` come from the file's metadata.
+    ``category_ids``, ``num_classes``, ``image_size`` and ``config`` come from the file's metadata
+    (files exported before ``category_ids`` was stored get the family's default ids).
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
@@ -167,10 +168,17 @@ class OnnxDetector:
         self.config = json.loads(meta["config"])
         self.input_size = tuple(json.loads(meta["input_size"]))
         self.class_names, self.num_classes = self.config["class_names"], self.config["num_classes"]
+        self.category_ids = self.config.get("category_ids") or self._default_category_ids()
         self.image_size = tuple(self.config["image_size"])
         if self.family == "efficientdet":
             mean, std = (torch.tensor(json.loads(meta[k])).view(3, 1, 1) for k in ("mean", "std"))
             self._eff = types.SimpleNamespace(image_size=self.input_size, mean=mean, std=std)
+
+    def _default_category_ids(self) -> list[int]:
+        from scaledet.models.detr.model import default_category_ids
+        from scaledet.models.inputs import category_ids_for
+
+        return default_category_ids(self.num_classes) if self.family == "detr" else category_ids_for(None, self.num_classes)
 
     def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self._efficientdet(images) if self.family == "efficientdet" else self._detr(images)

@@ -137,6 +137,7 @@ class _Optimized(nn.Module):
         self.model = model
         self.precision = precision
         self.class_names = model.class_names
+        self.category_ids = getattr(model, "category_ids", None)
         self.num_classes = model.num_classes
         self.image_size = model.image_size
         self.training = False  # eval-only from the start (train(True) raises)

@@ -1,4 +1,5 @@
-"""Running a detector over files: input discovery, batched inference, drawing and COCO results.
+"""Running a detector over files: input discovery, batched inference and drawing (the results
+file is written by :mod:`scaledet.evaluation.results`).
 
 Inputs are images, folders (searched recursively), globs and video files. Unreadable inputs are
 reported through ``on_skip`` and skipped; they never stop the batch.
@@ -20,12 +21,15 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 @dataclass
 class Frame:
-    """One image to detect on: ``image`` float ``[3, H, W]`` in [0, 1]; ``frame`` index for videos."""
+    """One image to detect on: ``image`` float ``[3, H, W]`` in [0, 1]; ``frame`` index for videos;
+    ``image_id`` the dataset's id when a dataset is predicted; ``detections`` (boxes xyxy pixels
+    of ``image``, scores, labels) once :func:`detect_in_batches` ran."""
 
     source: Path
     image: Tensor
     frame: int | None = None
     detections: dict[str, Tensor] = field(default_factory=dict)
+    image_id: int | None = None
 
     @property
     def name(self) -> str:
@@ -83,18 +87,6 @@ def draw(image: Tensor, detections: dict[str, Tensor], class_names: list[str], t
     names = [f"{class_names[int(k)] if int(k) < len(class_names) else int(k)} {float(s):.2f}"
              for k, s in zip(labels, scores)]
     return draw_bounding_boxes(canvas, boxes.float(), labels=names, colors="red", width=2)
-
-
-def coco_results(image_id: int, detections: dict[str, Tensor], threshold: float = 0.0) -> list[dict]:
-    """COCO results rows ``{image_id, category_id, bbox [x, y, w, h] px, score}`` (category = label)."""
-    rows = []
-    for box, score, label in zip(detections["boxes"].tolist(), detections["scores"].tolist(),
-                                 detections["labels"].tolist()):
-        if score >= threshold:
-            x1, y1, x2, y2 = box
-            rows.append({"image_id": image_id, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                         "score": float(score)})
-    return rows
 
 
 class VideoWriter:

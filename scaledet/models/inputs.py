@@ -86,3 +86,23 @@ def class_names_for(class_names: Sequence[str] | None, num_classes: int) -> list
     if len(names) != num_classes:
         raise ValueError(f"got {len(names)} class names for {num_classes} classes")
     return names
+
+
+def category_ids_for(category_ids: Sequence[int] | None, num_classes: int, first: int = 1) -> list[int]:
+    """The dataset category id of each label: ``category_ids`` as K distinct ints, or
+    ``first .. first + K - 1`` when None (1..K is what the VOC / YOLO / shapes readers and COCO's
+    own EfficientDet layout use; DETR's 91-class COCO head predicts the id itself, ``first=0``).
+    ValueError if the count is not K or an id repeats."""
+    ids = [int(i) for i in category_ids] if category_ids is not None else list(range(first, first + num_classes))
+    if len(ids) != num_classes:
+        raise ValueError(f"got {len(ids)} category ids for {num_classes} classes")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"category ids must be distinct, got {ids}")
+    return ids
+
+
+def category_ids_of(detector) -> list[int]:
+    """The category id of each label of ``detector`` (a model, an optimised model or an
+    ``OnnxDetector``): its ``category_ids``, or 1..K for detectors that do not carry them."""
+    ids = getattr(detector, "category_ids", None)
+    return list(ids) if ids is not None else category_ids_for(None, len(detector.class_names))

@@ -25,7 +25,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from scaledet.models.inputs import check_images, check_targets, class_names_for
+from scaledet.models.inputs import category_ids_for, check_images, check_targets, class_names_for
 
 FPN_CHANNELS = 256
 _TORCHVISION_RESNETS = ("resnet50", "resnet101")
@@ -93,12 +93,13 @@ class RetinaNetDetector(nn.Module):
     """
 
     def __init__(self, variant: RetinaNetVariant, name: str, class_names: list[str] | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, category_ids: list[int] | None = None) -> None:
         super().__init__()
         self.variant, self.name = variant, name
         self.num_classes = variant.num_classes
         self.image_size = tuple(variant.image_size)
         self.class_names = class_names_for(class_names, self.num_classes)
+        self.category_ids = category_ids_for(category_ids, self.num_classes)
         self.overrides = dict(overrides or {})
         side = max(self.image_size)
         self.net = RetinaNet(create_fpn_backbone(variant.backbone), num_classes=self.num_classes, min_size=side,
@@ -107,9 +108,11 @@ class RetinaNetDetector(nn.Module):
 
     @property
     def config(self) -> dict:
-        """``{"model", "num_classes", "class_names", "image_size", "overrides"}`` for ``create_model``."""
+        """``{"model", "num_classes", "class_names", "category_ids", "image_size", "overrides"}`` for
+        ``create_model``."""
         return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "image_size": list(self.image_size), "overrides": dict(self.overrides)}
+                "category_ids": list(self.category_ids), "image_size": list(self.image_size),
+                "overrides": dict(self.overrides)}
 
     def forward_features(self, batch: Tensor) -> dict[str, Tensor]:
         """Normalised ``[B, 3, H, W]`` -> ``{"cls_logits": [B, A, K], "bbox_regression": [B, A, 4]}``."""
@@ -133,13 +136,14 @@ class RetinaNetDetector(nn.Module):
 def build(name: str, num_classes: int | None = None, pretrained: str | Path | None = None,
           image_size: int | tuple[int, int] | None = None, **overrides) -> RetinaNetDetector:
     """Build baseline ``name`` (a key of :data:`VARIANTS`); ``overrides`` are :class:`RetinaNetVariant`
-    fields (e.g. ``backbone="tf_efficientnet_b3"``) and ``class_names``. ``pretrained``: our
+    fields (e.g. ``backbone="tf_efficientnet_b3"``), ``class_names`` and ``category_ids``. ``pretrained``: our
     safetensors file (its config fills what is not given)."""
     from scaledet.models.efficientdet.config import as_size
 
     if name not in VARIANTS:
         raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(VARIANTS)}")
     class_names = overrides.pop("class_names", None)
+    category_ids = overrides.pop("category_ids", None)
     saved = None
     if pretrained is not None:
         from scaledet.weights import read_weights_config
@@ -151,6 +155,7 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
         image_size = image_size or saved.get("image_size")
         if num_classes is None:
             num_classes, class_names = saved.get("num_classes"), class_names or saved.get("class_names")
+            category_ids = category_ids or saved.get("category_ids")
     fields = {f.name for f in dataclasses.fields(RetinaNetVariant)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -162,7 +167,7 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
     base = VARIANTS[name]
     variant = dataclasses.replace(base, **overrides)
     changed = {k: v for k, v in overrides.items() if k not in ("num_classes", "image_size") and v != getattr(base, k)}
-    model = RetinaNetDetector(variant, name, class_names, overrides=changed)
+    model = RetinaNetDetector(variant, name, class_names, overrides=changed, category_ids=category_ids)
     if pretrained is not None:
         from scaledet.weights import load_checkpoint
 

@@ -33,7 +33,7 @@ _SIZE_FIELDS = ("min_size", "max_size")
 
 
 def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: str = "detr_r50",
-             overrides: dict[str, Any] | None = None) -> DETR:
+             overrides: dict[str, Any] | None = None, category_ids: list[int] | None = None) -> DETR:
     """Build a randomly initialised DETR from a variant row (``name``/``overrides`` go to its config)."""
     matcher = HungarianMatcher(variant.cost_class, variant.cost_bbox, variant.cost_giou)
     return DETR(
@@ -50,6 +50,7 @@ def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: s
         class_names=class_names,
         name=name,
         overrides=overrides,
+        category_ids=category_ids,
     )
 
 
@@ -90,11 +91,13 @@ def _read_pretrained(pretrained: str | Path, variant: DetrVariant) -> tuple[dict
 
 def build(name: str, num_classes: int | None = None, pretrained: str | Path | None = None,
           image_size: int | tuple[int, int] | None = None, class_names: list[str] | None = None,
-          **overrides: Any) -> nn.Module:
+          category_ids: list[int] | None = None, **overrides: Any) -> nn.Module:
     """Build DETR variant ``name`` (see :data:`VARIANTS`), optionally with weights.
 
     With a checkpoint and ``num_classes=None`` the checkpoint's class count is used; a different
     ``num_classes`` re-initialises the class head and loads everything else strictly.
+    ``class_names`` / ``category_ids`` default to the file's (same class count), else to COCO's
+    names / :func:`~scaledet.models.detr.model.default_category_ids`.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown DETR model {name!r}; choose one of {sorted(VARIANTS)}")
@@ -107,11 +110,12 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
     checkpoint_classes = state["class_head.weight"].shape[0] - 1 if "class_head.weight" in state else None
     num_classes = num_classes or checkpoint_classes or variant.num_classes
     variant = dataclasses.replace(variant, num_classes=num_classes)
-    if class_names is None and stored.get("num_classes") == num_classes:
-        class_names = stored.get("class_names")
+    if stored.get("num_classes") == num_classes:
+        class_names = class_names or stored.get("class_names")
+        category_ids = category_ids or stored.get("category_ids")  # absent in older files: the default
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
-    model = assemble(variant, class_names or _default_class_names(num_classes), name, merged)
+    model = assemble(variant, class_names or _default_class_names(num_classes), name, merged, category_ids)
     if state:
         _load(model, state, checkpoint_classes)
     return model

@@ -12,8 +12,18 @@ from torchvision.ops import box_convert
 from scaledet.models.detr.backbone import ResNetBackbone, SinePositionEncoding
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.preprocess import Preprocessor, normalized_targets
-from scaledet.models.inputs import check_images, check_targets
+from scaledet.models.inputs import category_ids_for, check_images, check_targets
 from scaledet.models.detr.transformer import Transformer
+
+
+#: DETR's COCO head has 91 classes and predicts COCO's category id itself (label 0 is unused)
+COCO_HEAD_CLASSES = 91
+
+
+def default_category_ids(num_classes: int) -> list[int]:
+    """Category ids of a DETR head that was not told its dataset's: the label itself for the
+    91-class COCO head (0..90), else 1..K as the other families."""
+    return category_ids_for(None, num_classes, first=0 if num_classes == COCO_HEAD_CLASSES else 1)
 
 
 class BoxHead(nn.Module):
@@ -63,6 +73,8 @@ class DETR(nn.Module):
         criterion: the set loss used in training mode.
         aux_loss: return auxiliary (earlier decoder layer) outputs in training.
         class_names: K names (``model.class_names``).
+        category_ids: the dataset's category id of each label (``model.category_ids``); default
+            :func:`default_category_ids`.
         name, overrides: the registry name and the variant overrides it was built with; together with
             the attributes above they make :attr:`config`, from which ``create_model`` rebuilds it.
     """
@@ -70,7 +82,7 @@ class DETR(nn.Module):
     def __init__(self, backbone: ResNetBackbone, transformer: Transformer, num_classes: int, num_queries: int,
                  preprocessor: Preprocessor, criterion: SetCriterion, aux_loss: bool = True,
                  class_names: Sequence[str] | None = None, name: str = "detr_r50",
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, category_ids: Sequence[int] | None = None) -> None:
         super().__init__()
         dim = transformer.decoder_norm.normalized_shape[0]
         self.backbone = backbone
@@ -82,6 +94,8 @@ class DETR(nn.Module):
         self.box_head = BoxHead(dim)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.category_ids = (category_ids_for(category_ids, num_classes) if category_ids is not None
+                             else default_category_ids(num_classes))
         self.preprocessor = preprocessor
         self.criterion = criterion
         self.aux_loss = aux_loss
@@ -91,11 +105,11 @@ class DETR(nn.Module):
 
     @property
     def config(self) -> dict:
-        """JSON-able ``{"model", "num_classes", "class_names", "image_size", "overrides"}``;
+        """JSON-able ``{"model", "num_classes", "class_names", "category_ids", "image_size", "overrides"}``;
         ``image_size`` is DETR's eval resize (shorter side, longest-side cap)."""
         overrides = {key: list(value) if isinstance(value, tuple) else value for key, value in self.overrides.items()}
         return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "image_size": list(self.image_size), "overrides": overrides}
+                "category_ids": list(self.category_ids), "image_size": list(self.image_size), "overrides": overrides}
 
     def forward_features(self, batch: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
         """batch [B,3,H,W] ImageNet-normalised, mask [B,H,W] bool (True on padding) ->

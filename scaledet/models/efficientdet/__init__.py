@@ -31,13 +31,15 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
         num_classes: default 90 (COCO), or the checkpoint's when ``pretrained`` is a file.
         pretrained: ``None``, ``"coco"`` or a checkpoint path (ours or effdet's ``.pth``).
         image_size: network input (h, w) or int; default the variant's (or the file's config).
-        **overrides: fields of :class:`EfficientDetVariant` (e.g. ``fusion="softmax"``) and
-            ``class_names``.
+        **overrides: fields of :class:`EfficientDetVariant` (e.g. ``fusion="softmax"``),
+            ``class_names`` and ``category_ids`` (the dataset's category id of each label,
+            default 1..K: COCO's ids for the 90-class COCO layout).
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown EfficientDet {name!r}; choose one of {sorted(VARIANTS)}")
     base = VARIANTS[name]
     class_names = overrides.pop("class_names", None)
+    category_ids = overrides.pop("category_ids", None)
     state_dict, source = None, None
     if pretrained is not None:
         path = _pretrained_file(pretrained, base)
@@ -47,6 +49,7 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
             overrides = {**saved.get("overrides", {}), **overrides}
             if num_classes is None or num_classes == saved.get("num_classes"):
                 num_classes, class_names = saved.get("num_classes"), class_names or saved.get("class_names")
+                category_ids = category_ids or saved.get("category_ids")  # absent in older files: 1..K
         variant = with_overrides(base, **overrides)
         state_dict, source = read_state_dict(path, variant), str(path)
         if num_classes is None:
@@ -59,7 +62,8 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
     variant = with_overrides(base, **fields)
     if class_names is None and variant.num_classes == 90:
         class_names = COCO90_CLASS_NAMES
-    model = EfficientDet(variant, name, class_names, overrides=variant_overrides(base, variant))
+    model = EfficientDet(variant, name, class_names, overrides=variant_overrides(base, variant),
+                         category_ids=category_ids)
     if state_dict is not None:
         load_into(model, state_dict, source)
     return model

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaledet.models.inputs import check_images, check_targets, class_names_for
+from scaledet.models.inputs import category_ids_for, check_images, check_targets, class_names_for
 
 from .anchors import generate_anchors
 from .backbone import create_backbone
@@ -68,11 +68,12 @@ class EfficientDet(nn.Module):
     """EfficientDet following the scaledet contract (see :mod:`scaledet`).
 
     Attributes: ``network`` (:class:`EfficientDetNet`), ``variant``, ``num_classes``,
-    ``class_names``, ``image_size`` (h, w) and ``config`` (JSON-able, rebuilds the model).
+    ``class_names``, ``category_ids`` (the dataset's category id of each label, default 1..K),
+    ``image_size`` (h, w) and ``config`` (JSON-able, rebuilds the model).
     """
 
     def __init__(self, variant: EfficientDetVariant, name: str, class_names: list[str] | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, category_ids: list[int] | None = None) -> None:
         super().__init__()
         self.variant = variant
         self.name = name
@@ -80,6 +81,7 @@ class EfficientDet(nn.Module):
         self.num_classes = variant.num_classes
         self.image_size = tuple(variant.image_size)
         self.class_names = class_names_for(class_names, self.num_classes)
+        self.category_ids = category_ids_for(category_ids, self.num_classes)
         self.overrides = dict(overrides or {})
         self.register_buffer("mean", torch.tensor(variant.mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(variant.std).view(3, 1, 1), persistent=False)
@@ -87,9 +89,11 @@ class EfficientDet(nn.Module):
 
     @property
     def config(self) -> dict:
-        """``{"model", "num_classes", "class_names", "image_size", "overrides"}`` for :func:`scaledet.create_model`."""
+        """``{"model", "num_classes", "class_names", "category_ids", "image_size", "overrides"}`` for
+        :func:`scaledet.create_model`."""
         return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "image_size": list(self.image_size), "overrides": dict(self.overrides)}
+                "category_ids": list(self.category_ids), "image_size": list(self.image_size),
+                "overrides": dict(self.overrides)}
 
     def input_size(self) -> tuple[int, int]:
         """The (h, w) every image is resized and padded to; data pipelines may prepare exactly this."""
