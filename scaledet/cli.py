@@ -20,6 +20,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "train, evaluate and draw a detector on the built-in shapes data (offline, CPU)",
     "train": "train a detector on COCO JSON, Pascal VOC or YOLO data",
+    "doctor": "report on a training set before training: ids, box sizes, anchor coverage",
     "eval": "COCO metrics for a model on a dataset, or for a detections file",
     "predict": "run a detector on images, folders, globs or videos and draw the results",
     "export": "export a detector to ONNX with NMS inside the graph",

@@ -42,6 +42,7 @@ class TrainConfig:
     num_classes: int | None = None
     pretrained: str | None = None
     image_size: int | None = None
+    anchors: str = "auto"  # "auto": fitted to the training boxes when they cover them better; "default": published
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # how long
     epochs: int | None = None
@@ -125,6 +126,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
+        if self.anchors not in ("auto", "default"):
+            raise ValueError(f"anchors must be 'auto' or 'default', got {self.anchors!r}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.optimizer not in OPTIMIZERS:

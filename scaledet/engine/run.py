@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.config import TrainConfig
+from scaledet.engine.doctor import diagnose, format_diagnosis
 from scaledet.engine.recipe import FIT_INPUT_TO_DATA, augmentation_for, box_statistics, fitted_input_size
 from scaledet.engine.trainer import Trainer, seed_everything
 
@@ -69,17 +70,30 @@ def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) ->
 
 
 def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
-    """Seed, then build the model for ``train_set`` at the input size the recipe picks (rebuilt,
-    from the same seed, when the data's size differs from the model's native one)."""
+    """Seed, then build the model for ``train_set``: at the input size the recipe picks and, with
+    ``anchors="auto"``, with anchors fitted to the training boxes when they cover them better than
+    the published ones (:mod:`scaledet.engine.doctor`). Prints the doctor's report. The model is
+    rebuilt from the same seed when either differs from the first build."""
     seed_everything(config.seed)
     category_ids = getattr(train_set, "label_to_category_id", None)
     model = build_model(config, list(train_set.class_names), category_ids)
-    size = fit_input_size(config, model, train_set)
-    if size is not None:
-        seed_everything(config.seed)
-        model = build_model(dataclasses.replace(config, image_size=size), list(train_set.class_names), category_ids)
+    size = fit_input_size(config, model, train_set) or tuple(model.image_size)
+    overrides = dict(config.model_overrides)
+    if hasattr(train_set, "records"):
+        report = diagnose(train_set, config.model, size, overrides=config.model_overrides)
         if dist_utils.is_main():
-            print(f"input size {size[0]}x{size[1]} (fitted to the training images; --image-size chooses another)")
+            print(format_diagnosis(report))
+        user_anchors = {"anchor_scale", "aspect_ratios"} & set(config.model_overrides)
+        if config.anchors == "auto" and "anchors" in report and not user_anchors:
+            overrides.update(report["anchors"]["auto_overrides"])
+    if size != tuple(model.image_size) or overrides != config.model_overrides:
+        seed_everything(config.seed)
+        changed = dataclasses.replace(config, image_size=size, model_overrides=overrides)
+        model = build_model(changed, list(train_set.class_names), category_ids)
+        if dist_utils.is_main():
+            anchors = {k: overrides[k] for k in ("anchor_scale", "aspect_ratios") if k in overrides}
+            print(f"model: input {size[0]}x{size[1]}" + (f", anchors {anchors}" if anchors else "")
+                  + " (fitted to the training data; --image-size / --anchors default choose otherwise)")
     return model
 
 

@@ -27,6 +27,15 @@ def _family_module(family: str):
     return importlib.import_module(f"scaledet.models.{family}")
 
 
+def family_hook(name: str, hook: str):
+    """The family function ``hook`` of model ``name`` (e.g. ``"fit_anchors_for"``), or ``None`` when
+    that family has none: optional abilities are looked up here, never by name prefix elsewhere."""
+    for family, prefix in _FAMILIES.items():
+        if name.startswith(prefix):
+            return getattr(_family_module(family), hook, None)
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
 def list_models() -> list[str]:
     """All model names accepted by :func:`create_model`, sorted."""
     names: list[str] = []

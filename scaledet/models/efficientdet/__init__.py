@@ -81,3 +81,13 @@ def profile_info(name: str) -> dict:
     paper = {k: v for k, v in dataclasses.asdict(variant.paper).items() if v is not None}
     anchors = num_anchors_for(variant.image_size, variant.min_level, variant.max_level, variant.num_anchors)
     return {"native_size": variant.image_size, "anchors": anchors, "paper": paper}
+
+
+def fit_anchors_for(name: str, records: list, image_size: tuple[int, int], overrides: dict | None = None):
+    """For ``scaledet doctor`` and ``--anchors auto``: ``(published, best)``
+    :class:`~scaledet.models.efficientdet.anchor_fit.AnchorFit` of the training ``records`` (boxes
+    in their image pixels) for model ``name`` at input ``image_size``; ``best.overrides()`` builds it."""
+    from .anchor_fit import boxes_in_input_pixels, fit_anchors
+
+    variant = with_overrides(VARIANTS[name], **(overrides or {}))
+    return fit_anchors(boxes_in_input_pixels(records, tuple(image_size)), variant, tuple(image_size))

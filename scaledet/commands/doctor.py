@@ -1,0 +1,40 @@
+"""`scaledet doctor DATA`: what a detector will see of a training set, without training on it.
+
+Prints the category-id mapping, empty images, box sides and aspect ratios at the network's input
+size, tiny boxes, the input size the default recipe picks, how well the model's published anchors
+cover the boxes and what ``--anchors auto`` would fit (see :mod:`scaledet.engine.doctor`); the same
+report ``scaledet train`` prints before it trains. ``--json FILE`` writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, YOLO data.yaml or shapes:train")
+    parser.add_argument("--images", help="COCO only: folder holding the images")
+    parser.add_argument("--split", default="train", help="VOC / YOLO split (default train)")
+    parser.add_argument("--model", default="efficientdet_d0", help="model the report is for (default efficientdet_d0)")
+    parser.add_argument("--image-size", type=int, help="network input size (default: fitted to the data)")
+    parser.add_argument("--allow-empty", action="store_true", help="accept data without any box")
+    parser.add_argument("--json", dest="json_path", help="also write the report as JSON to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from scaledet.data import open_dataset, print_report
+    from scaledet.engine.doctor import diagnose, format_diagnosis
+    from scaledet.models.registry import family_hook
+
+    dataset = open_dataset(args.data, images=args.images, split=args.split, allow_empty=args.allow_empty)
+    print_report(dataset)
+    profile = family_hook(args.model, "profile_info")
+    native = tuple(profile(args.model)["native_size"]) if profile else (512, 512)
+    size = (args.image_size, args.image_size) if args.image_size else None
+    report = diagnose(dataset, args.model, size, native_size=native)
+    print(format_diagnosis(report))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
