@@ -41,6 +41,7 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "freeze_bn_fraction": (float, "final fraction of training with BatchNorm on its running statistics (auto recipe: 0.2)"),
     "grad_accum": (int, "micro-batches per optimizer step"),
     "workers": (int, "DataLoader worker processes"),
+    "image_cache_gb": (float, "keep decoded training images in memory up to this many GiB (default 4; 0: off)"),
     "seed": (int, "random seed (same seed and settings: same run on the same machine)"),
     "threads": (int, "torch CPU threads (default: OMP_NUM_THREADS if set, else the idle cores)"),
     "device": (str, "auto, cpu, cuda, cuda:1 ..."),
@@ -49,7 +50,7 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
 }
 _BOOL_FLAGS: dict[str, str] = {
     "amp": "mixed precision (bf16 on CPU, fp16 on CUDA)",
-    "channels_last": "channels_last memory format",
+    "channels_last": "channels_last memory format (default: on for CPU fp32 training)",
     "sync_bn": "SyncBatchNorm across ranks (CUDA)",
     "tensorboard": "also log to OUT/tensorboard (needs the tensorboard package)",
     "deterministic": "torch.use_deterministic_algorithms",

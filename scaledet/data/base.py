@@ -228,13 +228,35 @@ class DetectionDataset(Dataset):
         """Float ``Tensor[3,H,W]`` RGB in ``[0,1]`` of record ``index`` (subclasses may render)."""
         return load_image(self.records[index].path)
 
+    def cache_images(self, max_bytes: int) -> None:
+        """Keep decoded images in memory (uint8 ``[3,H,W]``, until ``max_bytes`` are used) so that
+        each file is decoded once per run, not once per epoch. 8-bit sources come back exactly;
+        16-bit ones are rounded to 8 bits. Each DataLoader worker process keeps its own cache."""
+        self._image_cache: dict[int, torch.Tensor] = {}
+        self._cache_bytes_left = int(max_bytes)
+
+    def _load_image_cached(self, index: int) -> torch.Tensor:
+        cache = getattr(self, "_image_cache", None)
+        if cache is None:
+            return self.load_image(index)
+        cached = cache.get(index)
+        if cached is not None:
+            return cached.float().div_(255.0)
+        # every image is served quantised while caching is on, cached or not (the budget may be
+        # spent): the run then does not depend on which images fit, e.g. after --resume
+        quantised = self.load_image(index).mul_(255.0).round_().to(torch.uint8)
+        if quantised.numel() <= self._cache_bytes_left:
+            cache[index] = quantised
+            self._cache_bytes_left -= quantised.numel()
+        return quantised.float().div_(255.0)
+
     def __getitem__(self, index: int) -> Sample:
         """``(image, target)`` of record ``index``; an unreadable file is reported and the next
         readable record is returned instead, so a run never dies on one bad file."""
         for offset in range(len(self.records)):
             current = (index + offset) % len(self.records)
             try:
-                image = self.load_image(current)
+                image = self._load_image_cached(current)
             except IMAGE_ERRORS as error:
                 self.report.skip("unreadable_image", f"{self.records[current].path}: cannot read image ({error})")
                 continue

@@ -162,6 +162,8 @@ class Trainer:
         ema_decay = _PROVISIONAL_EMA_DECAY if config.ema_decay is None else config.ema_decay
         self.ema = create_ema(self.model, ema_decay) if ema_decay else None
         self.ddp_model = self._wrap_ddp(self.model)
+        if self.config.image_cache_gb > 0 and hasattr(train_set, "cache_images"):
+            train_set.cache_images(int(self.config.image_cache_gb * 2**30))
         self.loader, self.sampler = self._build_loader(train_set)
         self.steps_per_epoch = len(self.loader) // config.grad_accum
         if self.steps_per_epoch == 0:
@@ -264,9 +266,17 @@ class Trainer:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = self.config.bn_momentum
         model = model.to(self.device)
-        if self.config.channels_last:
+        if self._use_channels_last():
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def _use_channels_last(self) -> bool:
+        """``config.channels_last``; unset: on for CPU fp32 training, where it made a D0 training
+        step 1.35x faster on AVX-512 and AVX2 alike, off with AMP (bf16 depthwise convolutions in
+        channels_last fell to a path 8x slower) and on CUDA (not measured)."""
+        if self.config.channels_last is not None:
+            return self.config.channels_last
+        return self.device.type == "cpu" and not self.config.amp
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if not self.distributed:
