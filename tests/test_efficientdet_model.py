@@ -246,7 +246,9 @@ def test_overfits_one_batch():
 
     torch.manual_seed(0)
     model = scaledet.create_model("efficientdet_lite0", num_classes=2, image_size=128).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # lr 3e-3: after 30 steps loss / first loss ~0.01 and IoU 0.72-0.88 on AVX-512 and AVX2 kernels
+    # (lr 1e-3 left IoU at 0.14-0.47 depending on the processor)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     image = torch.rand(3, 128, 128) * 0.2
     image[:, 30:90, 40:100] = 0.9
     images = [image, image.flip(-1)]
@@ -259,7 +261,14 @@ def test_overfits_one_batch():
         loss.backward()
         optimizer.step()
         history.append(loss.item())
-    assert history[-1] < 0.4 * history[0]
+    assert history[-1] < 0.1 * history[0]
+    # BatchNorm's running statistics after 30 steps depend on the whole trajectory (and so on the
+    # processor's kernels); measure them once on the final weights so eval sees what training saw
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
     with torch.no_grad():
+        model(images, targets)
         det = model.eval()([image])[0]
     assert det["labels"][0] == 1 and box_iou(det["boxes"][:1], targets[0]["boxes"])[0, 0] > 0.5
