@@ -65,6 +65,15 @@ def test_missing_data_and_missing_config_file(tmp_path, tiny_config, capsys):
     assert lines == [f"scaledet train: error: {tmp_path / 'none.yaml'}: No such file or directory"]
 
 
+def test_invalid_yaml_config_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [0.1\nepochs: 2\n")
+    lines = _error(capsys, ["train", "--config", str(bad), "--train", "shapes:train"])
+    assert f"{bad}: not valid YAML (line 2" in lines[0]
+    bad.write_text("- 1\n- 2\n")
+    assert "must be a YAML mapping" in _error(capsys, ["train", "--config", str(bad), "--train", "shapes:train"])[0]
+
+
 def test_empty_or_corrupt_last_checkpoint_on_resume(tmp_path, tiny_config, capsys):
     out = tmp_path / "run"
     out.mkdir()

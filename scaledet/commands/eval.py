@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes:val (rendered at the model's size)")
     model.add_argument("--images", help="image folder for a COCO JSON (default: beside it or images/)")
     model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO)")
+    model.add_argument("--allow-empty", action="store_true", help="accept data without any box (AP is then -1)")
     model.add_argument("--image-size", type=int, help="model input size override")
     model.add_argument("--batch-size", type=int, default=8)
     model.add_argument("--device", default="cpu")
@@ -42,14 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 
 
-def open_eval_dataset(data: str, images: str | None, split: str | None, image_size):
+def open_eval_dataset(data: str, images: str | None, split: str | None, image_size, allow_empty: bool = False):
     """The dataset ``--data`` names, untransformed; YOLO's split defaults to ``val`` and the
     built-in shapes set is rendered at the model's ``image_size`` (as ``scaledet demo`` does)."""
     from scaledet.data import open_dataset
 
     split = split or ("val" if str(data).endswith((".yaml", ".yml")) else None)
     options = {"image_size": tuple(image_size)} if str(data).startswith("shapes") else {}
-    return open_dataset(data, images=images, split=split, **options)
+    return open_dataset(data, images=images, split=split, allow_empty=allow_empty, **options)
 
 
 def _model_stats(args: argparse.Namespace) -> dict:
@@ -60,7 +61,7 @@ def _model_stats(args: argparse.Namespace) -> dict:
     if not (args.model and args.data):
         raise ValueError("--model and --data go together (with --weights); or use --gt and --detections")
     model = create_model(args.model, pretrained=args.weights, image_size=args.image_size).to(args.device)
-    dataset = open_eval_dataset(args.data, args.images, args.split, model.image_size)
+    dataset = open_eval_dataset(args.data, args.images, args.split, model.image_size, args.allow_empty)
     print_report(dataset)
     return evaluate_model(
         model, dataset, args.max_dets, args.batch_size, args.device, args.workers, results_path=args.results

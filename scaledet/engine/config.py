@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from scaledet.errors import UserError
 from scaledet.engine.recipe import FAMILY_RECIPES, RECIPES, family_recipe, scaled_lr
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -117,9 +118,15 @@ class TrainConfig:
         """Merge a YAML file (optional) with command-line ``flags`` (flags win; ``None`` = unset)."""
         values: dict[str, Any] = {}
         if yaml_path is not None:
-            loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+            try:
+                loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                raise UserError(f"{yaml_path}: not valid YAML{where}: "
+                                f"{getattr(error, 'problem', None) or error}; fix the file") from error
             if not isinstance(loaded, dict):
-                raise ValueError(f"{yaml_path}: a training config must be a YAML mapping")
+                raise UserError(f"{yaml_path}: a training config must be a YAML mapping of option: value")
             values.update({key.replace("-", "_"): value for key, value in loaded.items()})
         values.update({key: value for key, value in flags.items() if value is not None})
         model = values.pop("model", None) or cls.model
