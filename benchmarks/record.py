@@ -17,6 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import processor_info  # noqa: E402
+
 
 def record_run(arguments: list[str], out: str, json_path: str, target: dict[str, float]) -> int:
     """Run ``python -m scaledet ARGUMENTS`` (which writes ``out/metrics.json``), write the record to
@@ -38,6 +41,7 @@ def record_run(arguments: list[str], out: str, json_path: str, target: dict[str,
         "meets_target": meets, "started_utc": started.isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "machine": platform.processor() or platform.machine(),
+        **processor_info(),
     }
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(record, indent=2) + "\n")

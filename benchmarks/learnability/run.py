@@ -50,11 +50,11 @@ if __package__ in (None, ""):
 
 from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.effdet_baseline import SWEEP_LRS  # noqa: E402
+from benchmarks.machine import processor_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 QUICK_DIR = datasets.DATA_ROOT / "quick"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
 # ---- machine ---------------------------------------------------------------------------------
@@ -64,20 +64,9 @@ def machine_info(threads: int | None) -> dict:
     """Processor model and relevant flags (lscpu), core count, torch version and threads, load, date."""
     import torch
 
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                model = value.strip()
-            elif key.strip() == "Flags":
-                flags = set(value.split())
-    except OSError:
-        pass
+    cpu = processor_info()
     return {
-        "processor": model, "flags": {flag: flag in flags for flag in CPU_FLAGS},
-        "amx": any(flag.startswith("amx") for flag in flags), "cpu_count": os.cpu_count(),
+        **cpu, "amx": any(v for k, v in cpu["flags"].items() if k.startswith("amx")), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS") if threads is None else str(threads),
         "python": platform.python_version(), "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
