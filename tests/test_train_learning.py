@@ -17,11 +17,9 @@ def test_tiny_efficientdet_learns_shapes_from_scratch(tmp_path):
     train, val = ShapesDataset(num_images=128, seed=0, **SHAPES), ShapesDataset(num_images=32, seed=1, **SHAPES)
     model = scaledet.create_model("efficientdet_d0", num_classes=4, image_size=64, **TINY)
     model.class_names = list(train.class_names)
-    config = TrainConfig.for_model(
-        "efficientdet_d0", epochs=15, batch_size=8, lr=0.03, ema_decay=0.99, bn_momentum=0.1, out=str(tmp_path),
-        progress=False, eval_every=0, augment={"scale_range": (0.8, 1.25), "photometric": False},
-    )
-    add_train_transforms(train, config, model.image_size)
+    # the default recipe: only the budget is given (what a user gets)
+    config = TrainConfig.for_model("efficientdet_d0", epochs=15, out=str(tmp_path), progress=False, eval_every=0)
+    add_train_transforms(train, config, model.image_size, planned_epochs=15)
     untrained = Trainer(config, model, train, val).run_evaluation()
     metrics = Trainer(config, model, train, val).fit()
     assert untrained["AP50"] < 0.05
