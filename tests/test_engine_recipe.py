@@ -17,7 +17,8 @@ def test_family_recipes():
     assert effdet.ema_decay == 0.9998 and effdet.warmup_epochs == 1.0
     assert (effdet.batch_size, effdet.lr) == (16, pytest.approx(0.02))  # 0.16 at batch 128, scaled linearly
     auto = TrainConfig.for_model("efficientdet_d0", epochs=1)
-    assert auto.recipe == "auto" and (auto.batch_size, auto.optimizer, auto.lr, auto.warmup_fraction) == (8, "adamw", 6e-3, 0.1)
+    assert auto.recipe == "auto" and (auto.batch_size, auto.optimizer, auto.warmup_fraction) == (4, "adamw", 0.1)
+    assert auto.lr == pytest.approx(6e-3 / 2**0.5)  # given at batch 8, square-root scaled to 4
     assert auto.ema_decay is None and auto.bn_momentum is None and auto.warmup_epochs is None  # from the plan
     assert auto.model_overrides == {"backbone_drop_path_rate": 0.0}
     # the batch scales the learning rate (SGD linearly, AdamW by the square root) unless the lr is given
