@@ -102,3 +102,12 @@ def test_same_seed_same_run_across_processes(tmp_path):
     assert all((first[key] == second[key]).all() for key in first)
     logs = [(tmp_path / name / "log.jsonl").read_text().splitlines()[0] for name in ("a", "b")]
     assert json.loads(logs[0])["loss"] == json.loads(logs[1])["loss"]  # step 1: same init, same batch
+
+
+def test_idle_threads_counts_busy_cores_now():
+    from scaledet.engine.recipe import _busy_cores, idle_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= idle_threads(0.05) <= cores
+    busy = _busy_cores(0.05, os.cpu_count())
+    assert busy is None or 0.0 <= busy <= os.cpu_count()

@@ -211,12 +211,38 @@ def fitted_input_size(stats: dict[str, Any], native: tuple[int, int], multiple: 
 # ---- threads -----------------------------------------------------------------------------------
 
 
-def idle_threads() -> int:
+def idle_threads(sample_seconds: float = 0.5) -> int:
     """Every core the machine is not already busy with (at least 1).
 
-    On a shared, oversubscribed machine one thread is several times faster than two: OpenMP
-    threads that wait for a descheduled sibling at every barrier waste their time slices.
+    Measured from the CPU time the kernel counts over ``sample_seconds`` (``/proc/stat``), not the
+    load average, which lags a minute behind (a run started right after another would see the
+    finished one). Falls back to the load average where ``/proc/stat`` is missing. On a shared,
+    oversubscribed machine one thread is several times faster than two: OpenMP threads that wait
+    for a descheduled sibling at every barrier waste their time slices.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    idle = cores - os.getloadavg()[0]
-    return max(1, min(cores, int(idle + 0.5)))
+    busy = _busy_cores(sample_seconds, os.cpu_count() or cores)
+    if busy is None:
+        busy = os.getloadavg()[0]
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _busy_cores(seconds: float, total_cores: int) -> float | None:
+    """Cores' worth of CPU time spent busy machine-wide during ``seconds``, or ``None``."""
+    import time
+
+    def snapshot() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    first = snapshot()
+    time.sleep(seconds)
+    second = snapshot()
+    if first is None or second is None or second[0] == first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return total_cores * (1.0 - idle / total)
