@@ -317,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results path without suffix (default benchmarks/results/learnability)")
     parser.add_argument("--runs", default=None, help="run folders (default runs/learnability[_quick])")
     parser.add_argument("--reuse", action="store_true", help="reuse run results already in the runs folder")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only run (and cache) effdet's lr sweeps, e.g. with other threads than the runs")
     args = parser.parse_args(argv)
 
     minutes = args.minutes if args.minutes is not None else (20 / 60 if args.quick else 8.0)
@@ -335,6 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = record["machine"]
     print(f"learnability: sets {' '.join(args.sets)}, seeds {seeds}, {minutes:.3g} min per run, tools {tools}; "
           f"{machine['processor']}, torch {machine['torch']}, {machine['threads']} threads", flush=True)
+    if args.sweep_only:
+        for name in args.sets:
+            datasets.prepare(name)
+            sweep = effdet_sweep(name, datasets.describe(name)["input_size"], sweep_minutes, args.sweep_lrs, sweep_cache,
+                                 runs, args.threads)
+            print(f"[{name}] effdet sweep: best lr {sweep['best_lr']:g}", flush=True)
+        return 0
     for name in args.sets:
         folder = datasets.prepare(name)
         info = datasets.describe(name)
