@@ -17,7 +17,6 @@ trainable of 41,524,768).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -59,12 +58,9 @@ def count_macs(model: nn.Module, image_size: tuple[int, int], forward: Callable 
 
 def family_module(name: str):
     """The family package that builds model ``name`` (via the registry's table)."""
-    from scaledet.models import registry
+    from scaledet.models.registry import family_of
 
-    for family, prefix in registry._FAMILIES.items():
-        if name.startswith(prefix):
-            return importlib.import_module(f"scaledet.models.{family}")
-    raise ValueError(f"unknown model {name!r}")
+    return family_of(name)
 
 
 def profile_model(name: str) -> dict[str, Any]:

@@ -1,9 +1,15 @@
-"""One explicit table from model name to the family factory that builds it.
+"""One explicit table from model name to the family that builds it.
 
-Each family module exposes:
+A family is one package under ``scaledet/models/`` plus one row of :data:`FAMILIES`. The package
+exposes:
 
 * ``VARIANTS: dict[str, <variant dataclass>]`` - the rows of that family's variant table;
-* ``build(name, num_classes, pretrained, image_size, **overrides) -> nn.Module``.
+* ``build(name, num_classes, pretrained, image_size, **overrides) -> Detector``
+  (:class:`scaledet.models.base.Detector`);
+* ``RECIPES: {"auto": {...}, "paper": {...}}`` - the training recipe rows
+  (:mod:`scaledet.engine.recipe` documents the fields);
+* ``profile_info(name) -> dict`` for ``scaledet profile``;
+* optional abilities looked up with :func:`family_hook` (e.g. ``fit_anchors_for``).
 
 Families are imported on first use, so importing :mod:`scaledet` does not import timm.
 """
@@ -11,36 +17,54 @@ Families are imported on first use, so importing :mod:`scaledet` does not import
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from torch import nn
 
-# family module (under scaledet.models) -> model name prefix
-_FAMILIES: dict[str, str] = {
-    "efficientdet": "efficientdet_",
-    "detr": "detr_",
-    "baselines": "retinanet_",
-}
+
+@dataclass(frozen=True)
+class Family:
+    """A registry row: the package under ``scaledet.models`` and the prefix of its model names."""
+
+    package: str
+    prefix: str
 
 
-def _family_module(family: str):
-    return importlib.import_module(f"scaledet.models.{family}")
+FAMILIES: tuple[Family, ...] = (
+    Family("efficientdet", "efficientdet_"),
+    Family("detr", "detr_"),
+    Family("baselines", "retinanet_"),
+)
 
 
-def family_hook(name: str, hook: str):
-    """The family function ``hook`` of model ``name`` (e.g. ``"fit_anchors_for"``), or ``None`` when
-    that family has none: optional abilities are looked up here, never by name prefix elsewhere."""
-    for family, prefix in _FAMILIES.items():
-        if name.startswith(prefix):
-            return getattr(_family_module(family), hook, None)
+def _import(family: Family) -> ModuleType:
+    return importlib.import_module(f"scaledet.models.{family.package}")
+
+
+def family_of(name: str) -> ModuleType:
+    """The family package that builds model ``name``; ValueError naming the choices if none does."""
+    for family in FAMILIES:
+        if name.startswith(family.prefix):
+            module = _import(family)
+            if name in module.VARIANTS:
+                return module
     raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def family_hook(name: str, hook: str) -> Any:
+    """The family attribute ``hook`` of model ``name`` (e.g. ``"fit_anchors_for"``, ``"RECIPES"``), or
+    ``None`` when that family has none: abilities are looked up here, never by name prefix elsewhere."""
+    return getattr(family_of(name), hook, None)
 
 
 def list_models() -> list[str]:
     """All model names accepted by :func:`create_model`, sorted."""
     names: list[str] = []
-    for family in _FAMILIES:
-        names.extend(_family_module(family).VARIANTS)
+    for family in FAMILIES:
+        names.extend(_import(family).VARIANTS)
     return sorted(names)
 
 
@@ -70,12 +94,15 @@ def create_model(
     """
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    for family, prefix in _FAMILIES.items():
-        if name.startswith(prefix):
-            module = _family_module(family)
-            if name not in module.VARIANTS:
-                break
-            return module.build(
-                name, num_classes=num_classes, pretrained=pretrained, image_size=image_size, **overrides
-            )
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return family_of(name).build(name, num_classes=num_classes, pretrained=pretrained, image_size=image_size,
+                                 **overrides)
+
+
+def create_from_config(config: dict[str, Any], pretrained: str | Path | None = None) -> nn.Module:
+    """Rebuild a model from its ``config`` (:attr:`scaledet.models.base.Detector.config`, the JSON
+    stored with our weights and in exported files)."""
+    extras = {key: config[key] for key in ("class_names", "category_ids") if config.get(key) is not None}
+    image_size = config.get("image_size")
+    return create_model(config["model"], num_classes=config.get("num_classes"), pretrained=pretrained,
+                        image_size=tuple(image_size) if image_size is not None else None,
+                        **extras, **config.get("overrides", {}))
