@@ -14,7 +14,6 @@ import torch
 
 import scaledet
 from scaledet.models.efficientdet import VARIANTS
-from scaledet.models.efficientdet.head import flatten_outputs
 
 effdet = pytest.importorskip("effdet")
 
@@ -74,8 +73,7 @@ def compare_variant(name: str, size: tuple[int, int], tmp_path) -> dict[str, flo
         img_info = {"img_scale": torch.ones(2), "img_size": torch.tensor([[size[1], size[0]]] * 2)}
         ref_det = bench(batch, img_info=img_info)
         our_det = ours(list(images))
-        pp_det = ours.postprocess(flatten_outputs(ref_cls, ours.num_classes), flatten_outputs(ref_box, 4),
-                                  ours.anchors_for(size), [1.0, 1.0], [size, size])
+        pp_det = ours.postprocess((ref_cls, ref_box), ours.preprocess(list(images)))  # images are at `size`: scale 1
     return {"raw": raw, **detection_diff(our_det, ref_det), **detection_diff(pp_det, ref_det, "pp_")}
 
 

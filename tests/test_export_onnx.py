@@ -8,7 +8,7 @@ import torch
 
 import scaledet
 from scaledet.export import OnnxDetector, export_onnx
-from scaledet.export.nms_op import batched_nms  # noqa: F401  (registers torch.ops.scaledet.batched_nms)
+from scaledet.models.ops import batched_nms  # noqa: F401  (registers torch.ops.scaledet.batched_nms)
 from test_optimize import assert_equal_detections, randomise_efficientdet
 
 
@@ -68,7 +68,7 @@ def test_export_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="opset"):
         export_onnx(scaledet.create_model("efficientdet_lite0", num_classes=2, image_size=64), tmp_path / "x.onnx",
                     opset=13)
-    with pytest.raises(ValueError, match="EfficientDet and DETR"):
+    with pytest.raises(ValueError, match="scaledet Detector"):
         export_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx")
     bogus = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.rand(1, 2),), str(bogus), dynamo=True)

@@ -8,7 +8,7 @@ import scaledet
 from scaledet.inference.benchmark import spread_random_weights
 from scaledet.inference.compare import detection_differences
 from scaledet.inference.fold import fold_batchnorm
-from scaledet.inference.postprocess import max_over_classes, prefix_nms, top_candidates
+from scaledet.models.efficientdet.postprocess import max_over_classes, prefix_nms, top_candidates
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 
 
@@ -31,7 +31,7 @@ def test_optimized_efficientdet_equals_eager(name):
     model = randomise_efficientdet(scaledet.create_model(name, num_classes=20, image_size=256))
     fast = scaledet.optimize(model)
     assert fast.folded >= 100  # backbone + BiFPN + unshared heads
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.network.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.model.network.modules())
     images = [torch.rand(3, 200, 256), torch.rand(3, 256, 170)]
     with torch.no_grad():
         reference, result = model(images), fast(images)
@@ -111,7 +111,7 @@ def test_pointwise_routing_keeps_outputs_and_keys_on_small_and_large_inputs():
 def test_top_candidates_equal_plain_topk(num_classes):
     logits = torch.randn(2, 3000, num_classes)
     assert torch.equal(max_over_classes(logits), logits.amax(dim=-1))
-    values, anchors, labels = top_candidates(logits, 500)
+    values, anchors, labels = top_candidates(logits, 500, fast=True)
     ref_values, ref_flat = logits.reshape(2, -1).topk(500, dim=1)
     torch.testing.assert_close(values, ref_values, rtol=0, atol=0)
     assert torch.equal(anchors * num_classes + labels, ref_flat)
@@ -140,7 +140,7 @@ def test_optimize_rejects_bad_input():
         fast.train()
     with pytest.raises(ValueError, match="0..255"):
         fast([torch.rand(3, 64, 64) * 255])
-    with pytest.raises(ValueError, match="EfficientDet and DETR"):
+    with pytest.raises(ValueError, match="scaledet Detector"):
         scaledet.optimize(nn.Linear(2, 2))
 
 

@@ -1,91 +1,35 @@
-"""``scaledet.optimize``: an inference-optimised copy of a detector with the same call contract.
+"""``scaledet.optimize``: an inference-optimised copy of any :class:`~scaledet.models.base.Detector`
+with the same eval call contract.
 
-What it does (the original model is left untouched):
+What it does to a deep copy (the original model is left untouched), through the contract only:
 
-* EfficientDet: the class/box heads share conv weights across levels but keep per-level BatchNorm,
-  so they are first unshared into one conv chain per level; then every conv -> BatchNorm pair
-  (timm backbone, BiFPN, heads) is folded; DETR: the ResNet's FrozenBatchNorm is folded.
+* ``model.prepare_for_inference()``: the family's own rewrites (EfficientDet unshares its heads'
+  convs per level and freezes the BiFPN fusion weights);
+* every conv -> BatchNorm (or FrozenBatchNorm) pair is folded (:func:`fold_batchnorm`), found by one
+  example forward through ``preprocess`` / ``forward_features``;
 * on CPU, 1x1 convs are routed to oneDNN (:func:`route_pointwise_to_onednn`, output unchanged);
-* conv weights and the input batch use ``torch.channels_last`` (the heads' permute to
-  ``[B, H, W, A*K]`` becomes free);
-* ``precision="bf16"``: the network runs under ``torch.autocast`` with bfloat16 (outputs cast back
-  to float32 before post-processing); ``"fp16"`` likewise on CUDA only;
-* ``compile=True``: the tensor network is wrapped with :func:`torch.compile`;
-* EfficientDet post-processing uses :mod:`scaledet.inference.postprocess` (exact, batched).
+* conv weights and 4-D inputs use ``torch.channels_last`` (a head's permute to ``[B, H, W, C]``
+  becomes free);
+* ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
+  cast back to float32 before post-processing); ``"fp16"`` likewise on CUDA only;
+* ``compile=True``: ``forward_features`` is wrapped with :func:`torch.compile`;
+* post-processing is the family's ``postprocess(..., fast=True)`` (exact shortcuts).
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from scaledet.inference.fold import fold_batchnorm
+from scaledet.models.base import Detections, Detector
+from scaledet.models.inputs import check_images
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class UnsharedHead(nn.Module):
-    """An EfficientDet ``HeadNet`` with its shared convs copied per level, so each (conv, per-level
-    BatchNorm) pair can be folded. list of ``[B, C, H_l, W_l]`` -> list of ``[B, A*outputs, H_l, W_l]``."""
-
-    def __init__(self, head: nn.Module, num_levels: int) -> None:
-        super().__init__()
-        self.levels = nn.ModuleList()
-        for level in range(num_levels):
-            layers = []
-            for conv, norms in zip(head.convs, head.norms):
-                layers += [copy.deepcopy(conv), copy.deepcopy(norms[level]), copy.deepcopy(head.act)]
-            self.levels.append(nn.Sequential(*layers))
-        self.predict = head.predict
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [self.predict(chain(x)) for chain, x in zip(self.levels, features)]
-
-
-class FrozenWeightedSum(nn.Module):
-    """A BiFPN fusion node with its (eval-time constant) normalised weights precomputed:
-    ``sum_i w_i * x_i`` via in-place adds instead of stacking the inputs."""
-
-    def __init__(self, fusion: nn.Module) -> None:
-        super().__init__()
-        from scaledet.models.efficientdet.feature_network import FastNormalizedFusion, SoftmaxFusion
-
-        with torch.no_grad():
-            if isinstance(fusion, FastNormalizedFusion):
-                weight = torch.relu(fusion.weight)
-                weight = weight / (weight.sum() + fusion.eps)
-            elif isinstance(fusion, SoftmaxFusion):
-                weight = torch.softmax(fusion.weight, dim=0)
-            else:
-                weight = None
-        self.weights = None if weight is None else [float(w) for w in weight]
-
-    def forward(self, inputs: list[Tensor]) -> Tensor:
-        if self.weights is None:
-            out = inputs[0].clone()
-            for x in inputs[1:]:
-                out.add_(x)
-            return out
-        out = inputs[0] * self.weights[0]
-        for x, w in zip(inputs[1:], self.weights[1:]):
-            out.add_(x, alpha=w)
-        return out
-
-
-def freeze_fusions(network: nn.Module) -> int:
-    """Replace every BiFPN fusion module in ``network`` by :class:`FrozenWeightedSum`; returns the count."""
-    from scaledet.models.efficientdet.feature_network import FUSION_MODULES
-
-    fusion_types = tuple(FUSION_MODULES.values())
-    names = [name for name, module in network.named_modules() if isinstance(module, fusion_types)]
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = network.get_submodule(parent) if parent else network
-        setattr(owner, child, FrozenWeightedSum(owner.get_submodule(child)))
-    return len(names)
 
 
 # Input size (elements, whole batch) above which a 1x1 conv is faster through oneDNN than through
@@ -127,19 +71,49 @@ def _compile(function):
     return torch.compile(function, options={"freezing": True})
 
 
-class _Optimized(nn.Module):
-    """Shared wrapper state: the source model's contract attributes, precision and device handling."""
+def _to_float(outputs: Any) -> Any:
+    """Floating tensors in (nested tuples / lists / dicts of) ``outputs`` cast to float32."""
+    if isinstance(outputs, Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_to_float(o) for o in outputs)
+    if isinstance(outputs, dict):
+        return {key: _to_float(value) for key, value in outputs.items()}
+    return outputs
 
-    def __init__(self, model: nn.Module, precision: str) -> None:
+
+def _channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+class OptimizedDetector(nn.Module):
+    """An eval-only copy of a :class:`~scaledet.models.base.Detector`: folded BatchNorm, channels_last,
+    optional autocast / compile, fast post-processing; made by :func:`optimize`.
+
+    Attributes: ``model`` (the rewritten copy), ``folded`` (conv/BatchNorm pairs folded),
+    ``precision`` and the source's ``class_names``, ``category_ids``, ``num_classes``,
+    ``image_size`` and ``config``.
+    """
+
+    def __init__(self, model: Detector, precision: str = "fp32", compile: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        model = copy.deepcopy(model).eval()
         self.model = model
         self.precision = precision
         self.class_names = model.class_names
-        self.category_ids = getattr(model, "category_ids", None)
+        self.category_ids = model.category_ids
         self.num_classes = model.num_classes
         self.image_size = model.image_size
+        model.prepare_for_inference()
+        device = next(model.parameters()).device
+        example = model.preprocess([torch.zeros(3, *model.input_size(), device=device)])
+        self.folded = fold_batchnorm(model, lambda: model.forward_features(*example.inputs))
+        if device.type == "cpu":
+            route_pointwise_to_onednn(model)
+        model.to(memory_format=torch.channels_last)
+        self.features = _compile(model.forward_features) if compile else model.forward_features
         self.training = False  # eval-only from the start (train(True) raises)
 
     @property
@@ -159,96 +133,33 @@ class _Optimized(nn.Module):
             raise ValueError("an optimised model is inference-only (BatchNorm is folded); train the original")
         return super().train(False)
 
-
-class OptimizedEfficientDet(_Optimized):
-    """EfficientDet with folded BatchNorm, channels_last, optional autocast/compile, fast post-processing."""
-
-    def __init__(self, model: nn.Module, precision: str = "fp32", compile: bool = False) -> None:
-        model = copy.deepcopy(model).eval()
-        super().__init__(model, precision)
-        net = model.network
-        levels = model.variant.num_levels
-        net.class_net, net.box_net = UnsharedHead(net.class_net, levels), UnsharedHead(net.box_net, levels)
-        example = torch.zeros(1, 3, *model.image_size, device=model.mean.device)
-        self.folded = fold_batchnorm(net, lambda: net(example))
-        freeze_fusions(net)
-        if example.device.type == "cpu":
-            route_pointwise_to_onednn(net)
-        net.to(memory_format=torch.channels_last)
-        self.network = _compile(net) if compile else net
-
-    def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
-        """Contract of :class:`~scaledet.models.efficientdet.EfficientDet` (eval only)."""
-        from scaledet.models.efficientdet.head import flatten_outputs
-        from scaledet.models.inputs import check_images
-        from scaledet.inference.postprocess import efficientdet_detections
-
+    @torch.no_grad()
+    def forward(self, images: list[Tensor] | Tensor, targets=None) -> list[Detections]:
+        """The eval contract of :class:`~scaledet.models.base.Detector`: ``preprocess`` ->
+        ``forward_features`` (channels_last, autocast) -> outputs to float32 -> ``postprocess(fast=True)``."""
         if targets is not None:
             raise ValueError("an optimised model is inference-only; pass targets to the original model")
         images = check_images(images)
-        model, variant = self.model, self.model.variant
-        batch, scales, valid = model.preprocess(list(images))
-        with torch.no_grad(), self.autocast(batch.device):
-            cls_out, box_out = self.network(batch.contiguous(memory_format=torch.channels_last))
-        cls_logits = flatten_outputs(cls_out, self.num_classes).float()
-        box_codes = flatten_outputs(box_out, 4).float()
-        anchors = model.anchors_for(tuple(batch.shape[-2:]))
-        if variant.soft_nms:
-            return model.postprocess(cls_logits, box_codes, anchors, scales, valid)
-        sizes = torch.tensor(valid, dtype=torch.float64)
-        results = efficientdet_detections(cls_logits, box_codes, anchors, sizes, variant.max_detection_points,
-                                          variant.max_detections, variant.nms_iou)
-        for result, scale in zip(results, scales):
-            result["boxes"] = result["boxes"] / scale
-        return results
+        batch = self.model.preprocess(images)
+        inputs = tuple(_channels_last(x) for x in batch.inputs)
+        with self.autocast(inputs[0].device):
+            outputs = self.features(*inputs)
+        return self.model.postprocess(_to_float(outputs), batch, fast=True)
 
 
-class OptimizedDETR(_Optimized):
-    """DETR with the ResNet's frozen BatchNorm folded, a channels_last backbone, optional autocast/compile."""
-
-    def __init__(self, model: nn.Module, precision: str = "fp32", compile: bool = False) -> None:
-        model = copy.deepcopy(model).eval()
-        super().__init__(model, precision)
-        backbone = model.backbone
-        example = torch.zeros(1, 3, 64, 64, device=model.query_embed.weight.device)
-        mask = torch.zeros(1, 64, 64, dtype=torch.bool, device=example.device)
-        self.folded = fold_batchnorm(backbone, lambda: backbone(example, mask))
-        if example.device.type == "cpu":
-            route_pointwise_to_onednn(backbone)
-        backbone.to(memory_format=torch.channels_last)
-        self.features = _compile(model.forward_features) if compile else model.forward_features
-
-    def forward(self, images: list[Tensor], targets=None) -> list[dict[str, Tensor]]:
-        """Contract of :class:`~scaledet.models.detr.DETR` (eval only)."""
-        from scaledet.models.detr.model import postprocess
-        from scaledet.models.inputs import check_images
-
-        if targets is not None:
-            raise ValueError("an optimised model is inference-only; pass targets to the original model")
-        images = check_images(images)
-        batch, mask = self.model.preprocessor(images)
-        with torch.no_grad(), self.autocast(batch.device):
-            logits, boxes, _ = self.features(batch.contiguous(memory_format=torch.channels_last), mask)
-        return postprocess(logits.float(), boxes.float(), [tuple(image.shape[1:]) for image in images])
-
-
-def optimize(model: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:
+def optimize(model: Detector, precision: str = "fp32", compile: bool = False) -> OptimizedDetector:
     """An inference-optimised copy of ``model`` with the same eval call contract.
 
     Args:
-        model: a scaledet EfficientDet or DETR (from :func:`scaledet.create_model`).
+        model: a scaledet detector (:class:`~scaledet.models.base.Detector`, from
+            :func:`scaledet.create_model`); it is left untouched.
         precision: ``"fp32"`` (output equals eager up to float rounding), ``"bf16"`` (autocast) or
             ``"fp16"`` (autocast, CUDA only).
-        compile: wrap the tensor network with :func:`torch.compile`.
+        compile: wrap the model's ``forward_features`` with :func:`torch.compile`.
 
     Returns:
         an eval-only module: ``list[Tensor[3,H,W]]`` -> ``list[dict(boxes xyxy px, scores, labels)]``.
     """
-    from scaledet.models.detr.model import DETR
-    from scaledet.models.efficientdet.model import EfficientDet
-
-    if isinstance(model, EfficientDet):
-        return OptimizedEfficientDet(model, precision, compile)
-    if isinstance(model, DETR):
-        return OptimizedDETR(model, precision, compile)
-    raise ValueError(f"optimize supports scaledet EfficientDet and DETR models, got {type(model).__name__}")
+    if not isinstance(model, Detector):
+        raise ValueError(f"optimize needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
+    return OptimizedDetector(model, precision, compile)

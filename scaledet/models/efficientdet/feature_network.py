@@ -118,6 +118,12 @@ class FastNormalizedFusion(nn.Module):
         weight = weight / (weight.sum() + self.eps)
         return torch.stack([x * weight[i] for i, x in enumerate(inputs)], dim=-1).sum(dim=-1)
 
+    @torch.no_grad()
+    def frozen_weights(self) -> list[float]:
+        """The normalised weights as constants (see :class:`FrozenWeightedSum`)."""
+        weight = F.relu(self.weight)
+        return [float(w) for w in weight / (weight.sum() + self.eps)]
+
 
 class SoftmaxFusion(nn.Module):
     """sum_i softmax(w)_i * x_i, weights initialised to 1."""
@@ -130,6 +136,11 @@ class SoftmaxFusion(nn.Module):
         weight = torch.softmax(self.weight.to(inputs[0].dtype), dim=0)
         return (torch.stack(list(inputs), dim=-1) * weight).sum(dim=-1)
 
+    @torch.no_grad()
+    def frozen_weights(self) -> list[float]:
+        """The softmax weights as constants (see :class:`FrozenWeightedSum`)."""
+        return [float(w) for w in torch.softmax(self.weight, dim=0)]
+
 
 class SumFusion(nn.Module):
     """Plain sum of the inputs (no parameters)."""
@@ -140,12 +151,50 @@ class SumFusion(nn.Module):
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         return torch.stack(list(inputs), dim=-1).sum(dim=-1)
 
+    def frozen_weights(self) -> None:
+        """No weights: a plain sum (see :class:`FrozenWeightedSum`)."""
+        return None
+
 
 FUSION_MODULES: dict[str, type[nn.Module]] = {
     "fast": FastNormalizedFusion,
     "softmax": SoftmaxFusion,
     "sum": SumFusion,
 }
+
+
+class FrozenWeightedSum(nn.Module):
+    """A fusion node with its (eval-time constant) weights precomputed: ``sum_i w_i * x_i`` via
+    in-place adds instead of stacking the inputs (``weights=None``: a plain sum). list of
+    ``[B, C, H, W]`` -> ``[B, C, H, W]``."""
+
+    def __init__(self, weights: list[float] | None) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        if self.weights is None:
+            out = inputs[0].clone()
+            for x in inputs[1:]:
+                out.add_(x)
+            return out
+        out = inputs[0] * self.weights[0]
+        for x, w in zip(inputs[1:], self.weights[1:]):
+            out.add_(x, alpha=w)
+        return out
+
+
+def freeze_fusions(network: nn.Module) -> int:
+    """Replace, in place, every fusion module under ``network`` that is a weighted sum (it has
+    ``frozen_weights()``: fast, softmax, sum) by a :class:`FrozenWeightedSum` with its current
+    weights; other fusions (e.g. NAS-FPN's global attention) stay. Eval only: the weights no longer
+    train. Returns the number replaced."""
+    names = [name for name, module in network.named_modules() if callable(getattr(module, "frozen_weights", None))]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = network.get_submodule(parent) if parent else network
+        setattr(owner, child, FrozenWeightedSum(owner.get_submodule(child).frozen_weights()))
+    return len(names)
 
 
 class SeparableConv2d(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -47,6 +48,25 @@ class HeadNet(nn.Module):
                 x = self.act(norms[level](conv(x)))
             outputs.append(self.predict(x))
         return outputs
+
+
+class UnsharedHead(nn.Module):
+    """A :class:`HeadNet` with its shared convs copied per level, so that each (conv, per-level
+    BatchNorm) pair can be folded (:func:`scaledet.inference.fold.fold_batchnorm`); same outputs.
+    list of ``[B, C, H_l, W_l]`` -> list of ``[B, A*outputs, H_l, W_l]``."""
+
+    def __init__(self, head: HeadNet, num_levels: int) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList()
+        for level in range(num_levels):
+            layers = []
+            for conv, norms in zip(head.convs, head.norms):
+                layers += [copy.deepcopy(conv), copy.deepcopy(norms[level]), copy.deepcopy(head.act)]
+            self.levels.append(nn.Sequential(*layers))
+        self.predict = head.predict
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        return [self.predict(chain(x)) for chain, x in zip(self.levels, features)]
 
 
 def flatten_outputs(outputs: list[Tensor], width: int) -> Tensor:

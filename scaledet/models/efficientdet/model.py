@@ -3,28 +3,33 @@
 * :class:`EfficientDetNet` - ``[B, 3, H, W]`` normalised batch -> (class outputs, box outputs), one
   ``[B, A*K, H_l, W_l]`` / ``[B, A*4, H_l, W_l]`` tensor per level. Traceable: no data-dependent
   Python control flow.
-* :class:`EfficientDet` - validates input, resizes (longest side) and pads each image to
-  ``image_size``, normalises, and runs the loss (train) or post-processing (eval).
+* :class:`EfficientDet` - the :class:`~scaledet.models.base.Detector`: resizes (longest side) and
+  pads each image to ``image_size``, normalises, and runs the loss (train) or post-processing
+  (eval, :mod:`.postprocess`); its export graph is :mod:`.export`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaledet.models.inputs import category_ids_for, check_images, check_targets, class_names_for
+from scaledet.models.base import Batch, Detections, Detector, ExportSpec
+from scaledet.models.ops import split_by_image
 
 from .anchors import generate_anchors
 from .backbone import create_backbone
 from .config import EfficientDetVariant
-from .feature_network import TOPOLOGIES, FeatureNetwork
-from .head import HeadNet, flatten_outputs
+from .export import INPUT_NAMES, OUTPUT_NAMES, EfficientDetExport
+from .feature_network import TOPOLOGIES, FeatureNetwork, freeze_fusions
+from .head import HeadNet, UnsharedHead, flatten_outputs
 from .loss import detection_loss
 from .postprocess import select_detections
+
 
 class EfficientDetNet(nn.Module):
     """Backbone -> feature network (BiFPN) -> shared class / box heads."""
@@ -64,61 +69,54 @@ class EfficientDetNet(nn.Module):
         return self.class_net(features), self.box_net(features)
 
 
-class EfficientDet(nn.Module):
-    """EfficientDet following the scaledet contract (see :mod:`scaledet`).
+class EfficientDet(Detector):
+    """EfficientDet implementing the :class:`~scaledet.models.base.Detector` contract.
 
-    Attributes: ``network`` (:class:`EfficientDetNet`), ``variant``, ``num_classes``,
-    ``class_names``, ``category_ids`` (the dataset's category id of each label, default 1..K),
-    ``image_size`` (h, w) and ``config`` (JSON-able, rebuilds the model).
+    Attributes: ``network`` (:class:`EfficientDetNet`), ``variant``, and the contract's ``name``,
+    ``num_classes``, ``class_names``, ``category_ids`` (default 1..K), ``image_size`` (h, w),
+    ``overrides`` and ``config``.
+
+    :meth:`preprocess` resizes each image (longest side) into ``image_size``, normalises it and pads
+    bottom/right with the mean colour: :class:`~scaledet.models.base.Batch` with ``inputs = (batch
+    [B, 3, H, W],)`` and ``meta = {"scales": [s_i], "valid": [(h_i * s_i, w_i * s_i)]}`` (resize
+    scale and valid region in network pixels). :meth:`forward_features` returns the per-level
+    ``([B, A_l*K, H_l, W_l], ...), ([B, A_l*4, H_l, W_l], ...)`` class logits and box codes.
     """
 
     def __init__(self, variant: EfficientDetVariant, name: str, class_names: list[str] | None = None,
                  overrides: dict | None = None, category_ids: list[int] | None = None) -> None:
-        super().__init__()
+        super().__init__(name, variant.num_classes, variant.image_size, class_names, category_ids, overrides)
         self.variant = variant
-        self.name = name
         self.network = EfficientDetNet(variant)
-        self.num_classes = variant.num_classes
-        self.image_size = tuple(variant.image_size)
-        self.class_names = class_names_for(class_names, self.num_classes)
-        self.category_ids = category_ids_for(category_ids, self.num_classes)
-        self.overrides = dict(overrides or {})
-        self.register_buffer("mean", torch.tensor(variant.mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(variant.std).view(3, 1, 1), persistent=False)
-        self._anchors: dict[tuple, Tensor] = {}  # (size, device) -> anchors
+        self._constants: dict[tuple, Tensor] = {}  # (what, size, device) -> anchors / mean / std
 
-    @property
-    def config(self) -> dict:
-        """``{"model", "num_classes", "class_names", "category_ids", "image_size", "overrides"}`` for
-        :func:`scaledet.create_model`."""
-        return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "category_ids": list(self.category_ids), "image_size": list(self.image_size),
-                "overrides": dict(self.overrides)}
-
-    def input_size(self) -> tuple[int, int]:
-        """The (h, w) every image is resized and padded to; data pipelines may prepare exactly this."""
-        return self.image_size
-
-    def anchors_for(self, image_size: tuple[int, int] | None = None) -> Tensor:
-        """Anchors ``[A, 4]`` xyxy in network-input pixels for an input of ``image_size`` (default: ours)."""
-        size = tuple(image_size or self.image_size)
-        key = (size, self.mean.device)
-        if key not in self._anchors:
+    def anchors_for(self, image_size: tuple[int, int] | None = None,
+                    device: torch.device | str | None = None) -> Tensor:
+        """Anchors ``[A, 4]`` xyxy in network-input pixels for an input of ``image_size`` (h, w;
+        default ours) on ``device`` (default CPU); generated from the variant, cached."""
+        size, device = tuple(image_size or self.image_size), torch.device(device or "cpu")
+        key = ("anchors", size, device)
+        if key not in self._constants:
             v = self.variant
             anchors = generate_anchors(size, v.min_level, v.max_level, v.num_scales, v.aspect_ratios, v.anchor_scale)
-            self._anchors[key] = anchors.to(self.mean.device)
-        return self._anchors[key]
+            self._constants[key] = anchors.to(device)
+        return self._constants[key]
 
-    def forward_features(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """The pure network: normalised ``[B, 3, H, W]`` -> per-level class logits and box codes."""
-        return self.network(batch)
+    def _normalisation(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The variant's mean and std as float32 ``[3, 1, 1]`` tensors on ``device``, cached."""
+        key = ("mean_std", None, device)
+        if key not in self._constants:
+            self._constants[key] = torch.tensor([self.variant.mean, self.variant.std], device=device).view(2, 3, 1, 1)
+        mean, std = self._constants[key]
+        return mean, std
 
-    def preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[float], list[tuple[float, float]]]:
+    def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
         """Resize each image (longest side) into ``image_size``, normalise, pad bottom/right with the
-        mean colour. Returns the batch ``[B, 3, H, W]``, the scale per image and the (h, w) of the
-        valid region in network pixels."""
+        mean colour (see the class docstring). The same at training time: the data pipeline crops."""
         height, width = self.image_size
-        batch = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype, device=images[0].device)
+        device = images[0].device
+        mean, std = self._normalisation(device)
+        batch = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype, device=device)
         scales, valid = [], []
         for i, image in enumerate(images):
             h, w = image.shape[-2:]
@@ -127,39 +125,80 @@ class EfficientDet(nn.Module):
             if (new_h, new_w) != (h, w):
                 image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
                                       antialias=scale < 1)[0]
-            batch[i, :, :new_h, :new_w] = (image - self.mean) / self.std
+            batch[i, :, :new_h, :new_w] = (image - mean) / std
             scales.append(scale)
             valid.append((h * scale, w * scale))
-        return batch, scales, valid
+        return Batch(inputs=(batch,), image_sizes=[(int(image.shape[-2]), int(image.shape[-1])) for image in images],
+                     meta={"scales": scales, "valid": valid})
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        """Eval: list of detections dicts. Train (``targets`` given): dict of named losses."""
-        images = check_images(images)
-        if targets is not None:
-            check_targets(targets, len(images), self.num_classes)
-        batch, scales, valid = self.preprocess(images)
-        cls_out, box_out = self.forward_features(batch)
+    def forward_features(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The pure network: normalised ``[B, 3, H, W]`` -> per-level class logits and box codes."""
+        return self.network(batch)
+
+    def _flat_outputs(self, outputs: tuple[list[Tensor], list[Tensor]], batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-level outputs -> (class logits ``[B, A, K]``, box codes ``[B, A, 4]``, anchors ``[A, 4]``)."""
+        cls_out, box_out = outputs
         cls_logits = flatten_outputs(cls_out, self.num_classes)
-        box_codes = flatten_outputs(box_out, 4)
-        anchors = self.anchors_for(tuple(batch.shape[-2:]))
-        if targets is not None:
-            scaled = [{"boxes": t["boxes"].to(batch) * s, "labels": t["labels"]} for t, s in zip(targets, scales)]
-            v = self.variant
-            return detection_loss(cls_logits, box_codes, anchors, scaled, self.num_classes, v.match_iou,
-                                  v.focal_alpha, v.focal_gamma, v.huber_delta, v.box_loss_weight)
-        return self.postprocess(cls_logits, box_codes, anchors, scales, valid)
+        anchors = self.anchors_for(tuple(batch.inputs[0].shape[-2:]), cls_logits.device)
+        return cls_logits, flatten_outputs(box_out, 4), anchors
 
-    def postprocess(self, cls_logits: Tensor, box_codes: Tensor, anchors: Tensor, scales: list[float],
-                    valid: list[tuple[float, float]]) -> list[dict[str, Tensor]]:
-        """Flattened outputs ``[B, A, K]``, ``[B, A, 4]`` -> detections in each input image's pixels."""
+    def postprocess(self, outputs: tuple[list[Tensor], list[Tensor]], batch: Batch,
+                    fast: bool = False) -> list[Detections]:
+        """Top-k, decode, clip to the valid region, per-class NMS (:func:`.postprocess.select_detections`),
+        boxes divided by each image's resize scale: xyxy pixels of the input images."""
+        cls_logits, box_codes, anchors = self._flat_outputs(outputs, batch)
         v = self.variant
-        results = []
-        for logits, codes, scale, size in zip(cls_logits, box_codes, scales, valid):
-            det = select_detections(logits, codes, anchors, size, v.max_detection_points, v.max_detections,
-                                    v.nms_iou, v.soft_nms, v.soft_nms_sigma)
-            det["boxes"] = det["boxes"] / scale
-            results.append(det)
-        return results
+        clip_sizes = torch.tensor(batch.meta["valid"], dtype=torch.float64)
+        results = select_detections(cls_logits, box_codes, anchors, clip_sizes, v.max_detection_points,
+                                    v.max_detections, v.nms_iou, v.soft_nms, v.soft_nms_sigma, fast=fast)
+        return _to_input_pixels(results, batch.meta["scales"])
+
+    def loss(self, outputs: tuple[list[Tensor], list[Tensor]], batch: Batch,
+             targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Focal loss + Huber box loss (``"class_loss"``, ``"box_loss"``, ``"loss"``); target boxes are
+        scaled into network pixels."""
+        cls_logits, box_codes, anchors = self._flat_outputs(outputs, batch)
+        scales = batch.meta["scales"]
+        network_input = batch.inputs[0]
+        scaled = [{"boxes": t["boxes"].to(network_input) * s, "labels": t["labels"]} for t, s in zip(targets, scales)]
+        v = self.variant
+        return detection_loss(cls_logits, box_codes, anchors, scaled, self.num_classes, v.match_iou,
+                              v.focal_alpha, v.focal_gamma, v.huber_delta, v.box_loss_weight)
+
+    def prepare_for_inference(self) -> None:
+        """Unshare the heads' convs per level (so BatchNorm folds) and freeze the fusion weights."""
+        net, levels = self.network, self.variant.num_levels
+        net.class_net, net.box_net = UnsharedHead(net.class_net, levels), UnsharedHead(net.box_net, levels)
+        freeze_fusions(net)
+
+    def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
+        """The graph of :mod:`.export` at ``image_size`` (every image is resized and padded to it, so
+        ``input_size`` must be ``None`` or equal). Soft-NMS models export with hard NMS."""
+        if input_size is not None and tuple(input_size) != tuple(self.image_size):
+            raise ValueError(f"EfficientDet exports at its image_size {self.image_size}, got input_size {input_size}; "
+                             "build the model with image_size=... instead")
+        device = next(self.parameters()).device
+        images = torch.zeros(2, 3, *self.image_size, device=device)
+        valid = torch.tensor([list(self.image_size)] * 2, dtype=torch.float32, device=device)
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        return ExportSpec(module=EfficientDetExport(self), example_inputs=(images, valid),
+                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                          dynamic_shapes=({0: batch}, {0: batch}))
+
+    def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
+        """``images`` (the preprocessed batch) and ``valid_sizes [B, 2]`` float32."""
+        return {"images": batch.inputs[0], "valid_sizes": torch.tensor(batch.meta["valid"], dtype=torch.float32)}
+
+    def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
+        """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels."""
+        return _to_input_pixels(split_by_image(*outputs, num_images=len(batch.image_sizes)), batch.meta["scales"])
+
+
+def _to_input_pixels(detections: list[Detections], scales: list[float]) -> list[Detections]:
+    """Divide each image's boxes (network pixels) by its resize scale, in place; returns ``detections``."""
+    for det, scale in zip(detections, scales):
+        det["boxes"] = det["boxes"] / scale
+    return detections
 
 
 def variant_overrides(base: EfficientDetVariant, variant: EfficientDetVariant) -> dict:
