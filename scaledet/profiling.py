@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scaledet.models.registry import create_model, family_hook
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (each shared tensor counted once)."""
@@ -56,21 +58,12 @@ def count_macs(model: nn.Module, image_size: tuple[int, int], forward: Callable 
     return counter.get_total_flops() // 2
 
 
-def family_module(name: str):
-    """The family package that builds model ``name`` (via the registry's table)."""
-    from scaledet.models.registry import family_of
-
-    return family_of(name)
-
-
 def profile_model(name: str) -> dict[str, Any]:
     """Parameters, MACs at native resolution, anchors and the paper's numbers for model ``name``."""
-    from scaledet import create_model
-
-    family = family_module(name)
-    if not hasattr(family, "profile_info"):
+    profile_info = family_hook(name, "profile_info")
+    if profile_info is None:
         raise ValueError(f"model family of {name!r} does not provide profile_info()")
-    info = family.profile_info(name)
+    info = profile_info(name)
     size = tuple(info["native_size"])
     try:  # on the meta device nothing is computed
         with torch.device("meta"):

@@ -10,7 +10,7 @@ import scaledet
 from scaledet import hub, weights
 from scaledet.models import detr
 from scaledet.models.detr import convert
-from scaledet.models.detr.model import postprocess
+from scaledet.models.detr.postprocess import postprocess
 from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, resized_size
 from scaledet.profiling import count_parameters, profile_model
 
@@ -76,7 +76,7 @@ def test_postprocess_scales_to_pixels_and_drops_no_object():
 def test_box_format_round_trips():
     xyxy = torch.tensor([[5.0, 6.0, 40.0, 50.0], [0.0, 0.0, 80.0, 60.0]])
     image = torch.rand(3, 60, 80)
-    normalised = normalized_targets([image], [{"boxes": xyxy, "labels": torch.tensor([0, 1])}])[0]["boxes"]
+    normalised = normalized_targets([tuple(image.shape[1:])], [{"boxes": xyxy, "labels": torch.tensor([0, 1])}])[0]["boxes"]
     torch.testing.assert_close(normalised[1], torch.tensor([0.5, 0.5, 1.0, 1.0]))
     back = box_convert(normalised, "cxcywh", "xyxy") * torch.tensor([80.0, 60.0, 80.0, 60.0])
     torch.testing.assert_close(back, xyxy)
@@ -124,14 +124,14 @@ def test_aux_outputs_in_training_only_and_gradients_reach_every_trainable_parame
 
 def test_param_groups_follow_the_recipe():
     model = tiny()
-    recipe = detr.RECIPE
-    groups = model.param_groups(recipe.lr, recipe.backbone_lr, recipe.weight_decay)
+    recipe = detr.RECIPES["paper"]
+    groups = model.param_groups(recipe["lr"], weight_decay=recipe["weight_decay"], backbone_lr=recipe["backbone_lr"])
     assert [g["lr"] for g in groups] == [1e-4, 1e-5] and all(g["weight_decay"] == 1e-4 for g in groups)
     backbone_trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
     assert sum(p.numel() for p in groups[1]["params"]) == backbone_trainable
     assert sum(p.numel() for g in groups for p in g["params"]) == count_parameters(model, trainable_only=True)
-    assert model.param_groups(1e-3)[1]["lr"] == pytest.approx(1e-4)
-    assert (recipe.clip_grad_norm, recipe.lr_drop_fraction, recipe.train_min_sizes[0]) == (0.1, 2 / 3, 480)
+    assert model.param_groups(1e-3, 1e-4)[1]["lr"] == pytest.approx(1e-4)
+    assert (recipe["clip_grad"], recipe["lr_drop_at"], detr.VARIANTS["detr_r50"].train_min_sizes[0]) == (0.1, 2 / 3, 480)
 
 
 @pytest.mark.parametrize("images, message", [

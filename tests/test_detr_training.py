@@ -151,7 +151,7 @@ def test_training_engine_trains_detr_with_its_recipe(tmp_path):
     that create_model rebuilds."""
     from scaledet.data import ShapesDataset
     from scaledet.engine import TrainConfig, Trainer, build_optimizer
-    from scaledet.models.detr import RECIPE
+    from scaledet.models.detr import RECIPES
 
     train = ShapesDataset(num_images=8, seed=0, image_size=64, max_objects=2)
     model = scaledet.create_model("detr_r50", num_classes=4, image_size=64, max_size=64, train_min_sizes=(),
@@ -160,9 +160,10 @@ def test_training_engine_trains_detr_with_its_recipe(tmp_path):
     model.class_names = list(train.class_names)
     config = TrainConfig.for_model("detr_r50", max_steps=3, batch_size=4, out=str(tmp_path), progress=False,
                                    eval_every=0)
-    assert (config.lr, config.weight_decay, config.clip_grad) == (RECIPE.lr, RECIPE.weight_decay, RECIPE.clip_grad_norm)
+    recipe = RECIPES["auto"]
+    assert (config.lr, config.weight_decay, config.clip_grad) == (recipe["lr"], recipe["weight_decay"], recipe["clip_grad"])
     optimizer = build_optimizer(model, config)
-    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([RECIPE.lr, RECIPE.backbone_lr])
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([recipe["lr"], recipe["backbone_lr"]])
     before = model.transformer.decoder_norm.weight.detach().clone()
     metrics = Trainer(config, model, train, None).fit()
     assert metrics["steps"] == 3 and metrics["bad_batches"] == 0

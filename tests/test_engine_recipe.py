@@ -31,6 +31,12 @@ def test_family_recipes():
     assert (detr.optimizer, detr.lr, detr.backbone_lr, detr.weight_decay) == ("adamw", 1e-4, 1e-5, 1e-4)
     assert (detr.clip_grad, detr.schedule, detr.lr_drop_at) == (0.1, "step", pytest.approx(2 / 3))
     assert TrainConfig.for_model("detr_r50", epochs=1, lr=5e-5).lr == 5e-5  # explicit values win
+    paper = TrainConfig.for_model("detr_r50", epochs=1, recipe="paper")  # lr given at the paper's batch 4
+    assert (paper.lr, paper.batch_size, paper.eval_every, paper.warmup_epochs) == (1e-4, 4, 1, 0.0)
+    # a family without a row for the recipe (RetinaNet: no paper row) and unregistered names: the generic row
+    assert TrainConfig.for_model("retinanet_r50_fpn", epochs=1, recipe="paper").optimizer == "adamw"
+    assert TrainConfig.for_model("retinanet_r50_fpn", epochs=1).optimizer == "sgd"
+    assert TrainConfig.for_model("tiny", epochs=1).lr == pytest.approx(1e-3)
 
 
 def test_yaml_then_flags(tmp_path):
@@ -79,7 +85,7 @@ class _WithGroups(nn.Module):
         self.backbone = nn.Linear(2, 2)
         self.head = nn.Linear(2, 2)
 
-    def param_groups(self, lr):
+    def param_groups(self, lr, weight_decay, backbone_lr=None):  # the Detector contract's signature
         return [{"params": self.backbone.parameters(), "lr": lr / 10}, {"params": self.head.parameters()}]
 
 
@@ -90,8 +96,8 @@ def test_param_groups_from_model_or_default():
     plain = nn.Sequential()
     plain.backbone, plain.head = nn.Linear(2, 3), nn.Linear(3, 1)
     groups = build_param_groups(plain, TrainConfig.for_model("generic", epochs=1, backbone_lr=1e-5))
-    shapes = {(g["lr"], g.get("weight_decay", "default")): [tuple(p.shape) for p in g["params"]] for g in groups}
-    assert shapes == {(1e-3, "default"): [(1, 3)], (1e-3, 0.0): [(1,)], (1e-5, "default"): [(3, 2)], (1e-5, 0.0): [(3,)]}
+    shapes = {(g["lr"], g["weight_decay"]): [tuple(p.shape) for p in g["params"]] for g in groups}
+    assert shapes == {(1e-3, 1e-4): [(1, 3)], (1e-3, 0.0): [(1,)], (1e-5, 1e-4): [(3, 2)], (1e-5, 0.0): [(3,)]}
 
 
 class _PoisonedRectangles(RectangleDataset):

@@ -21,7 +21,7 @@ def test_tiny_efficientdet_learns_shapes_from_scratch(tmp_path):
     # batch 8 (lr 6e-3) than at the default 4 (AP 0.17-0.21 vs 0.09-0.11 on AVX2 / AVX-512 kernels)
     config = TrainConfig.for_model("efficientdet_d0", epochs=15, batch_size=8, out=str(tmp_path), progress=False,
                                    eval_every=0)
-    add_train_transforms(train, config, model.image_size, planned_epochs=15)
+    add_train_transforms(train, config, model, planned_epochs=15)
     untrained = Trainer(config, model, train, val).run_evaluation()
     metrics = Trainer(config, model, train, val).fit()
     assert untrained["AP50"] < 0.05

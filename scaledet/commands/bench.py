@@ -26,15 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported), >= 1")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="input image size (default: the model's native size; DETR 800 1066)")
+                        help="input image size (default: the model's typical input, model.input_size(); DETR 800 1066)")
     parser.add_argument("--json", help="write machine info + rows here")
     parser.add_argument("--markdown", help="write the table (with the machine line) here")
 
 
 def _image_size(model, args) -> tuple[int, int]:
+    """``--image-size``, else the model's typical inference input (``model.input_size()``)."""
     if args.image_size:
         return tuple(args.image_size)
-    return (800, 1066) if model.config["model"].startswith("detr") else tuple(model.image_size)
+    return tuple(model.input_size())
 
 
 def _check_args(args: argparse.Namespace) -> None:

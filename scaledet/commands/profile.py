@@ -34,10 +34,10 @@ def format_table(rows: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from scaledet import list_models
-    from scaledet.profiling import family_module, profile_model
+    from scaledet.models.registry import family_hook, list_models
+    from scaledet.profiling import profile_model
 
-    names = args.names or [n for n in list_models() if hasattr(family_module(n), "profile_info")]
+    names = args.names or [n for n in list_models() if family_hook(n, "profile_info") is not None]
     rows, failed = [], []
     for name in tqdm(names, desc="profiling", disable=len(names) < 4 or args.json):
         try:

@@ -2,9 +2,9 @@
 
 ``TrainConfig`` holds every knob of a run. Recipe fields (optimizer, learning rate, schedule,
 clipping, EMA ...) default to ``None`` and are filled by :func:`TrainConfig.for_model` from the
-chosen recipe's row for the model family (:mod:`scaledet.engine.recipe`): ``recipe="auto"`` (the
-default, adapted to the run's length and data) or ``"paper"`` (the published recipe). A new family
-plugs in by adding a row, never by editing the trainer.
+chosen recipe's row for the model family (:func:`scaledet.engine.recipe.family_recipe`):
+``recipe="auto"`` (the default, adapted to the run's length and data) or ``"paper"`` (the published
+recipe). A family plugs in with the ``RECIPES`` rows of its own package, never by editing the engine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from scaledet.errors import UserError
-from scaledet.engine.recipe import FAMILY_RECIPES, RECIPES, family_recipe, scaled_lr
+from scaledet.engine.recipe import RECIPES, family_recipe, scaled_lr
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -94,9 +94,10 @@ class TrainConfig:
     def for_model(cls, model: str, **values: Any) -> TrainConfig:
         """A config for ``model`` with the recipe's row filling every unset recipe field.
 
-        ``values`` may name the recipe (``recipe="paper"``); unset it is ``"auto"``. When the batch
-        size is given but the learning rate is not, the row's lr is scaled linearly to
-        ``batch_size * grad_accum``. The row's ``model_overrides`` are defaults under the user's.
+        ``values`` may name the recipe (``recipe="paper"``); unset it is ``"auto"``. When the
+        learning rate is not given, the row's lr is scaled from its ``reference_batch`` to
+        ``batch_size * grad_accum`` (:func:`~scaledet.engine.recipe.scaled_lr`). The row's
+        ``model_overrides`` are defaults under the user's.
         """
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -165,4 +166,4 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-__all__ = ["FAMILY_RECIPES", "TrainConfig", "family_recipe"]
+__all__ = ["TrainConfig", "family_recipe"]

@@ -1,7 +1,8 @@
 """Training recipes: the default that adapts to the run (``"auto"``) and the papers' (``"paper"``).
 
 A recipe row gives the values of :class:`~scaledet.engine.config.TrainConfig` fields a user did not
-set. The ``paper`` rows are the published recipes (EfficientDet: SGD, 1-epoch warm-up, EMA 0.9998,
+set. Each model family keeps its rows in its own package (``RECIPES``, read by
+:func:`family_recipe`). The ``paper`` rows are the published recipes (EfficientDet: SGD, 1-epoch warm-up, EMA 0.9998,
 scale jitter 0.1-2.0, for 300 epochs at batch 128 on accelerators; DETR: AdamW, lr drop at 2/3).
 
 The ``auto`` rows are the default. They leave open every value that only makes sense relative
@@ -27,61 +28,20 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from scaledet.models.registry import family_hook
+
 RECIPES = ("auto", "paper")
 
-# Recipe rows: recipe -> model-name prefix -> defaults. The first matching prefix wins.
-# ``reference_batch`` is not a config field: it is the batch at which ``lr`` is given.
-FAMILY_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {
-        # EfficientDet paper: SGD momentum 0.9, wd 4e-5, lr 0.16 at batch 128 with warm-up then
-        # cosine, EMA 0.9998, scale jitter 0.1-2.0 with colour jitter.
-        "efficientdet_": dict(
-            batch_size=16, optimizer="sgd", lr=0.16, reference_batch=128, momentum=0.9, weight_decay=4e-5,
-            schedule="cosine", warmup_epochs=1.0, warmup_factor=0.001, min_lr_ratio=0.0, clip_grad=10.0,
-            ema_decay=0.9998, freeze_bn_fraction=0.0, eval_every=1,
-        ),
-        # DETR paper: AdamW 1e-4 (backbone 1e-5), wd 1e-4, grad clip 0.1, lr x0.1 at 2/3 of training.
-        "detr_": dict(
-            batch_size=4, optimizer="adamw", lr=1e-4, backbone_lr=1e-5, weight_decay=1e-4, schedule="step",
-            lr_drop_at=2 / 3, warmup_epochs=0.0, warmup_factor=1.0, clip_grad=0.1, ema_decay=0.0,
-            freeze_bn_fraction=0.0, eval_every=1,
-        ),
-    },
-    "auto": {
-        # EfficientDet on a CPU budget, from scratch: AdamW (5-15x the AP of SGD after 300 steps on
-        # shapes), lr 6e-3 at batch 8 (D0, 300 steps: 1e-3 / 3e-3 / 5e-3 / 1e-2 -> AP 0.07 / 0.38 /
-        # 0.43 / 0.40; a toy D0, 240 steps: 4e-3 / 5e-3 / 6e-3 / 1e-2 -> 0.04 / 0.13 / 0.21 / 0.23:
-        # too low an lr costs far more than too high), wd 0.05 decoupled (1e-4: same AP); batch 4
-        # (lr 4.2e-3 by the square-root rule): for the same 2400 images, D0 on shapes reached AP
-        # 0.43 / 0.63 / 0.66 at batch 8 / 4 / 2, and a batch-4 step costs only 10-25% more per
-        # image than batch 8 (batch 2 more still);
-        # warm-up and everything else relative to the run (module doc). No drop path: it slows
-        # short runs down. docs/training.md has the measurements.
-        "efficientdet_": dict(
-            batch_size=4, optimizer="adamw", lr=6e-3, reference_batch=8, weight_decay=0.05,
-            schedule="cosine", warmup_fraction=0.1, warmup_factor=0.01, min_lr_ratio=0.0, clip_grad=10.0,
-            freeze_bn_fraction=0.2, model_overrides={"backbone_drop_path_rate": 0.0},
-        ),
-        # RetinaNet (the paper's Table 4 baselines): its paper's SGD, relative schedule; not tuned.
-        "retinanet_": dict(
-            batch_size=8, optimizer="sgd", lr=0.02, reference_batch=16, momentum=0.9, weight_decay=1e-4,
-            schedule="cosine", warmup_fraction=0.1, warmup_factor=0.01, min_lr_ratio=0.0, clip_grad=10.0,
-            freeze_bn_fraction=0.2,
-        ),
-        # DETR keeps its optimiser (AdamW, low backbone lr, tight clip); schedule relative to the run.
-        "detr_": dict(
-            batch_size=4, optimizer="adamw", lr=1e-4, backbone_lr=1e-5, reference_batch=4, weight_decay=1e-4,
-            schedule="step", lr_drop_at=2 / 3, warmup_fraction=0.0, warmup_factor=1.0, clip_grad=0.1, ema_decay=0.0,
-            freeze_bn_fraction=0.0,
-        ),
-    },
-}
-
+# Each family's rows live in its package (``scaledet/models/<family>/recipes.py``, exposed as the
+# package's ``RECIPES = {"auto": {...}, "paper": {...}}``); a model whose family has no row for a
+# recipe, or that the registry does not know, gets this generic row. ``reference_batch`` is not a
+# config field: it is the batch at which ``lr`` is given.
 GENERIC_RECIPE: dict[str, Any] = dict(
     batch_size=8, optimizer="adamw", lr=1e-3, reference_batch=8, weight_decay=1e-4, schedule="cosine",
     warmup_fraction=0.05, warmup_factor=1.0, min_lr_ratio=0.0, clip_grad=10.0, ema_decay=0.0, freeze_bn_fraction=0.0,
@@ -89,19 +49,18 @@ GENERIC_RECIPE: dict[str, Any] = dict(
 
 _RECIPE_FALLBACKS: dict[str, Any] = dict(momentum=0.9, min_lr_ratio=0.0, lr_drop_at=2 / 3, warmup_factor=1.0)
 
-# Families whose input size is a free (h, w) that a data pipeline fills exactly (anchor-based
-# detectors); for these the auto recipe fits the input size to the data when none is given.
-FIT_INPUT_TO_DATA = ("efficientdet_", "retinanet_")
-
 
 def family_recipe(model: str, recipe: str = "auto") -> dict[str, Any]:
-    """The recipe row for ``model`` (first matching prefix), with ``reference_batch``."""
+    """The recipe row for model name ``model``, with ``reference_batch``: its family's
+    ``RECIPES[recipe]`` (:func:`scaledet.models.registry.family_hook`), else :data:`GENERIC_RECIPE`
+    (families without that row, and names the registry does not know, e.g. test fixtures)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
-    for prefix, row in FAMILY_RECIPES[recipe].items():
-        if model.startswith(prefix):
-            return {**_RECIPE_FALLBACKS, **row}
-    return {**_RECIPE_FALLBACKS, **GENERIC_RECIPE}
+    try:
+        rows = family_hook(model, "RECIPES") or {}
+    except ValueError:  # not a registered model name
+        rows = {}
+    return {**_RECIPE_FALLBACKS, **rows.get(recipe, GENERIC_RECIPE)}
 
 
 def scaled_lr(row: dict[str, Any], batch_size: int, grad_accum: int = 1) -> float:
@@ -229,8 +188,6 @@ def idle_threads(sample_seconds: float = 0.5) -> int:
 
 def _busy_cores(seconds: float, total_cores: int) -> float | None:
     """Cores' worth of CPU time spent busy machine-wide during ``seconds``, or ``None``."""
-    import time
-
     def snapshot() -> tuple[int, int] | None:
         try:
             fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]

@@ -6,16 +6,23 @@ This is what ``scaledet train`` and ``scaledet demo`` call; the library user can
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
+from scaledet.data import open_dataset, print_report, train_transforms
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.doctor import diagnose, format_diagnosis
-from scaledet.engine.recipe import FIT_INPUT_TO_DATA, augmentation_for, box_statistics, fitted_input_size
+from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_input_size
 from scaledet.engine.trainer import Trainer, seed_everything
+from scaledet.evaluation import format_stats
+from scaledet.models.base import Detector
+from scaledet.models.inputs import category_ids_for
+from scaledet.models.registry import create_model
 
 
 def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -26,8 +33,6 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     The training set gets its augmentation from :func:`add_train_transforms` once the model
     (and so the input size) is known.
     """
-    from scaledet.data import open_dataset, print_report
-
     options = {"allow_empty": config.allow_empty, "progress": config.progress, **config.data_options}
     train = open_dataset(config.train, images=config.images, split="train", **options)
     val = open_dataset(config.val, images=config.images, split="val", **options) if config.val else None
@@ -44,9 +49,6 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
     ``config.num_classes`` says otherwise (it must then agree with the data). ``category_ids``:
     the training set's ``label_to_category_id`` (default 1..K), saved with the weights so that
     predictions are written in the dataset's own category ids."""
-    from scaledet import create_model
-    from scaledet.models.inputs import category_ids_for
-
     num_classes = config.num_classes or len(class_names)
     if num_classes != len(class_names):
         raise ValueError(f"--num-classes {num_classes} but the training data has {len(class_names)} classes")
@@ -59,11 +61,11 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
 
 def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) -> tuple[int, int] | None:
     """The input size the auto recipe picks for ``train_set`` when ``--image-size`` is not given,
-    or ``None`` to keep the model's. Only for families whose input is a free (h, w) (see
-    :data:`scaledet.engine.recipe.FIT_INPUT_TO_DATA`) and datasets that list their records."""
+    or ``None`` to keep the model's. Only for models whose input is a free (h, w)
+    (``model.input_size_is_free``: anchor detectors, not DETR) and datasets that list their records."""
     if config.image_size is not None or config.recipe != "auto" or not hasattr(train_set, "records"):
         return None
-    if not config.model.startswith(FIT_INPUT_TO_DATA):
+    if not getattr(model, "input_size_is_free", Detector.input_size_is_free):
         return None
     size = fitted_input_size(box_statistics(train_set.records), tuple(model.image_size))
     return None if size == tuple(model.image_size) else size
@@ -97,23 +99,53 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     return model
 
 
-def train_augmentation(config: TrainConfig, train_set: Dataset, planned_epochs: float | None) -> dict[str, Any]:
-    """``train_transforms`` keyword arguments: the config's ``augment`` over the recipe's choice.
+def _pipeline_factory(model: nn.Module) -> Callable[..., Any]:
+    """``model.train_transforms`` (every :class:`~scaledet.models.base.Detector`), else, for plain
+    modules, :func:`scaledet.data.train_transforms` at ``model.image_size``."""
+    factory = getattr(model, "train_transforms", None)
+    if callable(factory):
+        return factory
+    return lambda **augmentation: train_transforms(tuple(model.image_size), **augmentation)
 
-    The paper recipe uses the paper's augmentation; the auto recipe chooses it from the run's
-    planned epochs (mild while unknown) and the training boxes' sizes (:func:`augmentation_for`)."""
+
+def _keywords(factory: Callable[..., Any]) -> set[str] | None:
+    """The keyword arguments ``factory`` takes, or ``None`` when it takes any (``**kwargs``)."""
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def train_augmentation(config: TrainConfig, train_set: Dataset, planned_epochs: float | None,
+                       accepted: set[str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of the model's training pipeline: the config's ``augment`` over the recipe's choice.
+
+    The paper recipe uses the family's own augmentation; the auto recipe chooses the strength from
+    the run's planned epochs (mild while unknown) and the training boxes' sizes
+    (:func:`augmentation_for`: scale jitter and colour jitter). ``accepted``: the keywords the
+    pipeline takes (``None``: any); the recipe's proposals outside it are left out (DETR has no
+    scale jitter in its pipeline: its multi-scale resize is in the model), the config's own
+    ``augment`` must fit it (``ValueError`` naming the keywords otherwise)."""
+    unknown = sorted(set(config.augment) - accepted) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"augment: {config.model} does not take {unknown}; its training pipeline takes "
+                         f"{sorted(accepted)}")
     if config.recipe != "auto":
         return dict(config.augment)
     fraction = box_statistics(train_set.records)["median_box_fraction"] if hasattr(train_set, "records") else None
-    return {**augmentation_for(planned_epochs or 0.0, fraction or None), **config.augment}
+    proposal = augmentation_for(planned_epochs or 0.0, fraction or None)
+    if accepted is not None:
+        proposal = {key: value for key, value in proposal.items() if key in accepted}
+    return {**proposal, **config.augment}
 
 
-def add_train_transforms(dataset: Dataset, config: TrainConfig, image_size: tuple[int, int],
+def add_train_transforms(dataset: Dataset, config: TrainConfig, model: nn.Module,
                          planned_epochs: float | None = None) -> None:
-    """Give ``dataset`` the training augmentation (flip, scale jitter, crop/pad) at ``image_size``."""
-    from scaledet.data import train_transforms
-
-    dataset.transforms = train_transforms(tuple(image_size), **train_augmentation(config, dataset, planned_epochs))
+    """Give ``dataset`` the model's training pipeline (``model.train_transforms``: EfficientDet's
+    flip, scale jitter and crop/pad to its input size; DETR's flip and random crop) with the
+    augmentation of :func:`train_augmentation`."""
+    factory = _pipeline_factory(model)
+    dataset.transforms = factory(**train_augmentation(config, dataset, planned_epochs, _keywords(factory)))
 
 
 def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None,
@@ -124,17 +156,14 @@ def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val
         train_set, val_set = open_datasets(config)
     if model is None:
         model = prepare_model(config, train_set)
-    image_size = tuple(model.image_size)
-    add_train_transforms(train_set, config, image_size)
+    add_train_transforms(train_set, config, model)
 
     def augment_for_plan(trainer: Trainer, plan: Any) -> None:
-        add_train_transforms(train_set, config, image_size, trainer.planned_epochs())
+        add_train_transforms(train_set, config, model, trainer.planned_epochs())
 
     metrics = Trainer(config, model, train_set, val_set, on_plan=[augment_for_plan]).fit()
     if dist_utils.is_main():
         if val_set is not None:
-            from scaledet.evaluation import format_stats
-
             print(format_stats(metrics))
         print(f"wrote {config.out}: weights.safetensors, metrics.json, curves.png, predictions.png "
               f"({metrics['steps']} steps in {metrics['wall_time_s']:.0f} s, {metrics['bad_batches']} bad batches skipped)")

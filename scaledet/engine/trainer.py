@@ -20,28 +20,34 @@ is the total) in training and ``model(images) -> list[dict(boxes, scores, labels
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
+import os
+import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from scaledet.data.transforms import collate_fn
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.checkpoint import atomic_torch_save, load_training_checkpoint, rng_state, set_rng_state
 from scaledet.engine.config import TrainConfig
-from scaledet.engine.data import EpochSampler, SeededDataset, list_collate
+from scaledet.engine.data import EpochSampler, SeededDataset
 from scaledet.engine.ema import create_ema, set_ema_decay
 from scaledet.engine.evaluate import STAT_KEYS, evaluate
 from scaledet.engine.logging import RunLogger, read_log
+from scaledet.engine.plots import plot_curves, plot_predictions
 from scaledet.engine.recipe import PlanValues, eval_interval, idle_threads, plan_values
 from scaledet.engine.schedule import LRSchedule
+from scaledet.models.base import default_param_groups
+from scaledet.weights import save_weights
 
 StepCallback = Callable[["Trainer", dict[str, Any]], None]
 PlanCallback = Callable[["Trainer", PlanValues], None]
@@ -54,10 +60,6 @@ _PROVISIONAL_EMA_DECAY = 0.999  # until the plan is known the EMA's own warm-up,
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators: call before building the model, so that the
     same seed and settings give the same initial weights and the same run."""
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -66,8 +68,6 @@ def seed_everything(seed: int) -> None:
 def configure_threads(threads: int) -> int:
     """Set torch's CPU threads: ``threads`` if > 0, else ``OMP_NUM_THREADS`` when the environment
     sets it, else the idle cores (:func:`scaledet.engine.recipe.idle_threads`). Returns the count."""
-    import os
-
     if threads > 0:
         torch.set_num_threads(threads)
     elif not os.environ.get("OMP_NUM_THREADS"):
@@ -79,37 +79,20 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> the local CUDA device if any (per LOCAL_RANK under torchrun), else CPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            import os
-
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
 
 
 def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """Optimizer parameter groups.
-
-    A model may define ``param_groups(lr[, backbone_lr]) -> list[dict(params=..., [lr=...],
-    [weight_decay=...])]`` (DETR uses this for its lower backbone lr). Otherwise: biases and norm weights (1-D tensors) get
-    no weight decay; parameters under ``backbone.`` get ``config.backbone_lr`` when it is set.
-    """
-    if hasattr(model, "param_groups") and callable(model.param_groups):
-        accepts = inspect.signature(model.param_groups).parameters
-        extra = {"backbone_lr": config.backbone_lr} if "backbone_lr" in accepts and config.backbone_lr else {}
-        return list(model.param_groups(config.lr, **extra))
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_backbone = config.backbone_lr is not None and name.startswith("backbone.")
-        groups.setdefault((is_backbone, parameter.ndim <= 1), []).append(parameter)
-    result = []
-    for (is_backbone, no_decay), params in sorted(groups.items()):
-        group: dict[str, Any] = {"params": params, "lr": config.backbone_lr if is_backbone else config.lr}
-        if no_decay:
-            group["weight_decay"] = 0.0
-        result.append(group)
-    return result
+    """Optimizer parameter groups: ``model.param_groups(lr, weight_decay, backbone_lr)`` (every
+    :class:`~scaledet.models.base.Detector` has it; DETR puts its backbone at lr / 10), else, for
+    plain modules, :func:`~scaledet.models.base.default_param_groups` (biases and norm weights
+    without weight decay, ``backbone.*`` at ``config.backbone_lr`` when it is set)."""
+    param_groups = getattr(model, "param_groups", None)
+    if callable(param_groups):
+        return list(param_groups(config.lr, config.weight_decay, config.backbone_lr))
+    return default_param_groups(model, config.lr, config.weight_decay, config.backbone_lr)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -289,7 +272,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed)
         loader = DataLoader(
             SeededDataset(dataset, self.config.seed), batch_size=self.config.batch_size, sampler=sampler,
-            num_workers=self.config.workers, collate_fn=list_collate, drop_last=True, generator=generator,
+            num_workers=self.config.workers, collate_fn=collate_fn, drop_last=True, generator=generator,
             persistent_workers=False, pin_memory=self.device.type == "cuda",
         )
         return loader, sampler
@@ -533,9 +516,6 @@ class Trainer:
         return metrics
 
     def _write_outputs(self, metrics: dict[str, Any]) -> None:
-        from scaledet.engine.plots import plot_curves, plot_predictions
-        from scaledet.weights import save_weights
-
         model = self.eval_model()
         save_weights(model.state_dict(), self.out / "weights.safetensors", getattr(model, "config", {"model": self.config.model}))
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

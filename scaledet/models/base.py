@@ -158,18 +158,9 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     # training hooks (defaults suit most families)
     def param_groups(self, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
         """Optimizer parameter groups: 1-D parameters (biases, norm weights) without weight decay;
-        parameters under ``backbone.`` at ``backbone_lr`` when given. Families with a recipe of
-        their own (DETR: backbone at lr / 10) override this."""
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, parameter in self.named_parameters():
-            if parameter.requires_grad:
-                is_backbone = backbone_lr is not None and name.startswith("backbone.")
-                groups.setdefault((is_backbone, parameter.ndim <= 1), []).append(parameter)
-        result = []
-        for (is_backbone, no_decay), params in sorted(groups.items()):
-            result.append({"params": params, "lr": backbone_lr if is_backbone else lr,
-                           "weight_decay": 0.0 if no_decay else weight_decay})
-        return result
+        parameters under ``backbone.`` at ``backbone_lr`` when given (:func:`default_param_groups`).
+        Families with a recipe of their own (DETR: backbone at lr / 10) override this."""
+        return default_param_groups(self, lr, weight_decay, backbone_lr)
 
     def train_transforms(self, **augmentation: Any):
         """The training-time data pipeline (a ``(image, target) -> (image, target)`` callable given
@@ -195,6 +186,22 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """The exported graph's outputs -> the eval contract (boxes in each input image's pixels)."""
+
+
+def default_param_groups(module: nn.Module, lr: float, weight_decay: float,
+                         backbone_lr: float | None = None) -> list[dict]:
+    """Optimizer parameter groups of any module: trainable 1-D parameters (biases, norm weights)
+    without weight decay, parameters named ``backbone.*`` at ``backbone_lr`` when it is given."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            is_backbone = backbone_lr is not None and name.startswith("backbone.")
+            groups.setdefault((is_backbone, parameter.ndim <= 1), []).append(parameter)
+    result = []
+    for (is_backbone, no_decay), params in sorted(groups.items()):
+        result.append({"params": params, "lr": backbone_lr if is_backbone else lr,
+                       "weight_decay": 0.0 if no_decay else weight_decay})
+    return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -86,7 +86,7 @@ def train_one(row: FeatureNetworkRow, seed: int, budget: AblationBudget, device:
     train = shapes_split("train", num_images=budget.train_images, image_size=budget.image_size)
     val = shapes_split("val", num_images=budget.val_images, image_size=budget.image_size)
     model = build_model(config, list(train.class_names))
-    add_train_transforms(train, config, model.image_size)
+    add_train_transforms(train, config, model)
     metrics = Trainer(config, model, train, val).fit()
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], "steps": metrics["steps"],
             "wall_time_s": metrics["wall_time_s"]}

@@ -69,11 +69,11 @@ def read_gpu_measurements(path: Path) -> tuple[dict[str, float], list[dict[str, 
 
 def _baselines(device: str | None) -> list[dict[str, Any]]:
     from scaledet.paper import measure
-    from scaledet.profiling import family_module
+    from scaledet.models.registry import family_hook
 
     rows = []
     for name, _, _ in FIGURE_BASELINES:
-        size_hw = tuple(family_module(name).profile_info(name)["native_size"])
+        size_hw = tuple(family_hook(name, "profile_info")(name)["native_size"])
         size = measure.measure_size(measure.build_meta(name), size_hw)
         latency = measure.model_latency_ms(name, device, runs=2) if device else None
         rows.append({"model": name, "params": size.params, "macs": size.macs, "latency_ms": latency})

@@ -76,11 +76,11 @@ def table2(device: str | None = "cpu", imported: dict[str, float] | None = None,
 
 def table4() -> list[Row]:
     """ResNet50+FPN, EfficientNet-B3+FPN, EfficientNet-B3+BiFPN: params/MACs vs 34M/97B, 21M/75B, 12M/24B."""
-    from scaledet.profiling import family_module
+    from scaledet.models.registry import family_hook
 
     rows = []
     for ref in TABLE4:
-        size_hw = tuple(family_module(ref.model).profile_info(ref.model)["native_size"])
+        size_hw = tuple(family_hook(ref.model, "profile_info")(ref.model)["native_size"])
         size = measure.measure_size(measure.build_meta(ref.model), size_hw)
         rows.append({"label": ref.label, "model": ref.model, "input": size_hw[0], "params": size.params,
                      "paper_params_m": ref.params_m, "macs": size.macs, "paper_gflops": ref.gflops,

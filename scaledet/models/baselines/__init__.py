@@ -11,6 +11,7 @@ backbone, e.g. ``create_model("efficientdet_d3", backbone="resnet50", feature_ne
 from __future__ import annotations
 
 
+from .recipes import RECIPES
 from .retinanet import VARIANTS, RetinaNetDetector, RetinaNetVariant, build, profile_info
 
 __all__ = ["VARIANTS", "RetinaNetDetector", "RetinaNetVariant", "build", "profile_info"]

@@ -20,12 +20,13 @@ from scaledet.models.detr.convert import check_compatible, to_scaledet
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.matcher import HungarianMatcher
 from scaledet.models.detr.model import DETR
-from scaledet.models.detr.preprocess import Preprocessor
+from scaledet.models.detr.preprocess import Preprocessor, typical_input_size
 from scaledet.models.detr.backbone import ResNetBackbone
 from scaledet.models.detr.transformer import Transformer
-from scaledet.models.detr.variants import COCO91_CLASS_NAMES, RECIPE, VARIANTS, DetrRecipe, DetrVariant
+from scaledet.models.detr.recipes import RECIPES
+from scaledet.models.detr.variants import COCO91_CLASS_NAMES, VARIANTS, DetrVariant
 
-__all__ = ["VARIANTS", "RECIPE", "DetrVariant", "DetrRecipe", "DETR", "build", "assemble", "profile_info"]
+__all__ = ["VARIANTS", "RECIPES", "DetrVariant", "DETR", "build", "assemble", "profile_info"]
 
 _LOG = logging.getLogger(__name__)
 _CLASS_HEAD = ("class_head.",)
@@ -152,7 +153,10 @@ def _profile_forward(model: DETR, batch: Tensor):
 
 def profile_info(name: str) -> dict:
     """What ``scaledet profile`` needs: native input size (h, w) = 800x1066 (a 4:3 COCO image at
-    DETR's eval resize), the paper's numbers and the network forward to count."""
+    DETR's eval resize, :func:`~scaledet.models.detr.preprocess.typical_input_size`), the paper's
+    numbers and the network forward to count."""
     if name not in _PAPER:
         raise ValueError(f"unknown DETR model {name!r}; choose one of {sorted(_PAPER)}")
-    return {"native_size": (800, 1066), "paper": _PAPER[name], "forward": _profile_forward}
+    variant = VARIANTS[name]
+    return {"native_size": typical_input_size(variant.min_size, variant.max_size), "paper": _PAPER[name],
+            "forward": _profile_forward}

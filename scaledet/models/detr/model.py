@@ -1,19 +1,31 @@
-"""The DETR detector: a tensor -> tensor network plus the contract wrapper around it."""
+"""The DETR detector: a tensor -> tensor network behind the :class:`~scaledet.models.base.Detector` contract.
+
+Box formats: the network predicts normalised ``(cx, cy, w, h)`` in [0, 1] relative to each input
+image (the resize and the padding do not enter); targets and detections are xyxy pixels of the
+input images. Post-processing: :mod:`scaledet.models.detr.postprocess` (shared with the ONNX graph,
+:mod:`scaledet.models.detr.export`); training pipeline: :mod:`scaledet.models.detr.transforms`.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import box_convert
 
+from scaledet.models.base import Batch, Detections, Detector, ExportSpec
+from scaledet.models.detr import export, transforms
 from scaledet.models.detr.backbone import ResNetBackbone, SinePositionEncoding
 from scaledet.models.detr.criterion import SetCriterion
-from scaledet.models.detr.preprocess import Preprocessor, normalized_targets
-from scaledet.models.inputs import category_ids_for, check_images, check_targets
+from scaledet.models.detr.postprocess import per_image, postprocess
+from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, typical_input_size
 from scaledet.models.detr.transformer import Transformer
+from scaledet.models.inputs import category_ids_for
+
+#: DETR's raw outputs: (logits [B,Q,K+1], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)])
+Outputs = tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]
 
 
 #: DETR's COCO head has 91 classes and predicts COCO's category id itself (label 0 is unused)
@@ -40,37 +52,25 @@ class BoxHead(nn.Module):
         return self.layers[-1](x).sigmoid()
 
 
-def postprocess(logits: Tensor, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
-    """logits [B,Q,K+1] (no-object last), boxes [B,Q,4] normalised cxcywh, image_sizes [(h, w)]
-    -> per image ``dict(boxes=[Q,4] xyxy pixels, scores=[Q], labels=[Q] int64)`` sorted by score.
-
-    Score and label are the max softmax probability over the K object classes; no NMS, all Q kept.
-    """
-    scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-    detections = []
-    for image_scores, image_labels, image_boxes, (height, width) in zip(scores, labels, boxes, image_sizes):
-        scale = image_boxes.new_tensor([width, height, width, height])
-        order = image_scores.argsort(descending=True)
-        xyxy = box_convert(image_boxes, "cxcywh", "xyxy") * scale
-        detections.append({"boxes": xyxy[order], "scores": image_scores[order], "labels": image_labels[order]})
-    return detections
-
-
-class DETR(nn.Module):
-    """DETR (Carion et al. 2020) following scaledet's detector contract.
+class DETR(Detector):
+    """DETR (Carion et al. 2020) following the :class:`~scaledet.models.base.Detector` contract.
 
     * ``model(images)`` in eval mode: list of float [3,H,W] RGB in [0,1] -> list of
-      ``dict(boxes xyxy pixels, scores, labels)``, sorted by score.
-    * ``model(images, targets)`` in train mode -> dict of losses (``"loss"`` = weighted total).
+      ``dict(boxes [Q,4] xyxy pixels, scores [Q], labels [Q] int64)``, sorted by score (all Q queries).
+    * ``model(images, targets)`` -> dict of losses (``"loss"`` = weighted total), with the
+      multi-scale training resize.
     * :meth:`forward_features` is the traceable network: normalised padded batch + mask -> raw outputs.
+
+    ``image_size`` (config) is DETR's eval resize ``(shorter side, longest-side cap)``, not an input
+    shape: inputs keep their aspect ratio, so :attr:`input_size_is_free` is False.
 
     Args:
         backbone: ResNet trunk returning layer4 features.
         transformer: encoder/decoder returning every decoder layer's output.
         num_classes: K object classes; the class head predicts K + 1 (no-object last).
         num_queries: number of object queries (learned embeddings).
-        preprocessor: resize / normalise / pad.
-        criterion: the set loss used in training mode.
+        preprocessor: resize / normalise / pad (configuration only, no tensors).
+        criterion: the set loss used in training.
         aux_loss: return auxiliary (earlier decoder layer) outputs in training.
         class_names: K names (``model.class_names``).
         category_ids: the dataset's category id of each label (``model.category_ids``); default
@@ -79,11 +79,14 @@ class DETR(nn.Module):
             the attributes above they make :attr:`config`, from which ``create_model`` rebuilds it.
     """
 
+    input_size_is_free = False
+
     def __init__(self, backbone: ResNetBackbone, transformer: Transformer, num_classes: int, num_queries: int,
                  preprocessor: Preprocessor, criterion: SetCriterion, aux_loss: bool = True,
                  class_names: Sequence[str] | None = None, name: str = "detr_r50",
                  overrides: dict | None = None, category_ids: Sequence[int] | None = None) -> None:
-        super().__init__()
+        super().__init__(name, num_classes, (preprocessor.min_size, preprocessor.max_size), class_names,
+                         category_ids, overrides, first_category_id=0 if num_classes == COCO_HEAD_CLASSES else 1)
         dim = transformer.decoder_norm.normalized_shape[0]
         self.backbone = backbone
         self.position_encoding = SinePositionEncoding(dim // 2)
@@ -92,26 +95,25 @@ class DETR(nn.Module):
         self.transformer = transformer
         self.class_head = nn.Linear(dim, num_classes + 1)
         self.box_head = BoxHead(dim)
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        self.category_ids = (category_ids_for(category_ids, num_classes) if category_ids is not None
-                             else default_category_ids(num_classes))
         self.preprocessor = preprocessor
         self.criterion = criterion
         self.aux_loss = aux_loss
-        self.image_size = (preprocessor.min_size, preprocessor.max_size)
-        self.name = name
-        self.overrides = dict(overrides or {})
 
-    @property
-    def config(self) -> dict:
-        """JSON-able ``{"model", "num_classes", "class_names", "category_ids", "image_size", "overrides"}``;
-        ``image_size`` is DETR's eval resize (shorter side, longest-side cap)."""
-        overrides = {key: list(value) if isinstance(value, tuple) else value for key, value in self.overrides.items()}
-        return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "category_ids": list(self.category_ids), "image_size": list(self.image_size), "overrides": overrides}
+    def input_size(self) -> tuple[int, int]:
+        """(h, w) of a typical input: a 480x640 (4:3) image under the eval resize, 800x1066 at the
+        default ``(800, 1333)`` (:func:`~scaledet.models.detr.preprocess.typical_input_size`)."""
+        return typical_input_size(*self.image_size)
 
-    def forward_features(self, batch: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+    # ----------------------------------------------------------------------------------------
+    # the call chain
+    def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
+        """Resize (shorter side ``min_size``, longer at most ``max_size``; with ``training`` the
+        shorter side is drawn per batch from ``train_min_sizes``), ImageNet-normalise and zero-pad
+        bottom/right. ``inputs``: ``(batch [B,3,H,W], mask [B,H,W] bool, True on padding)``."""
+        batch, mask = self.preprocessor(images, training=training)
+        return Batch(inputs=(batch, mask), image_sizes=[(int(i.shape[1]), int(i.shape[2])) for i in images])
+
+    def forward_features(self, batch: Tensor, mask: Tensor) -> Outputs:
         """batch [B,3,H,W] ImageNet-normalised, mask [B,H,W] bool (True on padding) ->
         (logits [B,Q,K+1], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)] of the earlier
         decoder layers - only in training mode with ``aux_loss``, else empty)."""
@@ -123,34 +125,57 @@ class DETR(nn.Module):
         aux = list(zip(logits[:-1], boxes[:-1])) if self.training and self.aux_loss else []
         return logits[-1], boxes[-1], aux
 
-    def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None):
-        """See the class docstring for the contract."""
-        images = check_images(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("training mode needs targets (call model.eval() for detections)")
-            check_targets(targets, len(images), self.num_classes)
-            batch, mask = self.preprocessor(images, training=True)
-            logits, boxes, aux = self.forward_features(batch, mask)
-            return self.criterion(logits, boxes, aux, normalized_targets(images, targets))
-        batch, mask = self.preprocessor(images)
-        logits, boxes, _ = self.forward_features(batch, mask)
-        return postprocess(logits, boxes, [tuple(image.shape[1:]) for image in images])
+    def postprocess(self, outputs: Outputs, batch: Batch, fast: bool = False) -> list[Detections]:
+        """Every query as a detection in input-image pixels, by score
+        (:func:`~scaledet.models.detr.postprocess.postprocess`). ``fast`` changes nothing: there
+        is no NMS to shortcut."""
+        logits, boxes, _ = outputs
+        return postprocess(logits, boxes, batch.image_sizes)
 
-    def param_groups(self, lr: float, backbone_lr: float | None = None,
-                     weight_decay: float | None = None) -> list[dict]:
-        """Optimizer parameter groups for DETR's recipe: trainable backbone parameters at
-        ``backbone_lr`` (default ``lr / 10``, the paper's 1e-5 vs 1e-4), everything else at ``lr``;
-        ``weight_decay`` is set on both groups when given (else the optimizer's default applies)."""
+    def loss(self, outputs: Outputs, batch: Batch, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The set loss (:class:`~scaledet.models.detr.criterion.SetCriterion`) on the last decoder
+        layer and the auxiliary ones; target boxes (xyxy input-image pixels) are normalised to cxcywh."""
+        logits, boxes, aux = outputs
+        return self.criterion(logits, boxes, aux, normalized_targets(batch.image_sizes, targets))
+
+    # ----------------------------------------------------------------------------------------
+    # training hooks
+    def param_groups(self, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
+        """Optimizer parameter groups for DETR's recipe: everything but the backbone at ``lr``, the
+        trainable backbone parameters at ``backbone_lr`` (default ``lr / 10``, the paper's 1e-5 vs
+        1e-4); ``weight_decay`` on both (the official code decays every parameter)."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         backbone_ids = {id(p) for p in backbone}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
-        groups = [{"params": rest, "lr": lr}, {"params": backbone, "lr": lr / 10 if backbone_lr is None else backbone_lr}]
-        if weight_decay is not None:
-            for group in groups:
-                group["weight_decay"] = weight_decay
-        return groups
+        backbone_lr = lr / 10 if backbone_lr is None else backbone_lr
+        return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
+                {"params": backbone, "lr": backbone_lr, "weight_decay": weight_decay}]
+
+    def train_transforms(self, hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0):
+        """DETR's own training pipeline (:func:`scaledet.models.detr.transforms.train_transforms`):
+        flip and the paper's random crop, images at their own size. No scale jitter and no fixed
+        size: the multi-scale resize is :meth:`preprocess` with ``training=True``."""
+        return transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
 
     def reset_class_head(self) -> None:
         """Re-initialise the class predictor (fine-tuning with a new set of classes)."""
         self.class_head.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------
+    # export
+    def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
+        """The ONNX graph of :mod:`scaledet.models.detr.export`; example inputs of ``input_size``
+        (h, w), default :meth:`input_size` (height and width are dynamic)."""
+        return export.export_spec(self, tuple(input_size or self.input_size()))
+
+    def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
+        """``images`` and ``mask`` as preprocessed, ``image_sizes [B, 2]`` float (h, w) of the inputs."""
+        images, mask = batch.inputs
+        sizes = torch.tensor([list(size) for size in batch.image_sizes], dtype=torch.float32, device=images.device)
+        return dict(zip(export.INPUT_NAMES, (images, mask, sizes)))
+
+    def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
+        """The graph's ``(boxes [B,Q,4], scores [B,Q], labels [B,Q])``, already in input-image
+        pixels and sorted -> one dict per image."""
+        boxes, scores, labels = outputs
+        return per_image(boxes, scores, labels)

@@ -1,4 +1,4 @@
-"""Input checks, DETR's resize / normalise / pad, and target conversion.
+"""DETR's resize / normalise / pad, its typical input size, and target conversion.
 
 Box formats: targets arrive as xyxy in each input image's pixels; the network and the loss use
 normalised ``(cx, cy, w, h)`` in ``[0, 1]`` relative to that image (independent of the resize).
@@ -16,6 +16,9 @@ from torchvision.ops import box_convert
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: the (h, w) of the image that stands for a typical input: 480x640, COCO's most common size (4:3)
+TYPICAL_IMAGE = (480, 640)
+
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """DETR's resize rule: shorter side -> ``min_size`` unless the longer side would exceed
@@ -27,6 +30,14 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     if height <= width:
         return int(target_short), int(target_short * width / height)
     return int(target_short * height / width), int(target_short)
+
+
+def typical_input_size(min_size: int, max_size: int) -> tuple[int, int]:
+    """The network input (h, w) of a :data:`TYPICAL_IMAGE` under the eval resize: 800x1066 at the
+    default ``(800, 1333)``; the image itself when ``min_size`` is 0 (no resize)."""
+    if min_size <= 0:
+        return TYPICAL_IMAGE
+    return resized_size(*TYPICAL_IMAGE, min_size, max_size)
 
 
 def normalize_and_pad(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -73,13 +84,12 @@ class Preprocessor:
         return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def normalized_targets(images: Sequence[Tensor], targets: Sequence[dict]) -> list[dict]:
+def normalized_targets(image_sizes: Sequence[tuple[int, int]], targets: Sequence[dict]) -> list[dict]:
     """Targets with xyxy pixel boxes -> ``dict(boxes=[M,4] normalised cxcywh, labels=[M])``,
-    relative to each input image's width and height."""
+    relative to each input image's ``(h, w)`` in ``image_sizes``."""
     converted = []
-    for image, target in zip(images, targets):
-        height, width = image.shape[1:]
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=image.device)
-        boxes = box_convert(target["boxes"].to(torch.float32) / scale, "xyxy", "cxcywh")
-        converted.append({"boxes": boxes, "labels": target["labels"]})
+    for (height, width), target in zip(image_sizes, targets):
+        boxes = target["boxes"].to(torch.float32)
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
+        converted.append({"boxes": box_convert(boxes / scale, "xyxy", "cxcywh"), "labels": target["labels"]})
     return converted

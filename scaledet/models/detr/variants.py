@@ -1,4 +1,4 @@
-"""The DETR variant table, the training recipe defaults and the COCO class names.
+"""The DETR variant table and the COCO class names (the training recipe: :mod:`scaledet.models.detr.recipes`).
 
 Variants are rows of one table (:data:`VARIANTS`); ``create_model(name, **overrides)`` replaces
 fields of the row with :func:`dataclasses.replace`, so every override is a typed field here.
@@ -61,29 +61,3 @@ VARIANTS: dict[str, DetrVariant] = {
         backbone="resnet101", dilation=True, url=_URL + "detr-r101-dc5-a2e86def.pth", sha256_prefix="a2e86def"
     ),
 }
-
-
-@dataclass(frozen=True)
-class DetrRecipe:
-    """DETR's training recipe (paper / official ``main.py``), read by the training engine.
-
-    ``lr_drop_fraction``: the learning rate is multiplied by ``lr_drop_factor`` once, after this
-    fraction of the schedule (official: epoch 200 of 300). Augmentation: random horizontal flip
-    plus the model's own multi-scale resize (``DetrVariant.train_min_sizes``, ``max_size``).
-    """
-
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    backbone_lr: float = 1e-5
-    weight_decay: float = 1e-4
-    clip_grad_norm: float = 0.1
-    lr_drop_fraction: float = 2 / 3
-    lr_drop_factor: float = 0.1
-    epochs: int = 300
-    batch_size: int = 4  # images per GPU (paper: 4 x 16 GPUs = 64)
-    horizontal_flip: float = 0.5
-    train_min_sizes: tuple[int, ...] = DETR_TRAIN_SCALES
-    max_size: int = 1333
-
-
-RECIPE = DetrRecipe()

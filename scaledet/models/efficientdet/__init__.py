@@ -13,6 +13,7 @@ from .coco import COCO90_CLASS_NAMES
 from .config import VARIANTS, EfficientDetVariant, as_size, compound_scaling, with_overrides
 from .loading import coco_checkpoint, load_into, read_state_dict
 from .model import EfficientDet, EfficientDetNet, variant_overrides
+from .recipes import RECIPES
 from . import topologies  # noqa: F401  (registers fpn, panet, nasfpn, fcfpn in TOPOLOGIES)
 
 __all__ = ["VARIANTS", "EfficientDet", "EfficientDetNet", "EfficientDetVariant", "build", "compound_scaling",

@@ -1,0 +1,90 @@
+"""DETR's training-time data pipeline (what :meth:`DETR.train_transforms
+<scaledet.models.detr.model.DETR.train_transforms>` gives the training set).
+
+The official pipeline (``datasets/coco.py``) is: random horizontal flip, then with probability 0.5
+the random crop (resize the shorter side to 400, 500 or 600, crop a random region with sides in
+[384, 600]), then the multi-scale resize (shorter side 480..800, longer at most 1333). Here the
+multi-scale resize is the model's own, once per batch in ``preprocess(training=True)``; the data
+pipeline does the flip and the crop, on the image at its own size. The crop's 400..600 resize only
+sets the crop's size *relative* to the image (the multi-scale resize follows anyway), so
+:class:`RandomSizeCrop` draws the same region as the official one and crops it without resampling.
+
+Images and targets are torchvision v2 style: ``transform(image, target)`` with ``target["boxes"]``
+a ``tv_tensors.BoundingBoxes`` (xyxy pixels) and ``target["labels"]`` ``[M]``; boxes are clipped to
+the crop and boxes (with their labels) thinner than ``min_box_size`` pixels are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from scaledet.models.detr.preprocess import resized_size
+
+#: the official crop: shorter side resized to one of these first ...
+CROP_RESIZE_SCALES: tuple[int, ...] = (400, 500, 600)
+#: ... then a region with height and width drawn in this range (pixels of the resized image)
+CROP_SIDE_RANGE: tuple[int, int] = (384, 600)
+
+
+def _randint(low: int, high: int) -> int:
+    """Uniform integer in ``[low, high]`` from torch's RNG (seeded / checkpointed runs repeat)."""
+    return int(torch.randint(low, high + 1, ()).item())
+
+
+class RandomSizeCrop(v2.Transform):
+    """With probability ``p``, DETR's random crop, drawn as the official code draws it on the image
+    resized to a shorter side of one of ``scales``, applied to the unresized image.
+
+    Args:
+        p: probability of cropping (official: 0.5).
+        scales: shorter sides of the official intermediate resize.
+        side_range: (min, max) crop height / width in pixels of that resized image.
+    """
+
+    def __init__(self, p: float = 0.5, scales: Sequence[int] = CROP_RESIZE_SCALES,
+                 side_range: tuple[int, int] = CROP_SIDE_RANGE) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"crop probability must be in [0, 1], got {p}")
+        self.p, self.scales, self.side_range = p, tuple(scales), tuple(side_range)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        if self.p == 0.0 or torch.rand(()).item() >= self.p:
+            return {"region": None}
+        short = self.scales[_randint(0, len(self.scales) - 1)]
+        big_h, big_w = resized_size(height, width, short, max_size=10**9)  # no cap, as the official resize
+        low, high = self.side_range
+        crop_h, crop_w = _randint(low, max(low, min(big_h, high))), _randint(low, max(low, min(big_w, high)))
+        crop_h, crop_w = min(crop_h, big_h), min(crop_w, big_w)
+        top, left = _randint(0, big_h - crop_h), _randint(0, big_w - crop_w)
+        scale_y, scale_x = height / big_h, width / big_w  # resized pixels -> this image's pixels
+        top, left = round(top * scale_y), round(left * scale_x)
+        crop_h = max(1, min(round(crop_h * scale_y), height - top))
+        crop_w = max(1, min(round(crop_w * scale_x), width - left))
+        return {"region": (top, left, crop_h, crop_w)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["region"] is None:
+            return inpt
+        top, left, height, width = params["region"]
+        return self._call_kernel(F.crop, inpt, top=top, left=left, height=height, width=width)
+
+
+def train_transforms(hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0) -> v2.Compose:
+    """DETR's training pipeline: horizontal flip with probability ``hflip``, :class:`RandomSizeCrop`
+    with probability ``crop``, then clip the boxes and drop those narrower or shorter than
+    ``min_box_size`` pixels. No resize and no padding: images keep their own size (the model's
+    multi-scale resize follows in ``preprocess(training=True)``)."""
+    steps: list[v2.Transform] = []
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip))
+    if crop > 0:
+        steps.append(RandomSizeCrop(p=crop))
+    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size)]
+    return v2.Compose(steps)
