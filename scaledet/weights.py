@@ -9,6 +9,9 @@ Foreign checkpoints (``.pth``/``.pt``/``.bin``) are read with ``torch.load(weigh
 tensors and plain containers only, never arbitrary pickled objects. A file that cannot be read
 (empty, truncated, not a checkpoint) or that holds pickled code raises
 :class:`~scaledet.errors.UserError` naming the file and what to do.
+
+:func:`compare_state_dicts` is the one strict comparison of a checkpoint with a model (missing,
+unexpected and mis-shaped keys), used by every loader (:mod:`scaledet.models.checkpoints`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from scaledet.errors import UserError
@@ -108,8 +114,6 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
 
 def read_weights_config(path: str | Path) -> dict[str, Any] | None:
     """The config stored with our safetensors file, or ``None`` if it is not ours."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -126,6 +130,7 @@ def read_weights_config(path: str | Path) -> dict[str, Any] | None:
 
 
 def is_safetensors(path: str | Path) -> bool:
+    """True for a ``.safetensors`` file name (ours or another project's)."""
     return Path(path).suffix == ".safetensors"
 
 
@@ -160,3 +165,67 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
     return dict(loaded)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(state dict, config)`` of a weights file: :func:`load_checkpoint`'s flat state dict and,
+    for our safetensors files, the stored config (:func:`read_weights_config`); ``None`` for any
+    other file (effdet / official / Hugging Face checkpoints carry no config)."""
+    state_dict = load_checkpoint(path)
+    config = read_weights_config(path) if is_safetensors(path) else None
+    return state_dict, config if isinstance(config, dict) and "model" in config else None
+
+
+#: at most this many keys are named per kind of difference in a :class:`KeyReport`
+REPORT_KEYS = 20
+
+
+@dataclass(frozen=True)
+class KeyReport:
+    """How a checkpoint's state dict differs from a model's (empty, and falsy, when it fits).
+
+    Attributes:
+        missing: keys of the model that the checkpoint lacks, sorted.
+        unexpected: keys of the checkpoint that the model lacks, sorted.
+        mismatched: ``"key: checkpoint (a, b) vs model (c, d)"`` for keys in both with other shapes, sorted.
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        """``missing (N): k1, k2; unexpected (N): ...; shape mismatch (N): k: checkpoint (7,) vs model (256,)``
+        (at most :data:`REPORT_KEYS` keys named per kind)."""
+        parts = []
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("shape mismatch", self.mismatched)):
+            if keys:
+                more = f" ... ({len(keys) - REPORT_KEYS} more)" if len(keys) > REPORT_KEYS else ""
+                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:REPORT_KEYS])}{more}")
+        return "; ".join(parts) if parts else "fits"
+
+
+def compare_state_dicts(given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                        ignore: tuple[str, ...] = (), any_shape: tuple[str, ...] = ()) -> KeyReport:
+    """Compare a checkpoint's state dict ``given`` with a model's ``expected``, key by key.
+
+    Args:
+        given: the checkpoint's tensors, in the model's key names.
+        expected: the model's ``state_dict()`` (only key names and shapes are read, so a model on
+            the ``meta`` device will do).
+        ignore: key prefixes left out on both sides (e.g. a class predictor being re-initialised).
+        any_shape: key prefixes whose shapes may differ (still reported when missing or unexpected).
+    """
+    wanted = {key: value for key, value in expected.items() if not key.startswith(ignore)}
+    found = {key: value for key, value in given.items() if not key.startswith(ignore)}
+    mismatched = sorted(
+        f"{key}: checkpoint {tuple(found[key].shape)} vs model {tuple(wanted[key].shape)}"
+        for key in wanted.keys() & found.keys()
+        if found[key].shape != wanted[key].shape and not key.startswith(any_shape)
+    )
+    return KeyReport(tuple(sorted(wanted.keys() - found.keys())), tuple(sorted(found.keys() - wanted.keys())),
+                     tuple(mismatched))

@@ -67,7 +67,7 @@ def test_predict_reports_missing_inputs_and_bad_arguments(tmp_path, capsys):
                  "--output", str(tmp_path / "o")]) == 0
     assert "no such file, folder or matching glob" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
-    assert "give --model" in capsys.readouterr().err
+    assert "give the model name (--model NAME" in capsys.readouterr().err
 
 
 def test_collect_inputs_and_coco_rows(tmp_path):

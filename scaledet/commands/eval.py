@@ -1,9 +1,11 @@
 """``scaledet eval``: COCO metrics for a detections file, or for a model on a dataset.
 
     scaledet eval --gt ANNOTATIONS.json --detections RESULTS.json [--match-categories id|name] [--json OUT]
-    scaledet eval --model NAME --weights FILE --data DATA [--images DIR] [--split S] [--json OUT] [--results R.json]
+    scaledet eval --weights FILE [--model NAME] --data DATA [--images DIR] [--split S] [--json OUT] [--results R.json]
 
-Detections files are scaledet's results format (:mod:`scaledet.evaluation.results`): a COCO
+The model comes from :func:`scaledet.load` (our weights file names its model; another project's
+checkpoint or 'coco' needs ``--model``; an exported ``.onnx`` runs in onnxruntime). Detections
+files are scaledet's results format (:mod:`scaledet.evaluation.results`): a COCO
 results list plus ``RESULTS.images.json`` beside it, which lets images be matched by file name
 and categories by name. Ids the ground truth does not have are an error (exit 2), never AP 0.
 """
@@ -25,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="match detection categories to the ground truth by id (default) or by name "
                             "(needs the .images.json that scaledet predict writes)")
     model = parser.add_argument_group("evaluate a model on a dataset")
-    model.add_argument("--model", help="model name, e.g. efficientdet_d0")
-    model.add_argument("--weights", help="our safetensors / a reference .pth checkpoint, or 'coco'")
+    model.add_argument("--model", help="model name, e.g. efficientdet_d0 (default: from --weights)")
+    model.add_argument("--weights", help="our .safetensors, a reference checkpoint (with --model), 'coco' (with "
+                       "--model) or an exported .onnx")
     model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes:val (rendered at the model's size)")
     model.add_argument("--images", help="image folder for a COCO JSON (default: beside it or images/)")
     model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO)")
@@ -54,13 +57,13 @@ def open_eval_dataset(data: str, images: str | None, split: str | None, image_si
 
 
 def _model_stats(args: argparse.Namespace) -> dict:
-    from scaledet import create_model
+    import scaledet
     from scaledet.data import print_report
     from scaledet.evaluation import evaluate_model
 
-    if not (args.model and args.data):
-        raise ValueError("--model and --data go together (with --weights); or use --gt and --detections")
-    model = create_model(args.model, pretrained=args.weights, image_size=args.image_size).to(args.device)
+    if not args.data:
+        raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
+    model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     dataset = open_eval_dataset(args.data, args.images, args.split, model.image_size, args.allow_empty)
     print_report(dataset)
     return evaluate_model(
@@ -77,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError("--gt and --detections go together")
             stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend,
                                         match_categories=args.match_categories)
-        elif args.model:
+        elif args.model or args.weights or args.data:
             stats = _model_stats(args)
         else:
-            raise ValueError("give --gt and --detections, or --model, --weights and --data")
+            raise ValueError("give --gt and --detections, or --weights (and --model) and --data")
     except ValueError as error:
         print(f"scaledet eval: error: {error}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: from --weights)")
-    parser.add_argument("--weights", help="our .safetensors, a reference checkpoint or 'coco' (default: random)")
+    parser.add_argument("--weights", help="our .safetensors, a reference checkpoint (with --model) or 'coco' "
+                        "(default: random)")
     parser.add_argument("--format", default="onnx", choices=["onnx"])
     parser.add_argument("--output", help="output file (default: <model>.onnx)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
@@ -31,15 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from scaledet.commands.predict import load_detector
+    import scaledet
     from scaledet.export import OnnxDetector, export_onnx
     from scaledet.inference.compare import compare_detection_sets
 
     try:
-        model = load_detector(argparse.Namespace(weights=args.weights, model=args.model, image_size=args.image_size,
-                                                 device="cpu", optimize=False, precision="fp32"))
-        if isinstance(model, OnnxDetector):
+        if args.weights and Path(args.weights).suffix == ".onnx":
             raise ValueError("--weights is already an ONNX file")
+        model = scaledet.load(args.weights, model=args.model, image_size=args.image_size)
         output = Path(args.output or f"{model.config['model']}.onnx")
         path = export_onnx(model, output, opset=args.opset)
     except ValueError as error:

@@ -38,27 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_detector(args: argparse.Namespace):
-    """-> a callable with the detector contract (torch model, optimised model or ONNX runner)."""
-    from scaledet import create_model
-    from scaledet.weights import is_safetensors, read_weights_config
+    """The detector of ``--weights`` / ``--model`` (:func:`scaledet.load`: our file, another
+    project's checkpoint, 'coco', an ONNX file or random weights), optimised when asked."""
+    import scaledet
+    from scaledet.export import OnnxDetector
 
-    weights = args.weights
-    if weights and str(weights).endswith(".onnx"):
-        from scaledet.export import OnnxDetector
-
-        return OnnxDetector(weights)
-    name = args.model
-    if name is None:
-        config = read_weights_config(weights) if weights and is_safetensors(weights) and Path(weights).exists() else None
-        if not config:
-            raise ValueError("give --model NAME (or --weights FILE written by scaledet, which names its model)")
-        name = config["model"]
-    model = create_model(name, pretrained=weights, image_size=args.image_size).eval().to(args.device)
+    detector = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     if args.optimize or args.precision != "fp32":
-        import scaledet
-
-        model = scaledet.optimize(model, precision=args.precision)
-    return model
+        if isinstance(detector, OnnxDetector):
+            raise ValueError("--optimize and --precision apply to torch models, not to an ONNX file")
+        detector = scaledet.optimize(detector, precision=args.precision)
+    return detector
 
 
 def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path:

@@ -4,8 +4,12 @@ A family is one package under ``scaledet/models/`` plus one row of :data:`FAMILI
 exposes:
 
 * ``VARIANTS: dict[str, <variant dataclass>]`` - the rows of that family's variant table;
-* ``build(name, num_classes, pretrained, image_size, **overrides) -> Detector``
-  (:class:`scaledet.models.base.Detector`);
+* ``build(name, num_classes=None, image_size=None, **overrides) -> Detector``
+  (:class:`scaledet.models.base.Detector`), randomly initialised; ``overrides`` are variant fields
+  plus ``class_names`` and ``category_ids``;
+* ``CHECKPOINT`` - a :class:`~scaledet.models.checkpoints.CheckpointSpec`: its class predictor,
+  its converter from other projects' files and its published weights (every weights file is
+  loaded by :func:`~scaledet.models.checkpoints.build_pretrained`);
 * ``RECIPES: {"auto": {...}, "paper": {...}}`` - the training recipe rows
   (:mod:`scaledet.engine.recipe` documents the fields);
 * ``profile_info(name) -> dict`` for ``scaledet profile``;
@@ -23,6 +27,8 @@ from types import ModuleType
 from typing import Any
 
 from torch import nn
+
+from scaledet.models.checkpoints import build_pretrained
 
 
 @dataclass(frozen=True)
@@ -79,23 +85,27 @@ def create_model(
 
     Args:
         name: one of :func:`list_models` (e.g. ``"efficientdet_d0"``, ``"detr_r50"``).
-        num_classes: number of object classes (no background). Default: the variant's
-            (90 for the COCO EfficientDet checkpoints, 91 for DETR). When it differs from
-            the pretrained checkpoint, the class predictor is re-initialised.
+        num_classes: number of object classes (no background). Default: the checkpoint's, else
+            the variant's (90 for the COCO EfficientDet checkpoints, 91 for DETR). When it
+            differs from the pretrained checkpoint, the class predictor is re-initialised.
         pretrained: ``None`` (random init), ``"coco"`` (download the published weights,
             hash-checked) or a path to a checkpoint: our safetensors file or a reference
-            project's ``.pth`` (detected and converted automatically).
+            project's ``.pth`` (detected and converted automatically); loaded strictly by
+            :func:`~scaledet.models.checkpoints.build_pretrained` (explicit arguments > the
+            file's config > the variant's defaults).
         image_size: override the variant's input size, ``int`` or ``(height, width)``.
         **overrides: further typed fields of the family's variant dataclass
-            (e.g. ``fusion="softmax"``).
+            (e.g. ``fusion="softmax"``), ``class_names`` and ``category_ids``.
 
     Returns:
         an ``nn.Module`` following the contract documented in :mod:`scaledet`.
     """
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return family_of(name).build(name, num_classes=num_classes, pretrained=pretrained, image_size=image_size,
-                                 **overrides)
+    family = family_of(name)
+    if pretrained is None:
+        return family.build(name, num_classes=num_classes, image_size=image_size, **overrides)
+    return build_pretrained(family, name, pretrained, num_classes=num_classes, image_size=image_size, **overrides)
 
 
 def create_from_config(config: dict[str, Any], pretrained: str | Path | None = None) -> nn.Module:

@@ -12,6 +12,6 @@ from __future__ import annotations
 
 
 from .recipes import RECIPES
-from .retinanet import VARIANTS, RetinaNetDetector, RetinaNetVariant, build, profile_info
+from .retinanet import CHECKPOINT, VARIANTS, RetinaNetDetector, RetinaNetVariant, build, profile_info
 
-__all__ = ["VARIANTS", "RetinaNetDetector", "RetinaNetVariant", "build", "profile_info"]
+__all__ = ["CHECKPOINT", "VARIANTS", "RetinaNetDetector", "RetinaNetVariant", "build", "profile_info"]

@@ -17,7 +17,6 @@ import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
@@ -25,10 +24,14 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from scaledet.models.checkpoints import CheckpointSpec
+from scaledet.models.efficientdet.config import as_size
 from scaledet.models.inputs import category_ids_for, check_images, check_targets, class_names_for
 
 FPN_CHANNELS = 256
 _TORCHVISION_RESNETS = ("resnet50", "resnet101")
+#: key prefix of the class predictor in our state dicts
+CLASS_LOGITS = "net.head.classification_head.cls_logits."
 
 
 @dataclass(frozen=True)
@@ -133,29 +136,14 @@ class RetinaNetDetector(nn.Module):
         return losses
 
 
-def build(name: str, num_classes: int | None = None, pretrained: str | Path | None = None,
-          image_size: int | tuple[int, int] | None = None, **overrides) -> RetinaNetDetector:
-    """Build baseline ``name`` (a key of :data:`VARIANTS`); ``overrides`` are :class:`RetinaNetVariant`
-    fields (e.g. ``backbone="tf_efficientnet_b3"``), ``class_names`` and ``category_ids``. ``pretrained``: our
-    safetensors file (its config fills what is not given)."""
-    from scaledet.models.efficientdet.config import as_size
-
+def build(name: str, num_classes: int | None = None, image_size: int | tuple[int, int] | None = None,
+          class_names: list[str] | None = None, category_ids: list[int] | None = None,
+          **overrides) -> RetinaNetDetector:
+    """Build baseline ``name`` (a key of :data:`VARIANTS`), randomly initialised (weights files:
+    our safetensors, :data:`CHECKPOINT`); ``overrides`` are :class:`RetinaNetVariant` fields (e.g.
+    ``backbone="tf_efficientnet_b3"``)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(VARIANTS)}")
-    class_names = overrides.pop("class_names", None)
-    category_ids = overrides.pop("category_ids", None)
-    saved = None
-    if pretrained is not None:
-        from scaledet.weights import read_weights_config
-
-        if str(pretrained) == "coco":
-            raise ValueError(f"{name} has no published scaledet weights; pass a checkpoint path")
-        saved = read_weights_config(pretrained) or {}
-        overrides = {**saved.get("overrides", {}), **overrides}
-        image_size = image_size or saved.get("image_size")
-        if num_classes is None:
-            num_classes, class_names = saved.get("num_classes"), class_names or saved.get("class_names")
-            category_ids = category_ids or saved.get("category_ids")
     fields = {f.name for f in dataclasses.fields(RetinaNetVariant)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -167,12 +155,12 @@ def build(name: str, num_classes: int | None = None, pretrained: str | Path | No
     base = VARIANTS[name]
     variant = dataclasses.replace(base, **overrides)
     changed = {k: v for k, v in overrides.items() if k not in ("num_classes", "image_size") and v != getattr(base, k)}
-    model = RetinaNetDetector(variant, name, class_names, overrides=changed, category_ids=category_ids)
-    if pretrained is not None:
-        from scaledet.weights import load_checkpoint
+    return RetinaNetDetector(variant, name, class_names, overrides=changed, category_ids=category_ids)
 
-        model.load_state_dict(load_checkpoint(pretrained))
-    return model
+
+#: our safetensors files only (no published weights, no other project's layout); torchvision's
+#: class predictor has anchors-per-location x K outputs
+CHECKPOINT = CheckpointSpec(class_head=(CLASS_LOGITS,), class_bias=CLASS_LOGITS + "bias")
 
 
 def profile_info(name: str) -> dict:

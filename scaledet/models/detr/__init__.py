@@ -1,7 +1,7 @@
 """DETR R50/R101 and their DC5 forms, behind scaledet's detector contract.
 
 ``scaledet.create_model("detr_r50", num_classes=None, pretrained=None, image_size=None, **overrides)``
-builds :class:`~scaledet.models.detr.model.DETR`. ``image_size`` is DETR's eval resize
+builds :class:`~scaledet.models.detr.model.DETR` (weights files: :data:`CHECKPOINT`). ``image_size`` is DETR's eval resize
 ``(shorter side, longest side cap)``, default ``(800, 1333)``; an ``int`` sets the shorter side
 (cap scaled by 1333/800). ``overrides`` are fields of :class:`DetrVariant`.
 """
@@ -9,14 +9,15 @@ builds :class:`~scaledet.models.detr.model.DETR`. ``image_size`` is DETR's eval 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from scaledet.models.detr.convert import check_compatible, to_scaledet
+from scaledet import hub
+from scaledet.models.checkpoints import CheckpointSpec
+from scaledet.models.detr.convert import to_scaledet
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.matcher import HungarianMatcher
 from scaledet.models.detr.model import DETR
@@ -26,10 +27,8 @@ from scaledet.models.detr.transformer import Transformer
 from scaledet.models.detr.recipes import RECIPES
 from scaledet.models.detr.variants import COCO91_CLASS_NAMES, VARIANTS, DetrVariant
 
-__all__ = ["VARIANTS", "RECIPES", "DetrVariant", "DETR", "build", "assemble", "profile_info"]
+__all__ = ["VARIANTS", "RECIPES", "DetrVariant", "DETR", "build", "assemble", "profile_info", "CHECKPOINT"]
 
-_LOG = logging.getLogger(__name__)
-_CLASS_HEAD = ("class_head.",)
 _SIZE_FIELDS = ("min_size", "max_size")
 
 
@@ -78,63 +77,36 @@ def _default_class_names(num_classes: int) -> list[str]:
     return list(COCO91_CLASS_NAMES) if num_classes == len(COCO91_CLASS_NAMES) else [str(i) for i in range(num_classes)]
 
 
-def _read_pretrained(pretrained: str | Path, variant: DetrVariant) -> tuple[dict, dict]:
-    """-> (state dict in our key names, config stored with it or {})."""
-    from scaledet import hub, weights
+def build(name: str, num_classes: int | None = None, image_size: int | tuple[int, int] | None = None,
+          class_names: list[str] | None = None, category_ids: list[int] | None = None, **overrides: Any) -> DETR:
+    """Build DETR variant ``name`` (see :data:`VARIANTS`), randomly initialised (weights files:
+    :data:`CHECKPOINT`, loaded by ``create_model(name, pretrained=...)``).
 
-    if pretrained == "coco":
-        path = hub.download_checkpoint(variant.url, variant.sha256_prefix)
-    else:
-        path = Path(pretrained)
-    config = weights.read_weights_config(path) if weights.is_safetensors(path) and path.exists() else None
-    return to_scaledet(weights.load_checkpoint(path)), config or {}
-
-
-def build(name: str, num_classes: int | None = None, pretrained: str | Path | None = None,
-          image_size: int | tuple[int, int] | None = None, class_names: list[str] | None = None,
-          category_ids: list[int] | None = None, **overrides: Any) -> nn.Module:
-    """Build DETR variant ``name`` (see :data:`VARIANTS`), optionally with weights.
-
-    With a checkpoint and ``num_classes=None`` the checkpoint's class count is used; a different
-    ``num_classes`` re-initialises the class head and loads everything else strictly.
-    ``class_names`` / ``category_ids`` default to the file's (same class count), else to COCO's
-    names / :func:`~scaledet.models.detr.model.default_category_ids`.
+    ``num_classes`` defaults to the variant's (91, COCO's ids 1..90 plus an unused 0);
+    ``class_names`` to COCO's names for 91 classes, else ``"0"``, ``"1"``, ...; ``category_ids``
+    to :func:`~scaledet.models.detr.model.default_category_ids`. ``min_size`` / ``max_size``
+    overrides win over ``image_size``.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown DETR model {name!r}; choose one of {sorted(VARIANTS)}")
     overrides = _typed_overrides(overrides)
-    state, stored = _read_pretrained(pretrained, VARIANTS[name]) if pretrained is not None else ({}, {})
-    merged = {**_typed_overrides(stored.get("overrides", {})), **overrides}
-    explicit_sizes = {key: merged.pop(key) for key in _SIZE_FIELDS if key in merged}  # config keeps image_size
-    sizes = {**_size_fields(image_size if image_size is not None else stored.get("image_size")), **explicit_sizes}
-    variant = dataclasses.replace(VARIANTS[name], **merged, **sizes)
-    checkpoint_classes = state["class_head.weight"].shape[0] - 1 if "class_head.weight" in state else None
-    num_classes = num_classes or checkpoint_classes or variant.num_classes
-    variant = dataclasses.replace(variant, num_classes=num_classes)
-    if stored.get("num_classes") == num_classes:
-        class_names = class_names or stored.get("class_names")
-        category_ids = category_ids or stored.get("category_ids")  # absent in older files: the default
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
-    model = assemble(variant, class_names or _default_class_names(num_classes), name, merged, category_ids)
-    if state:
-        _load(model, state, checkpoint_classes)
-    return model
+    explicit_sizes = {key: overrides.pop(key) for key in _SIZE_FIELDS if key in overrides}  # config keeps image_size
+    variant = dataclasses.replace(VARIANTS[name], **overrides, **{**_size_fields(image_size), **explicit_sizes})
+    variant = dataclasses.replace(variant, num_classes=num_classes or variant.num_classes)
+    if class_names is not None and len(class_names) != variant.num_classes:
+        raise ValueError(f"{len(class_names)} class names given for num_classes={variant.num_classes}")
+    return assemble(variant, class_names or _default_class_names(variant.num_classes), name, overrides, category_ids)
 
 
-def _load(model: DETR, state: dict, checkpoint_classes: int | None) -> None:
-    """Strict load; when the checkpoint's class count differs, the class head keeps its fresh init."""
-    reset_classes = checkpoint_classes != model.num_classes
-    ignore = _CLASS_HEAD if reset_classes else ()
-    if reset_classes:
-        _LOG.info("DETR: class head re-initialised for %d classes (checkpoint: %s)", model.num_classes,
-                  checkpoint_classes)
-    expected = model.state_dict()
-    counters = {key: value for key, value in expected.items() if key.endswith("num_batches_tracked")}
-    check_compatible(state, {key: value for key, value in expected.items() if key not in counters}, ignore=ignore)
-    state = {**counters, **state}  # BatchNorm2d counters (backbone_norm="batch") are not stored
-    model.load_state_dict({key: value for key, value in state.items() if not key.startswith(ignore)},
-                          strict=not reset_classes)
+def _coco_file(name: str) -> Path:
+    """Local path of the published COCO weights of ``name`` (official ``.pth``, hash-checked)."""
+    return hub.download_checkpoint(VARIANTS[name].url, VARIANTS[name].sha256_prefix)
+
+
+#: DETR weights files: ours, the official repository's and Hugging Face's (:mod:`.convert`); the
+#: class head has K + 1 rows (the last is "no object")
+CHECKPOINT = CheckpointSpec(class_head=("class_head.",), class_bias="class_head.bias", background=1,
+                            convert=lambda state_dict, model: to_scaledet(state_dict), coco=_coco_file)
 
 
 _PAPER = {  # Carion et al. 2020, Table 1 (GFLOPs there are multiply-accumulates, averaged over COCO sizes)

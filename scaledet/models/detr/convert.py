@@ -9,9 +9,10 @@ Supported sources (detected from the key names):
   ``out_proj``, ``fc1``) and transformers 5.x names (``model.backbone.model.*``, ``o_proj``,
   ``mlp.fc1``), with attention split into ``q_proj``/``k_proj``/``v_proj``.
 
-Conversion is strict: :func:`check_compatible` raises ValueError listing every missing,
-unexpected or mis-shaped key. ``num_batches_tracked`` counters (no meaning for frozen BatchNorm)
-are the only keys dropped silently.
+:func:`to_scaledet` renames only; loading is strict
+(:func:`scaledet.models.checkpoints.load_state_strict` names every missing, unexpected or
+mis-shaped key). ``num_batches_tracked`` counters of the official and Hugging Face files (no
+meaning for frozen BatchNorm) are the only keys dropped silently; our own files keep theirs.
 """
 
 from __future__ import annotations
@@ -119,22 +120,7 @@ def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def to_scaledet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Any supported DETR state dict -> our key names."""
-    converters = {"scaledet": _without_counters, "official": from_official, "hf": from_hf}
+    """Any supported DETR state dict -> our key names (ours: unchanged)."""
+    converters = {"scaledet": dict, "official": from_official, "hf": from_hf}
     return converters[detect_format(state_dict)](state_dict)
 
-
-def check_compatible(state_dict: dict[str, Tensor], expected: dict[str, Tensor], ignore: tuple[str, ...] = ()) -> None:
-    """Raise ValueError naming every missing, unexpected and mis-shaped key (keys starting with
-    ``ignore`` are left out of the comparison)."""
-    wanted = {key: value for key, value in expected.items() if not key.startswith(ignore)}
-    given = {key: value for key, value in state_dict.items() if not key.startswith(ignore)}
-    missing = sorted(set(wanted) - set(given))
-    unexpected = sorted(set(given) - set(wanted))
-    shapes = sorted(f"{key}: checkpoint {tuple(given[key].shape)} vs model {tuple(wanted[key].shape)}"
-                    for key in set(wanted) & set(given) if given[key].shape != wanted[key].shape)
-    problems = [f"{label} ({len(items)}): {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                if items]
-    if problems:
-        raise ValueError("checkpoint does not fit this DETR model; " + "; ".join(problems))

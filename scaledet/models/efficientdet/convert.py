@@ -25,6 +25,8 @@ import re
 
 from torch import Tensor
 
+from scaledet.weights import compare_state_dicts
+
 from .config import EfficientDetVariant
 from .feature_network import TOPOLOGIES
 
@@ -88,13 +90,8 @@ def convert_effdet_state_dict(state_dict: dict[str, Tensor], variant: EfficientD
             converted[new_key] = value
     problems = [f"unrecognised effdet keys: {unknown[:20]}"] if unknown else []
     if expected is not None:
-        missing = sorted(set(expected) - set(converted))
-        unexpected = sorted(set(converted) - set(expected))
-        shapes = [f"{k}: {tuple(converted[k].shape)} vs ours {tuple(expected[k].shape)}"
-                  for k in set(expected) & set(converted)
-                  if converted[k].shape != expected[k].shape and not k.startswith("network.class_net.predict.")]
-        problems += [f"{label} ({len(items)}): {items[:20]}" for label, items in
-                     (("missing", missing), ("unexpected", unexpected), ("shape mismatch", sorted(shapes))) if items]
+        report = compare_state_dicts(converted, expected, any_shape=("network.class_net.predict.",))
+        problems += [str(report)] if report else []
     if problems:
         raise ValueError("effdet checkpoint does not match this EfficientDet variant; " + "; ".join(problems))
     return converted

@@ -1,63 +1,42 @@
-"""Loading weights into an :class:`EfficientDet`: our safetensors files, reference-port ``.pth``
-files (converted) and the published COCO weights (downloaded, hash-checked, converted)."""
+"""How EfficientDet weights files map onto the model (:data:`CHECKPOINT`, used by
+:func:`scaledet.models.checkpoints.build_pretrained`): our safetensors files, the reference port's
+(effdet 0.4.1) ``.pth`` files (converted by :mod:`.convert`) and the published COCO weights
+(downloaded, hash-checked, converted)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from torch import Tensor
 
-from scaledet import hub, weights
+from scaledet import hub
+from scaledet.models.checkpoints import CheckpointSpec
 
-from .config import EfficientDetVariant
+from .config import VARIANTS
 from .convert import convert_effdet_state_dict, is_effdet_state_dict
 from .model import EfficientDet
 
-log = logging.getLogger(__name__)
+#: key prefix of the class predictor (depthwise + pointwise conv shared over levels) in our names
 CLASS_PREDICTOR = "network.class_net.predict."
 
 
-def coco_checkpoint(variant: EfficientDetVariant) -> Path:
-    """Local path of the variant's published COCO checkpoint (downloaded into torch.hub's cache)."""
+def coco_checkpoint(name: str) -> Path:
+    """Local path of model ``name``'s published COCO checkpoint (downloaded into torch.hub's cache)."""
+    variant = VARIANTS[name]
     if not variant.pretrained_url:
-        raise ValueError("this variant has no published COCO weights")
+        raise ValueError(f"{name} has no published COCO weights")
     return hub.download_checkpoint(variant.pretrained_url, variant.pretrained_sha256)
 
 
-def checkpoint_num_classes(state_dict: dict[str, Tensor], num_anchors: int) -> int | None:
-    """Classes of an effdet or scaledet state dict, from the class predictor's output channels."""
-    for key in ("class_net.predict.conv_pw.bias", CLASS_PREDICTOR + "pointwise.bias"):
-        if key in state_dict:
-            return state_dict[key].shape[0] // num_anchors
-    return None
-
-
-def read_state_dict(path: str | Path, variant: EfficientDetVariant) -> dict[str, Tensor]:
-    """A state dict in our key names from our file or the reference port's (converted, unchecked)."""
-    state_dict = weights.load_checkpoint(path)
+def to_our_names(state_dict: dict[str, Tensor], model: EfficientDet) -> dict[str, Tensor]:
+    """A state dict of ours (unchanged) or of the reference port (renamed for ``model.variant``'s
+    levels and topology); ValueError for anything else."""
     if is_effdet_state_dict(state_dict):
-        return convert_effdet_state_dict(state_dict, variant)
-    if not any(k.startswith("network.") for k in state_dict):
-        raise ValueError(f"{path} is neither a scaledet EfficientDet nor an effdet checkpoint "
-                         f"(first keys: {list(state_dict)[:5]})")
+        return convert_effdet_state_dict(state_dict, model.variant)
+    if not any(key.startswith("network.") for key in state_dict):
+        raise ValueError(f"neither a scaledet EfficientDet nor an effdet checkpoint (first keys: {list(state_dict)[:5]})")
     return state_dict
 
 
-def load_into(model: EfficientDet, state_dict: dict[str, Tensor], source: str) -> None:
-    """Load strictly; if the class predictor's class count differs, keep everything else and
-    leave the freshly initialised class predictor (one log line says so)."""
-    ours = model.state_dict()
-    theirs_classes = checkpoint_num_classes(state_dict, model.variant.num_anchors)
-    if theirs_classes is not None and theirs_classes != model.num_classes:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASS_PREDICTOR)}
-        state_dict.update({k: v for k, v in ours.items() if k.startswith(CLASS_PREDICTOR)})
-        log.warning("%s: checkpoint has %d classes, model has %d: kept backbone, feature network and box net, "
-                    "re-initialised the class predictor", source, theirs_classes, model.num_classes)
-    missing = sorted(set(ours) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(ours))
-    bad_shapes = sorted(k for k in set(ours) & set(state_dict) if ours[k].shape != state_dict[k].shape)
-    if missing or unexpected or bad_shapes:
-        raise ValueError(f"{source} does not fit {model.name}: missing {missing[:20]} ({len(missing)}), "
-                         f"unexpected {unexpected[:20]} ({len(unexpected)}), wrong shapes {bad_shapes[:20]}")
-    model.load_state_dict(state_dict, strict=True)
+CHECKPOINT = CheckpointSpec(class_head=(CLASS_PREDICTOR,), class_bias=CLASS_PREDICTOR + "pointwise.bias",
+                            convert=to_our_names, coco=coco_checkpoint)

@@ -1,0 +1,189 @@
+"""Weights files into models, for every family: one precedence rule and one strict load.
+
+:func:`scaledet.models.registry.create_model` calls :func:`build_pretrained` whenever it is given
+``pretrained`` (``"coco"`` or a file), so ``create_model(name, pretrained=...)``,
+:func:`scaledet.load`, ``scaledet predict / eval / export`` and fine-tuning (``--pretrained``) all
+load weights through here.
+
+A family says how its weights files look with a :class:`CheckpointSpec`, the package attribute
+``CHECKPOINT`` (its ``build`` only ever builds randomly initialised models). Files are:
+
+* ours: safetensors whose stored config (:func:`scaledet.weights.read_weights_config`) names the
+  model, its classes, input size and variant overrides;
+* another project's checkpoint (effdet ``.pth``, official DETR ``.pth``, Hugging Face DETR
+  ``.bin`` / ``.safetensors``): tensors only, renamed to our keys by ``CheckpointSpec.convert``
+  (the format is detected by the family's converter module).
+
+Precedence, for every setting of the built model: **explicit argument > the file's config > the
+variant default.** ``num_classes`` falls back to the class count of the file's tensors when the
+file has no config. ``class_names`` / ``category_ids`` come from the file only when the model
+keeps the file's class count.
+
+Loading is strict (:func:`load_state_strict`): every key of the model must be in the file with
+its shape, and nothing else; the single exception is a class count that differs from the
+file's, which keeps the model's freshly initialised class predictor (one log line says so). Any
+other difference raises :class:`CheckpointMismatch` naming the missing, unexpected and
+mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scaledet.errors import UserError
+from scaledet.weights import compare_state_dicts, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, Tensor]
+COUNTER_SUFFIX = "num_batches_tracked"
+
+
+class CheckpointMismatch(UserError):
+    """A weights file does not fit the model (the message names the keys)."""
+
+
+def _unchanged(state_dict: StateDict, model: nn.Module) -> StateDict:
+    return state_dict
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """How a family's weights files map onto its models (the family package's ``CHECKPOINT``).
+
+    Attributes:
+        class_head: state-dict key prefixes of the class predictor (our names), re-initialised
+            when a file's class count differs from the model's.
+        class_bias: key of the class predictor's bias; its length is ``rows_per_class * K +
+            background`` (``rows_per_class`` read from the model: anchors per location for
+            EfficientDet and RetinaNet, 1 for DETR), which gives a file's class count ``K``.
+        background: extra rows of ``class_bias`` that are no class (DETR's "no object": 1).
+        convert: ``(state dict as read, the model it is for) -> state dict in our key names``
+            (detects and renames other projects' layouts); ValueError when the layout is not
+            recognised. The model may be on the ``meta`` device: read its config, not its values.
+        coco: model name -> local path of the published COCO weights (downloaded and
+            hash-checked into torch.hub's cache); ``None`` when the family publishes none.
+    """
+
+    class_head: tuple[str, ...]
+    class_bias: str
+    background: int = 0
+    convert: Callable[[StateDict, nn.Module], StateDict] = _unchanged
+    coco: Callable[[str], Path] | None = None
+
+    def num_classes(self, state_dict: StateDict, model: nn.Module) -> int | None:
+        """The class count of ``state_dict`` (our key names), or ``None`` without a class predictor."""
+        if self.class_bias not in state_dict:
+            return None
+        ours = model.state_dict()[self.class_bias].shape[0]
+        rows_per_class = (ours - self.background) // model.num_classes
+        return (state_dict[self.class_bias].shape[0] - self.background) // rows_per_class
+
+
+def weights_file(spec: CheckpointSpec, name: str, pretrained: str | Path) -> Path:
+    """The local file ``pretrained`` names: ``"coco"`` -> the published weights of model
+    ``name`` (downloaded if needed), anything else -> that path."""
+    if str(pretrained) != "coco":
+        return Path(pretrained)
+    if spec.coco is None:
+        raise UserError(f"{name} has no published COCO weights; give a weights file instead of 'coco'")
+    return spec.coco(name)
+
+
+def build_settings(stored: dict[str, Any] | None, num_classes: int | None, image_size: Any,
+                   overrides: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of a family's ``build`` for a file with config ``stored`` (``None`` for
+    another project's file), by the precedence rule: explicit > stored > variant default (absent).
+
+    ``overrides`` holds the explicit variant fields and optional ``class_names`` / ``category_ids``.
+    The result has ``num_classes`` (``None`` = take the class count of the file's tensors),
+    ``image_size`` (``None`` = the variant's), ``class_names``, ``category_ids`` and the variant fields.
+    """
+    stored = stored or {}
+    explicit = dict(overrides)
+    class_names, category_ids = explicit.pop("class_names", None), explicit.pop("category_ids", None)
+    settings = {**stored.get("overrides", {}), **explicit}
+    if num_classes is None or num_classes == stored.get("num_classes"):  # the file's classes are kept
+        num_classes = stored.get("num_classes")
+        class_names = class_names or stored.get("class_names")
+        category_ids = category_ids or stored.get("category_ids")  # absent in older files: the default
+    size = image_size if image_size is not None else stored.get("image_size")
+    return {**settings, "num_classes": num_classes, "image_size": tuple(size) if isinstance(size, list) else size,
+            "class_names": class_names, "category_ids": category_ids}
+
+
+def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_classes: int | None = None,
+                     image_size: Any = None, **overrides: Any) -> nn.Module:
+    """Model ``name`` of ``family`` (a registry family package) with the weights of ``pretrained``.
+
+    Args:
+        family: the family package (``build`` and ``CHECKPOINT``).
+        name: the model name.
+        pretrained: ``"coco"`` or a weights file (ours, or another project's the family converts).
+        num_classes / image_size / **overrides: explicit settings (see the precedence rule in
+            the module docstring); ``overrides`` may hold ``class_names`` and ``category_ids``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UserError (a ValueError): the file is unreadable, is no checkpoint of this family, or
+            does not fit the model (:class:`CheckpointMismatch`); no published weights.
+    """
+    spec: CheckpointSpec = family.CHECKPOINT
+    path = weights_file(spec, name, pretrained)
+    state_dict, stored = read_checkpoint(path)
+    settings = build_settings(stored, num_classes, image_size, overrides)
+    file_classes, converted = (stored or {}).get("num_classes"), None
+    if settings["num_classes"] is None:  # another project's file: count its classes on a weightless model
+        with torch.device("meta"):
+            probe = family.build(name, **settings)
+        converted = _convert(spec, state_dict, probe, path)
+        settings["num_classes"] = file_classes = spec.num_classes(converted, probe)
+    model = family.build(name, **settings)
+    if converted is None:
+        converted = _convert(spec, state_dict, model, path)
+    if file_classes is None:
+        file_classes = spec.num_classes(converted, model)
+    load_state_strict(model, converted, path, spec.class_head, file_classes)
+    return model
+
+
+def _convert(spec: CheckpointSpec, state_dict: StateDict, model: nn.Module, path: Path) -> StateDict:
+    try:
+        return spec.convert(state_dict, model)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def load_state_strict(model: nn.Module, state_dict: StateDict, source: str | Path,
+                      class_head: tuple[str, ...] = (), file_classes: int | None = None) -> None:
+    """Load ``state_dict`` (our key names) into ``model`` strictly, in place.
+
+    When ``file_classes`` differs from ``model.num_classes``, the keys under ``class_head`` keep
+    the model's fresh initialisation and everything else is loaded. BatchNorm counters
+    (``*.num_batches_tracked``) a file lacks keep the model's (some converters drop them).
+
+    Raises:
+        CheckpointMismatch: ``"SOURCE does not fit MODEL (K classes): missing (N): ...;
+            unexpected (N): ...; shape mismatch (N): key: checkpoint (a,) vs model (b,)"``.
+    """
+    expected = model.state_dict()
+    reset = class_head if file_classes is not None and file_classes != model.num_classes else ()
+    if reset:
+        log.warning("%s: checkpoint has %d classes, model %s has %d: loaded everything else and "
+                    "re-initialised the class predictor (%s)", source, file_classes, model.name,
+                    model.num_classes, ", ".join(reset))
+    given = {key: value for key, value in state_dict.items() if not key.startswith(reset)}
+    kept = {key: value for key, value in expected.items()
+            if key.startswith(reset) or (key.endswith(COUNTER_SUFFIX) and key not in given)}
+    report = compare_state_dicts({**kept, **given}, expected)
+    if report:
+        raise CheckpointMismatch(f"{source} does not fit {model.name} ({model.num_classes} classes): {report}")
+    model.load_state_dict({**kept, **given}, strict=True)
