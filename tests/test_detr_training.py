@@ -192,3 +192,71 @@ def test_committed_from_scratch_config_builds_the_documented_model():
     losses = model([torch.rand(3, 128, 128)], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]),
                                                 "labels": torch.tensor([2])}])
     assert torch.isfinite(losses["loss"])
+
+
+def _boxes_target(boxes, size):
+    from torchvision import tv_tensors
+
+    return {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY",
+                                              canvas_size=size),
+            "labels": torch.arange(len(boxes))}
+
+
+def test_random_size_crop_draws_the_official_region_at_the_image_size():
+    """The crop keeps 384..600 px where the shorter side is 400..600 px, at any image size, without
+    resizing; boxes are clipped to it and boxes left outside are dropped with their labels."""
+    from torchvision import tv_tensors
+
+    from scaledet.models.detr.transforms import RandomSizeCrop, train_transforms
+
+    crop = RandomSizeCrop(p=1.0)
+    torch.manual_seed(0)
+    for height, width in ((96, 96), (480, 640), (1000, 300)):
+        for _ in range(20):
+            top, left, h, w = crop.make_params([tv_tensors.Image(torch.zeros(3, height, width))])["region"]
+            assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+            short = min(height, width)  # a crop side is 384..600 px where the shorter side is 400..600 px
+            for side, full in ((h, height), (w, width)):
+                assert 384 / 600 * short - 1 <= side <= min(full, 600 / 400 * short + 1)
+    pipeline = train_transforms(hflip=0.0, crop=1.0)
+    image = tv_tensors.Image(torch.rand(3, 100, 100))
+    target = _boxes_target([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 80.0, 80.0]], (100, 100))
+    torch.manual_seed(3)
+    for _ in range(10):
+        out_image, out_target = pipeline(image, dict(target))
+        assert 63 <= out_image.shape[-2] <= 100 and 63 <= out_image.shape[-1] <= 100  # no resize, no padding
+        boxes = out_target["boxes"]
+        assert len(boxes) == len(out_target["labels"]) >= 1 and 1 in out_target["labels"].tolist()
+        assert (boxes[:, 2] <= out_image.shape[-1]).all() and (boxes[:, 3] <= out_image.shape[-2]).all()
+    assert train_transforms(hflip=0.0, crop=0.0)(image, dict(target))[0].shape == (3, 100, 100)
+
+
+def test_train_from_config_gives_detr_its_own_pipeline(tmp_path):
+    """``scaledet train`` for DETR: the training set gets DETR's flip + random crop at each image's own
+    size (no EfficientDet scale jitter, no padding to a fixed size; the auto recipe's scale /
+    colour jitter are not DETR's), the input size is not fitted to the data, and a run trains."""
+    from scaledet.data import shapes_split
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import add_train_transforms, train_from_config
+    from scaledet.models.detr.transforms import RandomSizeCrop
+
+    overrides = {"backbone": "resnet18", "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64, "enc_layers": 1,
+                 "dec_layers": 1, "num_queries": 10}
+    config = TrainConfig.for_model("detr_r50", max_steps=2, batch_size=2, image_size=128, out=str(tmp_path),
+                                   progress=False, eval_every=0, threads=1, model_overrides=overrides)
+    train = shapes_split("train", num_images=4, image_size=96)
+    val = shapes_split("val", num_images=2, image_size=96)
+    metrics = train_from_config(config, train, val)
+    assert metrics["steps"] == 2 and metrics["bad_batches"] == 0
+    steps = [type(step) for step in train.transforms.transforms]
+    assert RandomSizeCrop in steps and not any("ResizeCropPad" in step.__name__ or "ColorJitter" in step.__name__
+                                              for step in steps)
+    model = scaledet.create_model("detr_r50", pretrained=tmp_path / "weights.safetensors")
+    assert model.image_size == (128, 213)  # --image-size is DETR's shorter side, not fitted to the 96 px data
+    torch.manual_seed(0)
+    sizes = {tuple(train[index][0].shape[-2:]) for index in range(4) for _ in range(3)}
+    assert all(61 <= h <= 96 and 61 <= w <= 96 for h, w in sizes) and (96, 96) in sizes  # 384 / 600 * 96 = 61.4
+
+    with pytest.raises(ValueError, match="does not take \\['scale_range'\\]"):
+        add_train_transforms(train, TrainConfig.for_model("detr_r50", max_steps=1, augment={"scale_range": (0.5, 2)}),
+                             model)
