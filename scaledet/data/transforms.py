@@ -133,6 +133,7 @@ def eval_transforms(image_size: int | tuple[int, int], fill: float = 0.0) -> _Re
 
 
 def collate_fn(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """DataLoader collate: ``[(image, target), ...] -> (list of images, list of targets)``."""
+    """DataLoader collate: ``[(image, target), ...] -> (list of images, list of targets)`` (images
+    may differ in size); the one collate of the trainer and the evaluation."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)

@@ -60,9 +60,3 @@ class EpochSampler(Sampler):
     @property
     def samples_per_epoch(self) -> int:
         return len(self._order)
-
-
-def list_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """``[(image, target), ...]`` -> ``([image, ...], [target, ...])`` (images may differ in size)."""
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)

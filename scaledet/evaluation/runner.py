@@ -1,17 +1,41 @@
-"""Running a detector over a dataset and scoring it (used by ``scaledet eval`` and the trainer)."""
+"""The one evaluation path: run a detector over a dataset, then score its detections.
+
+``scaledet eval`` calls :func:`evaluate_model`; the trainer calls
+:func:`scaledet.engine.evaluate.evaluate`, which gives each rank its share of the images through
+``indices`` and gathers the :class:`Prediction` lists before :func:`score_predictions`. Both go
+through :func:`predict_dataset` and :func:`score_predictions`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from scaledet.data.transforms import collate_fn
 from scaledet.evaluation.coco import COCOEvaluator
+
+
+class Prediction(NamedTuple):
+    """One image's detections.
+
+    Attributes:
+        index: the image's index in the dataset.
+        image_id: the dataset's id of the image (its ``target["image_id"]``).
+        detections: ``dict(boxes [N, 4] xyxy in the dataset image's original pixels, scores [N]
+            float32, labels [N] int64 dataset labels)`` on the CPU, by descending score.
+    """
+
+    index: int
+    image_id: int
+    detections: dict[str, Tensor]
 
 
 def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
@@ -33,56 +57,119 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
     raise ValueError(f"model classes {model_names[:5]}... do not match dataset classes {dataset_names[:5]}...")
 
 
-def _remap(prediction: dict, mapping: torch.Tensor) -> dict:
-    labels = mapping[prediction["labels"].long().cpu()]
-    keep = labels >= 0
-    return {"boxes": prediction["boxes"].cpu()[keep], "scores": prediction["scores"].cpu()[keep], "labels": labels[keep]}
-
-
-@torch.inference_mode()
+@torch.no_grad()
 def predict_dataset(
-    model: nn.Module,
-    dataset,
+    model: Callable[[list[Tensor]], list[dict[str, Tensor]]],
+    dataset: Dataset,
+    *,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
-    max_dets: Sequence[int] = (1, 10, 100),
-) -> COCOEvaluator:
-    """Run ``model`` (eval contract) on every image of ``dataset`` and return the filled evaluator.
+    indices: Iterable[int] | None = None,
+    progress: bool = True,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> list[Prediction]:
+    """Run ``model`` (the eval contract: a torch detector, an optimised one or an ONNX runner) on
+    the images ``indices`` of ``dataset`` (default all), in that order.
 
-    Images are fed at their own size (the model resizes); predicted labels are mapped to the
-    dataset's labels through :func:`label_mapping` when the model has ``class_names``.
+    Images are fed at their own size (the model resizes). Predicted labels are mapped to the
+    dataset's labels by class name (:func:`label_mapping`; classes the dataset lacks are dropped);
+    boxes go back to the original pixels when a target carries ``scale`` (``eval_transforms``).
+    A torch model is put in eval mode for the run and restored after. ``autocast``: a context
+    manager factory around each forward (e.g. bf16); outputs are stored as float32.
     """
     names = getattr(model, "class_names", None) or dataset.class_names
     mapping = torch.tensor(label_mapping(names, dataset.class_names), dtype=torch.long)
-    evaluator = COCOEvaluator(dataset, max_dets=max_dets)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
-    was_training = model.training
-    model.eval()
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_fn)
+    predictions: list[Prediction] = []
+    positions = iter(indices)
+    with _eval_mode(model):
+        for images, targets in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not progress):
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                outputs = model([image.to(device) for image in images])
+            for output, target in zip(outputs, targets):
+                detections = _in_original_pixels(_to_dataset_labels(output, mapping), target)
+                predictions.append(Prediction(next(positions), _image_id(target), detections))
+    return predictions
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode for the duration (torch modules; an ONNX runner has no mode)."""
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
     try:
-        for images, targets in tqdm(loader, desc="evaluating", unit="batch", leave=False):
-            outputs = model([image.to(device) for image in images])
-            evaluator.update([_remap(o, mapping) for o in outputs], targets)
+        yield
     finally:
-        model.train(was_training)
-    return evaluator
+        if was_training:
+            model.train()
+
+
+def _to_dataset_labels(output: dict[str, Tensor], mapping: Tensor) -> dict[str, Tensor]:
+    """The detections on the CPU (float32 scores and boxes), labels mapped, unmapped classes dropped."""
+    labels = mapping[output["labels"].detach().long().cpu()]
+    keep = labels >= 0
+    boxes, scores = (output[key].detach().float().cpu()[keep] for key in ("boxes", "scores"))
+    return {"boxes": boxes, "scores": scores, "labels": labels[keep]}
+
+
+def _in_original_pixels(detections: dict[str, Tensor], target: dict[str, Any]) -> dict[str, Tensor]:
+    """Boxes / ``target["scale"]`` (a float or ``Tensor[4]`` (sx, sy, sx, sy)) when the target has one."""
+    if "scale" not in target:
+        return detections
+    scale = torch.as_tensor(target["scale"], dtype=torch.float32).reshape(-1)
+    return {**detections, "boxes": detections["boxes"] / scale}
+
+
+def _image_id(target: dict[str, Any]) -> int:
+    image_id = target["image_id"]
+    return int(image_id.item() if isinstance(image_id, Tensor) else image_id)
+
+
+def score_predictions(dataset: Dataset, predictions: Sequence[Prediction], max_dets: Sequence[int] = (1, 10, 100),
+                      results_path: str | Path | None = None, backend: str = "pycocotools") -> dict:
+    """COCO stats of ``predictions`` on ``dataset`` (:meth:`COCOEvaluator.compute`: the 12
+    :data:`~scaledet.evaluation.coco.STAT_KEYS`, ``per_class``, ``max_dets``, ``num_detections``).
+
+    Only the images in ``predictions`` count (the trainer's ``eval_max_images`` scores a prefix);
+    ``results_path``: also write the detections in scaledet's results format.
+    """
+    ground_truth = _ground_truth_of(dataset, {prediction.image_id for prediction in predictions})
+    evaluator = COCOEvaluator(ground_truth, max_dets=max_dets, backend=backend,
+                              label_to_category_id=getattr(dataset, "label_to_category_id", None))
+    evaluator.update([prediction.detections for prediction in predictions],
+                     [prediction.image_id for prediction in predictions])
+    if results_path is not None:
+        evaluator.write_results(results_path)
+    return evaluator.compute()
+
+
+def _ground_truth_of(dataset: Dataset, image_ids: set[int]) -> dict:
+    """``dataset.coco_gt()`` restricted to ``image_ids``."""
+    gt = dataset.coco_gt()
+    if len(image_ids) == len(gt["images"]):
+        return gt
+    return {**gt, "images": [row for row in gt["images"] if row["id"] in image_ids],
+            "annotations": [row for row in gt["annotations"] if row["image_id"] in image_ids]}
 
 
 def evaluate_model(
-    model: nn.Module,
-    dataset,
+    model: Callable[[list[Tensor]], list[dict[str, Tensor]]],
+    dataset: Dataset,
     max_dets: Sequence[int] = (1, 10, 100),
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
-    results_path=None,
+    results_path: str | Path | None = None,
 ) -> dict:
-    """COCO stats of ``model`` on ``dataset`` (see :meth:`COCOEvaluator.compute`).
+    """COCO stats of ``model`` on every image of ``dataset`` (:func:`predict_dataset` then
+    :func:`score_predictions`); ``results_path``: also write the detections there.
 
     ``dataset.transforms`` should be ``None`` (or keep the original geometry / set ``scale``):
     predicted boxes are scored in the dataset's original pixels.
     """
-    evaluator = predict_dataset(model, dataset, batch_size, device, num_workers, max_dets)
-    if results_path is not None:
-        evaluator.write_results(results_path)
-    return evaluator.compute()
+    predictions = predict_dataset(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    return score_predictions(dataset, predictions, max_dets, results_path)
