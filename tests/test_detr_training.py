@@ -175,11 +175,14 @@ def test_training_engine_trains_detr_with_its_recipe(tmp_path):
 
 def test_committed_from_scratch_config_builds_the_documented_model():
     """benchmarks/detr_shapes.yaml (the README's DETR learning result) parses, keeps the DETR recipe
-    where it says nothing, and builds a ResNet-18 DETR whose whole backbone trains with BatchNorm."""
+    where it says nothing, builds a ResNet-18 DETR whose whole backbone trains with BatchNorm, and
+    its augmentation is DETR's own pipeline."""
+    import types
     from pathlib import Path
 
     from scaledet.engine import TrainConfig
-    from scaledet.engine.run import build_model
+    from scaledet.engine.run import add_train_transforms, build_model
+    from scaledet.models.detr.transforms import RandomSizeCrop
 
     config = TrainConfig.from_sources(Path(__file__).parents[1] / "benchmarks" / "detr_shapes.yaml", max_minutes=15)
     assert (config.optimizer, config.lr, config.backbone_lr, config.clip_grad) == ("adamw", 2e-4, 2e-4, 0.1)
@@ -188,6 +191,10 @@ def test_committed_from_scratch_config_builds_the_documented_model():
     assert all(p.requires_grad for p in backbone.parameters())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     assert model.query_embed.num_embeddings == 20 and len(model.transformer.decoder) == 3
+    assert model.image_size == (128, 128) and model.preprocessor.train_min_sizes == (104, 112, 120, 128)
+    dataset = types.SimpleNamespace(transforms=None)
+    add_train_transforms(dataset, config, model)
+    assert any(isinstance(step, RandomSizeCrop) for step in dataset.transforms.transforms)
     model.train()
     losses = model([torch.rand(3, 128, 128)], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]),
                                                 "labels": torch.tensor([2])}])

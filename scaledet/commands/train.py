@@ -17,7 +17,8 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "train": (str, "training data: COCO .json, VOC folder, YOLO data.yaml or shapes:train"),
     "val": (str, "validation data (same formats); evaluated with COCO metrics"),
     "images": (str, "COCO only: folder holding the images"),
-    "image_size": (int, "input size (square) of the model (default: fitted to the training images)"),
+    "image_size": (int, "input size of the model: the square side (EfficientDet, RetinaNet; default: fitted to "
+                        "the training images) or DETR's shorter side (default 800)"),
     "anchors": (str, "auto (default: fitted to the training boxes when that covers them better) or default"),
     "epochs": (int, "number of epochs"),
     "max_minutes": (float, "stop training after this wall time (still evaluates and saves)"),
