@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # CPU benchmark of issue 5: ours (eager, optimised fp32/bf16, onnxruntime) vs effdet DetBenchPredict and
-# transformers DETR, interleaved medians of 20 runs, one thread each. Re-run on a quiet machine with:
+# transformers DETR, interleaved medians of 20 runs, one thread each (benchmarks/bench_reference.py is
+# `scaledet bench` plus the reference engines). Re-run on a quiet machine with:
 #   bash benchmarks/run_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 uptime
-.venv/bin/python -m scaledet bench --models efficientdet_d0 --batch-sizes 1 8 --runs 20 --warmup 3 --threads 1 \
+.venv/bin/python -m benchmarks.bench_reference --models efficientdet_d0 --batch-sizes 1 8 --runs 20 --warmup 3 --threads 1 \
     --json benchmarks/results/cpu_efficientdet_d0.json --markdown benchmarks/results/cpu_efficientdet_d0.md
 uptime
-.venv/bin/python -m scaledet bench --models detr_r50 --batch-sizes 1 --runs 20 --warmup 2 --threads 1 \
+.venv/bin/python -m benchmarks.bench_reference --models detr_r50 --batch-sizes 1 --runs 20 --warmup 2 --threads 1 \
     --json benchmarks/results/cpu_detr_r50.json --markdown benchmarks/results/cpu_detr_r50.md
 uptime

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.learnability.effdet_baseline import effdet_targets  # noqa: E402
 from benchmarks.learnability.run import machine_info  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+from tests.fixtures import RectangleDataset  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -49,7 +50,6 @@ def make_batch(size: int, batch: int, seed: int = 0) -> tuple[list[torch.Tensor]
 def scaledet_step(size: int, images, targets):
     import scaledet
     from scaledet.engine import Trainer, TrainConfig
-    from scaledet.engine.testing import RectangleDataset
 
     model = scaledet.create_model("efficientdet_d0", num_classes=NUM_CLASSES, image_size=size)
     config = TrainConfig.for_model("efficientdet_d0", max_steps=1, out="/tmp/scaledet-train-speed", progress=False,

@@ -9,7 +9,7 @@ import torch
 
 from scaledet.engine import Trainer, TrainConfig
 from scaledet.engine import checkpoint as ckpt
-from scaledet.engine.testing import RectangleDataset, TinyDetector
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 def _train(out, max_steps=None, resume=None, **overrides):

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from scaledet.engine import Trainer, TrainConfig
-from scaledet.engine.testing import RectangleDataset, TinyDetector
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ from torch import nn
 
 from scaledet.engine import Trainer, TrainConfig, build_param_groups
 from scaledet.engine.schedule import LRSchedule
-from scaledet.engine.testing import RectangleDataset, TinyDetector
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 def test_family_recipes():

@@ -4,7 +4,7 @@ import torch
 
 from scaledet.data import open_dataset, write_shapes_coco
 from scaledet.engine import Trainer, TrainConfig
-from scaledet.engine.testing import RectangleDataset, TinyDetector
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 def test_cache_decodes_each_image_once_and_serves_the_same_pixels(tmp_path):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import scaledet
-from scaledet.inference.benchmark import spread_random_weights
+from benchmarks.reference import spread_random_weights
 from scaledet.inference.compare import detection_differences
 from scaledet.inference.fold import fold_batchnorm
 from scaledet.models.efficientdet.postprocess import max_over_classes, prefix_nms, top_candidates

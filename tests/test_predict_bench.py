@@ -1,7 +1,11 @@
-"""scaledet bench (tiny, no references) writes a table and JSON with medians and equality checks."""
+"""scaledet bench (tiny) writes a table and JSON with medians and equality checks; the benchmarks
+script adds the reference port's engine with the same weights."""
 
 import json
 
+import pytest
+
+from benchmarks import bench_reference
 from scaledet.cli import main
 
 
@@ -9,7 +13,7 @@ def test_bench_cli_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
     code = main(["bench", "--models", "efficientdet_lite0", "--image-size", "64", "64", "--batch-sizes", "1", "2",
-                 "--runs", "2", "--warmup", "1", "--no-onnx", "--no-reference", "--precision", "fp32",
+                 "--runs", "2", "--warmup", "1", "--no-onnx", "--precision", "fp32",
                  "--json", str(out), "--markdown", str(md)])
     assert code == 0
     payload = json.loads(out.read_text())
@@ -29,3 +33,20 @@ def test_bench_cli_tiny(tmp_path, capsys):
 def test_bench_rejects_fp16_on_cpu(capsys):
     assert main(["bench", "--precision", "fp16"]) == 2
     assert "fp16 needs --device cuda" in capsys.readouterr().err
+
+
+def test_bench_reference_adds_effdet_with_the_same_weights(tmp_path, capsys):
+    pytest.importorskip("effdet")
+    out = tmp_path / "bench.json"
+    code = bench_reference.main(["--models", "efficientdet_lite0", "--image-size", "64", "64", "--batch-sizes", "1",
+                                 "--runs", "1", "--warmup", "0", "--no-onnx", "--precision", "fp32",
+                                 "--json", str(out)])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    rows = payload["results"][0]["rows"]
+    assert [r["engine"] for r in rows] == ["effdet", "ours-eager", "ours-opt-fp32"]
+    assert rows[0]["vs_reference"] == 1.0 and rows[1]["vs_reference"] > 0
+    assert payload["command"].startswith("python -m benchmarks.bench_reference --models efficientdet_lite0")
+    assert "| efficientdet_lite0 | effdet | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--no-reference"])  # the installed command has no reference engines

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from scaledet.data import ImageRecord
 from scaledet.engine import Trainer, TrainConfig
 from scaledet.engine.recipe import augmentation_for, box_statistics, eval_interval, fitted_input_size, plan_values
-from scaledet.engine.testing import RectangleDataset, TinyDetector
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 def test_plan_values_follow_the_run_length():

@@ -12,8 +12,8 @@ import pytest
 from scaledet.engine import Trainer, TrainConfig
 from scaledet.engine.lock import LOCK_NAME, RunLock, pid_alive
 from scaledet.engine.logging import RunLogger, read_log
-from scaledet.engine.testing import RectangleDataset, TinyDetector
 from scaledet.errors import UserError
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 class _Killed(Exception):

@@ -1,5 +1,6 @@
-"""scaledet bench: batch-1 latency and batch-N throughput of ours (eager, optimised, onnxruntime)
-against effdet / transformers in the same run, interleaved; prints a markdown table, writes JSON.
+"""scaledet bench: batch-1 latency and batch-N throughput of ours (eager, optimised, onnxruntime),
+interleaved in one run; prints a markdown table, writes JSON. From a source checkout,
+``python -m benchmarks.bench_reference`` (same options) adds effdet / transformers with the same weights.
 
 CPU: ``scaledet bench --models efficientdet_d0 detr_r50 --threads 1 --json benchmarks/results/cpu.json``
 GPU: ``scaledet bench --device cuda --models efficientdet_d0 ... --batch-sizes 1 32 --precision fp16 bf16``
@@ -20,7 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precisions of the optimised engine")
     parser.add_argument("--compile", action="store_true", help="also time optimised + torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engine")
-    parser.add_argument("--no-reference", action="store_true", help="skip effdet / transformers")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: torch's)")
     parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported), >= 1")
@@ -49,7 +49,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("fp16 needs --device cuda (use bf16 on CPU)")
 
 
-def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
+def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) -> dict:
+    """Rows, equality checks and post-processing share of model ``name``; ``reference``: a
+    :data:`~scaledet.inference.benchmark.ReferenceFactory` adding a reference engine."""
     import torch
     from tqdm import tqdm
 
@@ -57,7 +59,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     from scaledet.inference.compare import detection_differences
 
     engines, model = build_engines(name, args.device, args.precision, args.compile, not args.no_onnx, tmp,
-                                   reference=not args.no_reference)
+                                   reference=reference)
     size = _image_size(model, args)
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(3, *size, generator=generator) for _ in range(max(args.batch_sizes))]
@@ -76,7 +78,9 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
             "postprocess_batch1": share}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, reference=None, command: str | None = None) -> int:
+    """``scaledet bench``; ``reference`` / ``command`` are given by ``benchmarks/bench_reference.py``
+    (its reference engines, and its command line for the record)."""
     import torch
 
     from scaledet.inference.benchmark import machine_info, markdown_table, temporary_dir
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with temporary_dir() as tmp:
         for name in args.models:
-            results.append(bench_model(name, args, Path(tmp)))
+            results.append(bench_model(name, args, Path(tmp), reference))
     machine = machine_info(args.device)
     machine["load_average_end"] = machine.pop("load_average")
     rows = [row for result in results for row in result["rows"]]
@@ -107,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
     machine_line = (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
                     f"{machine['torch_threads']} thread(s), load average {machine['load_average_end']} at the end, "
                     f"{machine['time_utc']} UTC" + (f", GPU {machine['gpu']}" if "gpu" in machine else ""))
-    print(f"\nmachine: {machine_line}\ncommand: scaledet bench {' '.join(sys.argv[2:])}")
-    payload = {"machine": machine, "command": "scaledet bench " + " ".join(sys.argv[2:]), "args": vars(args),
+    command = command or "scaledet bench " + " ".join(sys.argv[2:])
+    print(f"\nmachine: {machine_line}\ncommand: {command}")
+    payload = {"machine": machine, "command": command, "args": vars(args),
                "results": results}
     payload["args"] = {k: v for k, v in payload["args"].items() if not k.startswith("_")}
     if args.json:

@@ -1,7 +1,8 @@
 """Compare two detection lists (same contract) with tolerances, robust to near-tie reordering.
 
-:func:`detection_differences` reports the largest differences (benchmarks); :func:`compare_detection_sets`
-matches detections as sets and gives a PASS / FAIL verdict against stated tolerances (``scaledet export --check``).
+Both are used at run time: :func:`detection_differences` reports the largest differences (the
+equality lines of ``scaledet bench``); :func:`compare_detection_sets` matches detections as sets and
+gives a PASS / FAIL verdict against stated tolerances (``scaledet export --check``).
 """
 
 from __future__ import annotations
@@ -42,15 +43,6 @@ def detection_differences(reference: list[dict[str, Tensor]], other: list[dict[s
             diff = (ref_boxes[candidates] - boxes[i]).abs().amax(dim=1).min()
             out["max_box_diff"] = max(out["max_box_diff"], float(diff))
     return out
-
-
-def same_detections(reference: list[dict[str, Tensor]], other: list[dict[str, Tensor]],
-                    score_tol: float = 1e-4, box_tol: float = 1e-2) -> bool:
-    """True when :func:`detection_differences` finds equal counts, scores rank by rank within
-    ``score_tol`` and every box within ``box_tol`` pixels of a same-label reference box."""
-    d = detection_differences(reference, other, score_tol)
-    return (d["count_diff"] == 0 and d["unmatched"] == 0
-            and d["max_score_diff"] <= score_tol and d["max_box_diff"] <= box_tol)
 
 
 @dataclass

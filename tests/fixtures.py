@@ -1,5 +1,8 @@
 """A tiny detector and dataset that follow the project's contracts, for fast engine tests.
 
+Imported by the tests (``from tests.fixtures import ...``; pytest puts the repository root on
+``sys.path``) and by ``benchmarks/train_speed.py``; not part of the installed package.
+
 ``TinyDetector`` predicts one box per image (enough to exercise losses, optimizers, EMA, BatchNorm
 buffers, checkpoints and DDP in milliseconds). ``RectangleDataset`` draws one coloured rectangle per
 image deterministically from its index, with a random horizontal flip (torch RNG) as augmentation.
