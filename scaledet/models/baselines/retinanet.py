@@ -9,6 +9,8 @@ is a timm ``features_only`` model tapped at strides 8/16/32.
 
 Images go through torchvision's ``GeneralizedRCNNTransform`` with ``min_size = max_size =``
 the longest side of ``image_size``: the longest image side becomes that size (as EfficientDet).
+:class:`RetinaNetDetector` splits torchvision's forward into the Detector contract's steps (same
+outputs); its ONNX graph is :mod:`.export`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.checkpoints import CheckpointSpec
+from scaledet.models.efficientdet.backbone import create_backbone
 from scaledet.models.efficientdet.config import as_size
-from scaledet.models.inputs import category_ids_for, check_images, check_targets, class_names_for
+from scaledet.models.ops import split_by_image
+
+from .export import INPUT_NAMES, OUTPUT_NAMES, RetinaNetExport
 
 FPN_CHANNELS = 256
+LEVELS = range(3, 8)  # P3..P7
 _TORCHVISION_RESNETS = ("resnet50", "resnet101")
 #: key prefix of the class predictor in our state dicts
 CLASS_LOGITS = "net.head.classification_head.cls_logits."
@@ -64,8 +76,6 @@ class TimmFPNBackbone(nn.Module):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        from scaledet.models.efficientdet.backbone import create_backbone
-
         self.body = create_backbone(name)
         channels = self.body.feature_info.channels()
         self.fpn = FeaturePyramidNetwork(channels, FPN_CHANNELS, extra_blocks=LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
@@ -78,8 +88,6 @@ class TimmFPNBackbone(nn.Module):
 def create_fpn_backbone(name: str) -> nn.Module:
     """Backbone + FPN with ``out_channels`` = 256 for ``name`` (torchvision ResNet or timm model)."""
     if name in _TORCHVISION_RESNETS:
-        import torchvision
-
         # as torchvision's retinanet_resnet50_fpn without weights: trainable BatchNorm, all layers trainable
         resnet = getattr(torchvision.models, name)(weights=None)
         return _resnet_fpn_extractor(resnet, 5, returned_layers=[2, 3, 4],
@@ -87,53 +95,123 @@ def create_fpn_backbone(name: str) -> nn.Module:
     return TimmFPNBackbone(name)
 
 
-class RetinaNetDetector(nn.Module):
-    """RetinaNet following the scaledet model contract (see :mod:`scaledet`).
+def level_sizes(input_size: Sequence[int]) -> list[tuple[int, int]]:
+    """(h, w) of the pyramid maps P3..P7 for a network input of ``input_size`` (h, w; a multiple of 32
+    as the transform pads it): ``ceil(side / 2**l)`` - the backbones' stride-2 convs and the P6/P7
+    convs (3x3, stride 2, padding 1) round up."""
+    height, width = int(input_size[0]), int(input_size[1])
+    return [(-(-height // 2**level), -(-width // 2**level)) for level in LEVELS]
 
-    eval: ``model(list of Tensor[3,H,W] in [0,1])`` -> list of ``{boxes xyxy (input pixels),
-    scores, labels}``; train: ``model(images, targets)`` -> ``{"classification", "bbox_regression",
-    "loss"}``. ``forward_features(batch)`` runs backbone + head on a normalised ``[B,3,H,W]`` batch.
+
+class RetinaNetDetector(Detector):
+    """RetinaNet implementing the :class:`~scaledet.models.base.Detector` contract with torchvision's
+    pieces (``net`` is a ``torchvision.models.detection.RetinaNet``); eval output equals ``net(images)``.
+
+    * :meth:`preprocess`: ``net.transform`` (normalise, resize the longest side to
+      ``max(image_size)``, pad to a multiple of 32): ``Batch.inputs = (batch [B, 3, H, W],)``,
+      ``meta["resized_sizes"]`` = each image's (h, w) inside the batch;
+    * :meth:`forward_features`: backbone + head -> ``{"cls_logits": [B, A, K], "bbox_regression":
+      [B, A, 4]}`` (A anchors over all levels);
+    * :meth:`postprocess`: ``net.postprocess_detections`` (score threshold, per-level top-k, decode,
+      clip, per-class NMS) with ``net.anchor_generator``'s anchors, boxes scaled back to the input
+      images; :meth:`loss`: ``net.compute_loss`` (``"classification"``, ``"bbox_regression"``, ``"loss"``);
+    * :meth:`export_spec`: :class:`~scaledet.models.baselines.export.RetinaNetExport`.
     """
 
     def __init__(self, variant: RetinaNetVariant, name: str, class_names: list[str] | None = None,
                  overrides: dict | None = None, category_ids: list[int] | None = None) -> None:
-        super().__init__()
-        self.variant, self.name = variant, name
-        self.num_classes = variant.num_classes
-        self.image_size = tuple(variant.image_size)
-        self.class_names = class_names_for(class_names, self.num_classes)
-        self.category_ids = category_ids_for(category_ids, self.num_classes)
-        self.overrides = dict(overrides or {})
+        super().__init__(name, variant.num_classes, variant.image_size, class_names, category_ids, overrides)
+        self.variant = variant
         side = max(self.image_size)
         self.net = RetinaNet(create_fpn_backbone(variant.backbone), num_classes=self.num_classes, min_size=side,
                              max_size=side, score_thresh=variant.score_thresh, nms_thresh=variant.nms_iou,
                              detections_per_img=variant.max_detections)
+        self._anchors: dict[tuple, tuple[Tensor, list[int]]] = {}  # (input size, device) -> (anchors, per level)
 
-    @property
-    def config(self) -> dict:
-        """``{"model", "num_classes", "class_names", "category_ids", "image_size", "overrides"}`` for
-        ``create_model``."""
-        return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
-                "category_ids": list(self.category_ids), "image_size": list(self.image_size),
-                "overrides": dict(self.overrides)}
+    def anchors_for(self, input_size: Sequence[int], device: torch.device | str | None = None) -> tuple[Tensor, list[int]]:
+        """(anchors ``[A, 4]`` xyxy network-input pixels, anchor count per level) for a network input of
+        ``input_size`` (h, w) on ``device`` (default CPU): ``net.anchor_generator`` on the level sizes of
+        :func:`level_sizes`, cached. Configuration only (no feature maps needed)."""
+        size, device = (int(input_size[0]), int(input_size[1])), torch.device(device or "cpu")
+        key = (size, device)
+        if key not in self._anchors:
+            levels = level_sizes(size)
+            maps = [torch.empty(1, 0, h, w, device=device) for h, w in levels]  # shapes only
+            anchors = self.net.anchor_generator(ImageList(torch.empty(1, 0, *size, device=device), [size]), maps)[0]
+            per_location = self.net.anchor_generator.num_anchors_per_location()[0]
+            self._anchors[key] = (anchors, [h * w * per_location for h, w in levels])
+        return self._anchors[key]
+
+    def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
+        """torchvision's transform (see the class docstring); ``training`` changes nothing (one size)."""
+        image_list, _ = self.net.transform(images)
+        return Batch(inputs=(image_list.tensors,),
+                     image_sizes=[(int(image.shape[-2]), int(image.shape[-1])) for image in images],
+                     meta={"resized_sizes": [(int(h), int(w)) for h, w in image_list.image_sizes]})
 
     def forward_features(self, batch: Tensor) -> dict[str, Tensor]:
         """Normalised ``[B, 3, H, W]`` -> ``{"cls_logits": [B, A, K], "bbox_regression": [B, A, 4]}``."""
         features = list(self.net.backbone(batch).values())
         return self.net.head(features)
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        """Eval: list of detection dicts sorted by score. Train: dict of losses with ``"loss"``."""
-        images = check_images(images)
-        if targets is None:
-            if self.training:
-                raise ValueError("training mode needs targets; call model.eval() for detections")
-            return self.net(images)
-        check_targets(targets, len(images), self.num_classes)
-        targets = [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in targets]
-        losses = self.net(images, targets)
+    def _batch_anchors(self, outputs: dict[str, Tensor], batch: Batch) -> tuple[Tensor, list[int]]:
+        anchors, per_level = self.anchors_for(batch.inputs[0].shape[-2:], outputs["cls_logits"].device)
+        if sum(per_level) != outputs["cls_logits"].shape[1]:
+            raise ValueError(f"RetinaNet outputs have {outputs['cls_logits'].shape[1]} anchors, the level sizes "
+                             f"{level_sizes(batch.inputs[0].shape[-2:])} give {sum(per_level)}")
+        return anchors, per_level
+
+    def postprocess(self, outputs: dict[str, Tensor], batch: Batch, fast: bool = False) -> list[Detections]:
+        """``net.postprocess_detections`` -> boxes xyxy in input-image pixels, by score. ``fast`` changes
+        nothing (torchvision's path has no shortcut to take)."""
+        anchors, per_level = self._batch_anchors(outputs, batch)
+        split = {key: list(value.split(per_level, dim=1)) for key, value in outputs.items()}
+        level_anchors = [list(anchors.split(per_level))] * len(batch.image_sizes)
+        detections = self.net.postprocess_detections(split, level_anchors, batch.meta["resized_sizes"])
+        return _to_input_pixels(detections, batch)
+
+    def loss(self, outputs: dict[str, Tensor], batch: Batch, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``net.compute_loss`` on the targets resized as the images were: ``"classification"``,
+        ``"bbox_regression"`` and their sum ``"loss"``. ValueError on a box without area."""
+        anchors, _ = self._batch_anchors(outputs, batch)
+        resized = []
+        for index, (target, original, size) in enumerate(zip(targets, batch.image_sizes, batch.meta["resized_sizes"])):
+            boxes = resize_boxes(target["boxes"].float(), original, size)
+            if (boxes[:, 2:] <= boxes[:, :2]).any():
+                raise ValueError(f"target {index}: RetinaNet needs boxes with positive width and height, got "
+                                 f"{target['boxes'][(boxes[:, 2:] <= boxes[:, :2]).any(dim=1)][:1].tolist()}")
+            resized.append({"boxes": boxes, "labels": target["labels"].long()})
+        losses = self.net.compute_loss(resized, outputs, [anchors] * len(resized))
         losses["loss"] = sum(losses.values())
         return losses
+
+    def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
+        """The graph of :mod:`.export`, traced on a batch of two ``input_size`` images (default
+        :meth:`input_size`); height and width are dynamic (multiples of 32), as the batch padding is."""
+        device = next(self.parameters()).device
+        example = self.preprocess([torch.zeros(3, *(input_size or self.input_size()), device=device)] * 2)
+        feeds = self.export_feeds(example)
+        batch, height, width = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("h32", min=1, max=256),
+                                torch.export.Dim("w32", min=1, max=256))
+        return ExportSpec(module=RetinaNetExport(self), example_inputs=(feeds["images"], feeds["image_sizes"]),
+                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                          dynamic_shapes=({0: batch, 2: 32 * height, 3: 32 * width}, {0: batch}))
+
+    def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
+        """``images`` (the preprocessed batch) and ``image_sizes [B, 2]`` float32 (each resized image's h, w)."""
+        sizes = torch.tensor(batch.meta["resized_sizes"], dtype=torch.float32, device=batch.inputs[0].device)
+        return {"images": batch.inputs[0], "image_sizes": sizes}
+
+    def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
+        """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels."""
+        return _to_input_pixels(split_by_image(*outputs, num_images=len(batch.image_sizes)), batch)
+
+
+def _to_input_pixels(detections: list[Detections], batch: Batch) -> list[Detections]:
+    """Boxes from resized-image pixels back to each input image's (torchvision's ``resize_boxes``), in place."""
+    for det, size, original in zip(detections, batch.meta["resized_sizes"], batch.image_sizes):
+        det["boxes"] = resize_boxes(det["boxes"], size, original)
+    return detections
 
 
 def build(name: str, num_classes: int | None = None, image_size: int | tuple[int, int] | None = None,
