@@ -173,6 +173,20 @@ def test_unknown_option_and_bad_image_size():
         scaledet.create_model("detr_r50", image_size=(900, 800), **{k: v for k, v in TINY.items() if "size" not in k})
 
 
+def test_multi_scale_training_sizes_follow_the_eval_resize():
+    """480..800 at the default 800; the same fractions of a smaller shorter side (not 480+ px for a
+    128 px setting); explicit sizes win; none without resizing. Derived, so not stored in the config."""
+    small = {k: v for k, v in TINY.items() if "size" not in k}
+    assert scaledet.create_model("detr_r50", **small).preprocessor.train_min_sizes == detr.variants.DETR_TRAIN_SCALES
+    model = scaledet.create_model("detr_r50", image_size=128, **small)
+    assert model.image_size == (128, 213) and "train_min_sizes" not in model.config["overrides"]
+    assert model.preprocessor.train_min_sizes == (77, 82, 87, 92, 97, 102, 108, 113, 118, 123, 128)
+    rebuilt = scaledet.models.registry.create_from_config(model.config)
+    assert rebuilt.preprocessor.train_min_sizes == model.preprocessor.train_min_sizes
+    assert scaledet.create_model("detr_r50", image_size=128, train_min_sizes=(96,), **small).preprocessor.train_min_sizes == (96,)
+    assert scaledet.create_model("detr_r50", min_size=0, **small).preprocessor.train_min_sizes == ()
+
+
 def test_save_and_reload_round_trip(tmp_path):
     model = tiny(num_classes=3, dropout=0.0).eval()
     model.class_names = ["cat", "dog", "fox"]

@@ -3,7 +3,8 @@
 ``scaledet.create_model("detr_r50", num_classes=None, pretrained=None, image_size=None, **overrides)``
 builds :class:`~scaledet.models.detr.model.DETR` (weights files: :data:`CHECKPOINT`). ``image_size`` is DETR's eval resize
 ``(shorter side, longest side cap)``, default ``(800, 1333)``; an ``int`` sets the shorter side
-(cap scaled by 1333/800). ``overrides`` are fields of :class:`DetrVariant`.
+(cap scaled by 1333/800). The multi-scale training sizes follow the shorter side (480..800 at
+800, 77..128 at 128) unless ``train_min_sizes`` is given. ``overrides`` are fields of :class:`DetrVariant`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from scaledet.models.detr.convert import to_scaledet
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.matcher import HungarianMatcher
 from scaledet.models.detr.model import DETR
-from scaledet.models.detr.preprocess import Preprocessor, typical_input_size
+from scaledet.models.detr.preprocess import Preprocessor, scaled_train_sizes, typical_input_size
 from scaledet.models.detr.backbone import ResNetBackbone
 from scaledet.models.detr.transformer import Transformer
 from scaledet.models.detr.recipes import RECIPES
@@ -91,7 +92,11 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
         raise ValueError(f"unknown DETR model {name!r}; choose one of {sorted(VARIANTS)}")
     overrides = _typed_overrides(overrides)
     explicit_sizes = {key: overrides.pop(key) for key in _SIZE_FIELDS if key in overrides}  # config keeps image_size
-    variant = dataclasses.replace(VARIANTS[name], **overrides, **{**_size_fields(image_size), **explicit_sizes})
+    row = VARIANTS[name]
+    variant = dataclasses.replace(row, **overrides, **{**_size_fields(image_size), **explicit_sizes})
+    if "train_min_sizes" not in overrides:  # the multi-scale sizes follow the eval resize (derived, not stored)
+        variant = dataclasses.replace(variant, train_min_sizes=scaled_train_sizes(
+            row.train_min_sizes, row.min_size, variant.min_size))
     variant = dataclasses.replace(variant, num_classes=num_classes or variant.num_classes)
     if class_names is not None and len(class_names) != variant.num_classes:
         raise ValueError(f"{len(class_names)} class names given for num_classes={variant.num_classes}")

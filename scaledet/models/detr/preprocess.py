@@ -40,6 +40,15 @@ def typical_input_size(min_size: int, max_size: int) -> tuple[int, int]:
     return resized_size(*TYPICAL_IMAGE, min_size, max_size)
 
 
+def scaled_train_sizes(train_min_sizes: Sequence[int], reference_min_size: int, min_size: int) -> tuple[int, ...]:
+    """Multi-scale training sizes given for an eval resize of ``reference_min_size``, for one of
+    ``min_size`` instead: the same fractions of the shorter side (DETR's 480..800 at 800 are
+    0.6-1.0 of it: 77..128 at 128); none when ``min_size`` is 0 (no resizing)."""
+    if min_size <= 0:
+        return ()
+    return tuple(max(1, round(size * min_size / reference_min_size)) for size in train_min_sizes)
+
+
 def normalize_and_pad(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """ImageNet-normalise and zero-pad (bottom/right) into ``batch`` [B,3,Hmax,Wmax] with
     ``mask`` [B,Hmax,Wmax] bool, True on padding."""

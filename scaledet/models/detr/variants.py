@@ -42,7 +42,7 @@ class DetrVariant:
     dropout: float = 0.1
     min_size: int = 800
     max_size: int = 1333
-    train_min_sizes: tuple[int, ...] = DETR_TRAIN_SCALES
+    train_min_sizes: tuple[int, ...] = DETR_TRAIN_SCALES  # at min_size 800; scaled with min_size unless given
     aux_loss: bool = True
     # matcher costs and loss weights (paper: class 1, L1 5, GIoU 2; no-object weight 0.1)
     cost_class: float = 1.0
