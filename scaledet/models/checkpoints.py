@@ -143,7 +143,7 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
     file_classes, converted = (stored or {}).get("num_classes"), None
     if settings["num_classes"] is None:  # another project's file: count its classes on a weightless model
         with torch.device("meta"):
-            probe = family.build(name, **settings)
+            probe = family.build(name, **{**settings, "class_names": None, "category_ids": None})
         converted = _convert(spec, state_dict, probe, path)
         settings["num_classes"] = file_classes = spec.num_classes(converted, probe)
     model = family.build(name, **settings)
