@@ -8,7 +8,9 @@ import scaledet
 from benchmarks.reference import spread_random_weights
 from scaledet.inference.compare import detection_differences
 from scaledet.inference.fold import fold_batchnorm
+from scaledet.models.efficientdet.feature_network import FrozenWeightedSum
 from scaledet.models.efficientdet.postprocess import max_over_classes, prefix_nms, top_candidates
+from scaledet.models.efficientdet.topologies import GlobalAttentionFusion
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 
 
@@ -40,6 +42,20 @@ def test_optimized_efficientdet_equals_eager(name):
     assert fast.class_names == model.class_names and fast.config == model.config
     # the original is untouched
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.network.modules())
+
+
+def test_optimized_keeps_attention_fusion():
+    """NAS-FPN's global-attention fusion is not a weighted sum: it stays (an earlier optimize turned
+    every fusion into a plain sum); the weighted ones are frozen."""
+    model = randomise_efficientdet(scaledet.create_model("efficientdet_d0", num_classes=5, image_size=128,
+                                                         feature_network="nasfpn"))
+    fast = scaledet.optimize(model)
+    modules = list(fast.model.modules())
+    assert any(isinstance(m, GlobalAttentionFusion) for m in modules)
+    assert any(isinstance(m, FrozenWeightedSum) for m in modules)
+    images = [torch.rand(3, 128, 100)]
+    with torch.no_grad():
+        assert_equal_detections(model(images), fast(images))
 
 
 def test_optimized_bf16_close_to_eager():

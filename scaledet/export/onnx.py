@@ -33,9 +33,9 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
     Args:
         model: a scaledet detector (:func:`scaledet.create_model`); put in eval mode.
         opset: ONNX opset, >= 17.
-        input_size: the example input's (h, w) for the families whose graph takes a free input size
-            (DETR, RetinaNet); default the model's :meth:`~scaledet.models.base.Detector.input_size`.
-            Fixed-size families (EfficientDet) accept only their ``image_size``.
+        input_size: the example image's (h, w) for families whose graph takes a free input size;
+            default the model's :meth:`~scaledet.models.base.Detector.input_size`. Families that
+            resize and pad every image to one size accept only that size.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.

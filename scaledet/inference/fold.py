@@ -5,8 +5,7 @@ output tensor of a convolution (each called exactly once) is folded into that co
 :func:`torch.nn.utils.fusion.fuse_conv_bn_weights`, then replaced by what it did after
 normalising (timm's ``BatchNormAct2d`` keeps its dropout/activation, plain BatchNorm becomes
 ``Identity``). Convolutions that are called several times (weights shared across levels) are left
-alone; families unshare them first (``Detector.prepare_for_inference``, e.g. EfficientDet's
-:class:`~scaledet.models.efficientdet.head.UnsharedHead`).
+alone; families unshare them first (``Detector.prepare_for_inference``).
 """
 
 from __future__ import annotations

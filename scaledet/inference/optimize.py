@@ -3,8 +3,8 @@ with the same eval call contract.
 
 What it does to a deep copy (the original model is left untouched), through the contract only:
 
-* ``model.prepare_for_inference()``: the family's own rewrites (EfficientDet unshares its heads'
-  convs per level and freezes the BiFPN fusion weights);
+* ``model.prepare_for_inference()``: the family's own rewrites (e.g. unsharing convs shared across
+  pyramid levels so that each has one BatchNorm, freezing learned fusion weights);
 * every conv -> BatchNorm (or FrozenBatchNorm) pair is folded (:func:`fold_batchnorm`), found by one
   example forward through ``preprocess`` / ``forward_features``;
 * on CPU, 1x1 convs are routed to oneDNN (:func:`route_pointwise_to_onednn`, output unchanged);
