@@ -9,7 +9,6 @@ input images. Post-processing: :mod:`scaledet.models.detr.postprocess` (shared w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -156,10 +155,6 @@ class DETR(Detector):
         flip and the paper's random crop, images at their own size. No scale jitter and no fixed
         size: the multi-scale resize is :meth:`preprocess` with ``training=True``."""
         return transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
-
-    def reset_class_head(self) -> None:
-        """Re-initialise the class predictor (fine-tuning with a new set of classes)."""
-        self.class_head.reset_parameters()
 
     # ----------------------------------------------------------------------------------------
     # export
