@@ -155,6 +155,7 @@ class RetinaNetDetector(Detector):
         return self.net.head(features)
 
     def _batch_anchors(self, outputs: dict[str, Tensor], batch: Batch) -> tuple[Tensor, list[int]]:
+        """:meth:`anchors_for` the batch's input size, checked against the outputs' anchor count."""
         anchors, per_level = self.anchors_for(batch.inputs[0].shape[-2:], outputs["cls_logits"].device)
         if sum(per_level) != outputs["cls_logits"].shape[1]:
             raise ValueError(f"RetinaNet outputs have {outputs['cls_logits'].shape[1]} anchors, the level sizes "
@@ -177,9 +178,10 @@ class RetinaNetDetector(Detector):
         resized = []
         for index, (target, original, size) in enumerate(zip(targets, batch.image_sizes, batch.meta["resized_sizes"])):
             boxes = resize_boxes(target["boxes"].float(), original, size)
-            if (boxes[:, 2:] <= boxes[:, :2]).any():
+            flat = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
+            if flat.any():
                 raise ValueError(f"target {index}: RetinaNet needs boxes with positive width and height, got "
-                                 f"{target['boxes'][(boxes[:, 2:] <= boxes[:, :2]).any(dim=1)][:1].tolist()}")
+                                 f"{target['boxes'][flat][0].tolist()}")
             resized.append({"boxes": boxes, "labels": target["labels"].long()})
         losses = self.net.compute_loss(resized, outputs, [anchors] * len(resized))
         losses["loss"] = sum(losses.values())

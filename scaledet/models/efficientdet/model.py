@@ -88,26 +88,25 @@ class EfficientDet(Detector):
         super().__init__(name, variant.num_classes, variant.image_size, class_names, category_ids, overrides)
         self.variant = variant
         self.network = EfficientDetNet(variant)
-        self._constants: dict[tuple, Tensor] = {}  # (what, size, device) -> anchors / mean / std
+        self._anchors: dict[tuple, Tensor] = {}  # (input size, device) -> anchors
+        self._mean_std: dict[torch.device, Tensor] = {}  # device -> [2, 3, 1, 1]
 
     def anchors_for(self, image_size: tuple[int, int] | None = None,
                     device: torch.device | str | None = None) -> Tensor:
         """Anchors ``[A, 4]`` xyxy in network-input pixels for an input of ``image_size`` (h, w;
         default ours) on ``device`` (default CPU); generated from the variant, cached."""
         size, device = tuple(image_size or self.image_size), torch.device(device or "cpu")
-        key = ("anchors", size, device)
-        if key not in self._constants:
+        if (size, device) not in self._anchors:
             v = self.variant
             anchors = generate_anchors(size, v.min_level, v.max_level, v.num_scales, v.aspect_ratios, v.anchor_scale)
-            self._constants[key] = anchors.to(device)
-        return self._constants[key]
+            self._anchors[size, device] = anchors.to(device)
+        return self._anchors[size, device]
 
     def _normalisation(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """The variant's mean and std as float32 ``[3, 1, 1]`` tensors on ``device``, cached."""
-        key = ("mean_std", None, device)
-        if key not in self._constants:
-            self._constants[key] = torch.tensor([self.variant.mean, self.variant.std], device=device).view(2, 3, 1, 1)
-        mean, std = self._constants[key]
+        if device not in self._mean_std:
+            self._mean_std[device] = torch.tensor([self.variant.mean, self.variant.std], device=device).view(2, 3, 1, 1)
+        mean, std = self._mean_std[device]
         return mean, std
 
     def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
