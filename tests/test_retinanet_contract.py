@@ -1,5 +1,5 @@
 """RetinaNet behind the Detector contract: eval and training equal torchvision's ``RetinaNet``
-forward, ``optimize()`` equals eager, the ONNX graph (NMS inside, dynamic batch and size) equals
+forward, ``optimize()`` equals eager, the ONNX graph (NMS inside, dynamic batch) equals
 eager in onnxruntime, and a weightless rebuild from the config preprocesses as the model does."""
 
 import onnx
@@ -80,8 +80,9 @@ def test_onnx_equals_eager(model, tmp_path):
     assert [len(d["scores"]) for d in result] == [100, 100]
     assert all(d["labels"].dtype == torch.int64 for d in result)
     assert_equal_detections(reference, result)
-    # batch and input size are dynamic: one wide image is padded to 64 x 128, not the example's 128 x 128
+    # the batch is dynamic; a wide image is padded to the same 128 x 128 square
     wide = [torch.rand(3, 40, 120)]
+    assert model.preprocess(wide).inputs[0].shape == (1, 3, 128, 128)
     with torch.no_grad():
         assert_equal_detections(model(wide), runner(wide))
 

@@ -3,7 +3,7 @@ selection as ``RetinaNet.postprocess_detections`` in export-friendly form, NMS i
 
 Inputs ``images [B, 3, H, W]`` (as :meth:`RetinaNetDetector.preprocess
 <scaledet.models.baselines.retinanet.RetinaNetDetector.preprocess>` makes them: normalised, resized,
-padded to multiples of 32; H and W are dynamic) and ``image_sizes [B, 2]`` float (h, w of each resized
+padded to the model's square input; the batch is dynamic) and ``image_sizes [B, 2]`` float (h, w of each resized
 image inside); outputs ``batch_index [M]`` int64, ``boxes [M, 4]`` xyxy resized-image pixels,
 ``scores [M]``, ``labels [M]`` int64 - per image at most ``detections_per_img``, by descending score.
 

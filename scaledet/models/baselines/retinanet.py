@@ -8,7 +8,10 @@ BatchNorm, every layer trainable); any other name
 is a timm ``features_only`` model tapped at strides 8/16/32.
 
 Images go through torchvision's ``GeneralizedRCNNTransform`` with ``min_size = max_size =``
-the longest side of ``image_size``: the longest image side becomes that size (as EfficientDet).
+the longest side of ``image_size`` and ``size_divisible`` = that side: the longest image side
+becomes that size and every batch is padded to that square (as EfficientDet), so the network
+input has one shape and the ONNX graph needs no dynamic height or width (dynamic sizes through
+timm's TF-"same" padding send ``torch.export`` into minutes of symbolic shape reasoning).
 :class:`RetinaNetDetector` splits torchvision's forward into the Detector contract's steps (same
 outputs); its ONNX graph is :mod:`.export`.
 """
@@ -96,8 +99,8 @@ def create_fpn_backbone(name: str) -> nn.Module:
 
 
 def level_sizes(input_size: Sequence[int]) -> list[tuple[int, int]]:
-    """(h, w) of the pyramid maps P3..P7 for a network input of ``input_size`` (h, w; a multiple of 32
-    as the transform pads it): ``ceil(side / 2**l)`` - the backbones' stride-2 convs and the P6/P7
+    """(h, w) of the pyramid maps P3..P7 for a network input of ``input_size`` (h, w; the
+    transform pads to the model's square): ``ceil(side / 2**l)`` - the backbones' stride-2 convs and the P6/P7
     convs (3x3, stride 2, padding 1) round up."""
     height, width = int(input_size[0]), int(input_size[1])
     return [(-(-height // 2**level), -(-width // 2**level)) for level in LEVELS]
@@ -108,7 +111,7 @@ class RetinaNetDetector(Detector):
     pieces (``net`` is a ``torchvision.models.detection.RetinaNet``); eval output equals ``net(images)``.
 
     * :meth:`preprocess`: ``net.transform`` (normalise, resize the longest side to
-      ``max(image_size)``, pad to a multiple of 32): ``Batch.inputs = (batch [B, 3, H, W],)``,
+      ``max(image_size)``, pad to that square): ``Batch.inputs = (batch [B, 3, S, S],)``,
       ``meta["resized_sizes"]`` = each image's (h, w) inside the batch;
     * :meth:`forward_features`: backbone + head -> ``{"cls_logits": [B, A, K], "bbox_regression":
       [B, A, 4]}`` (A anchors over all levels);
@@ -125,7 +128,7 @@ class RetinaNetDetector(Detector):
         side = max(self.image_size)
         self.net = RetinaNet(create_fpn_backbone(variant.backbone), num_classes=self.num_classes, min_size=side,
                              max_size=side, score_thresh=variant.score_thresh, nms_thresh=variant.nms_iou,
-                             detections_per_img=variant.max_detections)
+                             detections_per_img=variant.max_detections, size_divisible=side)
         self._anchors: dict[tuple, tuple[Tensor, list[int]]] = {}  # (input size, device) -> (anchors, per level)
 
     def anchors_for(self, input_size: Sequence[int], device: torch.device | str | None = None) -> tuple[Tensor, list[int]]:
@@ -189,15 +192,14 @@ class RetinaNetDetector(Detector):
 
     def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
         """The graph of :mod:`.export`, traced on a batch of two ``input_size`` images (default
-        :meth:`input_size`); height and width are dynamic (multiples of 32), as the batch padding is."""
+        :meth:`input_size`); the batch is dynamic, the padded square input is not (class docstring)."""
         device = next(self.parameters()).device
         example = self.preprocess([torch.zeros(3, *(input_size or self.input_size()), device=device)] * 2)
         feeds = self.export_feeds(example)
-        batch, height, width = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("h32", min=1, max=256),
-                                torch.export.Dim("w32", min=1, max=256))
+        batch = torch.export.Dim("batch", min=1, max=1024)
         return ExportSpec(module=RetinaNetExport(self), example_inputs=(feeds["images"], feeds["image_sizes"]),
                           input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                          dynamic_shapes=({0: batch, 2: 32 * height, 3: 32 * width}, {0: batch}))
+                          dynamic_shapes=({0: batch}, {0: batch}))
 
     def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
         """``images`` (the preprocessed batch) and ``image_sizes [B, 2]`` float32 (each resized image's h, w)."""
