@@ -13,9 +13,19 @@ Every detector built by :func:`create_model` or :func:`load` follows the same ca
 another project's, ``"coco"``, an exported ``.onnx``); ``optimize(model)`` gives a faster copy.
 """
 
-from scaledet.inference.optimize import optimize
-from scaledet.loading import load
 from scaledet.models.registry import create_model, list_models
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load", "optimize", "__version__"]
+
+# ``load`` and ``optimize`` pull in torchvision (about 1.5 s); they are imported on first use so that
+# ``import scaledet`` and ``scaledet --help`` stay fast.
+_LAZY = {"load": "scaledet.loading", "optimize": "scaledet.inference.optimize"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'scaledet' has no attribute {name!r}")
