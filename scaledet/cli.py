@@ -16,6 +16,8 @@ import argparse
 import importlib
 import sys
 
+from scaledet.errors import UserError
+
 # name -> one-line help. Order is the order shown by --help.
 COMMANDS: dict[str, str] = {
     "demo": "train, evaluate and draw a detector on the built-in shapes data (offline, CPU)",
@@ -54,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions printed as one message: what bad input, files or settings raise."""
-    from scaledet.errors import UserError
-
     types: list[type[BaseException]] = [UserError, ValueError, OSError]
     try:
         import yaml

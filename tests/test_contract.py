@@ -25,7 +25,8 @@ from torch import nn
 import scaledet
 from scaledet.export import OnnxDetector, export_onnx
 from scaledet.inference.compare import compare_detection_sets
-from scaledet.models.base import Batch, Detector, build_for_processing
+from scaledet.models.base import Batch, Detector
+from scaledet.models.registry import build_for_processing
 from scaledet.weights import save_weights
 
 #: input sizes and width reductions that keep a model's checks to seconds

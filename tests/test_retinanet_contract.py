@@ -9,7 +9,7 @@ from torch import nn
 
 import scaledet
 from scaledet.export import OnnxDetector, export_onnx
-from scaledet.models.base import build_for_processing
+from scaledet.models.registry import build_for_processing
 from test_optimize import assert_equal_detections
 
 IMAGES = [torch.rand(3, 100, 128, generator=torch.Generator().manual_seed(1)),

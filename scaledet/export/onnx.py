@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from scaledet.models.base import Detections, Detector, build_for_processing
+from scaledet.models.base import Detections, Detector
+from scaledet.models.registry import build_for_processing
 from scaledet.models.inputs import check_images
 from scaledet.models.ops import ONNX_TRANSLATIONS
 
@@ -64,7 +65,7 @@ class OnnxDetector:
     pixels, scores [N], labels [N] int64)]``, on the CPU.
 
     ``preprocess -> export_feeds -> onnxruntime -> detections_from_export`` of the model rebuilt from
-    the stored config (:func:`~scaledet.models.base.build_for_processing`). Attributes: ``model``
+    the stored config (:func:`~scaledet.models.registry.build_for_processing`). Attributes: ``model``
     (that weightless model), ``config``, ``class_names``, ``category_ids``, ``num_classes``,
     ``image_size``, ``session``.
     """

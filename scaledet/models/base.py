@@ -20,7 +20,7 @@ Rules every family keeps (the contract test, ``tests/test_contract.py``, checks 
 
 * ``preprocess`` and ``postprocess`` read only the model's configuration (``self.variant``,
   ``self.image_size``, ...), never its parameters or buffers' values, so that an ONNX file is run
-  by a model rebuilt from its stored config on the ``meta`` device (:func:`build_for_processing`).
+  by a model rebuilt from its stored config on the ``meta`` device (:func:`scaledet.models.registry.build_for_processing`).
 * ``config`` is JSON-able and ``scaledet.create_model(config["model"], num_classes=...,
   image_size=..., **config["overrides"], class_names=..., category_ids=...)`` rebuilds the model
   (:func:`scaledet.models.registry.create_from_config`).
@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from scaledet.data.transforms import train_transforms
@@ -210,13 +209,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
-
-
-def build_for_processing(config: dict[str, Any]) -> Detector:
-    """A model rebuilt from ``config`` on the ``meta`` device: no weights, no memory, but
-    ``preprocess`` / ``export_feeds`` / ``detections_from_export`` work (they read configuration
-    only). Used to run exported files."""
-    from scaledet.models.registry import create_from_config
-
-    with torch.device("meta"):
-        return create_from_config(config)

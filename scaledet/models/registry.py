@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from scaledet.models.checkpoints import build_pretrained
@@ -116,3 +117,11 @@ def create_from_config(config: dict[str, Any], pretrained: str | Path | None = N
     return create_model(config["model"], num_classes=config.get("num_classes"), pretrained=pretrained,
                         image_size=tuple(image_size) if image_size is not None else None,
                         **extras, **config.get("overrides", {}))
+
+
+def build_for_processing(config: dict[str, Any]) -> nn.Module:
+    """A model rebuilt from ``config`` on the ``meta`` device: no weights, no memory, but
+    ``preprocess`` / ``export_feeds`` / ``detections_from_export`` work (the contract has them read
+    configuration only). Used to run exported files."""
+    with torch.device("meta"):
+        return create_from_config(config)

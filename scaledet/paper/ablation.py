@@ -20,7 +20,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from scaledet.data import shapes_split
+from scaledet.engine import Trainer, TrainConfig
+from scaledet.engine.run import add_train_transforms, build_model
 from scaledet.paper.reference import FEATURE_NETWORKS, FeatureNetworkRow
+from scaledet.paper.tables import markdown
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,6 @@ def _save_cache(path: Path, data: dict[str, Any]) -> None:
 
 def train_one(row: FeatureNetworkRow, seed: int, budget: AblationBudget, device: str, out: Path) -> dict[str, Any]:
     """Train and evaluate one (row, seed); returns COCO AP / AP50, steps and wall time."""
-    from scaledet.data import shapes_split
-    from scaledet.engine import Trainer, TrainConfig
-    from scaledet.engine.run import add_train_transforms, build_model
-
     config = TrainConfig.for_model(
         budget.model, train="shapes:train", val="shapes:val", image_size=budget.image_size, epochs=budget.epochs,
         max_minutes=budget.max_minutes, max_steps=budget.max_steps, batch_size=budget.batch_size, lr=budget.lr,
@@ -151,8 +151,6 @@ def ranking_sentence(rows: list[dict[str, Any]]) -> str:
 
 
 def ablation_markdown(rows: list[dict[str, Any]]) -> str:
-    from scaledet.paper.tables import markdown
-
     return markdown(["feature network", "AP per seed", "AP mean +- std", "AP50 mean", "steps", "paper AP (COCO)"], rows,
                     lambda r: [r["label"], ", ".join(f"{a:.2f}" for a in r["aps"]), f"{r['ap_mean']:.2f} +- {r['ap_std']:.2f}",
                                f"{r['ap50_mean']:.2f}", str(r["steps"]), "-" if r["paper_ap"] is None else f"{r['paper_ap']:g}"])

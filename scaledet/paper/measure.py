@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from scaledet.models.registry import create_model
 from scaledet.profiling import count_parameters
 
 
@@ -32,8 +33,6 @@ class Size:
 
 def build_meta(name: str, **overrides) -> nn.Module:
     """``create_model(name, **overrides)`` on the meta device (no memory, no compute)."""
-    from scaledet import create_model
-
     with torch.device("meta"):
         return create_model(name, **overrides)
 
@@ -93,8 +92,6 @@ def time_forward(fn: Callable[[], object], device: torch.device, runs: int, warm
 
 def model_latency_ms(name: str, device: str = "cpu", runs: int = 3, warmup: int = 1, **overrides) -> float:
     """Median batch-1 latency (ms) of ``name``'s network at its native size on ``device``."""
-    from scaledet import create_model
-
     target = torch.device(device)
     model = create_model(name, **overrides).eval().to(target)
     batch = torch.rand(1, 3, *model.image_size, device=target)
@@ -105,8 +102,6 @@ def fusion_speed(name: str, device: str = "cpu", runs: int = 5, part: str = "net
     """Median ms of ``name``'s feature network (``part``) with fast vs softmax fusion, same weights
     and inputs, runs interleaved to share the machine's noise. Returns ``fast_ms``, ``softmax_ms``
     and ``speedup`` = softmax / fast."""
-    from scaledet import create_model
-
     target = torch.device(device)
     models = {f: create_model(name, fusion=f).eval().to(target) for f in ("fast", "softmax")}
     models["softmax"].load_state_dict(models["fast"].state_dict())

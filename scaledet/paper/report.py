@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from scaledet.paper import tables
+from scaledet.models.registry import family_hook
+from scaledet.paper import measure, tables
 from scaledet.paper.ablation import AblationBudget, ablation_markdown, load_cache, ranking_sentence, run_ablation, summarise
 from scaledet.paper.figures import FIGURE_BASELINES, plot_ablation, plot_figures
 
@@ -68,9 +69,6 @@ def read_gpu_measurements(path: Path) -> tuple[dict[str, float], list[dict[str, 
 
 
 def _baselines(device: str | None) -> list[dict[str, Any]]:
-    from scaledet.paper import measure
-    from scaledet.models.registry import family_hook
-
     rows = []
     for name, _, _ in FIGURE_BASELINES:
         size_hw = tuple(family_hook(name, "profile_info")(name)["native_size"])

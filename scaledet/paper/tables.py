@@ -8,6 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from scaledet.models.efficientdet import VARIANTS, compound_scaling
+from scaledet.models.registry import family_hook
 from scaledet.paper import measure
 from scaledet.paper.reference import (
     EFFICIENTDET_MODELS,
@@ -26,15 +28,11 @@ WITHIN = 0.10  # "reproduced" tolerance on params / MACs
 
 
 def _variant(name: str):
-    from scaledet.models.efficientdet import VARIANTS
-
     return VARIANTS[name]
 
 
 def table1() -> list[Row]:
     """Compound scaling: equations 1-3 (``compound_scaling``) vs the published Table 1 (our variant table)."""
-    from scaledet.models.efficientdet import compound_scaling
-
     rows = []
     for phi, name in enumerate(EFFICIENTDET_MODELS):
         v = _variant(name)
@@ -76,8 +74,6 @@ def table2(device: str | None = "cpu", imported: dict[str, float] | None = None,
 
 def table4() -> list[Row]:
     """ResNet50+FPN, EfficientNet-B3+FPN, EfficientNet-B3+BiFPN: params/MACs vs 34M/97B, 21M/75B, 12M/24B."""
-    from scaledet.models.registry import family_hook
-
     rows = []
     for ref in TABLE4:
         size_hw = tuple(family_hook(ref.model, "profile_info")(ref.model)["native_size"])
