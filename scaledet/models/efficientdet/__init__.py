@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .anchor_fit import boxes_in_input_pixels, fit_anchors
 from .anchors import num_anchors_for
 from .coco import COCO90_CLASS_NAMES
 from .config import VARIANTS, EfficientDetVariant, as_size, compound_scaling, with_overrides
@@ -61,7 +62,5 @@ def fit_anchors_for(name: str, records: list, image_size: tuple[int, int], overr
     """For ``scaledet doctor`` and ``--anchors auto``: ``(published, best)``
     :class:`~scaledet.models.efficientdet.anchor_fit.AnchorFit` of the training ``records`` (boxes
     in their image pixels) for model ``name`` at input ``image_size``; ``best.overrides()`` builds it."""
-    from .anchor_fit import boxes_in_input_pixels, fit_anchors
-
     variant = with_overrides(VARIANTS[name], **(overrides or {}))
     return fit_anchors(boxes_in_input_pixels(records, tuple(image_size)), variant, tuple(image_size))
