@@ -147,9 +147,11 @@ def run_contract(name: str, tmp_path, options: dict, onnx: bool) -> None:
     assert all(torch.equal(a[key], b[key]) for a, b in zip(eager, again) for key in a)
 
     # optimize(): the same detections
+    # folding BatchNorm reassociates sums through up to ~100 perturbed random conv layers (DETR
+    # R101-DC5 with AVX2 kernels: 1.2e-4), hence a score tolerance above export's 1e-4
     fast = scaledet.optimize(model)
     with torch.no_grad():
-        check_same(eager, fast(inputs), "optimize vs eager")
+        check_same(eager, fast(inputs), "optimize vs eager", score_tol=5e-4)
 
     if not onnx:
         return
