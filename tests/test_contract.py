@@ -39,6 +39,12 @@ FULL_WIDTH = {"efficientdet_d0": {"image_size": 128}, "efficientdet_lite0": {"im
               "retinanet_effb3_fpn": {"image_size": 128}}
 RETINANET_SMALL = {"score_thresh": 0.0}  # random-init scores sit near the 0.01 prior, under the 0.05 default
 ONNX_QUICK = ["efficientdet_d7x", "detr_r50_dc5", "retinanet_effb3_fpn"]
+#: quick-run options of the families whose every variant shares one reduced form
+SMALL_BY_PREFIX = {
+    "detr_": DETR_SMALL,
+    "rtdetr_": {"image_size": 64},  # filled in with the RT-DETR family
+    "deformable_detr_": {"image_size": 64},  # filled in with the Deformable DETR family
+}
 NUM_CLASSES = 3
 
 
@@ -48,8 +54,9 @@ def small_options(name: str) -> dict:
         return {**FULL_WIDTH[name], **RETINANET_SMALL}
     if name in FULL_WIDTH:
         return dict(FULL_WIDTH[name])
-    if name.startswith("detr_"):
-        return dict(DETR_SMALL)
+    for prefix, options in SMALL_BY_PREFIX.items():
+        if name.startswith(prefix):
+            return dict(options)
     return dict(EFFICIENTDET_SMALL)
 
 
