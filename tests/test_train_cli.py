@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -74,3 +75,70 @@ def test_fine_tune_from_a_local_file_with_new_classes(tmp_path):
         assert "--num-classes 5 but the training data has 4 classes" in str(error)
     else:
         raise AssertionError("a class-count mismatch must be a ValueError")
+
+
+class _FirstTrainingBatchSeen(Exception):
+    """Raised by the patched network to end the run once the first training batch reached it."""
+
+
+def test_detr_train_command_without_yaml_feeds_detr_its_own_resize_and_padding_mask(tmp_path, monkeypatch):
+    """``scaledet train --model detr_r50 --train D --val D --max-steps 2`` with no YAML: the images
+    reach DETR's preprocess at their own size (flip / crop only: no EfficientDet scale jitter, no
+    padding to 800x1333), the network gets one multi-scale shorter side (480..800, longer side at
+    most 1333) for the whole batch, and the mask is False ("real") exactly on each resized image."""
+    import dataclasses
+
+    from PIL import Image
+
+    from scaledet.models.detr import VARIANTS
+    from scaledet.models.detr.model import DETR
+    from scaledet.models.detr.preprocess import resized_size
+    from scaledet.models.detr.variants import DETR_TRAIN_SCALES
+
+    sizes = [(64, 96), (90, 60), (70, 70), (50, 100)]  # (h, w): landscape, portrait, square
+    images, annotations = [], []
+    for index, (height, width) in enumerate(sizes):
+        Image.new("RGB", (width, height), (200, 40, 40)).save(tmp_path / f"{index}.png")
+        images.append({"id": index + 1, "file_name": f"{index}.png", "height": height, "width": width})
+        annotations.append({"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [8, 8, 30, 30],
+                            "area": 900, "iscrowd": 0})
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    # detr_r50 as the CLI builds it (eval resize 800 / 1333, its training sizes), with a tiny network
+    monkeypatch.setitem(VARIANTS, "detr_r50", dataclasses.replace(
+        VARIANTS["detr_r50"], backbone="resnet18", hidden_dim=32, num_heads=2, ffn_dim=64, enc_layers=1,
+        dec_layers=1, num_queries=5))
+    seen = []
+    preprocess = DETR.preprocess
+
+    def recording_preprocess(self, batch_images, training=False):
+        batch = preprocess(self, batch_images, training)
+        seen.append(([tuple(image.shape[-2:]) for image in batch_images], batch, training))
+        return batch
+
+    def stop(self, batch, mask):
+        raise _FirstTrainingBatchSeen
+
+    monkeypatch.setattr(DETR, "preprocess", recording_preprocess)
+    monkeypatch.setattr(DETR, "forward_features", stop)
+    with pytest.raises(_FirstTrainingBatchSeen):
+        main(["train", "--model", "detr_r50", "--train", str(data), "--val", str(data), "--max-steps", "2",
+              "--batch-size", "4", "--workers", "0", "--out", str(tmp_path / "run"), "--no-progress"])
+    (input_sizes, batch, training), = seen
+    assert training and len(input_sizes) == 4
+    for height, width in input_sizes:  # each image at its own size or DETR's crop of it (sides >= 384 / 600 of its shorter side)
+        assert any(384 / 600 * min(h, w) - 1 <= height <= h and 384 / 600 * min(h, w) - 1 <= width <= w
+                   for h, w in sizes), (height, width)
+    pixels, mask = batch.inputs
+    shorter_sides = [side for side in DETR_TRAIN_SCALES
+                     if all(resized_size(h, w, side, 1333)[0] <= pixels.shape[2] for h, w in input_sizes)]
+    expected = {side: [resized_size(h, w, side, 1333) for h, w in input_sizes] for side in shorter_sides}
+    side = next(side for side, resized in expected.items()
+                if (max(h for h, _ in resized), max(w for _, w in resized)) == tuple(pixels.shape[2:]))
+    assert max(pixels.shape[2:]) <= 1333 and pixels.shape[:2] == (4, 3)
+    for image_mask, image_pixels, (height, width) in zip(mask, pixels, expected[side]):
+        real = torch.zeros_like(image_mask)
+        real[:height, :width] = True
+        assert torch.equal(~image_mask, real)  # mask True on padding only
+        assert not image_pixels[:, ~real].any()  # padding is zeros after normalisation
