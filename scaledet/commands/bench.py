@@ -1,5 +1,7 @@
 """scaledet bench: batch-1 latency and batch-N throughput of ours (eager, optimised, onnxruntime),
-interleaved in one run; prints a markdown table, writes JSON. From a source checkout,
+interleaved in one run; prints the processor (model, ISA flags, kind: :mod:`scaledet.inference.processor`)
+and a markdown table, writes JSON. Results files keep one table per processor kind: a run replaces its
+own kind's table in ``--json`` / ``--markdown`` and keeps the others. From a source checkout,
 ``python -m benchmarks.bench_reference`` (same options) adds effdet / transformers with the same weights.
 
 CPU: ``scaledet bench --models efficientdet_d0 detr_r50 --threads 1 --json benchmarks/results/cpu.json``
@@ -83,7 +85,9 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
     (its reference engines, and its command line for the record)."""
     import torch
 
-    from scaledet.inference.benchmark import machine_info, markdown_table, temporary_dir
+    from scaledet.inference.benchmark import (machine_info, markdown_table, merge_json_results,
+                                              merge_markdown_results, temporary_dir)
+    from scaledet.inference.processor import current_processor
 
     try:
         _check_args(args)
@@ -92,6 +96,8 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    processor = current_processor()
+    print(f"processor: {processor.describe()}")
     results = []
     with temporary_dir() as tmp:
         for name in args.models:
@@ -99,8 +105,8 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
     machine = machine_info(args.device)
     machine["load_average_end"] = machine.pop("load_average")
     rows = [row for result in results for row in result["rows"]]
-    table = markdown_table(rows)
-    print(table)
+    table = markdown_table(rows, processor.kind)
+    print(f"\nprocessor: {processor.describe()}\n{table}")
     for result in results:
         if result["postprocess_batch1"]:
             p = result["postprocess_batch1"]
@@ -113,13 +119,13 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
                     f"{machine['time_utc']} UTC" + (f", GPU {machine['gpu']}" if "gpu" in machine else ""))
     command = command or "scaledet bench " + " ".join(sys.argv[2:])
     print(f"\nmachine: {machine_line}\ncommand: {command}")
-    payload = {"machine": machine, "command": command, "args": vars(args),
-               "results": results}
-    payload["args"] = {k: v for k, v in payload["args"].items() if not k.startswith("_")}
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    entry = {"processor": processor.as_dict(), "machine": machine, "command": command, "args": arguments,
+             "results": results}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=1, default=str))
+        merge_json_results(Path(args.json), processor.kind, entry)
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(f"{table}\n\nMachine: {machine_line}\n\nCommand: `{payload['command']}`\n")
+        section = (f"## {processor.kind}: {processor.describe()}\n\n{table}\n\nMachine: {machine_line}\n\n"
+                   f"Command: `{command}`\n")
+        merge_markdown_results(Path(args.markdown), processor.kind, section)
     return 0

@@ -10,10 +10,16 @@ Engines (each a callable taking the same list of ``[3, H, W]`` images in [0, 1])
 
 Timing: ``warmup`` untimed rounds, then ``runs`` rounds; in every round each engine runs once
 (interleaved, so load changes hit all engines alike); the median is reported.
+
+Results files keep one table per processor kind (:attr:`~scaledet.inference.processor.Processor.kind`):
+the JSON is ``{"format": RESULTS_FORMAT, "tables": {kind: {"processor", "machine", "command", "args",
+"results"}}}`` and the markdown has one ``## <kind>: <processor>`` section per kind; a run replaces
+its own kind's table and keeps the others (:func:`merge_json_results`, :func:`merge_markdown_results`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -28,6 +34,7 @@ from torch import Tensor, nn
 
 from scaledet.export import OnnxDetector, export_onnx
 from scaledet.inference.optimize import optimize
+from scaledet.inference.processor import current_processor
 from scaledet.models.registry import create_model
 
 
@@ -60,14 +67,16 @@ def _sync(device: str) -> None:
 
 
 def machine_info(device: str) -> dict:
-    """CPU model, cores, threads, load average, versions, GPU name when on CUDA."""
+    """CPU model, processor kind and ISA flags (``"processor"``: :meth:`Processor.as_dict
+    <scaledet.inference.processor.Processor.as_dict>`), cores, threads, load average, versions, GPU
+    name when on CUDA."""
     cpu = platform.processor()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "processor": current_processor().as_dict(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
             "python": platform.python_version(), "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     if device.startswith("cuda"):
@@ -167,15 +176,65 @@ def summarise(name: str, engines: list[Engine], batch_size: int) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The rows as a markdown table."""
-    header = "| model | engine | batch | median ms | img/s | x reference | x ours eager |\n|---|---|---|---|---|---|---|\n"
+def markdown_table(rows: list[dict], processor: str) -> str:
+    """The rows as a markdown table, every row labelled with ``processor`` (its kind)."""
+    header = ("| processor | model | engine | batch | median ms | img/s | x reference | x ours eager |\n"
+              "|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         ratio = "" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}"
-        lines.append(f"| {r['model']} | {r['engine']} | {r['batch']} | {r['median_ms']:.1f} | "
+        lines.append(f"| {processor} | {r['model']} | {r['engine']} | {r['batch']} | {r['median_ms']:.1f} | "
                      f"{r['images_per_s']:.2f} | {ratio} | {r['vs_eager']:.2f} |")
     return header + "\n".join(lines)
+
+
+RESULTS_FORMAT = "scaledet-bench/2"
+
+
+def results_by_processor(payload: dict) -> dict[str, dict]:
+    """``{kind: table}`` of a results JSON payload; a file written before :data:`RESULTS_FORMAT` (one
+    table, no processor kind) becomes ``{kind or "unrecorded": payload}``."""
+    if payload.get("format") == RESULTS_FORMAT:
+        return dict(payload["tables"])
+    kind = payload.get("machine", {}).get("processor", {}).get("kind", "unrecorded")
+    return {kind: payload}
+
+
+def merge_json_results(path: Path, kind: str, table: dict) -> dict:
+    """Write ``table`` as processor ``kind``'s entry of the results file ``path``, keeping the other
+    kinds' tables; returns the whole payload."""
+    tables = results_by_processor(json.loads(path.read_text())) if path.exists() else {}
+    tables[kind] = table
+    payload = {"format": RESULTS_FORMAT, "tables": dict(sorted(tables.items()))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return payload
+
+
+def _markdown_sections(text: str) -> tuple[str, dict[str, str]]:
+    """``(preamble, {kind: section})`` of a results markdown file; sections start with ``## <kind>:``.
+    A file without sections (written before :data:`RESULTS_FORMAT`) is one ``unrecorded`` section."""
+    if not any(line.startswith("## ") for line in text.splitlines()):
+        return "", ({"unrecorded": f"## unrecorded: processor not recorded\n\n{text.strip()}\n"} if text.strip() else {})
+    preamble, sections, key = [], {}, None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            key = line[3:].split(":", 1)[0].strip()
+            sections[key] = ""
+        if key is None:
+            preamble.append(line)
+        else:
+            sections[key] += line
+    return "".join(preamble), sections
+
+
+def merge_markdown_results(path: Path, kind: str, section: str) -> None:
+    """Write ``section`` (starting ``## <kind>: ...``) into the markdown file ``path``, replacing that
+    kind's section and keeping the others."""
+    preamble, sections = _markdown_sections(path.read_text()) if path.exists() else ("", {})
+    sections[kind] = section.rstrip() + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(preamble + "\n".join(sections[key] for key in sorted(sections)))
 
 
 def temporary_dir() -> tempfile.TemporaryDirectory:

@@ -1,0 +1,60 @@
+"""The processor report (model, ISA flags, kind) and the bench results files keeping one table per
+processor kind."""
+
+import json
+
+from scaledet.inference.benchmark import (RESULTS_FORMAT, markdown_table, merge_json_results,
+                                          merge_markdown_results)
+from scaledet.inference.processor import Processor, _cpuinfo, current_processor
+
+SAPPHIRE = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
+
+
+def test_kind_and_native_bf16_follow_flags_and_kernel_caps():
+    assert Processor("x", SAPPHIRE, "AVX512").kind == "avx512-bf16-vnni-amx"
+    assert Processor("x", frozenset({"avx2", "avx512f", "avx512_vnni"}), "AVX512").kind == "avx512-vnni"
+    assert Processor("x", frozenset({"avx2"}), "AVX2").kind == "avx2"
+    assert Processor("x", frozenset({"avx2", "avx_vnni"}), "AVX2").kind == "avx2-vnni"
+    assert Processor("x", frozenset(), "DEFAULT").kind == "default"
+    assert Processor("x", SAPPHIRE, "AVX512").native_bf16
+    assert not Processor("x", frozenset({"avx2", "avx512f"}), "AVX512").native_bf16
+    # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine: ATen's kernels are AVX2, bf16 is emulated
+    capped = Processor("x", SAPPHIRE, "AVX2", {"ATEN_CPU_CAPABILITY": "avx2"})
+    assert capped.kind == "avx2" and not capped.native_bf16
+    assert not Processor("x", SAPPHIRE, "AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}).native_bf16
+    assert Processor("x", SAPPHIRE, "AVX512", {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}).native_bf16
+    assert "capped: ATEN_CPU_CAPABILITY=avx2" in capped.describe()
+    assert capped.as_dict()["flags"]["amx_int8"] is True and capped.as_dict()["kind"] == "avx2"
+
+
+def test_cpuinfo_parsing_and_this_machine():
+    text = "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n" \
+           "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n"
+    assert _cpuinfo(text) == ("Test CPU 9000", {"fpu", "avx2", "avx512f", "avx512_bf16"})
+    here = current_processor()
+    assert here.model and here.kind and here.aten_capability
+    assert json.loads(json.dumps(here.as_dict()))["kind"] == here.kind
+
+
+def test_results_files_keep_one_table_per_processor_kind(tmp_path):
+    path = tmp_path / "cpu.json"
+    # a file written before processor kinds were recorded is kept as the "unrecorded" table
+    path.write_text(json.dumps({"machine": {"cpu": "Old"}, "results": [1]}))
+    merge_json_results(path, "avx2", {"results": [2]})
+    merge_json_results(path, "avx512-bf16-vnni", {"results": [3]})
+    merge_json_results(path, "avx2", {"results": [4]})
+    payload = json.loads(path.read_text())
+    assert payload["format"] == RESULTS_FORMAT
+    assert {kind: table["results"] for kind, table in payload["tables"].items()} == \
+        {"unrecorded": [1], "avx2": [4], "avx512-bf16-vnni": [3]}
+
+    md = tmp_path / "cpu.md"
+    md.write_text("| model |\n|---|\n| old |\n")
+    row = {"model": "m", "engine": "e", "batch": 1, "median_ms": 2.0, "images_per_s": 500.0, "vs_reference": None,
+           "vs_eager": 1.0}
+    merge_markdown_results(md, "avx2", f"## avx2: cpu A\n\n{markdown_table([row], 'avx2')}\n")
+    merge_markdown_results(md, "avx512", "## avx512: cpu B\n\nfirst\n")
+    merge_markdown_results(md, "avx512", "## avx512: cpu B\n\nsecond\n")
+    text = md.read_text()
+    assert text.count("## ") == 3 and "| old |" in text and "second" in text and "first" not in text
+    assert "| avx2 | m | e | 1 | 2.0 | 500.00 |  | 1.00 |" in text
