@@ -44,6 +44,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("efficientdet", "efficientdet_"),
     Family("detr", "detr_"),
     Family("baselines", "retinanet_"),
+    Family("deformable_detr", "deformable_detr_"),
 )
 
 

@@ -1,0 +1,89 @@
+"""Convert transformers' ``DeformableDetrForObjectDetection`` state dicts to our layout.
+
+Supported source: Hugging Face names, transformers 5.x (``model.backbone.model.*``, ``o_proj``,
+``mlp.fc1``) and the published hub files (``model.backbone.conv_encoder.model.*``, ``out_proj``,
+``fc1``), decoder self-attention split into ``q_proj`` / ``k_proj`` / ``v_proj`` (packed into
+``in_proj`` here, as DETR's converter does).
+
+Heads: transformers stores one ``class_embed.i`` / ``bbox_embed.i`` per decoder layer (plus one for
+the encoder proposals in two-stage models) and copies under ``model.decoder.*``. Our plain model
+has one shared head; the copies of the others must then equal head 0 (else the file is a
+box-refinement checkpoint and loading it into a plain model would be wrong: ValueError). The
+``model.decoder.*`` copies are dropped.
+
+:func:`to_scaledet` renames only; loading is strict (:func:`scaledet.models.checkpoints.load_state_strict`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor, nn
+
+from scaledet.models.detr.convert import Rules, _pack_qkv, _rename, _without_counters
+
+_FROM_HF: Rules = [
+    (r"^model\.backbone\.(conv_encoder\.)?model\.", "backbone.body."),
+    (r"^model\.input_projection\.", "input_proj."),  # older hub name
+    (r"^model\.input_proj\.", "input_proj."),
+    (r"^model\.query_position_embeddings\.", "query_embed."),
+    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.", r"transformer.\1.\2."),
+    (r"^model\.(level_embed|reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\b",
+     r"transformer.\1"),
+    (r"^class_embed\.", "class_heads."),
+    (r"^bbox_embed\.", "box_heads."),
+    (r"\.encoder_attn\.", ".cross_attn."),
+    (r"\.(out_proj|o_proj)\.", ".out_proj."),
+    (r"\.(mlp\.)?fc([12])\.", r".ffn.linear\2."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"\.encoder_attn_layer_norm\.", ".norm2."),
+    (r"^(transformer\.encoder\.\d+)\.final_layer_norm\.", r"\1.norm2."),
+    (r"^(transformer\.decoder\.\d+)\.final_layer_norm\.", r"\1.norm3."),
+]
+
+#: transformers' tied copies of the detection heads
+_DECODER_HEAD_COPIES = re.compile(r"^model\.decoder\.(class_embed|bbox_embed)\.")
+_HEAD = re.compile(r"^(?P<kind>class_heads|box_heads)\.(?P<index>\d+)\.(?P<rest>.*)$")
+
+
+def detect_format(state_dict: dict[str, Tensor]) -> str:
+    """``"scaledet"`` or ``"hf"`` from the key names; ValueError otherwise."""
+    keys = list(state_dict)
+    if any(key.startswith("transformer.level_embed") for key in keys):
+        return "scaledet"
+    if any(key.startswith("model.encoder.layers.") and ".sampling_offsets." in key for key in keys):
+        return "hf"
+    raise ValueError(f"not a Deformable DETR checkpoint (Hugging Face or scaledet); first keys: {keys[:5]}")
+
+
+def _shared_heads(state_dict: dict[str, Tensor], num_heads: int) -> dict[str, Tensor]:
+    """Keep heads ``0..num_heads-1``; with a single shared head (plain model), every other head of the
+    file must equal head 0 (the file's per-layer copies)."""
+    kept = {}
+    for key, value in state_dict.items():
+        match = _HEAD.match(key)
+        if match is None or int(match["index"]) < num_heads:
+            kept[key] = value
+            continue
+        first = state_dict.get(f"{match['kind']}.0.{match['rest']}")
+        if num_heads != 1 or first is None or not torch.equal(first, value):
+            raise ValueError(f"{key} differs from head 0: the file has one head per decoder layer (box "
+                             "refinement or two-stage); load it into deformable_detr_r50_box_refine or _two_stage")
+    return kept
+
+
+def from_hf(state_dict: dict[str, Tensor], num_heads: int) -> dict[str, Tensor]:
+    """transformers ``DeformableDetrForObjectDetection`` state dict -> ours, for a model with
+    ``num_heads`` class / box heads (1 plain; decoder layers with refinement; + 1 two-stage)."""
+    renamed = {_rename(key, _FROM_HF): value for key, value in _without_counters(state_dict).items()
+               if not _DECODER_HEAD_COPIES.match(key)}
+    return _shared_heads(_pack_qkv(renamed), num_heads)
+
+
+def to_scaledet(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Any supported Deformable DETR state dict -> our key names for ``model`` (ours: unchanged;
+    ``model`` may be on the meta device: only its head count is read)."""
+    if detect_format(state_dict) == "scaledet":
+        return dict(state_dict)
+    return from_hf(state_dict, len(model.class_heads))
