@@ -45,6 +45,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("detr", "detr_"),
     Family("baselines", "retinanet_"),
     Family("deformable_detr", "deformable_detr_"),
+    Family("rtdetr", "rtdetr_"),
 )
 
 

@@ -1,0 +1,71 @@
+"""Convert Hugging Face ``RTDetrForObjectDetection`` state dicts (the ``PekingU/rtdetr_*`` files)
+to our key names.
+
+Renames only, plus packing the separate ``q_proj`` / ``k_proj`` / ``v_proj`` of the self-attention
+layers into ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert._pack_qkv`,
+shared with DETR). BatchNorm counters (``num_batches_tracked``) are dropped, as for DETR's foreign
+files. Loading stays strict (:func:`scaledet.models.checkpoints.load_state_strict`).
+The official ``rtdetr_pytorch`` ``.pth`` layout is not converted yet.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import Tensor
+
+from scaledet.models.detr.convert import _pack_qkv, _without_counters
+
+_BLOCK_CONV = re.compile(r"^(backbone\.stages\.\d+\.\d+)\.layer\.(\d)\.")
+
+_FROM_HF: list[tuple[str, str]] = [
+    (r"^model\.backbone\.model\.embedder\.embedder\.", "backbone.stem."),
+    (r"^model\.backbone\.model\.encoder\.stages\.(\d+)\.layers\.(\d+)\.", r"backbone.stages.\1.\2."),
+    (r"\.shortcut\.1\.", ".shortcut."),  # the average pool is index 0 in Hugging Face's shortcut
+    (r"\.convolution\.", ".conv."),
+    (r"\.normalization\.", ".norm."),
+    (r"^model\.encoder_input_proj\.(\d+)\.0\.", r"encoder.input_proj.\1.conv."),
+    (r"^model\.encoder_input_proj\.(\d+)\.1\.", r"encoder.input_proj.\1.norm."),
+    (r"^model\.decoder_input_proj\.(\d+)\.0\.", r"decoder.input_proj.\1.conv."),
+    (r"^model\.decoder_input_proj\.(\d+)\.1\.", r"decoder.input_proj.\1.norm."),
+    (r"^model\.encoder\.aifi\.0\.layers\.(\d+)\.final_layer_norm\.", r"encoder.aifi.\1.norm2."),
+    (r"^model\.encoder\.aifi\.0\.layers\.(\d+)\.", r"encoder.aifi.\1."),
+    (r"^model\.encoder\.", "encoder."),
+    (r"^model\.(enc_output|enc_score_head|enc_bbox_head|denoising_class_embed)\.", r"decoder.\1."),
+    (r"^model\.decoder\.class_embed\.", "decoder.class_heads."),
+    (r"^model\.decoder\.bbox_embed\.", "decoder.box_heads."),
+    (r"^model\.decoder\.", "decoder."),
+    (r"\.o_proj\.", ".out_proj."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"\.encoder_attn_layer_norm\.", ".norm2."),
+    (r"\.encoder_attn\.", ".cross_attn."),
+    (r"^(decoder\.layers\.\d+)\.final_layer_norm\.", r"\1.norm3."),
+    (r"\.mlp\.fc([12])\.", r".ffn.linear\1."),
+]
+
+
+def _rename(key: str) -> str:
+    for pattern, replacement in _FROM_HF:
+        key = re.sub(pattern, replacement, key)
+    # backbone block convolutions: Hugging Face's layer.0/1/2 are our conv1/conv2/conv3
+    return _BLOCK_CONV.sub(lambda m: f"{m[1]}.conv{int(m[2]) + 1}.", key)
+
+
+def detect_format(state_dict: dict[str, Tensor]) -> str:
+    """``"scaledet"`` or ``"hf"`` from the key names; ValueError otherwise."""
+    keys = list(state_dict)
+    if any(key.startswith("backbone.stem.") for key in keys):
+        return "scaledet"
+    if any(key.startswith(("model.backbone.model.embedder.", "model.decoder.layers.")) for key in keys):
+        return "hf"
+    raise ValueError(f"not an RT-DETR checkpoint (Hugging Face or scaledet); first keys: {keys[:5]}")
+
+
+def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face ``RTDetrForObjectDetection`` state dict -> our key names."""
+    return _pack_qkv({_rename(key): value for key, value in _without_counters(state_dict).items()})
+
+
+def to_scaledet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Any supported RT-DETR state dict -> our key names (ours: unchanged)."""
+    return dict(state_dict) if detect_format(state_dict) == "scaledet" else from_hf(state_dict)
