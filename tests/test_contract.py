@@ -42,7 +42,10 @@ ONNX_QUICK = ["efficientdet_d7x", "detr_r50_dc5", "retinanet_effb3_fpn"]
 #: quick-run options of the families whose every variant shares one reduced form
 SMALL_BY_PREFIX = {
     "detr_": DETR_SMALL,
-    "rtdetr_": {"image_size": 64},  # filled in with the RT-DETR family
+    "rtdetr_": {"image_size": 64, "depths": (1, 1, 1, 1), "widths": (16, 32, 48, 64), "stem_width": 16,
+                "encoder_dim": 32, "encoder_heads": 2, "encoder_ffn_dim": 64, "decoder_dim": 32,
+                "decoder_heads": 2, "decoder_ffn_dim": 64, "decoder_layers": 2, "num_queries": 12,
+                "num_denoising": 12},
     "deformable_detr_": {"image_size": 64},  # filled in with the Deformable DETR family
 }
 NUM_CLASSES = 3
