@@ -1,0 +1,146 @@
+"""RT-DETR equals transformers' RTDetrForObjectDetection: preprocessing, network outputs, detections,
+the training loss (denoising included) and the full-size parameter layouts."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import scaledet
+from scaledet.models import rtdetr
+from scaledet.models.rtdetr import convert
+from scaledet.weights import compare_state_dicts
+
+transformers = pytest.importorskip("transformers")
+
+NUM_CLASSES = 5
+#: our overrides of a shrunk R18-vd / R50-vd (the backbone layouts kept, every width and depth small)
+SMALL = {"depths": (1, 2, 1, 1), "stem_width": 16, "encoder_dim": 32, "encoder_heads": 2, "encoder_ffn_dim": 64,
+         "decoder_dim": 32, "decoder_heads": 2, "decoder_ffn_dim": 64, "decoder_layers": 3, "num_queries": 20,
+         "num_denoising": 12}
+WIDTHS = {"basic": (16, 24, 32, 48), "bottleneck": (32, 32, 48, 64)}  # bottleneck: widths[0] != stem
+IMAGE_SIZE = 128
+
+
+def hf_config(variant: rtdetr.RtDetrVariant, num_classes: int) -> "transformers.RTDetrConfig":
+    """The transformers configuration of one of our variant rows."""
+    backbone = transformers.RTDetrResNetConfig(
+        embedding_size=variant.stem_width, hidden_sizes=list(variant.widths), depths=list(variant.depths),
+        layer_type=variant.block, out_indices=[2, 3, 4])
+    return transformers.RTDetrConfig(
+        backbone_config=backbone, encoder_in_channels=list(variant.widths[1:]), encoder_hidden_dim=variant.encoder_dim,
+        encoder_attention_heads=variant.encoder_heads, encoder_ffn_dim=variant.encoder_ffn_dim,
+        encoder_layers=variant.encoder_layers, hidden_expansion=variant.expansion, d_model=variant.decoder_dim,
+        decoder_in_channels=[variant.encoder_dim] * 3, decoder_attention_heads=variant.decoder_heads,
+        decoder_ffn_dim=variant.decoder_ffn_dim, decoder_layers=variant.decoder_layers,
+        decoder_n_points=variant.decoder_points, num_queries=variant.num_queries, num_labels=num_classes,
+        num_denoising=variant.num_denoising)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights that make every query and class distinct (the default init zeroes the box
+    heads and the attention weights) and non-trivial BatchNorm statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if not tensor.is_floating_point():
+            continue
+        noise = torch.randn(tensor.shape, generator=generator)
+        if name.endswith("running_var"):
+            tensor.copy_(0.5 + noise.abs())
+        elif name.endswith("running_mean"):
+            tensor.copy_(0.1 * noise)
+        elif tensor.dim() > 1:
+            tensor.copy_(noise * (2.0 / sum(tensor.shape[:2])) ** 0.5)
+        elif "norm" in name and name.endswith("weight"):
+            tensor.copy_(1 + 0.2 * noise)
+        else:
+            tensor.copy_(0.2 * noise)
+    return model
+
+
+def images():
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 100, 150, generator=generator), torch.rand(3, 140, 90, generator=generator)]
+
+
+def converted_pair(name: str, tmp_path, **extra):
+    """(transformers model, ours loaded from its state dict through ``create_model(pretrained=)``), eval mode."""
+    overrides = {**SMALL, "widths": WIDTHS[rtdetr.VARIANTS[name].block], **extra}
+    variant = dataclasses.replace(rtdetr.VARIANTS[name], **overrides)
+    torch.manual_seed(0)
+    reference = randomize(transformers.RTDetrForObjectDetection(hf_config(variant, NUM_CLASSES))).eval()
+    path = tmp_path / "hf_rtdetr.pth"
+    torch.save(reference.state_dict(), path)
+    ours = scaledet.create_model(name, pretrained=path, image_size=IMAGE_SIZE, **overrides).eval()
+    assert ours.num_classes == NUM_CLASSES  # counted from the file's class head
+    return reference, ours
+
+
+def test_preprocess_matches_image_processor():
+    """Resize to the fixed size (bilinear, antialiased, aspect ratio not kept), [0, 1], no mean / std."""
+    model = rtdetr.build("rtdetr_r18vd", image_size=IMAGE_SIZE, **SMALL, widths=WIDTHS["basic"])
+    processor = transformers.RTDetrImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    inputs = images()
+    theirs = processor(images=inputs, do_rescale=False, return_tensors="pt")["pixel_values"]
+    (ours,) = model.preprocess(inputs).inputs
+    assert ours.shape == theirs.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["rtdetr_r18vd", "rtdetr_r50vd"])
+def test_outputs_and_detections_equal_transformers(name, tmp_path):
+    reference, ours = converted_pair(name, tmp_path)
+    inputs = images()
+    batch = ours.preprocess(inputs)
+    with torch.no_grad():
+        expected = reference(pixel_values=batch.inputs[0])
+        logits, boxes = ours.forward_features(*batch.inputs)
+        detections = ours.postprocess((logits, boxes), batch)
+    torch.testing.assert_close(logits, expected.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(boxes, expected.pred_boxes, atol=1e-4, rtol=0)
+    assert logits.std() > 0.5 and boxes.std() > 0.05  # queries and classes are distinct
+    processor = transformers.RTDetrImageProcessor()
+    theirs = processor.post_process_object_detection(expected, threshold=0.0, target_sizes=batch.image_sizes)
+    for mine, other in zip(detections, theirs):
+        assert torch.equal(mine["labels"], other["labels"])
+        torch.testing.assert_close(mine["scores"], other["scores"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mine["boxes"], other["boxes"], atol=1e-2, rtol=0)  # pixels
+
+
+def test_training_loss_equals_transformers(tmp_path):
+    """The same denoising draws (same seed), matching and VFL + L1 + GIoU terms on every output."""
+    reference, ours = converted_pair("rtdetr_r50vd", tmp_path, backbone_norm="frozen")
+    inputs = images()
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 90.0, 80.0], [60.0, 20.0, 140.0, 60.0]]), "labels": torch.tensor([0, 4])},
+               {"boxes": torch.tensor([[5.0, 30.0, 40.0, 110.0]]), "labels": torch.tensor([2])}]
+    batch = ours.preprocess(inputs, training=True)
+    normalized = scaledet.models.detr.preprocess.normalized_targets(batch.image_sizes, targets)
+    labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in normalized]
+    reference.train(), ours.train()
+    torch.manual_seed(7)
+    expected = reference(pixel_values=batch.inputs[0], labels=labels)
+    torch.manual_seed(7)
+    losses = ours(inputs, targets)
+    assert len(expected.loss_dict) == len(losses) - 1  # every term, same names up to the suffixes
+    torch.testing.assert_close(losses["loss"], expected.loss, atol=1e-4, rtol=1e-5)
+    assert torch.isclose(losses["loss_vfl_dn_2"] * 1.0, expected.loss_dict["loss_vfl_dn_2"], atol=1e-5)
+
+
+FULL = ["rtdetr_r18vd", "rtdetr_r34vd", "rtdetr_r50vd", "rtdetr_r101vd"]
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_layout_equals_transformers(name):
+    """Every converted tensor of transformers' full-size model has our key and shape, and the
+    parameter counts agree (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        ours = scaledet.create_model(name)
+        reference = transformers.RTDetrForObjectDetection(hf_config(rtdetr.VARIANTS[name], 80))
+    theirs = convert.to_scaledet(reference.state_dict())
+    mine = {k: v for k, v in ours.state_dict().items() if not k.endswith("num_batches_tracked")}
+    report = compare_state_dicts(theirs, mine)
+    assert not report, str(report)
+    count = sum(v.numel() for v in mine.values() if v.is_floating_point())
+    assert count == sum(v.numel() for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked"))
+    print(name, f"{count / 1e6:.2f}M")
