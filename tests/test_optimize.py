@@ -1,5 +1,10 @@
 """scaledet.optimize: folded BatchNorm, channels_last and fast post-processing give eager's detections."""
 
+import importlib
+import json
+import time
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +13,7 @@ import scaledet
 from benchmarks.reference import spread_random_weights
 from scaledet.inference.compare import detection_differences
 from scaledet.inference.fold import fold_batchnorm
+from scaledet.inference.processor import Processor
 from scaledet.models.efficientdet.feature_network import FrozenWeightedSum
 from scaledet.models.efficientdet.postprocess import max_over_classes, prefix_nms, top_candidates
 from scaledet.models.efficientdet.topologies import GlobalAttentionFusion
@@ -146,7 +152,7 @@ def test_prefix_nms_equals_full_nms():
 def test_optimize_rejects_bad_input():
     model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=128).eval()
     with pytest.raises(ValueError, match="precision"):
-        scaledet.optimize(model, precision="int8")
+        scaledet.optimize(model, precision="int4")
     with pytest.raises(ValueError, match="CUDA"):
         scaledet.optimize(model, precision="fp16")([torch.rand(3, 64, 64)])
     fast = scaledet.optimize(model)
@@ -183,3 +189,81 @@ def test_optimized_on_cuda(precision):
     assert torch.equal(reference[0]["labels"][:top], result[0]["labels"][:top])
     tolerance = 1e-3 if precision == "fp32" else 0.05
     assert (reference[0]["scores"][:top] - result[0]["scores"][:top]).abs().max() < tolerance
+
+
+def _processor(native_bf16: bool, kind_caps: dict | None = None) -> Processor:
+    flags = {"avx2", "avx512f", "avx512_vnni"} | ({"avx512_bf16"} if native_bf16 else set())
+    return Processor("Test CPU", frozenset(flags), "AVX512", kind_caps or {})
+
+
+def test_bf16_without_native_bf16_warns_once_and_falls_back_to_fp32(monkeypatch):
+    optimize_module = importlib.import_module("scaledet.inference.optimize")
+
+    monkeypatch.setattr(optimize_module, "current_processor", lambda: _processor(native_bf16=False))
+    monkeypatch.setattr(optimize_module, "_warned_emulated_bf16", False)
+    model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=64).eval()
+    with pytest.warns(UserWarning, match="emulated and slower than fp32"):
+        assert scaledet.optimize(model, precision="bf16").precision == "fp32"
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert optimize_module.supported_precision("bf16", cpu) == "fp32"
+        assert optimize_module.supported_precision("bf16", cpu, force=True) == "bf16"
+        monkeypatch.setattr(optimize_module, "current_processor", lambda: _processor(native_bf16=True))
+        assert optimize_module.supported_precision("bf16", cpu) == "bf16"
+
+
+class FakeOptimized:
+    """Stands in for OptimizedDetector in choose_precision: fp32 sleeps 20 ms, bf16 returns fp32's
+    detections with scores moved by ``bf16_score_shift``."""
+
+    bf16_score_shift = 0.0
+    built: list[str] = []
+
+    def __init__(self, model, precision, compile=False):
+        self.precision = precision
+        FakeOptimized.built.append(precision)
+
+    def __call__(self, images):
+        if self.precision == "fp32":
+            time.sleep(0.02)
+        scores = torch.tensor([0.9, 0.5]) + (self.bf16_score_shift if self.precision == "bf16" else 0.0)
+        return [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40]]), "scores": scores,
+                 "labels": torch.tensor([0, 1])}]
+
+
+def test_auto_precision_key_and_disk_cache(monkeypatch, tmp_path):
+    optimize_module = importlib.import_module("scaledet.inference.optimize")
+    monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path))
+    monkeypatch.delenv("SCALEDET_OPTIMIZE_CACHE", raising=False)
+    monkeypatch.setattr(optimize_module, "OptimizedDetector", FakeOptimized)
+    model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=64).eval()
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(optimize_module, "current_processor", lambda: _processor(native_bf16=False))
+    assert optimize_module.native_precisions(cpu) == ["fp32"]
+    assert optimize_module.choose_precision(model) == "fp32"  # nothing to measure, nothing cached
+    assert FakeOptimized.built == [] and not list(tmp_path.rglob("*.json"))
+    key_avx512 = optimize_module.precision_cache_key(model, cpu, compile=False)
+    monkeypatch.setattr(optimize_module, "current_processor", lambda: _processor(native_bf16=True))
+    key = optimize_module.precision_cache_key(model, cpu, compile=False)
+    assert key != key_avx512 and key["processor"]["kind"] == "avx512-bf16-vnni"
+    other_size = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=96)
+    assert optimize_module.precision_cache_key(other_size, cpu, False)["input_size"] == [96, 96]
+    assert optimize_module.precision_cache_key(model, cpu, True) != key
+    assert optimize_module.choose_precision(model, runs=2) == "bf16"  # faster, within tolerance
+    files = list((tmp_path / "optimize").glob("precision-*.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())
+    assert record["precision"] == "bf16" and record["key"] == json.loads(json.dumps(key))
+    assert record["measured"]["fp32"]["median_ms"] > record["measured"]["bf16"]["median_ms"]
+    # the cached choice is used without measuring
+    FakeOptimized.built.clear()
+    record["precision"] = "fp32"
+    files[0].write_text(json.dumps(record))
+    assert optimize_module.choose_precision(model) == "fp32" and FakeOptimized.built == []
+    # cache off: measured again (bf16 now outside the score tolerance), nothing written
+    monkeypatch.setenv("SCALEDET_OPTIMIZE_CACHE", "0")
+    monkeypatch.setattr(FakeOptimized, "bf16_score_shift", 2 * optimize_module.AUTO_SCORE_TOL)
+    files[0].unlink()
+    assert optimize_module.choose_precision(model, runs=1) == "fp32" and not files[0].exists()
+    assert FakeOptimized.built == ["fp32", "bf16"]

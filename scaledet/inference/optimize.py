@@ -11,7 +11,15 @@ What it does to a deep copy (the original model is left untouched), through the 
 * conv weights and 4-D inputs use ``torch.channels_last`` (a head's permute to ``[B, H, W, C]``
   becomes free);
 * ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
-  cast back to float32 before post-processing); ``"fp16"`` likewise on CUDA only;
+  cast back to float32 before post-processing); ``"fp16"`` likewise on CUDA only. On a CPU without
+  native bfloat16 (:attr:`Processor.native_bf16 <scaledet.inference.processor.Processor.native_bf16>`:
+  AVX512-BF16 or AMX-BF16, with ATen's AVX-512 kernels in use) bfloat16 is emulated and slower than
+  float32, so ``"bf16"`` warns once and gives fp32 unless ``force=True``;
+* ``precision="auto"``: the fastest precision this device runs natively whose detections on an example
+  input stay within :data:`AUTO_SCORE_TOL` / :data:`AUTO_BOX_TOL` of fp32 (:func:`choose_precision`,
+  measured once per processor, model config and input size, and cached on disk);
+* ``precision="int8"``: static post-training quantization with onnxruntime, see
+  :func:`scaledet.inference.quantize.quantize_int8` (needs ``calibration`` images);
 * ``compile=True``: ``forward_features`` is wrapped with :func:`torch.compile`;
 * post-processing is the family's ``postprocess(..., fast=True)`` (exact shortcuts).
 """
@@ -19,17 +27,35 @@ What it does to a deep copy (the original model is left untouched), through the 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+import statistics
+import time
+import warnings
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from scaledet.inference.compare import compare_detection_sets
 from scaledet.inference.fold import fold_batchnorm
+from scaledet.inference.processor import current_processor
 from scaledet.models.base import Detections, Detector
 from scaledet.models.inputs import check_images
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: every ``precision`` :func:`optimize` takes
+PRECISION_CHOICES = (*PRECISIONS, "int8", "auto")
+#: ``precision="auto"`` keeps a precision when its detections on the example input match fp32's as sets
+#: (:func:`~scaledet.inference.compare.compare_detection_sets`) with scores within this ...
+AUTO_SCORE_TOL = 0.01
+#: ... and every box coordinate within this many pixels
+AUTO_BOX_TOL = 1.0
+#: set to ``0`` to neither read nor write the cache of ``precision="auto"`` choices
+CACHE_ENV = "SCALEDET_OPTIMIZE_CACHE"
 
 
 # Input size (elements, whole batch) above which a 1x1 conv is faster through oneDNN than through
@@ -147,19 +173,127 @@ class OptimizedDetector(nn.Module):
         return self.model.postprocess(_to_float(outputs), batch, fast=True)
 
 
-def optimize(model: Detector, precision: str = "fp32", compile: bool = False) -> OptimizedDetector:
+def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *, force: bool = False,
+             calibration: list[Tensor] | None = None, cache: bool = True):
     """An inference-optimised copy of ``model`` with the same eval call contract.
 
     Args:
         model: a scaledet detector (:class:`~scaledet.models.base.Detector`, from
             :func:`scaledet.create_model`); it is left untouched.
-        precision: ``"fp32"`` (output equals eager up to float rounding), ``"bf16"`` (autocast) or
-            ``"fp16"`` (autocast, CUDA only).
+        precision: ``"fp32"`` (output equals eager up to float rounding), ``"bf16"`` (autocast; on a
+            CPU without native bfloat16 it warns and gives fp32 unless ``force``), ``"fp16"``
+            (autocast, CUDA only), ``"int8"`` (onnxruntime static quantization, CPU; needs
+            ``calibration``) or ``"auto"`` (:func:`choose_precision`: fastest within tolerance of fp32).
         compile: wrap the model's ``forward_features`` with :func:`torch.compile`.
+        force: use ``"bf16"`` even where it is emulated.
+        calibration: ``precision="int8"`` only: images (``list[Tensor[3, H, W]]`` in [0, 1]) like the
+            ones the model will see, for the activation ranges (a few dozen are enough).
+        cache: ``precision="auto"`` reads and writes its choice in :func:`optimize_cache_dir`
+            (also off with ``SCALEDET_OPTIMIZE_CACHE=0``).
 
     Returns:
-        an eval-only module: ``list[Tensor[3,H,W]]`` -> ``list[dict(boxes xyxy px, scores, labels)]``.
+        an eval-only module (``int8``: a :class:`~scaledet.inference.quantize.QuantizedDetector`):
+        ``list[Tensor[3,H,W]]`` -> ``list[dict(boxes xyxy px, scores, labels)]``.
     """
     if not isinstance(model, Detector):
         raise ValueError(f"optimize needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
-    return OptimizedDetector(model, precision, compile)
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {precision!r}")
+    if precision == "int8":
+        from scaledet.inference.quantize import quantize_int8
+
+        return quantize_int8(model, calibration)
+    if calibration is not None:
+        raise ValueError(f"calibration images are for precision='int8' (got precision={precision!r})")
+    device = next(model.parameters()).device
+    if precision == "auto":
+        precision = choose_precision(model, compile, cache)
+    return OptimizedDetector(model, supported_precision(precision, device, force), compile)
+
+
+_warned_emulated_bf16 = False
+
+
+def supported_precision(precision: str, device: torch.device, force: bool = False) -> str:
+    """``precision``, or ``"fp32"`` (with a warning, once per process) for ``"bf16"`` on a CPU without
+    native bfloat16 unless ``force``."""
+    global _warned_emulated_bf16
+    if precision != "bf16" or device.type != "cpu" or force or current_processor().native_bf16:
+        return precision
+    if not _warned_emulated_bf16:
+        warnings.warn(f"precision='bf16' on {current_processor().describe()}: no native bfloat16 (AVX512-BF16 / "
+                      "AMX-BF16 with ATen's AVX-512 kernels), so it is emulated and slower than fp32; using fp32 "
+                      "(pass force=True to use bf16 anyway)", stacklevel=3)
+        _warned_emulated_bf16 = True
+    return "fp32"
+
+
+def native_precisions(device: torch.device) -> list[str]:
+    """The precisions ``device`` runs in hardware, fp32 first (CPU: bf16 where native; CUDA: bf16, fp16)."""
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"]
+    return ["fp32", "bf16"] if current_processor().native_bf16 else ["fp32"]
+
+
+def optimize_cache_dir() -> Path:
+    """Where ``precision="auto"`` keeps its choices: ``$SCALEDET_CACHE`` or ``$XDG_CACHE_HOME/scaledet``
+    (default ``~/.cache/scaledet``), subfolder ``optimize``."""
+    root = os.environ.get("SCALEDET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaledet"
+    return Path(root) / "optimize"
+
+
+def precision_cache_key(model: Detector, device: torch.device, compile: bool) -> dict:
+    """What a ``precision="auto"`` choice depends on: the processor (kind and kernel caps; the GPU's
+    name on CUDA), the model's config, its input size, compile, and the torch version."""
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    else:
+        here = current_processor()
+        processor = {"kind": here.kind, "kernel_caps": here.kernel_caps}
+    return {"processor": processor, "config": model.config, "input_size": list(model.input_size()),
+            "compile": compile, "torch": torch.__version__}
+
+
+def _cache_file(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return optimize_cache_dir() / f"precision-{digest}.json"
+
+
+def choose_precision(model: Detector, compile: bool = False, cache: bool = True, runs: int = 5) -> str:
+    """The fastest of :func:`native_precisions` whose detections on one example image (random, seed 0, the
+    model's :meth:`~scaledet.models.base.Detector.input_size`) match optimised fp32's within
+    :data:`AUTO_SCORE_TOL` / :data:`AUTO_BOX_TOL` (as sets, see
+    :func:`~scaledet.inference.compare.compare_detection_sets`); medians of ``runs`` interleaved calls.
+    Only fp32 available: fp32 without measuring. The choice and its measurements are cached in
+    :func:`optimize_cache_dir` under :func:`precision_cache_key` (``cache=False`` or
+    ``SCALEDET_OPTIMIZE_CACHE=0``: neither read nor written)."""
+    device = next(model.parameters()).device
+    candidates = native_precisions(device)
+    if len(candidates) == 1:
+        return candidates[0]
+    use_cache = cache and os.environ.get(CACHE_ENV, "1") != "0"
+    key = precision_cache_key(model, device, compile)
+    path = _cache_file(key)
+    if use_cache and path.exists():
+        return json.loads(path.read_text())["precision"]
+    image = torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0)).to(device)
+    detectors = {precision: OptimizedDetector(model, precision, compile) for precision in candidates}
+    times: dict[str, list[float]] = {precision: [] for precision in candidates}
+    outputs = {}
+    for round_index in range(runs + 1):  # the first round warms up
+        for precision, detector in detectors.items():
+            start = time.perf_counter()
+            outputs[precision] = detector([image])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index:
+                times[precision].append(time.perf_counter() - start)
+    measured = {}
+    for precision in candidates:
+        agreement = compare_detection_sets(outputs["fp32"], outputs[precision], AUTO_SCORE_TOL, AUTO_BOX_TOL)
+        measured[precision] = {"median_ms": statistics.median(times[precision]) * 1e3, "agrees": agreement.passed}
+    chosen = min((p for p in candidates if measured[p]["agrees"]), key=lambda p: measured[p]["median_ms"])
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "precision": chosen, "measured": measured}, indent=1, default=str))
+    return chosen
