@@ -144,3 +144,18 @@ def test_full_size_layout_equals_transformers(name):
     count = sum(v.numel() for v in mine.values() if v.is_floating_point())
     assert count == sum(v.numel() for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked"))
     print(name, f"{count / 1e6:.2f}M")
+
+
+def test_onnx_export_equals_eager(tmp_path):
+    """The exported graph (network + top-k post-processing) in onnxruntime gives the eager detections."""
+    pytest.importorskip("onnxruntime")
+    from tests.test_contract import build, check_same, images as contract_images, small_options
+    from scaledet.export import OnnxDetector, export_onnx
+
+    model = build("rtdetr_r18vd", small_options("rtdetr_r18vd"))
+    inputs = contract_images()
+    with torch.no_grad():
+        eager = model(inputs)
+    exported = OnnxDetector(export_onnx(model, tmp_path / "rtdetr.onnx"))
+    assert exported.config == model.config
+    check_same(eager, exported(inputs), "onnxruntime vs eager")
