@@ -46,7 +46,8 @@ SMALL_BY_PREFIX = {
                 "encoder_dim": 32, "encoder_heads": 2, "encoder_ffn_dim": 64, "decoder_dim": 32,
                 "decoder_heads": 2, "decoder_ffn_dim": 64, "decoder_layers": 2, "num_queries": 12,
                 "num_denoising": 12},
-    "deformable_detr_": {"image_size": 64},  # filled in with the Deformable DETR family
+    "deformable_detr_": {"image_size": (64, 96), "backbone": "resnet18", "hidden_dim": 32, "num_heads": 2,
+                         "ffn_dim": 64, "enc_layers": 1, "dec_layers": 2, "num_queries": 12},
 }
 NUM_CLASSES = 3
 
