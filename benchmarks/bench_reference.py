@@ -3,7 +3,8 @@
     python -m benchmarks.bench_reference --models efficientdet_d0 detr_r50 --threads 1 --json OUT.json
 
 Takes every ``scaledet bench`` option; each model gets its reference engine first (effdet's
-``DetBenchPredict`` for EfficientDet, transformers' ``DetrForObjectDetection`` for DETR, see
+``DetBenchPredict`` for EfficientDet, transformers' ``DetrForObjectDetection`` for DETR and
+``RTDetrForObjectDetection`` for RT-DETR (``--models rtdetr_r18vd``), see
 :mod:`benchmarks.reference`) and our engines load the reference's weights, so the table's
 ``x reference`` column and the equality lines compare the same network. ``--no-reference`` times
 ours only (as ``scaledet bench``). ``benchmarks/run_cpu.sh`` and ``run_gpu.sh`` run this.

@@ -7,6 +7,9 @@
   includes.
 * DETR: transformers' ``DetrForObjectDetection`` + ``post_process_object_detection`` on our
   normalised padded batch and mask; ours is loaded from its saved state dict (Hugging Face names).
+* RT-DETR: transformers' ``RTDetrForObjectDetection`` (:func:`rtdetr_hf_config` of our variant
+  row, 80 classes, its own random init) + ``RTDetrImageProcessor.post_process_object_detection``
+  on our resized batch; ours is loaded from its saved state dict.
 
 :func:`reference_engine` is the :data:`scaledet.inference.benchmark.ReferenceFactory` that
 ``python -m benchmarks.bench_reference`` gives ``scaledet bench``; ``tests/test_optimize.py``
@@ -109,9 +112,52 @@ def transformers_reference(name: str, device: str, tmp: Path) -> tuple[Engine, n
     return engine, model
 
 
+def rtdetr_hf_config(variant, num_classes: int):
+    """The transformers ``RTDetrConfig`` with the layout of one of our RT-DETR variant rows
+    (:class:`scaledet.models.rtdetr.RtDetrVariant`)."""
+    import transformers
+
+    backbone = transformers.RTDetrResNetConfig(
+        embedding_size=variant.stem_width, hidden_sizes=list(variant.widths), depths=list(variant.depths),
+        layer_type=variant.block, out_indices=[2, 3, 4])
+    return transformers.RTDetrConfig(
+        backbone_config=backbone, encoder_in_channels=list(variant.widths[1:]), encoder_hidden_dim=variant.encoder_dim,
+        encoder_attention_heads=variant.encoder_heads, encoder_ffn_dim=variant.encoder_ffn_dim,
+        encoder_layers=variant.encoder_layers, hidden_expansion=variant.expansion, d_model=variant.decoder_dim,
+        decoder_in_channels=[variant.encoder_dim] * 3, decoder_attention_heads=variant.decoder_heads,
+        decoder_ffn_dim=variant.decoder_ffn_dim, decoder_layers=variant.decoder_layers,
+        decoder_n_points=variant.decoder_points, num_queries=variant.num_queries, num_labels=num_classes,
+        num_denoising=variant.num_denoising)
+
+
+def rtdetr_reference(name: str, device: str, tmp: Path) -> tuple[Engine, nn.Module]:
+    """(transformers ``RTDetrForObjectDetection`` + post-processing engine, our model loaded from its weights)."""
+    import transformers
+
+    hf = transformers.RTDetrForObjectDetection(rtdetr_hf_config(family_of(name).VARIANTS[name], 80)).eval()
+    path = tmp / f"{name}_hf.bin"
+    torch.save(hf.state_dict(), path)
+    model = scaledet.load(path, model=name, device=device)
+    hf = hf.to(device)
+    processor = transformers.RTDetrImageProcessor()
+
+    def prepare(images):
+        sizes = torch.tensor([list(image.shape[1:]) for image in images], device=device)
+        return model.preprocess(images).inputs[0].to(device), sizes
+
+    def run(inputs):
+        batch, sizes = inputs
+        return processor.post_process_object_detection(hf(pixel_values=batch), threshold=0.0, target_sizes=sizes)
+
+    engine = Engine("transformers", run, prepare, reference=True,
+                    note="RTDetrForObjectDetection + post_process, eager fp32, input pre-resized")
+    return engine, model
+
+
 #: family package -> (the reference port's pip name, its engine builder)
 REFERENCES = {"scaledet.models.efficientdet": ("effdet", effdet_reference),
-              "scaledet.models.detr": ("transformers", transformers_reference)}
+              "scaledet.models.detr": ("transformers", transformers_reference),
+              "scaledet.models.rtdetr": ("transformers", rtdetr_reference)}
 
 
 def reference_engine(name: str, device: str, tmp: Path) -> tuple[Engine, nn.Module] | None:

@@ -11,6 +11,8 @@ from scaledet.models import rtdetr
 from scaledet.models.rtdetr import convert
 from scaledet.weights import compare_state_dicts
 
+from benchmarks.reference import rtdetr_hf_config
+
 transformers = pytest.importorskip("transformers")
 
 NUM_CLASSES = 5
@@ -20,21 +22,6 @@ SMALL = {"depths": (1, 2, 1, 1), "stem_width": 16, "encoder_dim": 32, "encoder_h
          "num_denoising": 12}
 WIDTHS = {"basic": (16, 24, 32, 48), "bottleneck": (32, 32, 48, 64)}  # bottleneck: widths[0] != stem
 IMAGE_SIZE = 128
-
-
-def hf_config(variant: rtdetr.RtDetrVariant, num_classes: int) -> "transformers.RTDetrConfig":
-    """The transformers configuration of one of our variant rows."""
-    backbone = transformers.RTDetrResNetConfig(
-        embedding_size=variant.stem_width, hidden_sizes=list(variant.widths), depths=list(variant.depths),
-        layer_type=variant.block, out_indices=[2, 3, 4])
-    return transformers.RTDetrConfig(
-        backbone_config=backbone, encoder_in_channels=list(variant.widths[1:]), encoder_hidden_dim=variant.encoder_dim,
-        encoder_attention_heads=variant.encoder_heads, encoder_ffn_dim=variant.encoder_ffn_dim,
-        encoder_layers=variant.encoder_layers, hidden_expansion=variant.expansion, d_model=variant.decoder_dim,
-        decoder_in_channels=[variant.encoder_dim] * 3, decoder_attention_heads=variant.decoder_heads,
-        decoder_ffn_dim=variant.decoder_ffn_dim, decoder_layers=variant.decoder_layers,
-        decoder_n_points=variant.decoder_points, num_queries=variant.num_queries, num_labels=num_classes,
-        num_denoising=variant.num_denoising)
 
 
 @torch.no_grad()
@@ -69,7 +56,7 @@ def converted_pair(name: str, tmp_path, **extra):
     overrides = {**SMALL, "widths": WIDTHS[rtdetr.VARIANTS[name].block], **extra}
     variant = dataclasses.replace(rtdetr.VARIANTS[name], **overrides)
     torch.manual_seed(0)
-    reference = randomize(transformers.RTDetrForObjectDetection(hf_config(variant, NUM_CLASSES))).eval()
+    reference = randomize(transformers.RTDetrForObjectDetection(rtdetr_hf_config(variant, NUM_CLASSES))).eval()
     path = tmp_path / "hf_rtdetr.pth"
     torch.save(reference.state_dict(), path)
     ours = scaledet.create_model(name, pretrained=path, image_size=IMAGE_SIZE, **overrides).eval()
@@ -136,7 +123,7 @@ def test_full_size_layout_equals_transformers(name):
     parameter counts agree (built on the meta device: no memory, no time)."""
     with torch.device("meta"):
         ours = scaledet.create_model(name)
-        reference = transformers.RTDetrForObjectDetection(hf_config(rtdetr.VARIANTS[name], 80))
+        reference = transformers.RTDetrForObjectDetection(rtdetr_hf_config(rtdetr.VARIANTS[name], 80))
     theirs = convert.to_scaledet(reference.state_dict())
     mine = {k: v for k, v in ours.state_dict().items() if not k.endswith("num_batches_tracked")}
     report = compare_state_dicts(theirs, mine)
