@@ -10,17 +10,19 @@ Every detector built by :func:`create_model` or :func:`load` follows the same ca
   with ``targets`` a list of ``dict(boxes=Tensor[M,4] xyxy pixels, labels=Tensor[M] int64)``.
 
 ``create_model(name, pretrained=...)`` builds by name; ``load(path)`` opens any weights file (ours,
-another project's, ``"coco"``, an exported ``.onnx``); ``optimize(model)`` gives a faster copy.
+another project's, ``"coco"``, an exported ``.onnx``); ``optimize(model)`` gives a faster copy;
+``predict_tiled(model, image, tile=...)`` detects small objects in large images through tiles.
 """
 
 from scaledet.models.registry import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load", "optimize", "__version__"]
+__all__ = ["create_model", "list_models", "load", "optimize", "predict_tiled", "__version__"]
 
-# ``load`` and ``optimize`` pull in torchvision (about 1.5 s); they are imported on first use so that
-# ``import scaledet`` and ``scaledet --help`` stay fast.
-_LAZY = {"load": "scaledet.loading", "optimize": "scaledet.inference.optimize"}
+# ``load``, ``optimize`` and ``predict_tiled`` pull in torchvision (about 1.5 s); they are imported
+# on first use so that ``import scaledet`` and ``scaledet --help`` stay fast.
+_LAZY = {"load": "scaledet.loading", "optimize": "scaledet.inference.optimize",
+         "predict_tiled": "scaledet.inference.tiling"}
 
 
 def __getattr__(name: str):

@@ -2,6 +2,7 @@
 
     scaledet eval --gt ANNOTATIONS.json --detections RESULTS.json [--match-categories id|name] [--json OUT]
     scaledet eval --weights FILE [--model NAME] --data DATA [--images DIR] [--split S] [--json OUT] [--results R.json]
+                  [--tile SIZE [--overlap F] [--full-image] [--merge nms|wbf]]
 
 The model comes from :func:`scaledet.load` (our weights file names its model; another project's
 checkpoint or 'coco' needs ``--model``; an exported ``.onnx`` runs in onnxruntime). Detections
@@ -40,8 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     model.add_argument("--results", help="also write the model's detections here (COCO results JSON with the "
                        "dataset's ids, plus R.images.json beside it)")
+    model.add_argument("--tile", type=int, help="predict through overlapping TILE x TILE native-resolution tiles "
+                       "(large images, small objects); scored on the original images")
+    model.add_argument("--overlap", type=float, default=0.2, help="with --tile: fraction of a tile shared by "
+                       "neighbouring tiles (default 0.2)")
+    model.add_argument("--full-image", action="store_true", help="with --tile: also detect on the whole image "
+                       "downscaled to TILE")
+    model.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
+                       "class-wise NMS (default) or weighted box fusion")
     parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
-                        help="detection caps per image (raise the last for dense scenes)")  # fmt: skip
+                        help="detection caps per image (the last is raised automatically when an image holds more "
+                             "ground-truth objects)")  # fmt: skip
     parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 
@@ -58,6 +68,7 @@ def open_eval_dataset(data: str, images: str | None, split: str | None, image_si
 
 def _model_stats(args: argparse.Namespace) -> dict:
     import scaledet
+    from scaledet.commands.predict import tile_options
     from scaledet.data import print_report
     from scaledet.evaluation import evaluate_model
 
@@ -66,9 +77,8 @@ def _model_stats(args: argparse.Namespace) -> dict:
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     dataset = open_eval_dataset(args.data, args.images, args.split, model.image_size, args.allow_empty)
     print_report(dataset)
-    return evaluate_model(
-        model, dataset, args.max_dets, args.batch_size, args.device, args.workers, results_path=args.results
-    )
+    return evaluate_model(model, dataset, args.max_dets, args.batch_size, args.device, args.workers,
+                          results_path=args.results, tile=tile_options(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ Outputs in ``--output`` (default ``runs/predict``): one drawn image per input im
 or video (``<name>.mp4``), ``detections.json`` + ``detections.images.json`` in scaledet's results
 format (:mod:`scaledet.evaluation.results`: COCO results rows with the dataset's category ids and
 bbox xywh pixels; the images and category names the ids stand for) and with ``--save-json`` one
-``<name>.json`` per image. ``--data DATA`` predicts a dataset's images under its own image ids;
+``<name>.json`` per image. ``--tile SIZE`` detects through overlapping native-resolution tiles (large images, small objects;
+see docs/tiling.md). ``--data DATA`` predicts a dataset's images under its own image ids;
 loose inputs get ids 1..N, which ``scaledet eval --gt`` matches to the ground truth by file name.
 Unreadable inputs print ``skipped <path>: <reason>`` and are skipped.
 """
@@ -33,6 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimize", action="store_true", help="run scaledet.optimize (folded BN, channels_last)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--save-json", action="store_true", help="also write one detections JSON per image")
+    tiles = parser.add_argument_group("large images (docs/tiling.md)")
+    tiles.add_argument("--tile", type=int, help="detect through overlapping TILE x TILE tiles at native resolution "
+                       "(--batch-size tiles per model call)")
+    tiles.add_argument("--overlap", type=float, default=0.2, help="with --tile: fraction of a tile shared by "
+                       "neighbouring tiles (default 0.2)")
+    tiles.add_argument("--full-image", action="store_true", help="with --tile: also detect on the whole image "
+                       "downscaled to TILE (large objects)")
+    tiles.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
+                       "class-wise NMS (default) or weighted box fusion")
+    tiles.add_argument("--max-pixels", type=int, help="with --tile: decode images up to this many pixels "
+                       "(default: PIL's decompression-bomb limit; 0: no limit); uncompressed TIFF / PPM files are "
+                       "read window by window whatever their size")
     parser.add_argument("--max-frames", type=int, help="at most this many frames per video")
     parser.add_argument("--video-stride", type=int, default=1, help="use every n-th video frame")
 
@@ -49,6 +62,16 @@ def load_detector(args: argparse.Namespace):
             raise ValueError("--optimize and --precision apply to torch models, not to an ONNX file")
         detector = scaledet.optimize(detector, precision=args.precision)
     return detector
+
+
+def tile_options(args: argparse.Namespace):
+    """The :class:`~scaledet.inference.tiling.TileOptions` of ``--tile`` etc. (``None`` without ``--tile``);
+    ``--batch-size`` becomes the tiles per model call."""
+    from scaledet.inference.tiling import TileOptions
+
+    if args.tile is None:
+        return None
+    return TileOptions(args.tile, args.overlap, args.full_image, args.merge, batch_size=args.batch_size)
 
 
 def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path:
@@ -73,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--batch-size must be >= 1")
         if bool(args.data) == bool(args.inputs):
             raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")
+        args.tiling = tile_options(args)
         detector = load_detector(args)
         dataset = _open_data(args, detector) if args.data else None
     except (ValueError, FileNotFoundError) as error:
@@ -93,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
     progress = tqdm(total=len(units), desc="images", unit="img", disable=not units)
     for start in range(0, len(units), args.batch_size):
         chunk = units[start : start + args.batch_size]
-        frames = _dataset_frames(dataset, chunk, state) if dataset is not None else _image_frames(chunk, state)
+        if dataset is not None:
+            frames = _dataset_frames(dataset, chunk, state, args)
+        else:
+            frames = _image_frames(chunk, state, args)
         _predict_images(detector, frames, args, out_dir, state)
         progress.update(len(chunk))
     progress.close()
@@ -123,7 +150,7 @@ def _register(frame, state: dict, args: argparse.Namespace) -> list[dict]:
     from scaledet.evaluation.results import detection_rows
 
     image_id = frame.image_id if frame.image_id is not None else len(state["images"]) + 1
-    height, width = frame.image.shape[1:]
+    height, width = frame.size
     state["images"].append({"id": image_id, "file_name": str(frame.source), "frame": frame.frame,
                             "width": width, "height": height})
     rows = detection_rows(image_id, frame.detections, state["category_ids"], args.score_threshold)
@@ -132,68 +159,100 @@ def _register(frame, state: dict, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _image_frames(paths: list[Path], state: dict) -> list:
-    """Frames of the readable image files (unreadable ones are reported and counted as skipped)."""
-    from scaledet.data.images import IMAGE_ERRORS, load_image
+def _image_frames(paths: list[Path], state: dict, args: argparse.Namespace) -> list:
+    """Frames of the readable image files (unreadable ones are reported and counted as skipped);
+    with ``--tile`` read window by window where the format allows."""
+    from scaledet.data.images import load_image
     from scaledet.inference.predict import Frame
 
     frames = []
     for path in paths:
-        try:
-            frames.append(Frame(path, load_image(path)))
-        except IMAGE_ERRORS as error:
-            print(f"skipped {path}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
-            state["skipped"] += 1
+        frame = _read_frame(path, state, lambda: _tiled_frame(path, args) if args.tiling is not None
+                            else Frame(path, load_image(path)))
+        if frame is not None:
+            frames.append(frame)
     return frames
 
 
-def _dataset_frames(dataset, indices: list[int], state: dict) -> list:
+def _dataset_frames(dataset, indices: list[int], state: dict, args: argparse.Namespace) -> list:
     """Frames of dataset records ``indices``, carrying the dataset's image ids (unreadable ones skipped)."""
-    from scaledet.data.images import IMAGE_ERRORS
     from scaledet.inference.predict import Frame
 
     frames = []
     for index in indices:
         record = dataset.records[index]
         source = record.path if record.path is not None else Path(f"{record.image_id:08d}.png")
-        try:
-            frames.append(Frame(source, dataset.load_image(index), image_id=record.image_id))
-        except IMAGE_ERRORS as error:
-            print(f"skipped {source}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
-            state["skipped"] += 1
+        if args.tiling is not None and record.path is not None:
+            frame = _read_frame(source, state, lambda: _tiled_frame(source, args, record.image_id))
+        else:
+            frame = _read_frame(source, state, lambda: Frame(source, dataset.load_image(index),
+                                                              image_id=record.image_id))
+        if frame is not None:
+            frames.append(frame)
     return frames
+
+
+def _tiled_frame(path: Path, args: argparse.Namespace, image_id: int | None = None):
+    """``path`` opened for ``--tile`` under the ``--max-pixels`` limit (:func:`open_tiled_frame`)."""
+    from scaledet.inference.predict import open_tiled_frame
+
+    limit = -1 if args.max_pixels is None else (args.max_pixels or None)
+    return open_tiled_frame(path, limit, image_id)
+
+
+def _read_frame(source: Path, state: dict, read):
+    """``read()``, or ``None`` after printing ``skipped <source>: <why>`` for an unreadable or too large image."""
+    from scaledet.data.images import IMAGE_ERRORS
+    from scaledet.data.tiles import ImageTooLargeError
+
+    try:
+        return read()
+    except ImageTooLargeError as error:
+        print(f"skipped {error}", file=sys.stderr)
+    except IMAGE_ERRORS as error:
+        print(f"skipped {source}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
+    state["skipped"] += 1
+    return None
 
 
 def _predict_images(detector, frames: list, args, out_dir: Path, state: dict) -> None:
     from PIL import Image
 
-    from scaledet.inference.predict import detect_in_batches, draw
-
     if not frames:
         return
-    detect_in_batches(detector, frames, args.batch_size, args.device)
+    _detect(detector, frames, args)
     for frame in frames:
         rows = _register(frame, state, args)
         target = _output_name(out_dir, frame.source, state["used"], ".jpg")
-        drawn = draw(frame.image, frame.detections, detector.class_names, args.score_threshold)
+        drawn = frame.drawn(detector.class_names, args.score_threshold)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target, quality=92)
         if args.save_json:
             target.with_suffix(".json").write_text(json.dumps({"file_name": str(frame.source), "detections": rows}))
 
 
+def _detect(detector, frames: list, args: argparse.Namespace) -> None:
+    """Fill the frames' detections: batches of images, or with ``--tile`` batches of tiles."""
+    from scaledet.inference.predict import detect_in_batches, detect_tiled
+
+    if args.tiling is not None:
+        detect_tiled(detector, frames, args.tiling, args.device)
+    else:
+        detect_in_batches(detector, frames, args.batch_size, args.device)
+
+
 def _predict_video(detector, path: Path, args, out_dir: Path, state: dict) -> None:
     from tqdm import tqdm
 
-    from scaledet.inference.predict import Frame, VideoWriter, detect_in_batches, draw, read_video
+    from scaledet.inference.predict import Frame, VideoWriter, read_video
 
     target = _output_name(out_dir, path, state["used"], ".mp4")
     writer, pending, frames_done = None, [], 0
 
     def flush() -> None:
-        detect_in_batches(detector, pending, args.batch_size, args.device)
+        _detect(detector, pending, args)
         for frame in pending:
             _register(frame, state, args)
-            writer.write(draw(frame.image, frame.detections, detector.class_names, args.score_threshold))
+            writer.write(frame.drawn(detector.class_names, args.score_threshold))
         pending.clear()
 
     try:

@@ -19,6 +19,11 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "images": (str, "COCO only: folder holding the images"),
     "image_size": (int, "input size of the model: the square side (EfficientDet, RetinaNet; default: fitted to "
                         "the training images) or DETR's shorter side (default 800)"),
+    "tile": (int, "large images: train on native-resolution TILE x TILE crops (around objects) and validate "
+                  "through tiles; the model's input size becomes TILE"),
+    "tile_overlap": (float, "with --tile: fraction of a tile shared by neighbouring validation tiles (default 0.2)"),
+    "tile_min_visible": (float, "with --tile: drop a box keeping less than this fraction of its area in a crop "
+                              "(default 0.5)"),
     "anchors": (str, "auto (default: fitted to the training boxes when that covers them better) or default"),
     "epochs": (int, "number of epochs"),
     "max_minutes": (float, "stop training after this wall time (still evaluates and saves)"),

@@ -45,6 +45,10 @@ class TrainConfig:
     image_size: int | None = None
     anchors: str = "auto"  # "auto": fitted to the training boxes when they cover them better; "default": published
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # large images: train on native-resolution tile x tile crops, validate through tiles (None: off)
+    tile: int | None = None
+    tile_overlap: float = 0.2  # validation tiles share this fraction of a tile
+    tile_min_visible: float = 0.5  # a training box cut by the crop is dropped below this fraction of its area
     # how long
     epochs: int | None = None
     max_minutes: float | None = None
@@ -157,6 +161,12 @@ class TrainConfig:
             raise ValueError(f"freeze_bn_fraction must be in [0, 1), got {self.freeze_bn_fraction}")
         if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.tile is not None and self.tile < 16:
+            raise ValueError(f"tile must be at least 16 pixels, got {self.tile}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
+        if not 0.0 < self.tile_min_visible <= 1.0:
+            raise ValueError(f"tile_min_visible must be in (0, 1], got {self.tile_min_visible}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:

@@ -3,7 +3,9 @@
 Every rank predicts its share of the images (strided by rank) with
 :func:`~scaledet.evaluation.predict_dataset`; the predictions are gathered on all ranks, rank 0
 scores them (:func:`~scaledet.evaluation.score_predictions`) and broadcasts the 12 COCO stats, so
-every rank returns the same numbers.
+every rank returns the same numbers. A validation set carrying ``tile_options`` (a
+:class:`~scaledet.inference.tiling.TileOptions`, set by :func:`scaledet.engine.run.open_datasets`
+for ``--tile``) is predicted through tiles, as ``scaledet eval --tile`` does.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def evaluate(
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     predictions = predict_dataset(model, dataset, batch_size=batch_size, device=device,
                                   indices=range(dist_utils.rank(), count, dist_utils.world_size()),
-                                  progress=progress and dist_utils.is_main(), autocast=autocast)
+                                  progress=progress and dist_utils.is_main(), autocast=autocast,
+                                  tile=getattr(dataset, "tile_options", None))
     everything = dist_utils.gather_objects(predictions)
     stats = None
     if dist_utils.is_main():
         scored = score_predictions(dataset, sorted(everything, key=lambda prediction: prediction.index))
         stats = {key: float(scored[key]) for key in STAT_KEYS}
+        for note in scored.get("notes", []):
+            print(f"note: {note}")
     return dist_utils.broadcast_object(stats), predictions

@@ -14,12 +14,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from scaledet.data import open_dataset, print_report, train_transforms
+from scaledet.data.tiles import TileCropDataset
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.doctor import diagnose, format_diagnosis
 from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_input_size
 from scaledet.engine.trainer import Trainer, seed_everything
 from scaledet.evaluation import format_stats
+from scaledet.inference.tiling import TileOptions
 from scaledet.models.base import Detector
 from scaledet.models.inputs import category_ids_for
 from scaledet.models.registry import create_model
@@ -42,6 +44,25 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
                 print(f"{name}: ", end="")
                 print_report(dataset)
     return train, val
+
+
+def use_tiles(config: TrainConfig, train: Dataset, val: Dataset | None) -> tuple[TrainConfig, Dataset, Dataset | None]:
+    """For ``config.tile``: the config with the model's input size = the tile (unless
+    ``image_size`` is given), the training set as native-resolution crops
+    (:class:`~scaledet.data.tiles.TileCropDataset`) and the validation set marked to be predicted
+    through tiles (``val.tile_options``, read by :func:`scaledet.engine.evaluate.evaluate`)."""
+    if config.tile is None:
+        return config, train, val
+    if config.image_size is None:
+        config = dataclasses.replace(config, image_size=config.tile)
+    if not isinstance(train, TileCropDataset):
+        train = TileCropDataset(train, config.tile, config.tile_min_visible)
+    if val is not None:
+        val.tile_options = TileOptions(config.tile, config.tile_overlap, batch_size=config.batch_size)
+    if dist_utils.is_main():
+        print(f"tiles: training on {config.tile}x{config.tile} crops ({len(train)} per epoch), validating "
+              f"through {config.tile} px tiles with overlap {config.tile_overlap:g}")
+    return config, train, val
 
 
 def build_model(config: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> nn.Module:
@@ -154,6 +175,7 @@ def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val
     training augmentation, evaluate, write ``config.out``; returns metrics.json's dict."""
     if train_set is None:
         train_set, val_set = open_datasets(config)
+    config, train_set, val_set = use_tiles(config, train_set, val_set)
     if model is None:
         model = prepare_model(config, train_set)
     add_train_transforms(train_set, config, model)

@@ -59,6 +59,23 @@ def _check_max_dets(max_dets: Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
+def dense_max_dets(gt: dict, max_dets: tuple[int, int, int]) -> tuple[tuple[int, int, int], list[str]]:
+    """``(max_dets, notes)``: ``max_dets`` with its last cap raised to the next multiple of 100 at
+    or above twice the largest number of non-crowd boxes on one image of the COCO dict ``gt``, when
+    that number is above the cap (with a note saying so); else ``max_dets`` unchanged and no note."""
+    counts: dict[int, int] = {}
+    for annotation in gt.get("annotations", []):
+        if not annotation.get("iscrowd", 0):
+            counts[annotation["image_id"]] = counts.get(annotation["image_id"], 0) + 1
+    densest = max(counts.values(), default=0)
+    if densest <= max_dets[-1]:
+        return max_dets, []
+    raised = -(-2 * densest // 100) * 100
+    note = (f"an image holds {densest} ground-truth objects, more than maxDets {max_dets[-1]}: "
+            f"AP and AR use maxDets {raised} (--max-dets sets the caps)")
+    return (*max_dets[:2], raised), [note]
+
+
 def _load_gt(gt) -> dict:
     """Ground truth as a COCO dict from a dict, a path or a dataset with ``coco_gt()``."""
     if hasattr(gt, "coco_gt"):
@@ -113,7 +130,10 @@ class COCOEvaluator:
 
     Args:
         gt: a dataset (``coco_gt()`` and ``label_to_category_id``), a COCO dict or a COCO JSON path.
-        max_dets: the three detection caps (default ``(1, 10, 100)``; raise for dense scenes).
+        max_dets: the three detection caps (default ``(1, 10, 100)``). When an image holds more
+            non-crowd ground-truth boxes than the last cap, the last cap is raised to
+            :func:`dense_max_dets`' value and :attr:`notes` says so (a cap below the object count
+            would bound recall below 1 whatever the detector).
         backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
         label_to_category_id: contiguous label -> category id (default: the dataset's, or the
             GT categories sorted by id).
@@ -125,10 +145,10 @@ class COCOEvaluator:
 
     def __init__(self, gt, max_dets: Sequence[int] = (1, 10, 100), backend: str = "pycocotools",
                  label_to_category_id: Sequence[int] | None = None) -> None:  # fmt: skip
-        self.max_dets = _check_max_dets(max_dets)
         _backend(backend)
         self.backend = backend
         self.gt = _load_gt(gt)
+        self.max_dets, self.notes = dense_max_dets(self.gt, _check_max_dets(max_dets))
         self.categories = {c["id"]: str(c.get("name", c["id"])) for c in self.gt["categories"]}
         if label_to_category_id is None:
             label_to_category_id = getattr(gt, "label_to_category_id", None) or sorted(self.categories)
@@ -188,6 +208,8 @@ class COCOEvaluator:
         stats["per_class"] = per_class_ap(evaluator, self.categories)
         stats["max_dets"] = list(self.max_dets)
         stats["num_detections"] = len(self.results)
+        if self.notes:
+            stats["notes"] = list(self.notes)
         return stats
 
     def write_results(self, path: str | Path) -> Path:
@@ -218,7 +240,7 @@ def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), 
     evaluator.add_results(rows)
     stats = evaluator.compute()
     if notes:
-        stats["notes"] = notes
+        stats["notes"] = stats.get("notes", []) + notes
     return stats
 
 

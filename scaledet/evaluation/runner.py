@@ -19,8 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from scaledet.data.tiles import ImageSource, TensorImage, open_large_image
 from scaledet.data.transforms import collate_fn
 from scaledet.evaluation.coco import COCOEvaluator
+from scaledet.inference.tiling import TileOptions, predict_tiled
 
 
 class Prediction(NamedTuple):
@@ -68,11 +70,15 @@ def predict_dataset(
     indices: Iterable[int] | None = None,
     progress: bool = True,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    tile: TileOptions | None = None,
 ) -> list[Prediction]:
     """Run ``model`` (the eval contract: a torch detector, an optimised one or an ONNX runner) on
     the images ``indices`` of ``dataset`` (default all), in that order.
 
-    Images are fed at their own size (the model resizes). Predicted labels are mapped to the
+    Images are fed at their own size (the model resizes), or, with ``tile``, through
+    :func:`scaledet.inference.tiling.predict_tiled` one image at a time (``tile.batch_size`` tiles
+    per call; files of an untransformed dataset are read window by window where the format allows).
+    Predicted labels are mapped to the
     dataset's labels by class name (:func:`label_mapping`; classes the dataset lacks are dropped);
     boxes go back to the original pixels when a target carries ``scale`` (``eval_transforms``).
     A torch model is put in eval mode for the run and restored after. ``autocast``: a context
@@ -81,6 +87,8 @@ def predict_dataset(
     names = getattr(model, "class_names", None) or dataset.class_names
     mapping = torch.tensor(label_mapping(names, dataset.class_names), dtype=torch.long)
     indices = list(range(len(dataset))) if indices is None else list(indices)
+    if tile is not None:
+        return _predict_tiled(model, dataset, indices, tile, mapping, device, progress, autocast)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_fn)
     predictions: list[Prediction] = []
@@ -93,6 +101,31 @@ def predict_dataset(
                 detections = _in_original_pixels(_to_dataset_labels(output, mapping), target)
                 predictions.append(Prediction(next(positions), _image_id(target), detections))
     return predictions
+
+
+def _predict_tiled(model, dataset: Dataset, indices: list[int], tile: TileOptions, mapping: Tensor, device,
+                   progress: bool, autocast) -> list[Prediction]:
+    """:func:`predict_dataset` through tiles, one image at a time."""
+    predictions: list[Prediction] = []
+    with _eval_mode(model):
+        for index in tqdm(indices, desc="evaluating (tiled)", unit="img", leave=False, disable=not progress):
+            source, target = _image_source(dataset, index)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                output = predict_tiled(model, source, options=tile, device=device)
+            detections = _in_original_pixels(_to_dataset_labels(output, mapping), target)
+            predictions.append(Prediction(index, _image_id(target), detections))
+    return predictions
+
+
+def _image_source(dataset: Dataset, index: int) -> tuple[ImageSource, dict[str, Any]]:
+    """``(image source, target)`` of image ``index``: the file read window by window
+    (:func:`~scaledet.data.tiles.open_large_image`) when the dataset is untransformed and the record
+    has a file, else ``dataset[index]`` in memory."""
+    records = getattr(dataset, "records", None)
+    if records is not None and getattr(dataset, "transforms", None) is None and records[index].path is not None:
+        return open_large_image(records[index].path), {"image_id": records[index].image_id}
+    image, target = dataset[index]
+    return TensorImage(image), target
 
 
 @contextlib.contextmanager
@@ -164,12 +197,15 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     results_path: str | Path | None = None,
+    tile: TileOptions | None = None,
 ) -> dict:
     """COCO stats of ``model`` on every image of ``dataset`` (:func:`predict_dataset` then
-    :func:`score_predictions`); ``results_path``: also write the detections there.
+    :func:`score_predictions`); ``results_path``: also write the detections there; ``tile``:
+    predict through tiles (scored on the original images all the same).
 
     ``dataset.transforms`` should be ``None`` (or keep the original geometry / set ``scale``):
     predicted boxes are scored in the dataset's original pixels.
     """
-    predictions = predict_dataset(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    predictions = predict_dataset(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                                  tile=tile)
     return score_predictions(dataset, predictions, max_dets, results_path)

@@ -15,6 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from scaledet.data.tiles import ImageSource, TensorImage, open_large_image
+from scaledet.inference.tiling import TileOptions, predict_tiled
+
+#: with tiled reading, images are drawn downscaled to at most this longest side (boxes stay full-resolution)
+PREVIEW_SIDE = 4096
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
@@ -23,17 +28,47 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 class Frame:
     """One image to detect on: ``image`` float ``[3, H, W]`` in [0, 1]; ``frame`` index for videos;
     ``image_id`` the dataset's id when a dataset is predicted; ``detections`` (boxes xyxy pixels
-    of ``image``, scores, labels) once :func:`detect_in_batches` ran."""
+    of the full image, scores, labels) once :func:`detect_in_batches` / :func:`detect_tiled` ran.
+
+    ``pixels``: the full-resolution image when it is read window by window (:func:`open_tiled_frame`);
+    ``image`` is then a preview (at most :data:`PREVIEW_SIDE` px) used only for drawing.
+    """
 
     source: Path
     image: Tensor
     frame: int | None = None
     detections: dict[str, Tensor] = field(default_factory=dict)
     image_id: int | None = None
+    pixels: ImageSource | None = None
 
     @property
     def name(self) -> str:
         return str(self.source) if self.frame is None else f"{self.source}#frame={self.frame}"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the full-resolution image."""
+        if self.pixels is not None:
+            return self.pixels.height, self.pixels.width
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+    def drawn(self, class_names: list[str], threshold: float) -> Tensor:
+        """uint8 ``[3, h, w]``: :func:`draw` on ``image`` (detections scaled to the preview's size)."""
+        height, width = self.size
+        scale = torch.tensor([self.image.shape[2] / width, self.image.shape[1] / height] * 2)
+        detections = self.detections
+        if "boxes" in detections and not torch.equal(scale, torch.ones(4)):
+            detections = {**detections, "boxes": detections["boxes"] * scale}
+        return draw(self.image, detections, class_names, threshold)
+
+
+def open_tiled_frame(path: Path, max_pixels: int | None = -1, image_id: int | None = None) -> Frame:
+    """A :class:`Frame` of the image file ``path`` read window by window where the format allows
+    (:func:`~scaledet.data.tiles.open_large_image`, whose ``ImageTooLargeError`` names the size and
+    the limit), with a preview of at most :data:`PREVIEW_SIDE` px for drawing."""
+    pixels = open_large_image(path, max_pixels)
+    preview, _ = pixels.downscaled(PREVIEW_SIDE)
+    return Frame(path, preview, image_id=image_id, pixels=pixels)
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -118,6 +153,15 @@ class VideoWriter:
             for packet in self.stream.encode():
                 self.container.mux(packet)
         self.container.close()
+
+
+def detect_tiled(model: Callable, frames: list[Frame], options: TileOptions, device: str) -> None:
+    """Fill ``frame.detections`` (on CPU) for every frame through tiles
+    (:func:`scaledet.inference.tiling.predict_tiled`; ``options.batch_size`` tiles per call)."""
+    for frame in frames:
+        pixels = frame.pixels if frame.pixels is not None else TensorImage(frame.image)
+        detections = predict_tiled(model, pixels, options=options, device=device)
+        frame.detections = {key: value.cpu() for key, value in detections.items()}
 
 
 def detect_in_batches(model: Callable, frames: list[Frame], batch_size: int, device: str) -> None:

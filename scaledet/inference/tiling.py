@@ -1,0 +1,260 @@
+"""Tiled prediction for large images with small objects.
+
+A large image is cut into overlapping tiles at native resolution; the tiles go through the model in
+batches through the generic eval contract (``model(list[Tensor[3, h, w]]) -> list[dict]``, so any
+family, an :func:`scaledet.optimize` copy or an :class:`~scaledet.export.OnnxDetector` works);
+optionally a downscaled pass over the whole image adds the large objects. Detections are shifted
+back to the image's pixels and merged:
+
+1. **cut boxes**: a detection touching an inner tile border (one that is not an image border) is
+   dropped when another tile sees that region whole (the box, pushed ``edge_margin`` px past the
+   cut, lies inside the other tile away from its own inner borders); the whole view wins.
+2. **duplicates** from overlapping tiles (and the full-image pass) are merged class by class with
+   NMS (:func:`torchvision.ops.batched_nms`) or weighted box fusion (:func:`weighted_box_fusion`).
+
+An image no larger than one tile (and no full-image pass) gives the model's own output unchanged.
+
+    detections = scaledet.predict_tiled(model, image, tile=512, overlap=0.2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from scaledet.data.tiles import ImageSource, TensorImage, tile_grid
+
+MERGES = ("nms", "wbf")
+Detections = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How :func:`predict_tiled` cuts and merges (the CLI's ``--tile`` / ``--overlap`` / ``--full-image``).
+
+    Attributes:
+        tile: tile side in pixels (square tiles; smaller where the image is smaller).
+        overlap: fraction of the tile shared by neighbouring tiles, in ``[0, 1)``.
+        full_image: also run the model on the whole image downscaled to ``full_image_size``.
+        merge: ``"nms"`` (class-wise NMS) or ``"wbf"`` (class-wise weighted box fusion).
+        iou_threshold: IoU above which two same-class detections are one object.
+        edge_margin: a box edge within this many pixels of an inner tile border counts as cut.
+        batch_size: tiles per model call.
+        full_image_size: longest side of the full-image pass (default: ``tile``).
+        max_detections: keep at most this many merged detections (``None``: all).
+    """
+
+    tile: int
+    overlap: float = 0.2
+    full_image: bool = False
+    merge: str = "nms"
+    iou_threshold: float = 0.5
+    edge_margin: float = 4.0
+    batch_size: int = 8
+    full_image_size: int | None = None
+    max_detections: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.tile) < 16:
+            raise ValueError(f"tile must be at least 16 pixels, got {self.tile}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1) (a fraction of the tile), got {self.overlap}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def predict_tiled(
+    model: Callable[[list[Tensor]], list[Detections]],
+    image: Tensor | ImageSource,
+    tile: int | None = None,
+    overlap: float = 0.2,
+    *,
+    full_image: bool = False,
+    merge: str = "nms",
+    batch_size: int = 8,
+    options: TileOptions | None = None,
+    device: str | torch.device | None = None,
+) -> Detections:
+    """Detections of ``model`` on ``image`` through overlapping native-resolution tiles.
+
+    Args:
+        model: a detector following the eval contract (in eval mode).
+        image: float ``Tensor[3, H, W]`` RGB in [0, 1], or an :class:`~scaledet.data.tiles.ImageSource`
+            (e.g. :func:`~scaledet.data.tiles.open_large_image`, which reads windows of a file).
+        tile, overlap, full_image, merge, batch_size: see :class:`TileOptions`; ``options`` gives
+            all of them at once instead (then ``tile`` etc. are ignored).
+        device: where the tiles go (default: the model's parameters' device, else the CPU).
+
+    Returns:
+        ``dict(boxes [N, 4] float xyxy pixels of ``image``, scores [N], labels [N] int64)`` by
+        descending score. An image within one tile without ``full_image``: exactly ``model([image])[0]``.
+    """
+    if options is None:
+        if tile is None:
+            raise ValueError("predict_tiled needs tile=SIZE (or options=TileOptions(...))")
+        options = TileOptions(int(tile), overlap, full_image, merge, batch_size=batch_size)
+    source = TensorImage(image) if isinstance(image, Tensor) else image
+    device = _device_of(model) if device is None else torch.device(device)
+    windows = tile_grid(source.height, source.width, options.tile, options.overlap)
+    if len(windows) == 1 and not options.full_image:
+        with torch.no_grad():
+            return model([source.read(tuple(windows[0].tolist())).to(device)])[0]
+    per_tile = _predict_windows(model, source, windows, options.batch_size, device)
+    kept = [_drop_cut_boxes(detections, index, windows, (source.height, source.width), options.edge_margin)
+            for index, detections in enumerate(per_tile)]
+    if options.full_image and len(windows) > 1:
+        kept.append(_predict_full_image(model, source, options.full_image_size or options.tile, device))
+    merged = merge_detections(_concatenate(kept), options.merge, options.iou_threshold)
+    if options.max_detections is not None:
+        merged = {key: value[: options.max_detections] for key, value in merged.items()}
+    return merged
+
+
+def _device_of(model) -> torch.device:
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        first = next(iter(parameters()), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
+
+
+def _predict_windows(model, source: ImageSource, windows: Tensor, batch_size: int,
+                     device: torch.device) -> list[Detections]:
+    """The model's detections of every window (``windows`` int ``[T, 4]`` xyxy), ``batch_size``
+    tiles per call, shifted to image pixels (boxes float32)."""
+    results: list[Detections] = []
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        tiles = [source.read(tuple(window.tolist())).to(device) for window in chunk]
+        with torch.no_grad():
+            outputs = model(tiles)
+        for window, output in zip(chunk, outputs):
+            offset = window[:2].to(output["boxes"].device, torch.float32).repeat(2)
+            results.append({"boxes": output["boxes"].float() + offset, "scores": output["scores"].float(),
+                            "labels": output["labels"].long()})
+    return results
+
+
+def _predict_full_image(model, source: ImageSource, longest_side: int, device: torch.device) -> Detections:
+    """The model's detections on the whole image downscaled to ``longest_side``, in image pixels."""
+    small, (sx, sy) = source.downscaled(longest_side)
+    with torch.no_grad():
+        output = model([small.to(device)])[0]
+    scale = torch.tensor([sx, sy, sx, sy], device=output["boxes"].device)
+    return {"boxes": output["boxes"].float() / scale, "scores": output["scores"].float(),
+            "labels": output["labels"].long()}
+
+
+def _drop_cut_boxes(detections: Detections, index: int, windows: Tensor, image_size: tuple[int, int],
+                    margin: float) -> Detections:
+    """``detections`` of tile ``index`` (image pixels) without the boxes cut by an inner border of
+    that tile that another tile sees whole.
+
+    A box is cut on a side when its edge lies within ``margin`` px of the tile's border there and
+    that border is inside the image. It is dropped when some other tile contains the box extended
+    by ``margin`` past each cut side, with every edge of that extended box at least ``margin``
+    from the other tile's own inner borders.
+    """
+    boxes = detections["boxes"]
+    if not len(boxes):
+        return detections
+    windows = windows.to(boxes.device, torch.float32)
+    inner = _inner_sides(windows, image_size)  # [T, 4] bool: x1, y1, x2, y2 side inside the image
+    window = windows[index]
+    near = torch.cat([boxes[:, :2] <= window[:2] + margin, boxes[:, 2:] >= window[2:] - margin], dim=1)
+    cut = near & inner[index]  # [N, 4]
+    if not cut.any():
+        return detections
+    push = torch.tensor([-margin, -margin, margin, margin], device=boxes.device)
+    needed = boxes + cut * push  # [N, 4] the region the whole object needs
+    safe = windows + inner * push.neg()  # [T, 4] each tile shrunk by margin on its inner sides
+    inside = ((needed[:, None, :2] >= safe[None, :, :2]) & (needed[:, None, 2:] <= safe[None, :, 2:])).all(-1)
+    inside[:, index] = False  # [N, T]
+    drop = cut.any(1) & inside.any(1)
+    return {key: value[~drop] for key, value in detections.items()}
+
+
+def _inner_sides(windows: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """``[T, 4]`` bool: which sides (x1, y1, x2, y2) of each window lie inside the image, i.e. are
+    cuts rather than the image's own border."""
+    height, width = image_size
+    return torch.stack([windows[:, 0] > 0, windows[:, 1] > 0, windows[:, 2] < width, windows[:, 3] < height], 1)
+
+
+def _concatenate(parts: Sequence[Detections]) -> Detections:
+    return {key: torch.cat([part[key] for part in parts]) for key in ("boxes", "scores", "labels")}
+
+
+def merge_detections(detections: Detections, method: str = "nms", iou_threshold: float = 0.5) -> Detections:
+    """Merge duplicate detections class by class: ``"nms"`` keeps the best of each group
+    (:func:`torchvision.ops.batched_nms`), ``"wbf"`` fuses them (:func:`weighted_box_fusion`).
+
+    ``detections``: boxes ``[N, 4]`` xyxy, scores ``[N]``, labels ``[N]``; returns the same
+    format by descending score.
+    """
+    from torchvision.ops import batched_nms
+
+    if method == "nms":
+        keep = batched_nms(detections["boxes"], detections["scores"], detections["labels"], iou_threshold)
+        return {key: value[keep] for key, value in detections.items()}
+    if method == "wbf":
+        return weighted_box_fusion(detections, iou_threshold)
+    raise ValueError(f"merge must be one of {MERGES}, got {method!r}")
+
+
+def weighted_box_fusion(detections: Detections, iou_threshold: float = 0.5) -> Detections:
+    """Weighted box fusion (Solovyev et al. 2021), class by class, for one image.
+
+    Boxes are visited by descending score; each joins the first cluster of its class whose fused
+    box it overlaps with IoU > ``iou_threshold``, else starts a new cluster. A cluster's box is the
+    score-weighted mean of its members' coordinates and its score their maximum (the members are
+    views of one object from overlapping tiles, not votes of independent models, so the score is
+    not averaged down).
+
+    ``detections``: boxes ``[N, 4]`` xyxy, scores ``[N]``, labels ``[N]`` int64; returns
+    ``[M, 4]``, ``[M]``, ``[M]`` (``M <= N``) by descending score.
+    """
+    from torchvision.ops import box_iou
+
+    boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
+    order = scores.argsort(descending=True)
+    weighted_sums, weights, best, cluster_labels = [], [], [], []  # per cluster
+    fused = boxes.new_zeros((0, 4))
+    for i in order.tolist():
+        match = -1
+        if len(fused):
+            ious = box_iou(boxes[i : i + 1], fused)[0]
+            ious[torch.tensor(cluster_labels, device=boxes.device) != labels[i]] = -1.0
+            best_iou, candidate = ious.max(0)
+            match = int(candidate) if best_iou > iou_threshold else -1
+        if match < 0:
+            weighted_sums.append(boxes[i] * scores[i])
+            weights.append(scores[i].clone())
+            best.append(scores[i].clone())
+            cluster_labels.append(int(labels[i]))
+            fused = torch.cat([fused, boxes[i : i + 1]])
+        else:
+            weighted_sums[match] = weighted_sums[match] + boxes[i] * scores[i]
+            weights[match] = weights[match] + scores[i]
+            fused[match] = weighted_sums[match] / weights[match].clamp_min(1e-12)
+    if not cluster_labels:
+        return {"boxes": boxes[:0], "scores": scores[:0], "labels": labels[:0]}
+    out_scores = torch.stack(best)
+    keep = out_scores.argsort(descending=True)
+    return {"boxes": fused[keep], "scores": out_scores[keep],
+            "labels": torch.tensor(cluster_labels, dtype=torch.long, device=boxes.device)[keep]}
+
+
+def tiles_per_image(height: int, width: int, options: TileOptions) -> int:
+    """How many tiles :func:`predict_tiled` runs for an ``height x width`` image (full-image pass included)."""
+    count = len(tile_grid(height, width, options.tile, options.overlap))
+    return count + int(options.full_image and count > 1)
+
+
+__all__ = ["MERGES", "TileOptions", "merge_detections", "predict_tiled", "tiles_per_image", "weighted_box_fusion"]
