@@ -23,6 +23,9 @@ fewshot    held-out  60 training images of 4 cut-out classes (cup, horse, clock,
 dense      held-out  20-80 coins and faces (lfw_subset) of 8-24 px per image; 384 px
 wide       held-out  384x224 images, 18 classes, strong colour / texture variation of the
                      cut-outs (hue rotation, grey, texture modulation)
+aerial     tiling    large images (1024 px) holding 100-300 coins and faces of 8-20 px on
+                     low-contrast textures: the tiled-vs-resize comparison of benchmarks/tiling.py
+                     (not in SET_NAMES: the scaledet-vs-effdet runs above do not include it)
 =========  ========  ===================================================================
 
 ``python -m benchmarks.learnability.datasets [--sets ...] [--force] [--preview DIR]`` builds the
@@ -53,6 +56,8 @@ DATA_ROOT = Path(__file__).resolve().parent / "data"
 TUNE_SETS = ("cells", "scenes")
 HELD_OUT_SETS = ("fewshot", "dense", "wide")
 SET_NAMES = TUNE_SETS + HELD_OUT_SETS
+#: large-image sets for the tiling benchmark (benchmarks/tiling.py), outside the learnability comparison
+TILING_SETS = ("aerial",)
 TRAIN_IMAGE_ID0, VAL_IMAGE_ID0, IMAGE_ID_STEP = 1000, 500000, 3
 JPEG_QUALITY = 92
 
@@ -68,6 +73,8 @@ def role(name: str) -> str:
         return "tune"
     if name in HELD_OUT_SETS:
         return "held-out"
+    if name in TILING_SETS:
+        return "tiling"
     raise ValueError(f"unknown learnability set {name!r}; known: {', '.join(SET_NAMES)}")
 
 
@@ -428,6 +435,11 @@ def _render_dense(spec: SetSpec, rng: np.random.Generator, split: str):
                     contrast=(0.25, 0.6), outside=0.0)
 
 
+def _render_aerial(spec: SetSpec, rng: np.random.Generator, split: str):
+    return _compose(rng, spec, int(rng.integers(100, 301)), (8.0, 20.0), 20, "mild", 0.25,
+                    contrast=(0.25, 0.6), outside=0.0)
+
+
 def _render_wide(spec: SetSpec, rng: np.random.Generator, split: str):
     side = min(spec.width, spec.height)
     return _compose(rng, spec, int(rng.integers(2, 9)), (0.15 * side, 0.6 * side), 12, "strong", 0.35)
@@ -554,12 +566,19 @@ SPECS: dict[str, SetSpec] = {
     "wide": SetSpec("wide", "non-square, many classes, colour / texture variation", 384, 224, _WIDE_CLASSES, 1200, 200,
                     384, 15, _render_wide, "384x224, 2-8 cut-outs of 18 classes, hue / grey / tint / texture changes"),
 }  # fmt: skip
+#: the tiling sets (input_size: the plain resize path's input; benchmarks/tiling.py trains the tiled path on tiles)
+TILING_SPECS: dict[str, SetSpec] = {
+    "aerial": SetSpec("aerial", "large images, many small objects", 1024, 1024, ("coin", "face"), 120, 30, 512, 16,
+                      _render_aerial, "1024 px images with 100-300 coins and faces of 8-20 px on low-contrast textures",
+                      sprites={"face": "small_face"}),
+}  # fmt: skip
 
 
 def spec(name: str) -> SetSpec:
-    if name not in SPECS:
-        raise ValueError(f"unknown learnability set {name!r}; known: {', '.join(SET_NAMES)}")
-    return SPECS[name]
+    found = SPECS.get(name) or TILING_SPECS.get(name)
+    if found is None:
+        raise ValueError(f"unknown learnability set {name!r}; known: {', '.join(SET_NAMES + TILING_SETS)}")
+    return found
 
 
 def render(name: str, split: str, index: int) -> tuple[Image.Image, list[tuple[list[float], int]]]:
@@ -726,7 +745,7 @@ def preview(name: str, out: str | Path, split: str = "train", count: int = 6, ro
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build (if needed) and describe the learnability sets.")
-    parser.add_argument("--sets", nargs="+", default=list(SET_NAMES), choices=SET_NAMES)
+    parser.add_argument("--sets", nargs="+", default=list(SET_NAMES), choices=SET_NAMES + TILING_SETS)
     parser.add_argument("--root", default=None, help=f"cache folder (default {DATA_ROOT})")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("--preview", default=None, help="folder for <set>_{train,val}.png previews with boxes")
