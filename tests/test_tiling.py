@@ -32,9 +32,8 @@ class BrightBoxDetector:
     """Fake detector (eval contract): per image one detection, the box around its pixels brighter
     than 0.5 in the red channel (score 0.9, label 0); records the batch size of every call."""
 
-    class_names = ["object"]
-
-    def __init__(self) -> None:
+    def __init__(self, class_names=("object",)) -> None:
+        self.class_names = list(class_names)
         self.calls: list[int] = []
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -196,6 +195,28 @@ def test_tile_crop_dataset_serves_native_crops():
         assert ((boxes >= 0) & (boxes <= 128)).all() and (boxes[:, 2:] > boxes[:, :2]).all()
     with pytest.raises(ValueError, match="transforms"):
         TileCropDataset(ShapesDataset(num_images=1, transforms=lambda i, t: (i, t)), tile=128)
+
+
+def test_training_with_tiles_uses_crops_the_tile_input_and_tiled_validation():
+    from scaledet.engine.config import TrainConfig
+    from scaledet.engine.evaluate import evaluate
+    from scaledet.engine.run import use_tiles
+    from scaledet.evaluation import predict_dataset
+
+    train = ShapesDataset(num_images=2, image_size=(200, 300), seed=1, empty_fraction=0.0)
+    val = ShapesDataset(num_images=1, image_size=(200, 300), seed=2, empty_fraction=0.0)
+    config = TrainConfig.for_model("efficientdet_d0", tile=128, tile_overlap=0.25, max_steps=1, batch_size=4)
+    tiled_config, crops, tiled_val = use_tiles(config, train, val)
+    assert tiled_config.image_size == 128 and isinstance(crops, TileCropDataset) and crops.tile == 128
+    assert tiled_val.tile_options == TileOptions(128, 0.25, batch_size=4)
+    detector = BrightBoxDetector(val.class_names)
+    stats, predictions = evaluate(detector, tiled_val, torch.device("cpu"), batch_size=4, progress=False)
+    assert detector.calls == [4, 2]  # the trainer's validation went through 6 tiles, 4 per call
+    direct = predict_dataset(detector, val, tile=TileOptions(128, 0.25, batch_size=4), progress=False)
+    assert torch.equal(predictions[0].detections["boxes"], direct[0].detections["boxes"])
+    assert set(stats) >= {"AP", "AP50"}
+    with pytest.raises(ValueError, match="tile_min_visible"):
+        TrainConfig.for_model("efficientdet_d0", tile=128, tile_min_visible=0.0, max_steps=1)
 
 
 def test_dense_images_raise_max_dets_with_a_note():
