@@ -31,6 +31,16 @@ class DeformableDetrExport(nn.Module):
         return ranked_detections(logits, boxes, image_sizes, self.model.top_k)
 
 
+def example_size(input_size: tuple[int, int], num_levels: int) -> tuple[int, int]:
+    """``input_size`` (h, w), enlarged where needed so that the coarsest level (stride
+    ``2 ** (num_levels + 2)``: C3 is stride 8) is at least 2x2: ``torch.export`` specialises a
+    dimension of size 1 in the example to a constant, and the graph would then fail on larger inputs."""
+    smallest = 2 * 2 ** (num_levels + 2)
+    return max(input_size[0], smallest), max(input_size[1], smallest)
+
+
 def export_spec(model: nn.Module, input_size: tuple[int, int]) -> ExportSpec:
-    """DETR's inputs, example and dynamic axes with this family's module (``model`` in eval mode)."""
-    return dataclasses.replace(detr_export.export_spec(model, input_size), module=DeformableDetrExport(model))
+    """DETR's inputs and dynamic axes with this family's module (``model`` in eval mode); the
+    example of ``input_size`` (h, w), at least :func:`example_size`."""
+    size = example_size(input_size, len(model.input_proj))
+    return dataclasses.replace(detr_export.export_spec(model, size), module=DeformableDetrExport(model))
