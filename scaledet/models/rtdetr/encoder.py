@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from scaledet.models.rtdetr.backbone import ConvNormAct
 
@@ -63,14 +64,29 @@ class EncoderLayer(nn.Module):
 
 
 class RepVggBlock(nn.Module):
-    """SiLU(3x3 conv-BN + 1x1 conv-BN) at constant width (RepVGG's training-time form)."""
+    """SiLU(3x3 conv-BN + 1x1 conv-BN) at constant width (RepVGG's training-time form); after
+    :meth:`reparameterize`, SiLU(one 3x3 conv with bias), the same function in eval mode."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = ConvNormAct(channels, channels, 3)
         self.conv2 = ConvNormAct(channels, channels, 1)
+        self.fused: nn.Conv2d | None = None
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold both branches and their (eval-mode) BatchNorms into one 3x3 convolution, in place
+        (RepVGG's deploy form; inference only: the branches are removed)."""
+        wide = fuse_conv_bn_eval(self.conv1.conv, self.conv1.norm)
+        narrow = fuse_conv_bn_eval(self.conv2.conv, self.conv2.norm)
+        wide.weight += F.pad(narrow.weight, [1, 1, 1, 1])
+        wide.bias += narrow.bias
+        self.fused = wide
+        del self.conv1, self.conv2
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused is not None:
+            return F.silu(self.fused(x))
         return F.silu(self.conv1(x) + self.conv2(x))
 
 

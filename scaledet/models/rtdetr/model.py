@@ -30,7 +30,7 @@ from scaledet.models.rtdetr.backbone import PResNet
 from scaledet.models.rtdetr.criterion import RtDetrCriterion
 from scaledet.models.rtdetr.decoder import Decoder
 from scaledet.models.rtdetr.denoising import denoising_groups
-from scaledet.models.rtdetr.encoder import HybridEncoder
+from scaledet.models.rtdetr.encoder import HybridEncoder, RepVggBlock
 from scaledet.models.rtdetr.postprocess import postprocess
 
 #: raw eval outputs: (logits [B, Q, K], boxes [B, Q, 4] normalised cxcywh) of the last decoder layer
@@ -130,7 +130,15 @@ class RTDETR(Detector):
         return detr_transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
 
     # ----------------------------------------------------------------------------------------
-    # export
+    # inference and export
+    def prepare_for_inference(self) -> None:
+        """RepVGG's deploy form: every RepVGG block of the encoder becomes one 3x3 convolution
+        (:meth:`RepVggBlock.reparameterize <scaledet.models.rtdetr.encoder.RepVggBlock.reparameterize>`);
+        eval output unchanged up to float rounding."""
+        for module in self.encoder.modules():
+            if isinstance(module, RepVggBlock) and module.fused is None:
+                module.reparameterize()
+
     def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
         """The ONNX graph of :mod:`scaledet.models.rtdetr.export` at the model's fixed input size
         (``input_size``, if given, must equal it)."""
