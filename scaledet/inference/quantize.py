@@ -1,0 +1,411 @@
+"""INT8: static post-training quantization of a detector's exported ONNX graph with onnxruntime.
+
+:func:`quantize_onnx` takes a float file written by :func:`scaledet.export.export_onnx` and writes an
+INT8 one: weights int8 per output channel, activations uint8 with ranges calibrated (min / max) on
+images like the ones the model will see, in onnxruntime's QDQ format (its CPU provider fuses the
+pairs into integer kernels). Only the *network* is quantized, i.e. the nodes that feed a
+convolution plus the convolutions themselves; the post-processing (box decoding, top-k, NMS) stays
+in float. Which network nodes also stay float is decided by measurement: the candidate
+:data:`FLOAT_RULES` are tried from the most quantized to the least, and the first whose detections on
+the calibration images agree with the float graph's (:func:`detection_agreement` against
+:data:`DEFAULT_TOLERANCE`) is kept. The file records the rule in its metadata, and
+:class:`QuantizedDetector` runs it behind the detector contract.
+
+:func:`quantize_int8` is ``scaledet.optimize(model, precision="int8", calibration=images)``: export,
+quantize, and return a :class:`QuantizedDetector`. onnxruntime and onnx are optional dependencies,
+imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from scaledet.export.onnx import CONFIG_KEY, OnnxDetector, export_onnx
+from scaledet.inference.processor import current_processor
+from scaledet.models.base import Detections, Detector
+from scaledet.models.inputs import check_images
+
+#: metadata key of an INT8 file: JSON of :class:`QuantizationReport` (without per-rule details)
+INT8_KEY = "scaledet.int8"
+#: the ops onnxruntime's QDQ quantizer handles that sit inside detector networks
+QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Sigmoid", "Concat", "Resize", "MaxPool",
+                      "AveragePool", "GlobalAveragePool", "Clip", "Relu", "Transpose", "Reshape", "Pad")
+#: ops that merge feature maps (with :func:`float_rules`' "merges": also ``Mul`` by a constant weight)
+MERGE_OP_TYPES = ("Add", "Sum", "Concat", "ReduceSum")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When INT8 detections count as agreeing with float ones (:func:`detection_agreement`).
+
+    A float detection with score >= ``min_score`` is matched by an INT8 detection with the same label,
+    IoU >= ``iou`` and a score within ``score_tol``; the rule passes when at least ``min_matched`` of
+    them are matched and at most ``max_extra`` (as a fraction of them) INT8 detections with score
+    >= ``min_score + score_tol`` match none.
+    """
+
+    min_score: float = 0.3
+    iou: float = 0.8
+    score_tol: float = 0.1
+    min_matched: float = 0.95
+    max_extra: float = 0.05
+
+
+DEFAULT_TOLERANCE = Tolerance()
+
+
+@dataclass
+class Agreement:
+    """INT8 vs float detections over some images (see :class:`Tolerance`)."""
+
+    reference: int = 0  # float detections with score >= min_score
+    matched: int = 0
+    extra: int = 0  # INT8 detections >= min_score + score_tol that match no float one
+    max_score_diff: float = 0.0  # over matched pairs
+
+    @property
+    def matched_fraction(self) -> float:
+        return self.matched / self.reference if self.reference else 1.0
+
+    def passes(self, tolerance: Tolerance) -> bool:
+        return (self.matched_fraction >= tolerance.min_matched
+                and self.extra <= tolerance.max_extra * max(self.reference, 1))
+
+    def summary(self) -> str:
+        return (f"{self.matched}/{self.reference} float detections matched ({100 * self.matched_fraction:.1f}%), "
+                f"{self.extra} extra, max score diff {self.max_score_diff:.3f}")
+
+
+def detection_agreement(reference: Sequence[Detections], other: Sequence[Detections],
+                        tolerance: Tolerance = DEFAULT_TOLERANCE) -> Agreement:
+    """Greedy per-image matching of ``other`` (INT8) to ``reference`` (float) detections, best IoU first
+    (boxes ``[N, 4]`` xyxy pixels, ``scores [N]``, ``labels [N]``); see :class:`Tolerance`."""
+    out = Agreement()
+    for ref, det in zip(reference, other, strict=True):
+        keep_ref = ref["scores"] >= tolerance.min_score
+        keep_det = det["scores"] >= tolerance.min_score - tolerance.score_tol
+        ref_boxes, ref_scores, ref_labels = (ref[k][keep_ref].float() for k in ("boxes", "scores", "labels"))
+        boxes, scores, labels = (det[k][keep_det].float() for k in ("boxes", "scores", "labels"))
+        out.reference += len(ref_scores)
+        used = torch.zeros(len(scores), dtype=torch.bool)
+        if len(ref_scores) and len(scores):
+            iou = box_iou(ref_boxes, boxes)  # [R, D]
+            ok = (iou >= tolerance.iou) & (ref_labels[:, None] == labels[None, :]) \
+                & ((ref_scores[:, None] - scores[None, :]).abs() <= tolerance.score_tol)
+            iou = torch.where(ok, iou, torch.full_like(iou, -1.0))
+            for _ in range(min(iou.shape)):
+                best = int(iou.argmax())
+                r, d = divmod(best, iou.shape[1])
+                if iou[r, d] < 0:
+                    break
+                out.matched += 1
+                out.max_score_diff = max(out.max_score_diff, float((ref_scores[r] - scores[d]).abs()))
+                used[d] = True
+                iou[r, :] = -1.0
+                iou[:, d] = -1.0
+        out.extra += int(((scores >= tolerance.min_score + tolerance.score_tol) & ~used).sum())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# which nodes are the network, and which of them stay float
+
+
+def network_nodes(graph) -> set[str]:
+    """Names of the nodes of ``graph`` (an ``onnx.GraphProto``) that are convolutions or feed one: the
+    network. The rest (decoding, top-k, NMS) is post-processing."""
+    producer = {output: node for node in graph.node for output in node.output}
+    found: set[str] = set()
+    stack = [node for node in graph.node if node.op_type == "Conv"]
+    while stack:
+        node = stack.pop()
+        if node.name in found:
+            continue
+        found.add(node.name)
+        stack += [producer[name] for name in node.input if name in producer]
+    return found
+
+
+def _conv_neighbours(graph, network: set[str]) -> tuple[set[str], set[str]]:
+    """``(first convs, last convs)``: convolutions with no convolution upstream / downstream."""
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_conv(start, step) -> bool:
+        seen, stack = set(), list(step(start))
+        while stack:
+            node = stack.pop()
+            if node.name in seen or node.name not in network:
+                continue
+            if node.op_type == "Conv":
+                return True
+            seen.add(node.name)
+            stack += step(node)
+        return False
+
+    upstream = lambda node: [producer[n] for n in node.input if n in producer]  # noqa: E731
+    downstream = lambda node: [c for n in node.output for c in consumers.get(n, [])]  # noqa: E731
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    return ({c.name for c in convs if not reaches_conv(c, upstream)},
+            {c.name for c in convs if not reaches_conv(c, downstream)})
+
+
+def _constants(graph) -> set[str]:
+    """Names of initializers and ``Constant`` outputs."""
+    return {init.name for init in graph.initializer} | {
+        output for node in graph.node if node.op_type == "Constant" for output in node.output}
+
+
+def _merge_nodes(graph, network: set[str]) -> set[str]:
+    """Network nodes that merge feature maps: :data:`MERGE_OP_TYPES`, and ``Mul`` by a constant (the
+    weights of a weighted fusion, e.g. BiFPN's)."""
+    constants = _constants(graph)
+    return {node.name for node in graph.node if node.name in network and (
+        node.op_type in MERGE_OP_TYPES or (node.op_type == "Mul" and any(i in constants for i in node.input)))}
+
+
+def _gate_nodes(graph, network: set[str]) -> set[str]:
+    """Network nodes that gate activations: ``Sigmoid`` and ``Mul`` of two activations (SiLU / swish
+    ``x * sigmoid(x)``, squeeze-excitation ``x * sigmoid(se)``)."""
+    constants = _constants(graph)
+    return {node.name for node in graph.node if node.name in network and (
+        node.op_type == "Sigmoid" or (node.op_type == "Mul" and not any(i in constants for i in node.input)))}
+
+
+#: candidate float-kept parts, most quantized first: (name, parts) with parts from ``first-conv`` (the
+#: stem: convs with no conv upstream), ``last-convs`` (the predictors: no conv downstream), ``merges``
+#: (:func:`_merge_nodes`), ``gates`` (:func:`_gate_nodes`) and ``non-conv`` (every network node but
+#: the convolutions: only convolutions run in int8)
+FLOAT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("none", ()),
+    ("first-conv+last-convs", ("first-conv", "last-convs")),
+    ("gates", ("gates",)),
+    ("gates+merges", ("gates", "merges")),
+    ("non-conv", ("non-conv",)),
+    ("non-conv+first-conv+last-convs", ("non-conv", "first-conv", "last-convs")),
+)
+
+
+def float_rules(graph) -> list[tuple[str, set[str]]]:
+    """:data:`FLOAT_RULES` resolved on ``graph``: ``[(rule name, names of network nodes kept float)]``."""
+    network = network_nodes(graph)
+    first, last = _conv_neighbours(graph, network)
+    convs = {node.name for node in graph.node if node.op_type == "Conv"}
+    parts = {"first-conv": first, "last-convs": last, "merges": _merge_nodes(graph, network),
+             "gates": _gate_nodes(graph, network), "non-conv": network - convs}
+    return [(name, set().union(*(parts[p] for p in chosen))) for name, chosen in FLOAT_RULES]
+
+
+# ------------------------------------------------------------------------------------------------
+# quantization
+
+
+@dataclass
+class QuantizationReport:
+    """What :func:`quantize_onnx` did. ``float_rule``: the kept rule; ``float_nodes``: the network
+    nodes it keeps float (names in the float graph); ``quantized_nodes``: network nodes quantized;
+    ``tried``: ``[{rule, float_nodes, agreement, passed}]`` in the order tried; ``passed``: whether the
+    kept rule met the tolerance (if none did, the last, most float, rule is kept)."""
+
+    float_rule: str
+    float_nodes: list[str]
+    quantized_nodes: int
+    network_nodes: int
+    calibration_images: int
+    reduce_range: bool
+    tolerance: dict
+    passed: bool
+    tried: list[dict] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"int8: {self.quantized_nodes} of {self.network_nodes} network nodes quantized; kept float: "
+                 f"{self.float_rule} ({len(self.float_nodes)} nodes), post-processing float; calibrated on "
+                 f"{self.calibration_images} images" + ("" if self.passed else
+                                                      " - NO rule met the tolerance, kept the most float one")]
+        for attempt in self.tried:
+            lines.append(f"  rule {attempt['rule']:<30} {attempt['agreement']} -> "
+                         f"{'PASS' if attempt['passed'] else 'FAIL'}")
+        return "\n".join(lines)
+
+
+class _Feeds:
+    """onnxruntime ``CalibrationDataReader``: one preprocessed image per call (batch 1)."""
+
+    def __init__(self, feeds: list[dict]) -> None:
+        self.feeds, self.index = feeds, 0
+
+    def get_next(self) -> dict | None:
+        if self.index >= len(self.feeds):
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def _session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_calibration(calibration: Sequence[Tensor] | None) -> list[Tensor]:
+    """The calibration images as float ``[3, H, W]`` CPU tensors in [0, 1], or a clear error."""
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("precision='int8' needs calibration images: optimize(model, precision='int8', "
+                         "calibration=[Tensor[3, H, W] in [0, 1], ...]) (a few dozen like the ones to detect on); "
+                         "on the command line: scaledet export --int8 --calibration DATA")
+    return [image.float().cpu() for image in check_images(list(calibration))]
+
+
+def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Sequence[Tensor],
+                  tolerance: Tolerance = DEFAULT_TOLERANCE, rules: Sequence[str] | None = None,
+                  threads: int | None = None, progress: Callable[[str], None] | None = None) -> QuantizationReport:
+    """Write the INT8 version of the scaledet ONNX file ``float_path`` to ``output`` (see the module
+    docstring) and return what was kept float.
+
+    Args:
+        calibration: images ``list[Tensor[3, H, W]]`` in [0, 1]; they calibrate the activation ranges
+            and are the images the float-kept rule is judged on.
+        tolerance: when a rule's detections agree with the float graph's.
+        rules: names from :data:`FLOAT_RULES` to try, in order (default all).
+        threads: onnxruntime threads for calibration and checks.
+        progress: called with a line per step.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = check_calibration(calibration)
+    say = progress or (lambda line: None)
+    float_detector = OnnxDetector(float_path, threads=threads)
+    model = float_detector.model  # weightless, for pre- and post-processing
+    feeds = [{k: v.numpy() for k, v in model.export_feeds(model.preprocess([image])).items()} for image in images]
+    reduce_range = not ({"avx512_vnni", "avx_vnni", "amx_int8"} & current_processor().flags)
+    output = Path(output)
+    with tempfile.TemporaryDirectory(prefix="scaledet-int8-") as tmp:
+        prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "calibration.json"
+        say("int8: shape inference and graph optimisation (onnxruntime quant_pre_process)")
+        quant_pre_process(str(float_path), str(prepared))
+        graph = onnx.load(str(prepared)).graph
+        network = network_nodes(graph)
+        candidates = [(name, nodes) for name, nodes in float_rules(graph) if rules is None or name in rules]
+        if not candidates:
+            raise ValueError(f"no float rule among {list(rules or [])}; choose from {[n for n, _ in FLOAT_RULES]}")
+        reference = [float_detector.model.detections_from_export(
+            [torch.from_numpy(x) for x in float_detector.session.run(None, f)], model.preprocess([image]))[0]
+            for f, image in zip(feeds, images)]
+        tried, kept = [], None
+        for name, float_nodes in candidates:
+            say(f"int8: quantizing with {name} kept float ({len(float_nodes)} nodes)")
+            # ranges are computed for every tensor of these op types, post-processing ones included (some
+            # are constant or infinite there: numpy warns); only the network's are used, checked below
+            with numpy.errstate(divide="ignore", invalid="ignore"):
+                quantize_static(str(prepared), str(output), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True,
+                                reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_quantize=sorted(network - float_nodes),
+                                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache)
+            _check_scales(output)
+            session = _session(output, threads)
+            int8 = [model.detections_from_export([torch.from_numpy(x) for x in session.run(None, f)],
+                                                 model.preprocess([image]))[0] for f, image in zip(feeds, images)]
+            agreement = detection_agreement(reference, int8, tolerance)
+            passed = agreement.passes(tolerance)
+            tried.append({"rule": name, "float_nodes": len(float_nodes), "agreement": agreement.summary(),
+                          "passed": passed})
+            kept = (name, float_nodes, passed)
+            if passed:
+                break
+    name, float_nodes, passed = kept
+    report = QuantizationReport(name, sorted(float_nodes), len(network - float_nodes), len(network), len(images),
+                                reduce_range, asdict(tolerance), passed, tried)
+    _write_metadata(output, float_detector.config, report)
+    return report
+
+
+def _check_scales(path: Path) -> None:
+    """Every quantization scale in ``path`` is finite and positive (else the calibration images gave
+    an empty or infinite range somewhere)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    scales = {node.input[1] for node in proto.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    for init in proto.graph.initializer:
+        if init.name in scales:
+            values = numpy_helper.to_array(init)
+            if not (numpy.isfinite(values).all() and (values > 0).all()):
+                raise ValueError(f"int8: quantization scale {init.name!r} is {values.ravel()[:4]}: the calibration "
+                                 "images give an empty or infinite range there; use more varied images")
+
+
+def _write_metadata(path: Path, config: dict, report: QuantizationReport) -> None:
+    """Store the model config (so :class:`~scaledet.export.OnnxDetector` can run the file) and the
+    report (without the per-node list) in ``path``'s metadata."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    summary = {k: v for k, v in asdict(report).items() if k != "float_nodes"}
+    values = {CONFIG_KEY: json.dumps(config), INT8_KEY: json.dumps(summary)}
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+class QuantizedDetector(OnnxDetector):
+    """An INT8 file (:func:`quantize_onnx`) run by onnxruntime behind the detector eval contract:
+    ``detector(list of float Tensor[3, H, W] in [0, 1]) -> list[dict(boxes [N, 4] xyxy input-image
+    pixels, scores [N], labels [N] int64)]``, CPU only. Not an ``nn.Module``: no ``.to()``, no
+    training. Attributes as :class:`~scaledet.export.OnnxDetector`, plus ``path``, ``precision``
+    (``"int8"``) and ``report`` (the stored :class:`QuantizationReport` summary, a dict)."""
+
+    precision = "int8"
+
+    def __init__(self, path: str | Path, threads: int | None = None, report: QuantizationReport | None = None) -> None:
+        super().__init__(path, threads=threads)
+        self.path = Path(path)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if INT8_KEY not in meta:
+            raise ValueError(f"{path} is not a scaledet INT8 file (no {INT8_KEY!r} metadata); "
+                             "make one with scaledet export --int8 --calibration DATA")
+        self.report = asdict(report) if report is not None else json.loads(meta[INT8_KEY])
+
+
+def quantize_int8(model: Detector, calibration: Sequence[Tensor] | None, output: str | Path | None = None,
+                  tolerance: Tolerance = DEFAULT_TOLERANCE, threads: int | None = None) -> QuantizedDetector:
+    """``scaledet.optimize(model, precision="int8", calibration=images)``: export ``model`` to ONNX,
+    quantize it (:func:`quantize_onnx`) and return the :class:`QuantizedDetector` running it.
+
+    ``output``: where the INT8 file goes (default a temporary folder, kept for the detector's life;
+    pass a path to keep it). ``threads``: onnxruntime threads (default ``torch.get_num_threads()``).
+    """
+    images = check_calibration(calibration)
+    threads = threads or torch.get_num_threads()
+    folder = tempfile.TemporaryDirectory(prefix="scaledet-int8-")
+    float_path = export_onnx(model.cpu().eval() if next(model.parameters()).device.type != "cpu" else model.eval(),
+                             Path(folder.name) / "float.onnx")
+    output = Path(output) if output is not None else Path(folder.name) / "int8.onnx"
+    report = quantize_onnx(float_path, output, images, tolerance, threads=threads)
+    detector = QuantizedDetector(output, threads=threads, report=report)
+    detector._folder = folder  # the temporary files live as long as the detector
+    return detector

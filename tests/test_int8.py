@@ -1,0 +1,136 @@
+"""INT8: onnxruntime static quantization of the exported graph (scaledet.inference.quantize), through
+scaledet.optimize(precision="int8") and scaledet export --int8."""
+
+import json
+
+import pytest
+import torch
+
+import scaledet
+from benchmarks.reference import spread_random_weights
+from scaledet.cli import main
+from scaledet.export import OnnxDetector, export_onnx
+from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, detection_agreement,
+                                         float_rules, network_nodes, quantize_onnx)
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+#: INT8 vs float on the tiny random-weight model: the detections that matter (score >= 0.5) found again
+#: (same label, IoU >= 0.5, score within 0.15), at least 80% of them
+TINY_TOLERANCE = Tolerance(min_score=0.5, iou=0.5, score_tol=0.15, min_matched=0.8, max_extra=0.2)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=64)
+    net = model.network
+    spread_random_weights(net, net.class_net.predict.pointwise, net.box_net.predict.pointwise, model.image_size)
+    return model.eval()
+
+
+def tiny_images(count: int, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, 64, 64, generator=generator) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def float_file(tmp_path_factory):
+    model = tiny_model()
+    return model, export_onnx(model, tmp_path_factory.mktemp("int8") / "float.onnx")
+
+
+@pytest.mark.slow
+def test_int8_file_runs_in_onnxruntime_and_agrees_with_float(float_file, tmp_path):
+    model, path = float_file
+    calibration = tiny_images(8)
+    output = tmp_path / "int8.onnx"
+    report = quantize_onnx(path, output, calibration, rules=["none", "non-conv"], threads=1)
+    proto = onnx.load(str(output))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
+    assert "NonMaxSuppression" in ops and report.quantized_nodes > 50
+    assert report.float_rule in [name for name, _ in FLOAT_RULES] and report.tried[0]["rule"] == "none"
+    stored = json.loads({p.key: p.value for p in proto.metadata_props}[INT8_KEY])
+    assert stored["float_rule"] == report.float_rule and stored["calibration_images"] == 8
+    int8 = QuantizedDetector(output, threads=1)
+    assert int8.report["float_rule"] == report.float_rule and int8.precision == "int8"
+    images = tiny_images(3, seed=1)  # not the calibration images
+    reference, result = OnnxDetector(path, threads=1)(images), int8(images)
+    with torch.no_grad():
+        eager = model(images)
+    for detections in result:
+        assert detections["boxes"].shape[1] == 4 and detections["labels"].dtype == torch.int64
+    for against in (reference, eager):
+        agreement = detection_agreement(against, result, TINY_TOLERANCE)
+        assert agreement.reference >= 3 and agreement.passes(TINY_TOLERANCE), agreement.summary()
+
+
+def test_float_rules_on_a_small_graph():
+    """conv1 -> swish -> conv2 -> add(+ conv1 out) -> mul(constant) -> conv3 (head) -> topk (post-processing)."""
+    from onnx import TensorProto, helper
+
+    def conv(name, x, y, w):
+        return helper.make_node("Conv", [x, w], [y], name=name)
+
+    nodes = [conv("conv1", "x", "a", "w1"), helper.make_node("Sigmoid", ["a"], ["s"], name="sigmoid"),
+             helper.make_node("Mul", ["a", "s"], ["b"], name="swish"),
+             conv("conv2", "b", "c", "w2"), helper.make_node("Add", ["c", "a"], ["d"], name="merge"),
+             helper.make_node("Mul", ["d", "k"], ["e"], name="weight"), conv("conv3", "e", "f", "w3"),
+             helper.make_node("Flatten", ["f"], ["g"], name="flatten"),
+             helper.make_node("TopK", ["g", "n"], ["v", "i"], name="topk")]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [1, 1, 1, 1], [1.0]) for n in ("w1", "w2", "w3", "k")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)], inits)
+    assert network_nodes(graph) == {"conv1", "sigmoid", "swish", "conv2", "merge", "weight", "conv3"}
+    rules = dict(float_rules(graph))
+    assert rules["none"] == set() and rules["first-conv+last-convs"] == {"conv1", "conv3"}
+    assert rules["gates"] == {"sigmoid", "swish"} and rules["gates+merges"] == {"sigmoid", "swish", "merge", "weight"}
+    assert rules["non-conv"] == {"sigmoid", "swish", "merge", "weight"}
+    assert rules["non-conv+first-conv+last-convs"] == rules["non-conv"] | {"conv1", "conv3"}
+
+
+def test_agreement_counts_matches_misses_and_extras():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]])
+    reference = [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.1]), "labels": torch.tensor([0, 1, 0])}]
+    other = [{"boxes": boxes + 0.2, "scores": torch.tensor([0.85, 0.2, 0.7]), "labels": torch.tensor([0, 1, 0])}]
+    agreement = detection_agreement(reference, other, Tolerance(min_score=0.3, iou=0.8, score_tol=0.1))
+    assert (agreement.reference, agreement.matched, agreement.extra) == (2, 1, 1)
+    assert agreement.max_score_diff == pytest.approx(0.05, abs=1e-6)
+    assert not agreement.passes(Tolerance()) and detection_agreement(reference, reference).passes(Tolerance())
+
+
+def test_int8_needs_calibration(capsys):
+    model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=64).eval()
+    with pytest.raises(ValueError, match="needs calibration images"):
+        scaledet.optimize(model, precision="int8")
+    with pytest.raises(ValueError, match="calibration images are for precision='int8'"):
+        scaledet.optimize(model, calibration=tiny_images(1))
+    assert main(["export", "--model", "efficientdet_lite0", "--int8"]) == 2
+    assert "--int8 needs --calibration DATA" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_optimize_int8_keeps_the_detector_contract():
+    model = tiny_model()
+    fast = scaledet.optimize(model, precision="int8", calibration=tiny_images(8))
+    assert isinstance(fast, QuantizedDetector) and fast.report["float_rule"] in [n for n, _ in FLOAT_RULES]
+    images = [torch.rand(3, 64, 48), torch.rand(3, 40, 64)]
+    result = fast(images)
+    assert len(result) == 2 and all(set(d) == {"boxes", "scores", "labels"} for d in result)
+    with torch.no_grad():
+        eager = model(images)
+    for det, ref in zip(result, eager):
+        assert det["boxes"].shape[1] == 4 and (det["boxes"] <= 64.5).all()  # input-image pixels, like eager
+        assert det["labels"].dtype == ref["labels"].dtype == torch.int64
+
+
+@pytest.mark.slow
+def test_export_int8_command_reports_float_layers(tmp_path, capsys):
+    output = tmp_path / "lite0.int8.onnx"
+    code = main(["export", "--model", "efficientdet_lite0", "--image-size", "64", "--int8", "--calibration",
+                 "shapes:val", "--calibration-images", "4", "--output", str(output)])
+    out = capsys.readouterr().out
+    assert code == 0 and output.exists()
+    assert "network nodes quantized; kept float:" in out and "rule none" in out
+    assert QuantizedDetector(output).report["calibration_images"] == 4
