@@ -110,9 +110,9 @@ CHECKPOINT = CheckpointSpec(class_head=("class_heads.",), class_bias="class_head
 
 
 _PAPER = {  # Zhu et al. 2021, Table 1 (50 epochs; FLOPs as the DETR paper: averaged over COCO val sizes)
-    "deformable_detr_r50": {"params_m": 40, "gflops": 173, "coco_ap": 43.8, "v100_fps": 19},
-    "deformable_detr_r50_box_refine": {"params_m": 40, "gflops": 173, "coco_ap": 45.4, "v100_fps": 19},
-    "deformable_detr_r50_two_stage": {"params_m": 40, "gflops": 173, "coco_ap": 46.2, "v100_fps": 19},
+    "deformable_detr_r50": {"params_m": 40, "gflops": 173, "coco_ap": 43.8},
+    "deformable_detr_r50_box_refine": {"params_m": 40, "gflops": 173, "coco_ap": 45.4},
+    "deformable_detr_r50_two_stage": {"params_m": 40, "gflops": 173, "coco_ap": 46.2},
 }
 
 
