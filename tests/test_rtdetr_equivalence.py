@@ -146,3 +146,49 @@ def test_onnx_export_equals_eager(tmp_path):
     exported = OnnxDetector(export_onnx(model, tmp_path / "rtdetr.onnx"))
     assert exported.config == model.config
     check_same(eager, exported(inputs), "onnxruntime vs eager")
+
+
+# module paths of the official lyuwenyu/RT-DETR rtdetr_pytorch code (presnet.py, hybrid_encoder.py,
+# rtdetr_decoder.py) -> ours, one per renaming rule
+OFFICIAL_KEYS = {
+    "backbone.conv1.conv1_1.conv.weight": "backbone.stem.0.conv.weight",
+    "backbone.conv1.conv1_3.norm.running_var": "backbone.stem.2.norm.running_var",
+    "backbone.res_layers.0.blocks.0.short.conv.weight": "backbone.stages.0.0.shortcut.conv.weight",
+    "backbone.res_layers.0.blocks.0.short.norm.bias": "backbone.stages.0.0.shortcut.norm.bias",
+    "backbone.res_layers.2.blocks.0.short.conv.conv.weight": "backbone.stages.2.0.shortcut.conv.weight",
+    "backbone.res_layers.2.blocks.0.short.conv.norm.weight": "backbone.stages.2.0.shortcut.norm.weight",
+    "backbone.res_layers.3.blocks.1.branch2c.norm.running_mean": "backbone.stages.3.1.conv3.norm.running_mean",
+    "backbone.res_layers.1.blocks.1.branch2a.conv.weight": "backbone.stages.1.1.conv1.conv.weight",
+    "encoder.input_proj.2.0.weight": "encoder.input_proj.2.conv.weight",
+    "encoder.input_proj.0.1.running_var": "encoder.input_proj.0.norm.running_var",
+    "encoder.encoder.0.layers.0.self_attn.in_proj_weight": "encoder.aifi.0.self_attn.in_proj_weight",
+    "encoder.encoder.0.layers.0.linear2.bias": "encoder.aifi.0.ffn.linear2.bias",
+    "encoder.encoder.0.layers.0.norm2.weight": "encoder.aifi.0.norm2.weight",
+    "encoder.fpn_blocks.1.bottlenecks.2.conv2.norm.bias": "encoder.fpn_blocks.1.bottlenecks.2.conv2.norm.bias",
+    "encoder.pan_blocks.0.conv3.conv.weight": "encoder.pan_blocks.0.conv3.conv.weight",
+    "decoder.input_proj.1.norm.weight": "decoder.input_proj.1.norm.weight",
+    "decoder.decoder.layers.5.cross_attn.sampling_offsets.bias": "decoder.layers.5.cross_attn.sampling_offsets.bias",
+    "decoder.decoder.layers.0.self_attn.out_proj.weight": "decoder.layers.0.self_attn.out_proj.weight",
+    "decoder.decoder.layers.2.linear1.weight": "decoder.layers.2.ffn.linear1.weight",
+    "decoder.decoder.layers.2.norm3.bias": "decoder.layers.2.norm3.bias",
+    "decoder.dec_score_head.4.bias": "decoder.class_heads.4.bias",
+    "decoder.dec_bbox_head.0.layers.2.weight": "decoder.box_heads.0.layers.2.weight",
+    "decoder.enc_bbox_head.layers.1.bias": "decoder.enc_bbox_head.layers.1.bias",
+    "decoder.denoising_class_embed.weight": "decoder.denoising_class_embed.weight",
+    "decoder.query_pos_head.layers.0.weight": "decoder.query_pos_head.layers.0.weight",
+}
+
+
+def test_official_layout_names():
+    """Each official module path lands on our key, which exists in our models; the
+    official decoder's cached anchors and the BatchNorm counters are dropped."""
+    state = {key: torch.zeros(1) for key in OFFICIAL_KEYS}
+    state.update({"decoder.anchors": torch.zeros(1), "decoder.valid_mask": torch.zeros(1),
+                  "encoder.lateral_convs.0.norm.num_batches_tracked": torch.zeros(())})
+    assert convert.detect_format(state) == "official"
+    assert set(convert.to_scaledet(state)) == set(OFFICIAL_KEYS.values())
+    for official, ours_key in OFFICIAL_KEYS.items():
+        assert list(convert.from_official({official: torch.zeros(1)})) == [ours_key], official
+    with torch.device("meta"):  # R50 (bottleneck conv3) and R18 (encoder conv3 at expansion 0.5)
+        ours = set(scaledet.create_model("rtdetr_r50vd").state_dict()) | set(scaledet.create_model("rtdetr_r18vd").state_dict())
+    assert set(OFFICIAL_KEYS.values()) <= ours

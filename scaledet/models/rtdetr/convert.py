@@ -1,11 +1,19 @@
-"""Convert Hugging Face ``RTDetrForObjectDetection`` state dicts (the ``PekingU/rtdetr_*`` files)
-to our key names.
+"""Convert RT-DETR state dicts from Hugging Face and the official code to our key names.
 
-Renames only, plus packing the separate ``q_proj`` / ``k_proj`` / ``v_proj`` of the self-attention
-layers into ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert._pack_qkv`,
-shared with DETR). BatchNorm counters (``num_batches_tracked``) are dropped, as for DETR's foreign
-files. Loading stays strict (:func:`scaledet.models.checkpoints.load_state_strict`).
-The official ``rtdetr_pytorch`` ``.pth`` layout is not converted yet.
+Supported sources (detected from the key names):
+
+* Hugging Face ``RTDetrForObjectDetection`` (the ``PekingU/rtdetr_*`` files): renamed, and the
+  separate ``q_proj`` / ``k_proj`` / ``v_proj`` of the self-attention layers packed into
+  ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert._pack_qkv`, shared
+  with DETR); proven against transformers by ``tests/test_rtdetr_equivalence.py``.
+* the official ``lyuwenyu/RT-DETR`` ``rtdetr_pytorch`` layout (``backbone.res_layers.*``,
+  ``encoder.encoder.0.layers.*``, ``decoder.dec_score_head.*``; its attention is already packed):
+  renamed from the module names of the official source (``presnet.py``, ``hybrid_encoder.py``,
+  ``rtdetr_decoder.py``); not yet checked against a released ``.pth`` file, whose weights sit
+  under ``"ema" -> "module"`` (or ``"model"``) of the saved dict.
+
+BatchNorm counters (``num_batches_tracked``) and the official decoder's cached ``anchors`` /
+``valid_mask`` are dropped. Loading stays strict (:func:`scaledet.models.checkpoints.load_state_strict`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,38 @@ _FROM_HF: list[tuple[str, str]] = [
 ]
 
 
+_FROM_OFFICIAL: list[tuple[str, str]] = [
+    (r"^backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.", r"backbone.stages.\1.\2."),
+    (r"\.branch2a\.", ".conv1."),
+    (r"\.branch2b\.", ".conv2."),
+    (r"\.branch2c\.", ".conv3."),
+    (r"\.short\.conv\.(conv|norm)\.", r".shortcut.\1."),  # stride 2: pool, then a ConvNormLayer named conv
+    (r"\.short\.", ".shortcut."),
+    (r"^encoder\.input_proj\.(\d+)\.0\.", r"encoder.input_proj.\1.conv."),
+    (r"^encoder\.input_proj\.(\d+)\.1\.", r"encoder.input_proj.\1.norm."),
+    (r"^encoder\.encoder\.0\.layers\.(\d+)\.", r"encoder.aifi.\1."),
+    (r"^decoder\.decoder\.layers\.", "decoder.layers."),
+    (r"\.(linear[12])\.", r".ffn.\1."),
+    (r"^decoder\.dec_score_head\.", "decoder.class_heads."),
+    (r"^decoder\.dec_bbox_head\.", "decoder.box_heads."),
+]
+_OFFICIAL_STEM = re.compile(r"^backbone\.conv1\.conv1_(\d)\.")
+_OFFICIAL_DROPPED = ("decoder.anchors", "decoder.valid_mask")
+
+
+def from_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official ``rtdetr_pytorch`` state dict -> our key names (tensors unchanged)."""
+    converted = {}
+    for key, value in _without_counters(state_dict).items():
+        if key in _OFFICIAL_DROPPED:
+            continue
+        key = _OFFICIAL_STEM.sub(lambda m: f"backbone.stem.{int(m[1]) - 1}.", key)
+        for pattern, replacement in _FROM_OFFICIAL:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
 def _rename(key: str) -> str:
     for pattern, replacement in _FROM_HF:
         key = re.sub(pattern, replacement, key)
@@ -52,13 +92,15 @@ def _rename(key: str) -> str:
 
 
 def detect_format(state_dict: dict[str, Tensor]) -> str:
-    """``"scaledet"`` or ``"hf"`` from the key names; ValueError otherwise."""
+    """``"scaledet"``, ``"official"`` or ``"hf"`` from the key names; ValueError otherwise."""
     keys = list(state_dict)
     if any(key.startswith("backbone.stem.") for key in keys):
         return "scaledet"
+    if any(key.startswith(("backbone.res_layers.", "decoder.decoder.layers.")) for key in keys):
+        return "official"
     if any(key.startswith(("model.backbone.model.embedder.", "model.decoder.layers.")) for key in keys):
         return "hf"
-    raise ValueError(f"not an RT-DETR checkpoint (Hugging Face or scaledet); first keys: {keys[:5]}")
+    raise ValueError(f"not an RT-DETR checkpoint (official, Hugging Face or scaledet); first keys: {keys[:5]}")
 
 
 def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -68,4 +110,5 @@ def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def to_scaledet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Any supported RT-DETR state dict -> our key names (ours: unchanged)."""
-    return dict(state_dict) if detect_format(state_dict) == "scaledet" else from_hf(state_dict)
+    converters = {"scaledet": dict, "official": from_official, "hf": from_hf}
+    return converters[detect_format(state_dict)](state_dict)
