@@ -99,7 +99,8 @@ def test_training_loss_equals_transformers(tmp_path):
     """The same denoising draws (same seed), matching and VFL + L1 + GIoU terms on every output."""
     reference, ours = converted_pair("rtdetr_r50vd", tmp_path, backbone_norm="frozen")
     inputs = images()
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 90.0, 80.0], [60.0, 20.0, 140.0, 60.0]]), "labels": torch.tensor([0, 4])},
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 90.0, 80.0], [60.0, 20.0, 140.0, 60.0]]),
+                "labels": torch.tensor([0, 4])},
                {"boxes": torch.tensor([[5.0, 30.0, 40.0, 110.0]]), "labels": torch.tensor([2])}]
     batch = ours.preprocess(inputs, training=True)
     normalized = scaledet.models.detr.preprocess.normalized_targets(batch.image_sizes, targets)
@@ -109,9 +110,16 @@ def test_training_loss_equals_transformers(tmp_path):
     expected = reference(pixel_values=batch.inputs[0], labels=labels)
     torch.manual_seed(7)
     losses = ours(inputs, targets)
-    assert len(expected.loss_dict) == len(losses) - 1  # every term, same names up to the suffixes
     torch.testing.assert_close(losses["loss"], expected.loss, atol=1e-4, rtol=1e-5)
-    assert torch.isclose(losses["loss_vfl_dn_2"] * 1.0, expected.loss_dict["loss_vfl_dn_2"], atol=1e-5)
+    # term by term: ours unweighted, theirs weighted; their encoder term is the last "_aux_"
+    weights = {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    last_aux = f"_aux_{SMALL['decoder_layers'] - 1}"
+    assert len(expected.loss_dict) == len(losses) - 1
+    for name, value in losses.items():
+        if name != "loss":
+            base = "_".join(name.split("_")[:2])
+            theirs = expected.loss_dict[name.replace("_enc", last_aux)]
+            torch.testing.assert_close(weights[base] * value, theirs, atol=1e-5, rtol=1e-5, msg=name)
 
 
 FULL = ["rtdetr_r18vd", "rtdetr_r34vd", "rtdetr_r50vd", "rtdetr_r101vd"]
@@ -190,5 +198,5 @@ def test_official_layout_names():
     for official, ours_key in OFFICIAL_KEYS.items():
         assert list(convert.from_official({official: torch.zeros(1)})) == [ours_key], official
     with torch.device("meta"):  # R50 (bottleneck conv3) and R18 (encoder conv3 at expansion 0.5)
-        ours = set(scaledet.create_model("rtdetr_r50vd").state_dict()) | set(scaledet.create_model("rtdetr_r18vd").state_dict())
+        ours = {key for name in ("rtdetr_r50vd", "rtdetr_r18vd") for key in scaledet.create_model(name).state_dict()}
     assert set(OFFICIAL_KEYS.values()) <= ours

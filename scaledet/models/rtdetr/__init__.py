@@ -67,7 +67,8 @@ def _image_size(image_size: int | tuple[int, int] | list[int] | None, default: t
         return default
     size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
-        raise ValueError(f"RT-DETR image_size must be positive multiples of 32 (stride of the top level), got {image_size}")
+        raise ValueError(f"RT-DETR image_size must be positive multiples of 32 (the top level's stride), "
+                         f"got {image_size}")
     return size
 
 

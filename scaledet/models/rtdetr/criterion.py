@@ -87,9 +87,10 @@ class RtDetrCriterion:
         is_target[image, query, target_labels] = 1.0
         weight = self.alpha * logits.detach().sigmoid().pow(self.gamma) * (1 - is_target) + score
         vfl = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="none")
+        giou = torch.diag(generalized_box_iou(_xyxy(matched), _xyxy(target_boxes)))
         return {"loss_vfl": vfl.mean(1).sum() * logits.shape[1] / num_boxes,
                 "loss_bbox": F.l1_loss(matched, target_boxes, reduction="sum") / num_boxes,
-                "loss_giou": (1 - torch.diag(generalized_box_iou(_xyxy(matched), _xyxy(target_boxes)))).sum() / num_boxes}
+                "loss_giou": (1 - giou).sum() / num_boxes}
 
     def __call__(self, outputs: dict[str, Tensor], targets: list[dict], denoising=None) -> dict[str, Tensor]:
         """``outputs``: ``logits [L, B, Q, K]`` / ``boxes [L, B, Q, 4]`` of every decoder layer,

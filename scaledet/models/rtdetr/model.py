@@ -61,7 +61,8 @@ class RTDETR(Detector):
         super().__init__(name, num_classes, image_size, class_names, category_ids, overrides)
         self.backbone, self.encoder, self.decoder = backbone, encoder, decoder
         self.criterion = criterion
-        self.num_denoising, self.label_noise_ratio, self.box_noise_scale = num_denoising, label_noise_ratio, box_noise_scale
+        self.num_denoising = num_denoising
+        self.label_noise_ratio, self.box_noise_scale = label_noise_ratio, box_noise_scale
 
     # ----------------------------------------------------------------------------------------
     # the call chain
