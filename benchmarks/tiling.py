@@ -36,7 +36,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.learnability import datasets  # noqa: E402
-from benchmarks.learnability.run import QUICK_DIR, REPO, RESULTS, _run, _scaledet_command, _tail, machine_info  # noqa: E402
+from benchmarks.learnability.run import (  # noqa: E402
+    QUICK_DIR, REPO, RESULTS, _run, _scaledet_command, _tail, machine_info,
+)
 
 SET_NAME = "aerial"
 #: both paths keep up to this many detections per image (the images hold up to 300 objects)
@@ -159,8 +161,8 @@ def learnability(seeds: Sequence[int], minutes: float, tile: int, image_size: in
     folder = datasets.prepare(SET_NAME, root, num_train=6 if quick else None, num_val=2 if quick else None)
     info = datasets.describe(SET_NAME, folder.parent if quick else None)
     image_size = image_size or datasets.spec(SET_NAME).input_size
-    record = {"benchmark": "tiling_learnability", "quick": quick, "set": SET_NAME, "describe": info, "seeds": list(seeds),
-              "minutes": minutes, "tile": tile, "image_size": image_size, "machine": machine_info(threads), "runs": []}
+    record = {"benchmark": "tiling_learnability", "quick": quick, "set": SET_NAME, "describe": info,
+              "seeds": list(seeds), "minutes": minutes, "tile": tile, "image_size": image_size, "machine": machine_info(threads), "runs": []}
     for seed in seeds:
         for path in ("resize", "tiled"):
             print(f"[{SET_NAME}] {path} seed {seed}: {minutes:g} min ...", flush=True)
@@ -234,7 +236,8 @@ def picture(out: Path, weights: str | None, tile: int, overlap: float, crop: tup
     draw = ImageDraw.Draw(canvas)
     colours = [(255, 215, 0), (0, 200, 255), (255, 60, 220), (255, 140, 0), (255, 255, 255), (70, 90, 255)]
     for index, (x1, y1, x2, y2) in enumerate(windows.tolist()):
-        draw.rectangle([x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1], outline=colours[index % len(colours)], width=3)
+        draw.rectangle([x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1],
+                       outline=colours[index % len(colours)], width=3)
     for x1, y1, x2, y2 in merged["boxes"].tolist():
         draw.rectangle([x1 * scale - 3, y1 * scale - 3, x2 * scale + 3, y2 * scale + 3], outline=(40, 255, 40), width=2)
     for piece in pieces:  # what single tiles see of objects cut by their border: dropped by the merge
@@ -270,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed.add_argument("--out", default=str(RESULTS / "tiling_throughput"), help="results path without suffix")
     learn = commands.add_parser("learnability", help="AP of tiled vs resized training + prediction, 3 seeds")
     learn.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (0 with --quick)")
-    learn.add_argument("--minutes", type=float, default=None, help="training budget per run (default 8; 0.3 with --quick)")
+    learn.add_argument("--minutes", type=float, default=None,
+                       help="training budget per run (default 8; 0.3 with --quick)")
     learn.add_argument("--tile", type=int, default=256)
     learn.add_argument("--image-size", type=int, default=None, help="resize path input (default: the set's, 512)")
     learn.add_argument("--threads", type=int, default=None)
@@ -288,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "throughput":
-        record = throughput(args.model, args.size, args.tile, args.overlap, args.batch_sizes, args.repeats, args.threads)
+        record = throughput(args.model, args.size, args.tile, args.overlap, args.batch_sizes, args.repeats,
+                            args.threads)
         _write(record, Path(args.out), throughput_markdown)
         print(throughput_markdown(record))
     elif args.command == "learnability":

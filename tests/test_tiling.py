@@ -226,6 +226,28 @@ def test_dense_images_raise_max_dets_with_a_note():
     assert dense_max_dets(gt, (1, 10, 200)) == ((1, 10, 200), [])
 
 
+def test_model_evaluation_raises_max_dets_for_dense_images():
+    from scaledet.evaluation import Prediction, score_predictions
+
+    boxes = torch.tensor([[10.0 * (i % 15), 10.0 * (i // 15), 10.0 * (i % 15) + 8, 10.0 * (i // 15) + 8]
+                          for i in range(150)])
+
+    class DenseSet:
+        label_to_category_id = [7]
+
+        def coco_gt(self):
+            annotations = [{"id": i + 1, "image_id": 1, "category_id": 7, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+                           for i, (x1, y1, x2, y2) in enumerate(boxes.tolist())]
+            return {"images": [{"id": 1, "width": 160, "height": 160}], "annotations": annotations,
+                    "categories": [{"id": 7, "name": "dot"}]}
+
+    detections = {"boxes": boxes, "scores": torch.linspace(0.9, 0.5, 150), "labels": torch.zeros(150, dtype=torch.long)}
+    stats = score_predictions(DenseSet(), [Prediction(0, 1, detections)])
+    assert stats["max_dets"] == [1, 10, 300] and "150 ground-truth objects" in stats["notes"][0]
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)  # a cap of 100 would miss 50
+
+
 def _coco_set(tmp_path, image_size, num_images=2):
     dataset = ShapesDataset(num_images=num_images, image_size=image_size, seed=5, empty_fraction=0.0)
     return write_coco(dataset, tmp_path / "data"), dataset.class_names

@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
                        "class-wise NMS (default) or weighted box fusion")
     parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
-                        help="detection caps per image (the last is raised automatically when an image holds more "
-                             "ground-truth objects)")  # fmt: skip
+                        help="detection caps per image (with --data the last is raised automatically when an image "
+                             "holds more ground-truth objects)")  # fmt: skip
     parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 

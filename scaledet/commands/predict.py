@@ -4,8 +4,8 @@ Outputs in ``--output`` (default ``runs/predict``): one drawn image per input im
 or video (``<name>.mp4``), ``detections.json`` + ``detections.images.json`` in scaledet's results
 format (:mod:`scaledet.evaluation.results`: COCO results rows with the dataset's category ids and
 bbox xywh pixels; the images and category names the ids stand for) and with ``--save-json`` one
-``<name>.json`` per image. ``--tile SIZE`` detects through overlapping native-resolution tiles (large images, small objects;
-see docs/tiling.md). ``--data DATA`` predicts a dataset's images under its own image ids;
+``<name>.json`` per image. ``--tile SIZE`` detects through overlapping native-resolution tiles
+(large images, small objects; see docs/tiling.md). ``--data DATA`` predicts a dataset's images under its own image ids;
 loose inputs get ids 1..N, which ``scaledet eval --gt`` matches to the ground truth by file name.
 Unreadable inputs print ``skipped <path>: <reason>`` and are skipped.
 """

@@ -59,10 +59,12 @@ def _check_max_dets(max_dets: Sequence[int]) -> tuple[int, int, int]:
     return values
 
 
-def dense_max_dets(gt: dict, max_dets: tuple[int, int, int]) -> tuple[tuple[int, int, int], list[str]]:
+def dense_max_dets(gt: dict, max_dets: Sequence[int]) -> tuple[tuple[int, int, int], list[str]]:
     """``(max_dets, notes)``: ``max_dets`` with its last cap raised to the next multiple of 100 at
     or above twice the largest number of non-crowd boxes on one image of the COCO dict ``gt``, when
-    that number is above the cap (with a note saying so); else ``max_dets`` unchanged and no note."""
+    that number is above the cap (with a note saying so: a cap below the object count bounds recall
+    below 1 whatever the detector); else ``max_dets`` unchanged and no note."""
+    max_dets = _check_max_dets(max_dets)
     counts: dict[int, int] = {}
     for annotation in gt.get("annotations", []):
         if not annotation.get("iscrowd", 0):
@@ -130,10 +132,7 @@ class COCOEvaluator:
 
     Args:
         gt: a dataset (``coco_gt()`` and ``label_to_category_id``), a COCO dict or a COCO JSON path.
-        max_dets: the three detection caps (default ``(1, 10, 100)``). When an image holds more
-            non-crowd ground-truth boxes than the last cap, the last cap is raised to
-            :func:`dense_max_dets`' value and :attr:`notes` says so (a cap below the object count
-            would bound recall below 1 whatever the detector).
+        max_dets: the three detection caps (default ``(1, 10, 100)``; raise for dense scenes).
         backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
         label_to_category_id: contiguous label -> category id (default: the dataset's, or the
             GT categories sorted by id).
@@ -145,10 +144,10 @@ class COCOEvaluator:
 
     def __init__(self, gt, max_dets: Sequence[int] = (1, 10, 100), backend: str = "pycocotools",
                  label_to_category_id: Sequence[int] | None = None) -> None:  # fmt: skip
+        self.max_dets = _check_max_dets(max_dets)
         _backend(backend)
         self.backend = backend
         self.gt = _load_gt(gt)
-        self.max_dets, self.notes = dense_max_dets(self.gt, _check_max_dets(max_dets))
         self.categories = {c["id"]: str(c.get("name", c["id"])) for c in self.gt["categories"]}
         if label_to_category_id is None:
             label_to_category_id = getattr(gt, "label_to_category_id", None) or sorted(self.categories)
@@ -208,8 +207,6 @@ class COCOEvaluator:
         stats["per_class"] = per_class_ap(evaluator, self.categories)
         stats["max_dets"] = list(self.max_dets)
         stats["num_detections"] = len(self.results)
-        if self.notes:
-            stats["notes"] = list(self.notes)
         return stats
 
     def write_results(self, path: str | Path) -> Path:
@@ -240,7 +237,7 @@ def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), 
     evaluator.add_results(rows)
     stats = evaluator.compute()
     if notes:
-        stats["notes"] = stats.get("notes", []) + notes
+        stats["notes"] = notes
     return stats
 
 

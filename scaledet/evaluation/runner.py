@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from scaledet.data.tiles import ImageSource, TensorImage, open_large_image
 from scaledet.data.transforms import collate_fn
-from scaledet.evaluation.coco import COCOEvaluator
+from scaledet.evaluation.coco import COCOEvaluator, dense_max_dets
 from scaledet.inference.tiling import TileOptions, predict_tiled
 
 
@@ -168,16 +168,22 @@ def score_predictions(dataset: Dataset, predictions: Sequence[Prediction], max_d
     :data:`~scaledet.evaluation.coco.STAT_KEYS`, ``per_class``, ``max_dets``, ``num_detections``).
 
     Only the images in ``predictions`` count (the trainer's ``eval_max_images`` scores a prefix);
-    ``results_path``: also write the detections in scaledet's results format.
+    ``results_path``: also write the detections in scaledet's results format. When an image holds
+    more ground-truth objects than ``max_dets[-1]``, that cap is raised
+    (:func:`~scaledet.evaluation.coco.dense_max_dets`) and ``stats["notes"]`` says so.
     """
     ground_truth = _ground_truth_of(dataset, {prediction.image_id for prediction in predictions})
+    max_dets, notes = dense_max_dets(ground_truth, max_dets)
     evaluator = COCOEvaluator(ground_truth, max_dets=max_dets, backend=backend,
                               label_to_category_id=getattr(dataset, "label_to_category_id", None))
     evaluator.update([prediction.detections for prediction in predictions],
                      [prediction.image_id for prediction in predictions])
     if results_path is not None:
         evaluator.write_results(results_path)
-    return evaluator.compute()
+    stats = evaluator.compute()
+    if notes:
+        stats["notes"] = notes
+    return stats
 
 
 def _ground_truth_of(dataset: Dataset, image_ids: set[int]) -> dict:

@@ -220,35 +220,41 @@ def weighted_box_fusion(detections: Detections, iou_threshold: float = 0.5) -> D
     ``detections``: boxes ``[N, 4]`` xyxy, scores ``[N]``, labels ``[N]`` int64; returns
     ``[M, 4]``, ``[M]``, ``[M]`` (``M <= N``) by descending score.
     """
+    boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
+    parts = []
+    for label in labels.unique().tolist():
+        mine = (labels == label).nonzero().squeeze(1)
+        mine = mine[scores[mine].argsort(descending=True)]
+        fused, best = _fuse_one_class(boxes[mine], scores[mine], iou_threshold)
+        parts.append({"boxes": fused, "scores": best, "labels": labels.new_full((len(best),), label)})
+    if not parts:
+        return {"boxes": boxes[:0], "scores": scores[:0], "labels": labels[:0]}
+    merged = _concatenate(parts)
+    order = merged["scores"].argsort(descending=True)
+    return {key: value[order] for key, value in merged.items()}
+
+
+def _fuse_one_class(boxes: Tensor, scores: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """Clusters of ``boxes [N, 4]`` (sorted by descending ``scores [N]``) -> (fused boxes [M, 4],
+    best scores [M]); see :func:`weighted_box_fusion`."""
     from torchvision.ops import box_iou
 
-    boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
-    order = scores.argsort(descending=True)
-    weighted_sums, weights, best, cluster_labels = [], [], [], []  # per cluster
-    fused = boxes.new_zeros((0, 4))
-    for i in order.tolist():
+    weighted_sums, weights = torch.zeros_like(boxes), torch.zeros_like(scores)
+    fused, best = torch.zeros_like(boxes), torch.zeros_like(scores)
+    count = 0
+    for box, score in zip(boxes, scores):
         match = -1
-        if len(fused):
-            ious = box_iou(boxes[i : i + 1], fused)[0]
-            ious[torch.tensor(cluster_labels, device=boxes.device) != labels[i]] = -1.0
-            best_iou, candidate = ious.max(0)
-            match = int(candidate) if best_iou > iou_threshold else -1
+        if count:
+            iou, index = box_iou(box[None], fused[:count])[0].max(0)
+            match = int(index) if iou > iou_threshold else -1
         if match < 0:
-            weighted_sums.append(boxes[i] * scores[i])
-            weights.append(scores[i].clone())
-            best.append(scores[i].clone())
-            cluster_labels.append(int(labels[i]))
-            fused = torch.cat([fused, boxes[i : i + 1]])
-        else:
-            weighted_sums[match] = weighted_sums[match] + boxes[i] * scores[i]
-            weights[match] = weights[match] + scores[i]
-            fused[match] = weighted_sums[match] / weights[match].clamp_min(1e-12)
-    if not cluster_labels:
-        return {"boxes": boxes[:0], "scores": scores[:0], "labels": labels[:0]}
-    out_scores = torch.stack(best)
-    keep = out_scores.argsort(descending=True)
-    return {"boxes": fused[keep], "scores": out_scores[keep],
-            "labels": torch.tensor(cluster_labels, dtype=torch.long, device=boxes.device)[keep]}
+            match, count = count, count + 1
+            best[match] = score
+        weight = score.clamp_min(1e-6)  # zero-score members still count (as a plain mean)
+        weighted_sums[match] += box * weight
+        weights[match] += weight
+        fused[match] = weighted_sums[match] / weights[match]
+    return fused[:count], best[:count]
 
 
 def tiles_per_image(height: int, width: int, options: TileOptions) -> int:
