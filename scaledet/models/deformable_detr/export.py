@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor, nn
 
 from scaledet.models.base import ExportSpec
@@ -31,16 +32,22 @@ class DeformableDetrExport(nn.Module):
         return ranked_detections(logits, boxes, image_sizes, self.model.top_k)
 
 
-def example_size(input_size: tuple[int, int], num_levels: int) -> tuple[int, int]:
-    """``input_size`` (h, w), enlarged where needed so that the coarsest level (stride
-    ``2 ** (num_levels + 2)``: C3 is stride 8) is at least 2x2: ``torch.export`` specialises a
-    dimension of size 1 in the example to a constant, and the graph would then fail on larger inputs."""
-    smallest = 2 * 2 ** (num_levels + 2)
-    return max(input_size[0], smallest), max(input_size[1], smallest)
+def smallest_side(num_levels: int) -> int:
+    """The smallest input side whose coarsest level (stride ``2 ** (num_levels + 2)``: C3 is stride 8)
+    is at least 2 pixels: ``torch.export`` treats dynamic sizes as >= 2 and guards the input to it
+    (65 px for 4 levels); a size-1 level in the example would be specialised to a constant."""
+    return 2 ** (num_levels + 2) + 1
 
 
 def export_spec(model: nn.Module, input_size: tuple[int, int]) -> ExportSpec:
-    """DETR's inputs and dynamic axes with this family's module (``model`` in eval mode); the
-    example of ``input_size`` (h, w), at least :func:`example_size`."""
-    size = example_size(input_size, len(model.input_proj))
-    return dataclasses.replace(detr_export.export_spec(model, size), module=DeformableDetrExport(model))
+    """DETR's inputs with this family's module (``model`` in eval mode): the example of ``input_size``
+    (h, w), at least :func:`smallest_side`; batch, height and width dynamic, height and width from
+    :func:`smallest_side` to 4096."""
+    smallest = smallest_side(len(model.input_proj))
+    size = max(input_size[0], smallest), max(input_size[1], smallest)
+    spec = detr_export.export_spec(model, size)
+    batch = spec.dynamic_shapes[0][0]
+    rows = torch.export.Dim("height", min=smallest, max=4096)
+    columns = torch.export.Dim("width", min=smallest, max=4096)
+    dynamic = ({0: batch, 2: rows, 3: columns}, {0: batch, 1: rows, 2: columns}, {0: batch})
+    return dataclasses.replace(spec, module=DeformableDetrExport(model), dynamic_shapes=dynamic)
