@@ -172,25 +172,25 @@ class MappedImage:
     def __init__(self, path: Path, height: int, width: int, channels: int, strips: list[tuple[int, int, int]]) -> None:
         self.path, self.height, self.width, self.channels, self.strips = path, height, width, channels, strips
 
-    def _rows(self, y1: int, y2: int) -> np.ndarray:
-        """uint8 ``[y2 - y1, W, C]`` rows of the image (C: 3 for RGB, 1 for gray files)."""
+    def _rows(self, y1: int, y2: int, x1: int = 0, x2: int | None = None) -> np.ndarray:
+        """uint8 ``[y2 - y1, x2 - x1, C]`` pixels of the image (C: 3 for RGB, 1 for gray files); only
+        that block is copied out of the file map."""
         parts = []
         for top, bottom, offset in self.strips:
             if bottom <= y1 or top >= y2:
                 continue
             strip = np.memmap(self.path, np.uint8, "r", offset, (bottom - top, self.width, self.channels))
-            parts.append(np.asarray(strip[max(y1, top) - top : min(y2, bottom) - top]))
+            parts.append(strip[max(y1, top) - top : min(y2, bottom) - top, x1:x2])
         return np.concatenate(parts)
 
     def read(self, window: Window) -> Tensor:
         x1, y1, x2, y2 = window
-        rows = self._rows(y1, y2)[:, x1:x2]
-        return _uint8_to_float(rows)
+        return _uint8_to_float(self._rows(y1, y2, x1, x2))
 
     def downscaled(self, longest_side: int) -> tuple[Tensor, tuple[float, float]]:
         """The image reduced by a whole factor (box averages, PIL ``reduce``), read in bands of rows."""
         factor = max(1, -(-max(self.height, self.width) // longest_side))
-        band = factor * max(1, 4096 // factor)
+        band = factor * max(1, 1024 // factor)  # rows per read: a multiple of the factor, ~1024
         pieces = []
         for top in range(0, self.height, band):
             rows = self._rows(top, min(top + band, self.height))
