@@ -12,7 +12,8 @@
   capped at 1000 per image in both) trained for the same wall-clock minutes per seed, twice:
   **resize**: ``scaledet train --image-size 512`` (the image is resized to the input, prediction
   too); **tiled**: ``scaledet train --tile 256`` (native-resolution crops; validation through
-  tiles). AP / AP50 are each run's final validation (``metrics.json``) on the original images.
+  tiles). AP / AP50 are each run's final validation (``metrics.json``, the only one: ``eval_every: 0``)
+  on the original images.
   Results under ``benchmarks/results/tiling_learnability``; timings and APs are evidence only when
   run on an idle machine (``--quick`` is a smoke run on 6 tiny images).
 * ``picture``: ``docs/images/tiling.png``: an ``aerial`` image with the tile grid, the pieces of
@@ -97,7 +98,8 @@ def train_run(folder: Path, path: str, tile: int, image_size: int, minutes: floa
     """One ``scaledet train`` of the ``path`` ("resize" or "tiled"); AP / AP50 / steps of its metrics.json."""
     out.mkdir(parents=True, exist_ok=True)
     config = out / "config.yaml"
-    config.write_text(f"model_overrides:\n  max_detections: {MAX_DETECTIONS}\n")
+    # evaluated once, at the end: periodic tiled validation would take more of the budget than resized validation
+    config.write_text(f"model_overrides:\n  max_detections: {MAX_DETECTIONS}\neval_every: 0\n")
     command = _scaledet_command() + [
         "train", "--config", str(config), "--train", str(folder / "train.json"), "--val", str(folder / "val.json"),
         "--max-minutes", f"{minutes:g}", "--seed", str(seed), "--out", str(out), "--no-progress",
