@@ -30,7 +30,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     heads and the attention weights) and non-trivial BatchNorm statistics."""
     generator = torch.Generator().manual_seed(seed)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if not tensor.is_floating_point():
+        if not tensor.is_floating_point() or name.endswith("n_points_scale"):  # v2's constant 1 / points
             continue
         noise = torch.randn(tensor.shape, generator=generator)
         if name.endswith("running_var"):
@@ -51,12 +51,17 @@ def images():
     return [torch.rand(3, 100, 150, generator=generator), torch.rand(3, 140, 90, generator=generator)]
 
 
-def converted_pair(name: str, tmp_path, **extra):
-    """(transformers model, ours loaded from its state dict through ``create_model(pretrained=)``), eval mode."""
+def converted_pair(name: str, tmp_path, version: int = 1, **extra):
+    """(transformers model, ours loaded from its state dict through ``create_model(pretrained=)``), eval mode.
+    ``version=2``: transformers' RT-DETRv2 in its default decoder form."""
     overrides = {**SMALL, "widths": WIDTHS[rtdetr.VARIANTS[name].block], **extra}
     variant = dataclasses.replace(rtdetr.VARIANTS[name], **overrides)
+    config = rtdetr_hf_config(variant, NUM_CLASSES)
+    if version == 2:
+        config = transformers.RTDetrV2Config(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
     torch.manual_seed(0)
-    reference = randomize(transformers.RTDetrForObjectDetection(rtdetr_hf_config(variant, NUM_CLASSES))).eval()
+    model_class = transformers.RTDetrForObjectDetection if version == 1 else transformers.RTDetrV2ForObjectDetection
+    reference = randomize(model_class(config)).eval()
     path = tmp_path / "hf_rtdetr.pth"
     torch.save(reference.state_dict(), path)
     ours = scaledet.create_model(name, pretrained=path, image_size=IMAGE_SIZE, **overrides).eval()
@@ -75,9 +80,9 @@ def test_preprocess_matches_image_processor():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["rtdetr_r18vd", "rtdetr_r50vd"])
-def test_outputs_and_detections_equal_transformers(name, tmp_path):
-    reference, ours = converted_pair(name, tmp_path)
+@pytest.mark.parametrize("name, version", [("rtdetr_r18vd", 1), ("rtdetr_r50vd", 1), ("rtdetr_r18vd", 2)])
+def test_outputs_and_detections_equal_transformers(name, version, tmp_path):
+    reference, ours = converted_pair(name, tmp_path, version)
     inputs = images()
     batch = ours.preprocess(inputs)
     with torch.no_grad():

@@ -6,6 +6,10 @@ Supported sources (detected from the key names):
   separate ``q_proj`` / ``k_proj`` / ``v_proj`` of the self-attention layers packed into
   ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert._pack_qkv`, shared
   with DETR); proven against transformers by ``tests/test_rtdetr_equivalence.py``.
+* Hugging Face ``RTDetrV2ForObjectDetection`` (``PekingU/rtdetr_v2_*``) in its default decoder
+  form (bilinear sampling, the same number of points on every level: then RT-DETRv2's network is
+  RT-DETR's, the v2 changes being its training): the same names plus the top-level copies of the
+  tied heads and the constant ``n_points_scale`` buffers, both dropped.
 * the official ``lyuwenyu/RT-DETR`` ``rtdetr_pytorch`` layout (``backbone.res_layers.*``,
   ``encoder.encoder.0.layers.*``, ``decoder.dec_score_head.*``; its attention is already packed):
   renamed from the module names of the official source (``presnet.py``, ``hybrid_encoder.py``,
@@ -84,6 +88,10 @@ def from_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
+#: Hugging Face RT-DETRv2 extras: tied copies of the decoder heads, constant 1 / points buffers
+_HF_V2_EXTRAS = re.compile(r"^(bbox_embed|class_embed)\.|\.n_points_scale$")
+
+
 def _rename(key: str) -> str:
     for pattern, replacement in _FROM_HF:
         key = re.sub(pattern, replacement, key)
@@ -104,8 +112,9 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
 
 
 def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Hugging Face ``RTDetrForObjectDetection`` state dict -> our key names."""
-    return _pack_qkv({_rename(key): value for key, value in _without_counters(state_dict).items()})
+    """Hugging Face ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` state dict -> our key names."""
+    kept = {key: value for key, value in _without_counters(state_dict).items() if not _HF_V2_EXTRAS.search(key)}
+    return _pack_qkv({_rename(key): value for key, value in kept.items()})
 
 
 def to_scaledet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
