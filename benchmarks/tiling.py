@@ -5,7 +5,7 @@
     python -m benchmarks.tiling picture [--out docs/images/tiling.png]
 
 * ``throughput``: tiles per second of :func:`scaledet.predict_tiled` on one large image (random
-  weights: the time does not depend on them) with ``batch_size`` tiles per model call, the merge
+  weights; each tile gives at most the model's 100 detections) with ``batch_size`` tiles per call, the merge
   included; a table (``.md``) and ``.json`` under ``benchmarks/results/tiling_throughput``.
 * ``learnability``: on the ``aerial`` set of :mod:`benchmarks.learnability.datasets` (1024 px
   images, 100-300 objects of 8-20 px), the same model (EfficientDet-D0 from scratch, detections
