@@ -102,7 +102,9 @@ CHECKPOINT = CheckpointSpec(class_head=("decoder.enc_score_head.", "decoder.clas
                             convert=lambda state_dict, model: to_scaledet(state_dict))
 
 
-_PAPER = {  # Zhao et al. 2024, Table 2 (COCO val2017 AP at 640x640; GFLOPs, T4 TensorRT FP16 FPS)
+# Zhao et al. 2024, Table 2: COCO val2017 AP at 640x640, T4 TensorRT FP16 FPS, GFLOPs counted as
+# 2 x multiply-accumulates (so ``scaledet profile``'s MACs / paper column reads ~0.5)
+_PAPER = {
     "rtdetr_r18vd": {"params_m": 20, "gflops": 60, "coco_ap": 46.5, "t4_fps": 217},
     "rtdetr_r34vd": {"params_m": 31, "gflops": 92, "coco_ap": 48.9, "t4_fps": 161},
     "rtdetr_r50vd": {"params_m": 42, "gflops": 136, "coco_ap": 53.1, "t4_fps": 108},
