@@ -18,6 +18,7 @@ from torch import Tensor
 
 from scaledet import hub
 from scaledet.models.checkpoints import CheckpointSpec
+from scaledet.models.detr.accelerators import DenoisingSettings, align_training_only
 from scaledet.models.detr.convert import to_scaledet
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.matcher import HungarianMatcher
@@ -37,6 +38,10 @@ def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: s
              overrides: dict[str, Any] | None = None, category_ids: list[int] | None = None) -> DETR:
     """Build a randomly initialised DETR from a variant row (``name``/``overrides`` go to its config)."""
     matcher = HungarianMatcher(variant.cost_class, variant.cost_bbox, variant.cost_giou)
+    if variant.denoising_groups < 0:
+        raise ValueError(f"denoising_groups must be >= 0 (0 = off), got {variant.denoising_groups}")
+    denoising = DenoisingSettings(variant.denoising_groups, variant.denoising_label_noise, variant.denoising_box_noise,
+                                  variant.denoising_contrastive) if variant.denoising_groups else None
     return DETR(
         backbone=ResNetBackbone(variant.backbone, variant.dilation, variant.backbone_norm,
                                 variant.backbone_trainable_layers),
@@ -52,6 +57,8 @@ def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: s
         name=name,
         overrides=overrides,
         category_ids=category_ids,
+        query_groups=variant.query_groups,
+        denoising=denoising,
     )
 
 
@@ -109,9 +116,12 @@ def _coco_file(name: str) -> Path:
 
 
 #: DETR weights files: ours, the official repository's and Hugging Face's (:mod:`.convert`); the
-#: class head has K + 1 rows (the last is "no object")
+#: class head has K + 1 rows (the last is "no object"). The training accelerators' parameters are
+#: fitted to the model (:func:`~scaledet.models.detr.accelerators.align_training_only`: fresh when the
+#: file lacks them, dropped when the model has none), so published weights fine-tune with them on
 CHECKPOINT = CheckpointSpec(class_head=("class_head.",), class_bias="class_head.bias", background=1,
-                            convert=lambda state_dict, model: to_scaledet(state_dict), coco=_coco_file)
+                            convert=lambda state_dict, model: align_training_only(to_scaledet(state_dict), model),
+                            coco=_coco_file)
 
 
 _PAPER = {  # Carion et al. 2020, Table 1 (GFLOPs there are multiply-accumulates, averaged over COCO sizes)

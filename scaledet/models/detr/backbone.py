@@ -84,6 +84,11 @@ class SinePositionEncoding(nn.Module):
         angles = position[..., None] / frequencies
         return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=4).flatten(3)
 
+    def encode_boxes(self, boxes: Tensor) -> Tensor:
+        """boxes [..., 4] normalised to [0, 1] -> [..., 4F]: each coordinate * ``scale`` encoded as
+        one axis (DETR's query denoising embeds noised boxes with it)."""
+        return self._encode(boxes * self.scale).flatten(-2)
+
     def forward(self, mask: Tensor) -> Tensor:
         """mask [B,H,W] bool (True on padding) -> positions [B, 2F, H, W] float32."""
         valid = (~mask).to(torch.float32)

@@ -1,4 +1,6 @@
-"""DETR's set loss: classification, L1 and GIoU on matched pairs, on every decoder layer."""
+"""DETR's set loss: classification, L1 and GIoU on matched pairs, on every decoder layer; with the
+training accelerators (:mod:`scaledet.models.detr.accelerators`) per query group and on the
+denoising queries."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchvision.ops import box_convert, generalized_box_iou
 
+from scaledet.models.detr.accelerators import IGNORED_CLASS, DenoisingQueries
 from scaledet.models.detr.matcher import HungarianMatcher
 
 
@@ -44,29 +47,76 @@ class SetCriterion:
         classes[batch_index, query_index] = torch.cat(
             [target["labels"][cols.to(logits.device)] for target, (_, cols) in zip(targets, matches)]
         )
-        class_weight = torch.ones(self.num_classes + 1, dtype=logits.dtype, device=logits.device)
-        class_weight[-1] = self.eos_coef
-        loss_ce = F.cross_entropy(logits.transpose(1, 2), classes, class_weight)
-        matched = boxes[batch_index, query_index]  # [N,4]
         target_boxes = torch.cat(
             [target["boxes"][cols.to(logits.device)] for target, (_, cols) in zip(targets, matches)]
         )
-        loss_bbox = F.l1_loss(matched, target_boxes, reduction="sum") / num_boxes
-        giou = generalized_box_iou(box_convert(matched, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+        return self._terms(logits, classes, boxes[batch_index, query_index], target_boxes, num_boxes)
+
+    def _terms(self, logits: Tensor, classes: Tensor, boxes: Tensor, target_boxes: Tensor,
+               num_boxes: float) -> dict[str, Tensor]:
+        """logits [B,Q,K+1] against classes [B,Q] (K = no object, weight ``eos_coef``;
+        :data:`~scaledet.models.detr.accelerators.IGNORED_CLASS` = no loss); boxes and target_boxes
+        [N,4] normalised cxcywh, pairwise -> unweighted ``loss_ce``, ``loss_bbox``, ``loss_giou``."""
+        class_weight = torch.ones(self.num_classes + 1, dtype=logits.dtype, device=logits.device)
+        class_weight[-1] = self.eos_coef
+        loss_ce = F.cross_entropy(logits.transpose(1, 2), classes, class_weight, ignore_index=IGNORED_CLASS)
+        loss_bbox = F.l1_loss(boxes, target_boxes, reduction="sum") / num_boxes
+        giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
         loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
-    def __call__(self, logits: Tensor, boxes: Tensor, aux: list[tuple[Tensor, Tensor]], targets: list[dict]) -> dict[str, Tensor]:
-        """Final-layer ``logits``/``boxes`` and ``aux`` [(logits, boxes)] of earlier layers; targets with
-        normalised cxcywh boxes -> dict of unweighted terms plus the weighted total ``loss``."""
-        num_boxes = _num_boxes(targets, logits.device)
-        layers = [(logits, boxes, "")] + [(layer_logits, layer_boxes, f"_{index}")
-                                           for index, (layer_logits, layer_boxes) in enumerate(aux)]
+    def _sum_layers(self, layers: list[tuple[Tensor, Tensor]], terms_of, suffix: str = "") -> dict[str, Tensor]:
+        """``terms_of(logits, boxes)`` on the final layer (``layers[0]``) and the auxiliary ones
+        (suffix ``_{i}``) -> the terms by name plus their weighted total ``loss``."""
         losses: dict[str, Tensor] = {}
-        total = logits.new_zeros(())
-        for layer_logits, layer_boxes, suffix in layers:
-            terms = self.layer_losses(layer_logits, layer_boxes, targets, num_boxes)
+        total = layers[0][0].new_zeros(())
+        for index, (layer_logits, layer_boxes) in enumerate(layers):
+            terms = terms_of(layer_logits, layer_boxes)
             total = total + sum(self.weights[name] * value for name, value in terms.items())
-            losses.update({name + suffix: value for name, value in terms.items()})
+            layer_suffix = suffix if index == 0 else f"{suffix}_{index - 1}"
+            losses.update({name + layer_suffix: value for name, value in terms.items()})
         losses["loss"] = total
         return losses
+
+    def __call__(self, logits: Tensor, boxes: Tensor, aux: list[tuple[Tensor, Tensor]], targets: list[dict],
+                 groups: int = 1) -> dict[str, Tensor]:
+        """Final-layer ``logits``/``boxes`` and ``aux`` [(logits, boxes)] of earlier layers; targets with
+        normalised cxcywh boxes -> dict of unweighted terms plus the weighted total ``loss``.
+
+        ``groups`` > 1 (Group DETR): the query axis holds that many equal groups, each matched to
+        the targets on its own; every term (and the total) is the sum over the groups."""
+        num_boxes = _num_boxes(targets, logits.device)
+        layers = [(logits, boxes)] + list(aux)
+        if groups == 1:
+            return self._sum_layers(layers, lambda lg, bx: self.layer_losses(lg, bx, targets, num_boxes))
+        size = logits.shape[1] // groups
+        losses: dict[str, Tensor] = {}
+        for group in range(groups):
+            queries = slice(group * size, (group + 1) * size)
+            group_layers = [(layer_logits[:, queries], layer_boxes[:, queries]) for layer_logits, layer_boxes in layers]
+            group_losses = self._sum_layers(
+                group_layers, lambda lg, bx: self.layer_losses(lg, bx, targets, num_boxes))
+            losses = {name: losses.get(name, 0) + value for name, value in group_losses.items()}
+        return losses
+
+    def denoising_losses(self, layers: list[tuple[Tensor, Tensor]], queries: DenoisingQueries,
+                         targets: list[dict]) -> dict[str, Tensor]:
+        """The reconstruction loss of the denoising queries (no matching: each query's target is
+        the box it was noised from, or no object for a contrastive negative).
+
+        Args:
+            layers: [(logits [B,D,K+1], boxes [B,D,4] normalised cxcywh)] of the denoising
+                queries, final decoder layer first, then the auxiliary ones.
+            queries: what the queries must reconstruct (:class:`~scaledet.models.detr.accelerators.DenoisingQueries`).
+            targets: the batch's targets (their box count normalises the box terms, as in :meth:`__call__`).
+
+        Returns:
+            ``loss_ce_dn``, ``loss_bbox_dn``, ``loss_giou_dn`` (auxiliary layers: ``_dn_{i}``),
+            box terms divided by the positive count (boxes x groups), and their weighted total ``loss``.
+        """
+        num_positive = _num_boxes(targets, layers[0][0].device) * queries.groups
+        positive = queries.positive
+        target_boxes = queries.target_boxes[positive]
+        return self._sum_layers(
+            layers, lambda lg, bx: self._terms(lg, queries.target_classes, bx[positive], target_boxes, num_positive),
+            suffix="_dn")

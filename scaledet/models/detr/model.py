@@ -3,7 +3,8 @@
 Box formats: the network predicts normalised ``(cx, cy, w, h)`` in [0, 1] relative to each input
 image (the resize and the padding do not enter); targets and detections are xyxy pixels of the
 input images. Post-processing: :mod:`scaledet.models.detr.postprocess` (shared with the ONNX graph,
-:mod:`scaledet.models.detr.export`); training pipeline: :mod:`scaledet.models.detr.transforms`.
+:mod:`scaledet.models.detr.export`); training pipeline: :mod:`scaledet.models.detr.transforms`;
+training accelerators (group queries, query denoising): :mod:`scaledet.models.detr.accelerators`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from torch.nn import functional as F
 
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.detr import export, transforms
+from scaledet.models.detr.accelerators import DenoisingQueries, DenoisingSettings, QueryDenoising, self_attention_mask
 from scaledet.models.detr.backbone import ResNetBackbone, SinePositionEncoding
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.postprocess import per_image, postprocess
 from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, typical_input_size
 from scaledet.models.detr.transformer import Transformer
-from scaledet.models.inputs import category_ids_for
+from scaledet.models.inputs import category_ids_for, check_images, check_targets
 
-#: DETR's raw outputs: (logits [B,Q,K+1], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)])
+#: DETR's raw outputs: (logits [B,Q,K+1], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)]);
+#: in training with accelerators the query axis is longer (see :meth:`DETR.forward_features`)
 Outputs = tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]
 
 
@@ -76,6 +79,14 @@ class DETR(Detector):
             :func:`default_category_ids`.
         name, overrides: the registry name and the variant overrides it was built with; together with
             the attributes above they make :attr:`config`, from which ``create_model`` rebuilds it.
+        query_groups: Group DETR's query groups in training (1 = plain DETR); groups 1.. are
+            ``extra_query_groups``, used only in training.
+        denoising: query denoising's settings (``None`` = off); builds ``denoising``, used only in training.
+
+    The training accelerators (:mod:`scaledet.models.detr.accelerators`) change nothing in eval
+    mode: the network there is the plain DETR of ``query_embed`` (group 0), so published weights
+    give the published outputs. Their parameters are created after all others, so a model built
+    with them from a seed has the same inference weights as one built without.
     """
 
     input_size_is_free = False
@@ -83,7 +94,8 @@ class DETR(Detector):
     def __init__(self, backbone: ResNetBackbone, transformer: Transformer, num_classes: int, num_queries: int,
                  preprocessor: Preprocessor, criterion: SetCriterion, aux_loss: bool = True,
                  class_names: Sequence[str] | None = None, name: str = "detr_r50",
-                 overrides: dict | None = None, category_ids: Sequence[int] | None = None) -> None:
+                 overrides: dict | None = None, category_ids: Sequence[int] | None = None,
+                 query_groups: int = 1, denoising: DenoisingSettings | None = None) -> None:
         super().__init__(name, num_classes, (preprocessor.min_size, preprocessor.max_size), class_names,
                          category_ids, overrides, first_category_id=0 if num_classes == COCO_HEAD_CLASSES else 1)
         dim = transformer.decoder_norm.normalized_shape[0]
@@ -97,6 +109,13 @@ class DETR(Detector):
         self.preprocessor = preprocessor
         self.criterion = criterion
         self.aux_loss = aux_loss
+        if query_groups < 1:
+            raise ValueError(f"query_groups must be >= 1 (1 = plain DETR), got {query_groups}")
+        self.num_queries = num_queries
+        self.query_groups = query_groups
+        # training-only parameters last: the inference weights drawn from a seed do not depend on them
+        self.extra_query_groups = nn.Embedding((query_groups - 1) * num_queries, dim) if query_groups > 1 else None
+        self.denoising = QueryDenoising(dim, num_classes, denoising) if denoising is not None else None
 
     def input_size(self) -> tuple[int, int]:
         """(h, w) of a typical input: a 480x640 (4:3) image under the eval resize, 800x1066 at the
@@ -112,13 +131,38 @@ class DETR(Detector):
         batch, mask = self.preprocessor(images, training=training)
         return Batch(inputs=(batch, mask), image_sizes=[(int(i.shape[1]), int(i.shape[2])) for i in images])
 
-    def forward_features(self, batch: Tensor, mask: Tensor) -> Outputs:
+    def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None):
+        """:meth:`Detector.forward <scaledet.models.base.Detector.forward>`; in training with query
+        denoising, the denoising queries are built from ``targets`` and go to the network and the
+        loss (``batch.meta["denoising"]``)."""
+        if targets is None or self.denoising is None or not self.training:
+            return super().forward(images, targets)
+        images = check_images(images)
+        check_targets(targets, len(images), self.num_classes)
+        batch = self.preprocess(images, training=True)
+        denoising = self.denoising.build(normalized_targets(batch.image_sizes, targets))
+        batch.meta["denoising"] = denoising
+        return self.loss(self.forward_features(*batch.inputs, denoising), batch, list(targets))
+
+    def forward_features(self, batch: Tensor, mask: Tensor, denoising: DenoisingQueries | None = None) -> Outputs:
         """batch [B,3,H,W] ImageNet-normalised, mask [B,H,W] bool (True on padding) ->
         (logits [B,Q,K+1], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)] of the earlier
-        decoder layers - only in training mode with ``aux_loss``, else empty)."""
+        decoder layers - only in training mode with ``aux_loss``, else empty).
+
+        Training mode with accelerators: the query axis holds ``query_groups * Q`` matching queries
+        (group 0 first), then the ``D`` queries of ``denoising`` (built by :meth:`forward`)."""
         features, small_mask = self.backbone(batch, mask)
         pos = self.position_encoding(small_mask).to(features.dtype)
-        hidden = self.transformer(self.input_proj(features), small_mask, pos, self.query_embed.weight)  # [L,B,Q,C]
+        queries, extra, attention_mask = self.query_embed.weight, None, None
+        groups = self.query_groups if self.training else 1
+        if groups > 1 or denoising is not None:
+            if groups > 1:
+                queries = torch.cat([queries, self.extra_query_groups.weight])
+            if denoising is not None:
+                extra = self.denoising(denoising)
+            attention_mask = self_attention_mask(self.num_queries, groups, denoising, batch.device)
+        hidden = self.transformer(self.input_proj(features), small_mask, pos, queries, extra,
+                                  attention_mask)  # [L,B,T,C]
         logits = self.class_head(hidden)
         boxes = self.box_head(hidden)
         aux = list(zip(logits[:-1], boxes[:-1])) if self.training and self.aux_loss else []
@@ -133,9 +177,27 @@ class DETR(Detector):
 
     def loss(self, outputs: Outputs, batch: Batch, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The set loss (:class:`~scaledet.models.detr.criterion.SetCriterion`) on the last decoder
-        layer and the auxiliary ones; target boxes (xyxy input-image pixels) are normalised to cxcywh."""
+        layer and the auxiliary ones; target boxes (xyxy input-image pixels) are normalised to cxcywh.
+
+        With accelerators: the set loss of each query group (every term summed over the groups) plus
+        the denoising reconstruction terms (``*_dn``, from ``batch.meta["denoising"]``) in ``loss``."""
         logits, boxes, aux = outputs
-        return self.criterion(logits, boxes, aux, normalized_targets(batch.image_sizes, targets))
+        normalized = normalized_targets(batch.image_sizes, targets)
+        denoising: DenoisingQueries | None = batch.meta.get("denoising")
+        if denoising is None and logits.shape[1] == self.num_queries:  # plain DETR
+            return self.criterion(logits, boxes, aux, normalized)
+        matching = logits.shape[1] - (denoising.num_queries if denoising is not None else 0)
+        layers = [(logits, boxes)] + list(aux)
+        matching_layers = [(layer_logits[:, :matching], layer_boxes[:, :matching]) for layer_logits, layer_boxes in layers]
+        losses = self.criterion(*matching_layers[0], matching_layers[1:], normalized,
+                                groups=matching // self.num_queries)
+        if denoising is not None:
+            denoising_losses = self.criterion.denoising_losses(
+                [(layer_logits[:, matching:], layer_boxes[:, matching:]) for layer_logits, layer_boxes in layers],
+                denoising, normalized)
+            total = losses["loss"] + denoising_losses.pop("loss")
+            losses = {**losses, **denoising_losses, "loss": total}
+        return losses
 
     # ----------------------------------------------------------------------------------------
     # training hooks

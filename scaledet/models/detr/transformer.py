@@ -61,10 +61,12 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, padding_mask: Tensor) -> Tensor:
-        """tgt, query_pos [Q,B,C]; memory, pos [HW,B,C]; padding_mask [B,HW] -> [Q,B,C]."""
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, padding_mask: Tensor,
+                self_attention_mask: Tensor | None = None) -> Tensor:
+        """tgt, query_pos [Q,B,C]; memory, pos [HW,B,C]; padding_mask [B,HW];
+        self_attention_mask ``None`` or bool [Q,Q] / [B*heads,Q,Q] (True = may not attend) -> [Q,B,C]."""
         query = tgt + query_pos
-        attended = self.self_attn(query, query, tgt, need_weights=False)[0]
+        attended = self.self_attn(query, query, tgt, attn_mask=self_attention_mask, need_weights=False)[0]
         tgt = self.norm1(tgt + self.dropout1(attended))
         attended = self.cross_attn(
             tgt + query_pos, memory + pos, memory, key_padding_mask=padding_mask, need_weights=False
@@ -99,9 +101,16 @@ class Transformer(nn.Module):
             if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
 
-    def forward(self, features: Tensor, padding_mask: Tensor, pos: Tensor, queries: Tensor) -> Tensor:
-        """features, pos [B,C,H,W]; padding_mask [B,H,W] bool; queries [Q,C]
-        -> decoder outputs [L,B,Q,C] (L = number of decoder layers)."""
+    def forward(self, features: Tensor, padding_mask: Tensor, pos: Tensor, queries: Tensor,
+                extra_queries: tuple[Tensor, Tensor] | None = None,
+                self_attention_mask: Tensor | None = None) -> Tensor:
+        """features, pos [B,C,H,W]; padding_mask [B,H,W] bool; queries [Q,C] (positional queries
+        shared by the batch, zero content input) -> decoder outputs [L,B,T,C] (L = number of
+        decoder layers, T = Q without ``extra_queries``).
+
+        Training accelerators (:mod:`scaledet.models.detr.accelerators`) add ``extra_queries =
+        (content [B,D,C], positional [B,D,C])`` after the Q shared ones (T = Q + D) and a decoder
+        ``self_attention_mask``, bool [T,T] or [B,T,T], True = may not attend."""
         batch = features.shape[0]
         src = features.flatten(2).permute(2, 0, 1)  # [HW,B,C]
         pos = pos.flatten(2).permute(2, 0, 1)  # [HW,B,C]
@@ -111,8 +120,14 @@ class Transformer(nn.Module):
         for layer in self.encoder:
             memory = layer(memory, pos, mask)
         tgt = query_pos.new_zeros(query_pos.shape)
+        if extra_queries is not None:
+            content, position = extra_queries
+            tgt = torch.cat([tgt, content.transpose(0, 1)])
+            query_pos = torch.cat([query_pos, position.transpose(0, 1)])
+        if self_attention_mask is not None and self_attention_mask.dim() == 3:  # per image -> per image and head
+            self_attention_mask = self_attention_mask.repeat_interleave(self.decoder[0].self_attn.num_heads, dim=0)
         outputs = []
         for layer in self.decoder:
-            tgt = layer(tgt, memory, pos, query_pos, mask)
+            tgt = layer(tgt, memory, pos, query_pos, mask, self_attention_mask)
             outputs.append(self.decoder_norm(tgt))
-        return torch.stack(outputs).transpose(1, 2)  # [L,Q,B,C] -> [L,B,Q,C]
+        return torch.stack(outputs).transpose(1, 2)  # [L,T,B,C] -> [L,B,T,C]

@@ -49,6 +49,12 @@ class DetrVariant:
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
     eos_coef: float = 0.1
+    # training accelerators (scaledet.models.detr.accelerators), off = the published DETR; no effect at inference
+    query_groups: int = 1  # Group DETR: query groups matched one-to-one each (Group DETR: 11; 1 = off)
+    denoising_groups: int = 0  # DN-DETR: groups of noised ground-truth queries (DN-DETR: 5; 0 = off)
+    denoising_label_noise: float = 0.2  # probability of flipping a denoising query's label (DN-DETR: 0.2)
+    denoising_box_noise: float = 0.4  # box noise scale: centre shift / size change up to this x w/2, h/2 (DN-DETR: 0.4)
+    denoising_contrastive: bool = False  # DINO's negative copies (noise box_noise..2 x box_noise, target: no object)
     url: str = ""  # published COCO checkpoint (official format)
     sha256_prefix: str = ""  # hash prefix the published file name carries
 
