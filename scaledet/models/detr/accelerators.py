@@ -21,9 +21,12 @@ labels as content queries. Plain DETR's decoder has learned positional queries (
 added to queries and keys in every attention) and starts from a zero content input; it has no
 anchor boxes. Here a denoising query therefore gets
 
-* positional query: ``box_embed(sine(noised box))``, a two-layer MLP on the 2-D sine encoding of
-  the four normalised box coordinates (the same encoding DETR uses for pixel positions), and
-* content input: ``label_embed(noised label)``, a learned embedding of the K classes,
+* positional query: ``box_embed(sine(noised box))``, a two-layer MLP on the sine encoding of the
+  four normalised box coordinates (the encoding DETR uses for pixel positions): where to look, and
+* content input: ``label_embed(noised label) + box_embed(sine(noised box))``. DAB-DETR's decoder
+  predicts a box as an offset to its anchor; plain DETR's box head predicts absolute boxes from
+  the content stream, where the positional query never enters (it is added to attention queries
+  and keys only), so the noised box is given to the content input too,
 
 both used only in training (the ``denoising.`` parameters). DN-DETR's extra "is denoising"
 indicator bit is not needed: matching queries start from zero content. The matching queries can
