@@ -99,7 +99,8 @@ def latency(name: str, model, rule: str, args, folder: Path) -> dict:
     calibration = [shapes_split("train", num_images=args.calibration_images, image_size=native)[i][0]
                    for i in range(args.calibration_images)]
     float_path, int8_path, _ = int8_files(sized, folder, calibration, args.threads, rules=[rule])
-    engines = {"optimized-fp32": scaledet.optimize(sized), "onnxrt-fp32": OnnxDetector(float_path, threads=args.threads),
+    engines = {"optimized-fp32": scaledet.optimize(sized),
+               "onnxrt-fp32": OnnxDetector(float_path, threads=args.threads),
                "onnxrt-int8": QuantizedDetector(int8_path, threads=args.threads)}
     image = [shapes_split("val", num_images=1, image_size=native)[0][0]]
     times: dict[str, list[float]] = {label: [] for label in engines}
@@ -122,13 +123,15 @@ def markdown(kind: str, results: list[dict], machine_line: str, command: str) ->
              "| ms int8 | int8 speed-up vs opt fp32 | vs onnxrt fp32 |", "|---" * 12 + "|"]
     for r in results:
         a, t = r["accuracy"], r["latency"]
-        lines.append(f"| {kind} | {r['model']} | {a['AP']['optimized-fp32']['AP']:.4f} | {a['AP']['onnxrt-int8']['AP']:.4f} "
-                     f"| {a['int8_AP_drop']:.4f} | {a['report']['float_rule']} | {t['input_hw'][0]} "
-                     f"| {t['median_ms']['optimized-fp32']:.1f} | {t['median_ms']['onnxrt-fp32']:.1f} "
-                     f"| {t['median_ms']['onnxrt-int8']:.1f} | {t['int8_speedup_vs_optimized_fp32']:.2f}x "
-                     f"| {t['int8_speedup_vs_onnxrt_fp32']:.2f}x |")
-    return "\n".join(lines) + f"\n\nAP at the demo size on the shapes val split; latency batch 1, interleaved medians.\n\n" \
-        f"Machine: {machine_line}\n\nCommand: `{command}`\n"
+        timing = "| - | - | - | - | - | - |" if t is None else (
+            f"| {t['input_hw'][0]} | {t['median_ms']['optimized-fp32']:.1f} | {t['median_ms']['onnxrt-fp32']:.1f} "
+            f"| {t['median_ms']['onnxrt-int8']:.1f} | {t['int8_speedup_vs_optimized_fp32']:.2f}x "
+            f"| {t['int8_speedup_vs_onnxrt_fp32']:.2f}x |")
+        ap = a["AP"]
+        lines.append(f"| {kind} | {r['model']} | {ap['optimized-fp32']['AP']:.4f} | {ap['onnxrt-int8']['AP']:.4f} "
+                     f"| {a['int8_AP_drop']:.4f} | {a['report']['float_rule']} " + timing)
+    note = "AP at the demo size on the shapes val split; latency batch 1 at the native size, interleaved medians."
+    return "\n".join(lines) + f"\n\n{note}\n\nMachine: {machine_line}\n\nCommand: `{command}`\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--latency-size", type=int, help="default: the model's native image size")
     parser.add_argument("--train-missing", action="store_true", help="run scaledet demo for missing demo weights")
+    parser.add_argument("--no-latency", action="store_true", help="AP only (for a busy machine)")
     parser.add_argument("--smoke", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--json", default="benchmarks/results/int8.json")
     parser.add_argument("--markdown", default="benchmarks/results/int8.md")
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             (Path(tmp) / "ap").mkdir()
             (Path(tmp) / "latency").mkdir()
             quality = accuracy(name, model, args, Path(tmp) / "ap")
-            speed = latency(name, model, quality["report"]["float_rule"], args, Path(tmp) / "latency")
+            speed = None if args.no_latency else latency(name, model, quality["report"]["float_rule"], args,
+                                                         Path(tmp) / "latency")
         results.append({"model": name, "weights": args.weights_used, "accuracy": quality, "latency": speed})
         print(json.dumps(speed), flush=True)
     machine = machine_info("cpu")

@@ -53,6 +53,8 @@ def test_int8_file_runs_in_onnxruntime_and_agrees_with_float(float_file, tmp_pat
     assert report.float_rule in [name for name, _ in FLOAT_RULES] and report.tried[0]["rule"] == "none"
     stored = json.loads({p.key: p.value for p in proto.metadata_props}[INT8_KEY])
     assert stored["float_rule"] == report.float_rule and stored["calibration_images"] == 8
+    if report.float_nodes:  # the report names the float-kept layers by module path
+        assert report.float_modules and all(m.startswith("network") for m in report.float_modules)
     int8 = QuantizedDetector(output, threads=1)
     assert int8.report["float_rule"] == report.float_rule and int8.precision == "int8"
     images = tiny_images(3, seed=1)  # not the calibration images

@@ -50,7 +50,8 @@ def calibration_images(data: str, count: int) -> list:
     from scaledet.inference.predict import IMAGE_SUFFIXES, collect_inputs
 
     path = Path(data)
-    if data.startswith("shapes") or path.suffix.lower() in (".json", ".yaml", ".yml") or (path / "Annotations").is_dir():
+    is_dataset = path.suffix.lower() in (".json", ".yaml", ".yml") or (path / "Annotations").is_dir()
+    if data.startswith("shapes") or is_dataset:
         dataset = open_dataset(data, progress=False)
         step = max(len(dataset) // count, 1)
         return [dataset[i][0] for i in range(0, len(dataset), step)][:count]
@@ -105,7 +106,8 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     import torch
 
     from scaledet.export import export_onnx
-    from scaledet.inference.quantize import DEFAULT_TOLERANCE, QuantizedDetector, detection_agreement, quantize_onnx
+    from scaledet.inference.quantize import (DEFAULT_TOLERANCE, QuantizedDetector, detection_agreement,
+                                             quantize_onnx)
 
     if args.calibration_images < 1:
         raise ValueError("--calibration-images must be >= 1")

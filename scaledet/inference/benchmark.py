@@ -76,7 +76,8 @@ def machine_info(device: str) -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "processor": current_processor().as_dict(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "processor": current_processor().as_dict(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
             "python": platform.python_version(), "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     if device.startswith("cuda"):
@@ -215,7 +216,8 @@ def _markdown_sections(text: str) -> tuple[str, dict[str, str]]:
     """``(preamble, {kind: section})`` of a results markdown file; sections start with ``## <kind>:``.
     A file without sections (written before :data:`RESULTS_FORMAT`) is one ``unrecorded`` section."""
     if not any(line.startswith("## ") for line in text.splitlines()):
-        return "", ({"unrecorded": f"## unrecorded: processor not recorded\n\n{text.strip()}\n"} if text.strip() else {})
+        old = {"unrecorded": f"## unrecorded: processor not recorded\n\n{text.strip()}\n"}
+        return "", (old if text.strip() else {})
     preamble, sections, key = [], {}, None
     for line in text.splitlines(keepends=True):
         if line.startswith("## "):

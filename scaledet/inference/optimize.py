@@ -238,7 +238,8 @@ def native_precisions(device: torch.device) -> list[str]:
 def optimize_cache_dir() -> Path:
     """Where ``precision="auto"`` keeps its choices: ``$SCALEDET_CACHE`` or ``$XDG_CACHE_HOME/scaledet``
     (default ``~/.cache/scaledet``), subfolder ``optimize``."""
-    root = os.environ.get("SCALEDET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaledet"
+    root = os.environ.get("SCALEDET_CACHE")
+    root = root or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaledet"
     return Path(root) / "optimize"
 
 

@@ -18,6 +18,7 @@ imported only here.
 
 from __future__ import annotations
 
+import ast
 import json
 import tempfile
 from collections.abc import Callable, Sequence
@@ -217,7 +218,10 @@ class QuantizationReport:
     """What :func:`quantize_onnx` did. ``float_rule``: the kept rule; ``float_nodes``: the network
     nodes it keeps float (names in the float graph); ``quantized_nodes``: network nodes quantized;
     ``tried``: ``[{rule, float_nodes, agreement, passed}]`` in the order tried; ``passed``: whether the
-    kept rule met the tolerance (if none did, the last, most float, rule is kept)."""
+    kept rule met the tolerance (if none did, the last, most float, rule is kept); ``unbounded_nodes``:
+    network nodes float under every rule because a tensor they read or write has an infinite range on
+    the calibration images (the ``-inf`` padding before a max-pool); ``float_modules``: the PyTorch
+    modules (dotted paths, from the exporter's node metadata) the float-kept nodes come from."""
 
     float_rule: str
     float_nodes: list[str]
@@ -228,12 +232,20 @@ class QuantizationReport:
     tolerance: dict
     passed: bool
     tried: list[dict] = field(default_factory=list)
+    unbounded_nodes: list[str] = field(default_factory=list)
+    float_modules: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"int8: {self.quantized_nodes} of {self.network_nodes} network nodes quantized; kept float: "
                  f"{self.float_rule} ({len(self.float_nodes)} nodes), post-processing float; calibrated on "
-                 f"{self.calibration_images} images" + ("" if self.passed else
+                 f"{self.calibration_images} images"
+                 + (f"; {len(self.unbounded_nodes)} nodes with an infinite range always float" if self.unbounded_nodes
+                    else "") + ("" if self.passed else
                                                       " - NO rule met the tolerance, kept the most float one")]
+        if self.float_modules:
+            shown = ", ".join(self.float_modules[:12])
+            more = f" and {len(self.float_modules) - 12} more" if len(self.float_modules) > 12 else ""
+            lines.append(f"  float-kept layers ({len(self.float_modules)} modules): {shown}{more}")
         for attempt in self.tried:
             lines.append(f"  rule {attempt['rule']:<30} {attempt['agreement']} -> "
                          f"{'PASS' if attempt['passed'] else 'FAIL'}")
@@ -289,14 +301,14 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
         progress: called with a line per step.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     images = check_calibration(calibration)
     say = progress or (lambda line: None)
     float_detector = OnnxDetector(float_path, threads=threads)
     model = float_detector.model  # weightless, for pre- and post-processing
-    feeds = [{k: v.numpy() for k, v in model.export_feeds(model.preprocess([image])).items()} for image in images]
+    batches = [model.preprocess([image]) for image in images]  # batch 1 each
+    feeds = [{k: v.numpy() for k, v in model.export_feeds(batch).items()} for batch in batches]
     reduce_range = not ({"avx512_vnni", "avx_vnni", "amx_int8"} & current_processor().flags)
     output = Path(output)
     with tempfile.TemporaryDirectory(prefix="scaledet-int8-") as tmp:
@@ -304,40 +316,86 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
         say("int8: shape inference and graph optimisation (onnxruntime quant_pre_process)")
         quant_pre_process(str(float_path), str(prepared))
         graph = onnx.load(str(prepared)).graph
+        say(f"int8: calibrating activation ranges on {len(feeds)} images")
+        unbounded = _calibrate(prepared, feeds, cache, Path(tmp))
         network = network_nodes(graph)
-        candidates = [(name, nodes) for name, nodes in float_rules(graph) if rules is None or name in rules]
+        # nodes reading or writing a tensor with an infinite range (the -inf padding of a max-pool)
+        # cannot be quantized: always float
+        always_float = {node.name for node in graph.node if node.name in network
+                        and unbounded & {*node.input, *node.output}}
+        candidates = [(name, nodes | always_float) for name, nodes in float_rules(graph)
+                      if rules is None or name in rules]
         if not candidates:
             raise ValueError(f"no float rule among {list(rules or [])}; choose from {[n for n, _ in FLOAT_RULES]}")
-        reference = [float_detector.model.detections_from_export(
-            [torch.from_numpy(x) for x in float_detector.session.run(None, f)], model.preprocess([image]))[0]
-            for f, image in zip(feeds, images)]
-        tried, kept = [], None
+        reference = _detections(float_detector.session, model, feeds, batches)
+        tried = []
         for name, float_nodes in candidates:
             say(f"int8: quantizing with {name} kept float ({len(float_nodes)} nodes)")
-            # ranges are computed for every tensor of these op types, post-processing ones included (some
-            # are constant or infinite there: numpy warns); only the network's are used, checked below
-            with numpy.errstate(divide="ignore", invalid="ignore"):
-                quantize_static(str(prepared), str(output), _Feeds(feeds), quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True,
-                                reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, nodes_to_quantize=sorted(network - float_nodes),
-                                calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache)
-            _check_scales(output)
-            session = _session(output, threads)
-            int8 = [model.detections_from_export([torch.from_numpy(x) for x in session.run(None, f)],
-                                                 model.preprocess([image]))[0] for f, image in zip(feeds, images)]
-            agreement = detection_agreement(reference, int8, tolerance)
-            passed = agreement.passes(tolerance)
+            _quantize(prepared, output, feeds, network - float_nodes, reduce_range, cache)
+            agreement = detection_agreement(reference, _detections(_session(output, threads), model, feeds, batches),
+                                            tolerance)
             tried.append({"rule": name, "float_nodes": len(float_nodes), "agreement": agreement.summary(),
-                          "passed": passed})
-            kept = (name, float_nodes, passed)
-            if passed:
+                          "passed": agreement.passes(tolerance)})
+            if tried[-1]["passed"]:
                 break
-    name, float_nodes, passed = kept
+    modules = _module_paths(float_path)
     report = QuantizationReport(name, sorted(float_nodes), len(network - float_nodes), len(network), len(images),
-                                reduce_range, asdict(tolerance), passed, tried)
+                                reduce_range, asdict(tolerance), tried[-1]["passed"], tried, sorted(always_float),
+                                sorted({modules.get(node, node) for node in float_nodes}))
     _write_metadata(output, float_detector.config, report)
     return report
+
+
+def _detections(session, model: Detector, feeds: list[dict], batches: list) -> list[Detections]:
+    """One image's detections per feed, run by ``session`` and turned into the eval contract."""
+    return [model.detections_from_export([torch.from_numpy(x) for x in session.run(None, feed)], batch)[0]
+            for feed, batch in zip(feeds, batches)]
+
+
+def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], reduce_range: bool,
+              cache: Path) -> None:
+    """``quantize_static`` of ``nodes`` of ``prepared`` into ``output`` (QDQ, per-channel int8 weights, uint8
+    activations, MinMax ranges from ``cache``), with every scale checked."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    # ranges exist for every tensor of these op types, post-processing ones included (some are constant
+    # or infinite there: numpy warns); only the network's are used, and checked by _check_scales
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        quantize_static(str(prepared), str(output), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_quantize=sorted(nodes), calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=cache)
+    _check_scales(output)
+
+
+def _module_paths(path: str | Path) -> dict[str, str]:
+    """``{node name: dotted module path}`` from the ``pkg.torch.onnx.name_scopes`` metadata the PyTorch
+    exporter writes on each node (its last scope is the op itself, so the one before it)."""
+    import onnx
+
+    paths = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                scopes = ast.literal_eval(prop.value)
+                if len(scopes) >= 2 and scopes[-2]:
+                    paths[node.name] = scopes[-2]
+    return paths
+
+
+def _calibrate(prepared: Path, feeds: list[dict], cache: Path, tmp: Path) -> set[str]:
+    """MinMax ranges of every tensor of :data:`QUANTIZED_OP_TYPES` nodes over ``feeds``, written to
+    ``cache`` (``quantize_static``'s ``calibration_cache_path``, so each rule reuses them); returns
+    the names of tensors whose range is not finite."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(prepared, list(QUANTIZED_OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(_Feeds(feeds))
+    ranges = calibrator.compute_data()
+    save_tensors_data(ranges, cache)
+    return {name for name, data in ranges.items() if not numpy.isfinite(numpy.asarray(data.range_value)).all()}
 
 
 def _check_scales(path: Path) -> None:
