@@ -7,7 +7,9 @@ Takes every ``scaledet bench`` option; each model gets its reference engine firs
 ``RTDetrForObjectDetection`` for RT-DETR (``--models rtdetr_r18vd``), see
 :mod:`benchmarks.reference`) and our engines load the reference's weights, so the table's
 ``x reference`` column and the equality lines compare the same network. ``--no-reference`` times
-ours only (as ``scaledet bench``). ``benchmarks/run_cpu.sh`` and ``run_gpu.sh`` run this.
+ours only (as ``scaledet bench``). ``benchmarks/run_cpu.sh`` and ``run_gpu.sh`` run this. As
+``scaledet bench``, it prints the processor beside the table, labels every row with the processor
+kind and keeps one table per kind in ``--json`` / ``--markdown``.
 """
 
 from __future__ import annotations

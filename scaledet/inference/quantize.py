@@ -221,7 +221,9 @@ class QuantizationReport:
     kept rule met the tolerance (if none did, the last, most float, rule is kept); ``unbounded_nodes``:
     network nodes float under every rule because a tensor they read or write has an infinite range on
     the calibration images (the ``-inf`` padding before a max-pool); ``float_modules``: the PyTorch
-    modules (dotted paths, from the exporter's node metadata) the float-kept nodes come from."""
+    modules (dotted paths, from the exporter's node metadata) the float-kept nodes come from;
+    ``verified``: False when the float graph found nothing above ``min_score`` on the calibration
+    images, so no rule could be judged (the first one is kept)."""
 
     float_rule: str
     float_nodes: list[str]
@@ -234,14 +236,17 @@ class QuantizationReport:
     tried: list[dict] = field(default_factory=list)
     unbounded_nodes: list[str] = field(default_factory=list)
     float_modules: list[str] = field(default_factory=list)
+    verified: bool = True
 
     def summary(self) -> str:
+        """The rule kept, the float-kept layers (module paths) and every rule tried, one line each."""
+        verdict = "" if self.passed else (" - NO rule met the tolerance, kept the most float one" if self.verified
+                                          else " - UNVERIFIED: no confident float detection on the calibration images")
+        unbounded = f"; {len(self.unbounded_nodes)} nodes with an infinite range always float" \
+            if self.unbounded_nodes else ""
         lines = [f"int8: {self.quantized_nodes} of {self.network_nodes} network nodes quantized; kept float: "
                  f"{self.float_rule} ({len(self.float_nodes)} nodes), post-processing float; calibrated on "
-                 f"{self.calibration_images} images"
-                 + (f"; {len(self.unbounded_nodes)} nodes with an infinite range always float" if self.unbounded_nodes
-                    else "") + ("" if self.passed else
-                                                      " - NO rule met the tolerance, kept the most float one")]
+                 f"{self.calibration_images} images{unbounded}{verdict}"]
         if self.float_modules:
             shown = ", ".join(self.float_modules[:12])
             more = f" and {len(self.float_modules) - 12} more" if len(self.float_modules) > 12 else ""
@@ -328,6 +333,11 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
         if not candidates:
             raise ValueError(f"no float rule among {list(rules or [])}; choose from {[n for n, _ in FLOAT_RULES]}")
         reference = _detections(float_detector.session, model, feeds, batches)
+        verified = any(bool((d["scores"] >= tolerance.min_score).any()) for d in reference)
+        if not verified:  # nothing to compare: keep the first rule, say it is unverified
+            say(f"int8: no float detection with score >= {tolerance.min_score} on the calibration images; "
+                "the float-kept rule cannot be judged (calibrate on images with objects)")
+            candidates = candidates[:1]
         tried = []
         for name, float_nodes in candidates:
             say(f"int8: quantizing with {name} kept float ({len(float_nodes)} nodes)")
@@ -335,13 +345,13 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             agreement = detection_agreement(reference, _detections(_session(output, threads), model, feeds, batches),
                                             tolerance)
             tried.append({"rule": name, "float_nodes": len(float_nodes), "agreement": agreement.summary(),
-                          "passed": agreement.passes(tolerance)})
+                          "passed": verified and agreement.passes(tolerance)})
             if tried[-1]["passed"]:
                 break
     modules = _module_paths(float_path)
     report = QuantizationReport(name, sorted(float_nodes), len(network - float_nodes), len(network), len(images),
                                 reduce_range, asdict(tolerance), tried[-1]["passed"], tried, sorted(always_float),
-                                sorted({modules.get(node, node) for node in float_nodes}))
+                                sorted({modules.get(node, node) for node in float_nodes}), verified)
     _write_metadata(output, float_detector.config, report)
     return report
 
