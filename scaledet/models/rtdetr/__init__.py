@@ -85,6 +85,10 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     row = VARIANTS[name]
     variant = dataclasses.replace(row, **overrides, image_size=_image_size(image_size, row.image_size))
     variant = dataclasses.replace(variant, num_classes=num_classes or variant.num_classes)
+    tokens = sum((variant.image_size[0] // stride) * (variant.image_size[1] // stride) for stride in (8, 16, 32))
+    if variant.num_queries > tokens:
+        raise ValueError(f"RT-DETR at image_size {variant.image_size} has {tokens} encoder tokens to select "
+                         f"num_queries={variant.num_queries} from; give num_queries <= {tokens} or a larger image_size")
     if class_names is not None and len(class_names) != variant.num_classes:
         raise ValueError(f"{len(class_names)} class names given for num_classes={variant.num_classes}")
     coco = variant.num_classes == len(COCO80_CLASS_NAMES)
