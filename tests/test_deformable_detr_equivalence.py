@@ -97,6 +97,26 @@ def test_equal_to_transformers(name, tmp_path):
                 torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-2)
 
 
+def test_transformers_hub_names(tmp_path):
+    """Published hub names (conv_encoder, out_proj, fc1) load too; swapping q and k breaks equality."""
+    reference, _ = _pair("deformable_detr_r50", tmp_path)
+    state = reference.state_dict()
+    hub = {key.replace("model.backbone.model.", "model.backbone.conv_encoder.model.").replace(".o_proj.", ".out_proj.")
+           .replace(".mlp.fc", ".fc"): value for key, value in state.items()}
+    assert any(".conv_encoder." in key for key in hub) and any(".out_proj." in key for key in hub)
+    torch.save(hub, tmp_path / "hub.bin")
+    ours = scaledet.create_model("deformable_detr_r50", pretrained=tmp_path / "hub.bin", backbone="resnet18", **SMALL).eval()
+    batch, mask = _batches()[1]
+    with torch.no_grad():
+        expected = reference(pixel_values=batch, pixel_mask=(~mask).long()).logits
+        torch.testing.assert_close(ours.forward_features(batch, mask)[0], expected, rtol=0, atol=1e-4)
+        prefix = "model.decoder.layers.0.self_attn."
+        swapped = {**state, prefix + "q_proj.weight": state[prefix + "k_proj.weight"],
+                   prefix + "k_proj.weight": state[prefix + "q_proj.weight"]}
+        ours.load_state_dict(convert.to_scaledet(swapped, ours))
+        assert (ours.forward_features(batch, mask)[0] - expected).abs().max() > 1e-2
+
+
 def test_plain_model_refuses_per_layer_heads(tmp_path):
     """A box-refinement file (one box head per layer) is no plain model: the converter says so."""
     reference = _randomized(transformers.DeformableDetrForObjectDetection(

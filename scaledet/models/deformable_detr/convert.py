@@ -25,7 +25,6 @@ from scaledet.models.detr.convert import Rules, _pack_qkv, _rename, _without_cou
 
 _FROM_HF: Rules = [
     (r"^model\.backbone\.(conv_encoder\.)?model\.", "backbone.body."),
-    (r"^model\.input_projection\.", "input_proj."),  # older hub name
     (r"^model\.input_proj\.", "input_proj."),
     (r"^model\.query_position_embeddings\.", "query_embed."),
     (r"^model\.(encoder|decoder)\.layers\.(\d+)\.", r"transformer.\1.\2."),

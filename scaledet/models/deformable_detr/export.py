@@ -20,6 +20,9 @@ from scaledet.models.deformable_detr.postprocess import ranked_detections
 from scaledet.models.detr import export as detr_export
 
 
+INPUT_NAMES, OUTPUT_NAMES = detr_export.INPUT_NAMES, detr_export.OUTPUT_NAMES
+
+
 class DeformableDetrExport(nn.Module):
     """The network (:meth:`forward_features`) followed by :func:`ranked_detections`, tensors only."""
 

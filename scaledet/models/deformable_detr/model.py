@@ -127,6 +127,10 @@ class DeformableDETR(Detector):
         if not self.transformer.two_stage:
             self.box_heads[0].layers[-1].bias[2:] = -2.0
 
+    def class_head(self, layer: int) -> nn.Module:
+        """The class head of decoder layer ``layer`` (its own with box refinement, else the shared one)."""
+        return self.class_heads[layer if self.box_refine else 0]
+
     def input_size(self) -> tuple[int, int]:
         """(h, w) of a typical input: a 480x640 image under the eval resize (800x1066 at (800, 1333))."""
         return typical_input_size(*self.image_size)
@@ -156,9 +160,10 @@ class DeformableDETR(Detector):
         query_embed = None if self.transformer.two_stage else self.query_embed.weight
         hidden, boxes, proposals = self.transformer(sources, masks, positions, query_embed, self.class_heads,
                                                     self.box_heads, self.box_refine)
-        logits = [self.class_heads[index if self.box_refine else 0](layer) for index, layer in enumerate(hidden)]
-        if not self.training:
-            return logits[-1], boxes[-1], [], ()
+        last = len(hidden) - 1
+        if not self.training:  # the last layer's classes only
+            return self.class_head(last)(hidden[last]), boxes[last], [], ()
+        logits = [self.class_head(index)(layer) for index, layer in enumerate(hidden)]
         aux = list(zip(logits[:-1], boxes[:-1])) if self.aux_loss else []
         return logits[-1], boxes[-1], aux, proposals
 
@@ -211,7 +216,7 @@ class DeformableDETR(Detector):
         """``images`` and ``mask`` as preprocessed, ``image_sizes [B, 2]`` float (h, w) of the inputs."""
         images, mask = batch.inputs
         sizes = torch.tensor([list(size) for size in batch.image_sizes], dtype=torch.float32, device=images.device)
-        return dict(zip(export.detr_export.INPUT_NAMES, (images, mask, sizes)))
+        return dict(zip(export.INPUT_NAMES, (images, mask, sizes)))
 
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """The graph's ``(boxes [B,k,4], scores [B,k], labels [B,k])``, in input-image pixels, sorted."""
