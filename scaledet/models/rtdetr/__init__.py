@@ -18,7 +18,8 @@ from scaledet.models.checkpoints import CheckpointSpec
 from scaledet.models.coco_names import COCO_NAMES_BY_ID
 from scaledet.models.rtdetr.backbone import PResNet
 from scaledet.models.rtdetr.convert import to_scaledet
-from scaledet.models.rtdetr.criterion import FocalCostMatcher, RtDetrCriterion
+from scaledet.models.deformable_detr.criterion import FocalHungarianMatcher
+from scaledet.models.rtdetr.criterion import RtDetrCriterion
 from scaledet.models.rtdetr.decoder import Decoder
 from scaledet.models.rtdetr.encoder import HybridEncoder
 from scaledet.models.rtdetr.model import RTDETR
@@ -44,7 +45,7 @@ def assemble(variant: RtDetrVariant, class_names: list[str] | None = None, name:
     decoder = Decoder([variant.encoder_dim] * levels, variant.decoder_dim, variant.decoder_heads,
                       variant.decoder_ffn_dim, variant.decoder_layers, variant.decoder_points, variant.num_classes,
                       variant.num_queries, variant.num_denoising, variant.dropout)
-    matcher = FocalCostMatcher(variant.cost_class, variant.cost_bbox, variant.cost_giou)
+    matcher = FocalHungarianMatcher(variant.cost_class, variant.cost_bbox, variant.cost_giou)
     criterion = RtDetrCriterion(variant.num_classes, matcher, {"loss_vfl": variant.loss_vfl,
                                                                "loss_bbox": variant.loss_bbox,
                                                                "loss_giou": variant.loss_giou})

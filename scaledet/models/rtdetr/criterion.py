@@ -10,11 +10,11 @@ every layer); ``loss`` is the weighted total.
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch.nn import functional as F
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
+from scaledet.models.deformable_detr.criterion import FocalHungarianMatcher
 from scaledet.models.detr.criterion import _num_boxes
 
 Matches = list[tuple[Tensor, Tensor]]
@@ -24,50 +24,17 @@ def _xyxy(boxes: Tensor) -> Tensor:
     return box_convert(boxes, "cxcywh", "xyxy")
 
 
-class FocalCostMatcher:
-    """One-to-one assignment minimising ``cost_class * focal(label) + cost_bbox * L1 + cost_giou * (-GIoU)``,
-    where ``focal`` is the difference of the positive and negative sigmoid focal terms (alpha, gamma)."""
-
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0) -> None:
-        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("at least one matching cost must be non-zero")
-        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.alpha, self.gamma = alpha, gamma
-
-    @torch.no_grad()
-    def __call__(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> Matches:
-        """logits [B, Q, K], boxes [B, Q, 4]; targets ``dict(boxes [M, 4], labels [M])`` -> per image
-        ``(query indices, target indices)`` int64 [min(Q, M)]."""
-        batch, queries = logits.shape[:2]
-        labels = torch.cat([target["labels"] for target in targets])
-        target_boxes = torch.cat([target["boxes"] for target in targets])
-        prob = logits.flatten(0, 1).float().sigmoid()[:, labels]
-        positive = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
-        negative = (1 - self.alpha) * prob ** self.gamma * -(1 - prob + 1e-8).log()
-        flat_boxes = boxes.flatten(0, 1).float()
-        cost = (self.cost_class * (positive - negative) + self.cost_bbox * torch.cdist(flat_boxes, target_boxes, p=1)
-                - self.cost_giou * generalized_box_iou(_xyxy(flat_boxes), _xyxy(target_boxes)))
-        high = torch.finfo(cost.dtype).max
-        cost = torch.nan_to_num(cost, nan=high, posinf=high, neginf=high).view(batch, queries, -1).cpu()
-        matches = []
-        for index, block in enumerate(cost.split([len(target["boxes"]) for target in targets], -1)):
-            rows, cols = linear_sum_assignment(block[index].numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-        return matches
-
-
 class RtDetrCriterion:
     """The weighted set loss of every output (see the module docstring).
 
     Args:
         num_classes: K.
-        matcher: the Hungarian matcher.
+        matcher: the Hungarian matcher with the focal class cost (Deformable DETR's, shared).
         weights: ``{"loss_vfl", "loss_bbox", "loss_giou"}`` -> weight (paper: 1, 5, 2).
         alpha / gamma: the varifocal loss's negative weighting ``alpha * p^gamma`` (0.75, 2).
     """
 
-    def __init__(self, num_classes: int, matcher: FocalCostMatcher, weights: dict[str, float],
+    def __init__(self, num_classes: int, matcher: FocalHungarianMatcher, weights: dict[str, float],
                  alpha: float = 0.75, gamma: float = 2.0) -> None:
         self.num_classes, self.matcher, self.weights = num_classes, matcher, dict(weights)
         self.alpha, self.gamma = alpha, gamma

@@ -16,17 +16,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from scaledet.models.deformable_attention import multi_scale_deformable_attention
+from scaledet.models.deformable_detr.transformer import inverse_sigmoid
 from scaledet.models.rtdetr.backbone import ConvNormAct
 from scaledet.models.rtdetr.encoder import FeedForward
 
 #: size of the proposal anchors at the finest level, doubled per level (official ``grid_size``)
 ANCHOR_SIZE = 0.05
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with x clamped to [0, 1] and both terms to at least ``eps``."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 class MLP(nn.Module):

@@ -12,21 +12,17 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
 
 from scaledet.models.base import Detections
+from scaledet.models.deformable_detr.postprocess import ranked_detections
 
 
 def top_detections(logits: Tensor, boxes: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """logits [B, Q, K], boxes [B, Q, 4] normalised cxcywh, image_sizes [B, 2] float (h, w) ->
-    ``(boxes [B, Q, 4] xyxy pixels, scores [B, Q], labels [B, Q] int64)``, by descending score
-    (``torch.topk`` over the flattened (query, class) scores, as the official post-processor)."""
-    num_classes = logits.shape[-1]
-    scores, index = logits.sigmoid().flatten(1).topk(logits.shape[1], dim=1)
-    labels, query = index % num_classes, index // num_classes
-    scale = image_sizes.to(boxes.dtype).flip(-1).repeat(1, 2).unsqueeze(1)  # [B, 1, 4] (w, h, w, h)
-    pixels = box_convert(boxes, "cxcywh", "xyxy") * scale
-    return torch.gather(pixels, 1, query.unsqueeze(-1).expand(-1, -1, 4)), scores, labels
+    ``(boxes [B, Q, 4] xyxy pixels, scores [B, Q], labels [B, Q] int64)``, by descending score: the
+    best Q (query, class) pairs, as the official post-processor (Deformable DETR's
+    :func:`~scaledet.models.deformable_detr.postprocess.ranked_detections` with ``top_k = Q``)."""
+    return ranked_detections(logits, boxes, image_sizes, logits.shape[1])
 
 
 def postprocess(logits: Tensor, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
