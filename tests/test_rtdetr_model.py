@@ -78,3 +78,15 @@ def test_training_step_without_objects():
 def test_bad_options_name_the_fix(options, message):
     with pytest.raises(ValueError, match=message):
         scaledet.create_model("rtdetr_r18vd", **options)
+
+
+@pytest.mark.parametrize("name", ["rtdetr_r18vd", "rtdetr_r50vd"])
+def test_profile_against_the_paper(name):
+    """`scaledet profile` at 640x640: the paper's GFLOPs are 2 x our MACs within 3%, params within 3%."""
+    from scaledet.profiling import profile_model
+
+    row = profile_model(name)
+    paper = row["paper"]
+    assert row["native_size"] == [640, 640]
+    assert abs(2 * row["macs"] / 1e9 / paper["gflops"] - 1) < 0.03, (row["macs"], paper)
+    assert abs(row["params"] / 1e6 / paper["params_m"] - 1) < 0.03, (row["params"], paper)
