@@ -253,3 +253,35 @@ def test_bad_accelerator_settings_name_the_field():
     with pytest.raises(ValueError, match="hidden_dim"):
         _tiny(denoising_groups=1, hidden_dim=36, num_heads=2)
 
+
+
+def test_the_recipe_switches_them_on_and_user_overrides_win(monkeypatch):
+    """Both recipe rows leave the accelerators off; a row's model_overrides turn them on (how the
+    auto recipe would), and the user's own overrides win."""
+    from scaledet.engine import TrainConfig
+    from scaledet.models.detr.recipes import ACCELERATORS, RECIPES
+
+    assert all("model_overrides" not in row for row in RECIPES.values())
+    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == {}
+    monkeypatch.setitem(RECIPES["auto"], "model_overrides", ACCELERATORS)
+    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == ACCELERATORS
+    config = TrainConfig.for_model("detr_r50", max_steps=1, model_overrides={"query_groups": 1})
+    assert config.model_overrides == {**ACCELERATORS, "query_groups": 1}
+
+
+def test_training_engine_trains_and_saves_an_accelerated_detr(tmp_path):
+    """train_from_config (the CLI's path: EMA copy, checkpoints, evaluation) with the accelerators
+    as model overrides; the saved weights rebuild the accelerated model."""
+    from scaledet.data import shapes_split
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import train_from_config
+
+    overrides = {"backbone": "resnet18", "hidden_dim": 32, "num_heads": 2, "ffn_dim": 64, "enc_layers": 1,
+                 "dec_layers": 1, "num_queries": 10, **ACCELERATED}
+    config = TrainConfig.for_model("detr_r50", max_steps=2, batch_size=2, image_size=64, out=str(tmp_path),
+                                   progress=False, eval_every=0, threads=1, model_overrides=overrides)
+    metrics = train_from_config(config, shapes_split("train", num_images=4, image_size=64),
+                                shapes_split("val", num_images=2, image_size=64))
+    assert metrics["steps"] == 2 and metrics["bad_batches"] == 0
+    model = scaledet.load(tmp_path / "weights.safetensors")
+    assert model.query_groups == 3 and model.denoising.settings == DenoisingSettings(2, contrastive=True)
