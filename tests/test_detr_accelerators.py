@@ -184,6 +184,13 @@ def test_training_step_trains_every_new_parameter():
     assert {"extra_query_groups.weight", "denoising.label_embed.weight", "denoising.box_embed.0.weight"} <= set(new)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in new.values())
 
+    model.zero_grad(set_to_none=True)  # a batch without boxes: no denoising queries, still a (zero) gradient (DDP)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    losses = model(_images(), empty)
+    assert not any(key.endswith("_dn") for key in losses) and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
 
 def test_contract_with_accelerators_on(tmp_path):
     """The generic contract (eval, a training step with a gradient on every parameter, save ->

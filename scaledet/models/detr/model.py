@@ -142,7 +142,11 @@ class DETR(Detector):
         batch = self.preprocess(images, training=True)
         denoising = self.denoising.build(normalized_targets(batch.image_sizes, targets))
         batch.meta["denoising"] = denoising
-        return self.loss(self.forward_features(*batch.inputs, denoising), batch, list(targets))
+        losses = self.loss(self.forward_features(*batch.inputs, denoising), batch, list(targets))
+        if denoising is None:  # no box in the batch: keep the denoising parameters in the graph (DDP
+            # expects a gradient for every parameter on every rank), with a zero contribution
+            losses["loss"] = losses["loss"] + sum(p.sum() for p in self.denoising.parameters()) * 0.0
+        return losses
 
     def forward_features(self, batch: Tensor, mask: Tensor, denoising: DenoisingQueries | None = None) -> Outputs:
         """batch [B,3,H,W] ImageNet-normalised, mask [B,H,W] bool (True on padding) ->
