@@ -10,8 +10,8 @@ import scaledet
 from benchmarks.reference import spread_random_weights
 from scaledet.cli import main
 from scaledet.export import OnnxDetector, export_onnx
-from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, detection_agreement,
-                                         float_rules, network_nodes, quantize_onnx)
+from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, _kept_rule,
+                                         detection_agreement, float_rules, network_nodes, quantize_onnx)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -45,7 +45,10 @@ def test_int8_file_runs_in_onnxruntime_and_agrees_with_float(float_file, tmp_pat
     model, path = float_file
     calibration = tiny_images(8)
     output = tmp_path / "int8.onnx"
-    report = quantize_onnx(path, output, calibration, rules=["none", "non-conv"], threads=1)
+    report = quantize_onnx(path, output, calibration, rules=["none", "non-conv"], threads=1, choose="fastest",
+                           timing_runs=2)
+    assert [t["rule"] for t in report.tried] == ["none", "non-conv"] and report.float_ms > 0
+    assert all(t["median_ms"] > 0 for t in report.tried if t["passed"])
     proto = onnx.load(str(output))
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
@@ -100,6 +103,13 @@ def test_agreement_counts_matches_misses_and_extras():
     assert (agreement.reference, agreement.matched, agreement.extra) == (2, 1, 1)
     assert agreement.max_score_diff == pytest.approx(0.05, abs=1e-6)
     assert not agreement.passes(Tolerance()) and detection_agreement(reference, reference).passes(Tolerance())
+
+
+def test_kept_rule_first_or_fastest_agreeing_else_the_last():
+    tried = [{"rule": "a", "passed": False, "median_ms": None}, {"rule": "b", "passed": True, "median_ms": 9.0},
+             {"rule": "c", "passed": True, "median_ms": 5.0}]
+    assert _kept_rule(tried, "first")["rule"] == "b" and _kept_rule(tried, "fastest")["rule"] == "c"
+    assert _kept_rule([dict(t, passed=False) for t in tried], "fastest")["rule"] == "c"
 
 
 def test_int8_needs_calibration(capsys):

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--int8: calibration images: a folder or glob of images, or a dataset (shapes:val, a "
                              "COCO .json, a VOC folder, a YOLO data.yaml)")
     parser.add_argument("--calibration-images", type=int, default=32, help="--int8: how many images (default 32)")
+    parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
+                        help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "
+                             "every agreeing rule on this machine and keep the fastest (slower export)")
 
 
 def calibration_images(data: str, count: int) -> list:
@@ -115,7 +118,7 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     output = Path(args.output or f"{model.config['model']}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="scaledet-export-") as tmp:
         float_path = export_onnx(model, Path(tmp) / "float.onnx", opset=args.opset)
-        report = quantize_onnx(float_path, output, images, progress=print)
+        report = quantize_onnx(float_path, output, images, progress=print, choose=args.int8_choose)
     print(report.summary())
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, int8, opset {args.opset})")
     if args.check:

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,7 +226,9 @@ class QuantizationReport:
     the calibration images (the ``-inf`` padding before a max-pool); ``float_modules``: the PyTorch
     modules (dotted paths, from the exporter's node metadata) the float-kept nodes come from;
     ``verified``: False when the float graph found nothing above ``min_score`` on the calibration
-    images, so no rule could be judged (the first one is kept)."""
+    images, so no rule could be judged (the first one is kept); ``choose``: how the rule was picked
+    (``"first"`` agreeing or ``"fastest"`` agreeing); ``float_ms``: with ``"fastest"``, the float
+    graph's median batch-1 time (each rule's is in ``tried``)."""
 
     float_rule: str
     float_nodes: list[str]
@@ -237,6 +242,8 @@ class QuantizationReport:
     unbounded_nodes: list[str] = field(default_factory=list)
     float_modules: list[str] = field(default_factory=list)
     verified: bool = True
+    choose: str = "first"
+    float_ms: float | None = None
 
     def summary(self) -> str:
         """The rule kept, the float-kept layers (module paths) and every rule tried, one line each."""
@@ -251,8 +258,11 @@ class QuantizationReport:
             shown = ", ".join(self.float_modules[:12])
             more = f" and {len(self.float_modules) - 12} more" if len(self.float_modules) > 12 else ""
             lines.append(f"  float-kept layers ({len(self.float_modules)} modules): {shown}{more}")
+        if self.float_ms is not None:
+            lines.append(f"  float graph: {self.float_ms:.1f} ms (batch 1, median)")
         for attempt in self.tried:
-            lines.append(f"  rule {attempt['rule']:<30} {attempt['agreement']} -> "
+            timing = f", {attempt['median_ms']:.1f} ms" if attempt.get("median_ms") is not None else ""
+            lines.append(f"  rule {attempt['rule']:<30} {attempt['agreement']}{timing} -> "
                          f"{'PASS' if attempt['passed'] else 'FAIL'}")
         return "\n".join(lines)
 
@@ -293,7 +303,8 @@ def check_calibration(calibration: Sequence[Tensor] | None) -> list[Tensor]:
 
 def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Sequence[Tensor],
                   tolerance: Tolerance = DEFAULT_TOLERANCE, rules: Sequence[str] | None = None,
-                  threads: int | None = None, progress: Callable[[str], None] | None = None) -> QuantizationReport:
+                  threads: int | None = None, progress: Callable[[str], None] | None = None,
+                  choose: str = "first", timing_runs: int = 10) -> QuantizationReport:
     """Write the INT8 version of the scaledet ONNX file ``float_path`` to ``output`` (see the module
     docstring) and return what was kept float.
 
@@ -302,9 +313,15 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             and are the images the float-kept rule is judged on.
         tolerance: when a rule's detections agree with the float graph's.
         rules: names from :data:`FLOAT_RULES` to try, in order (default all).
-        threads: onnxruntime threads for calibration and checks.
+        threads: onnxruntime threads for calibration, checks and timing.
         progress: called with a line per step.
+        choose: ``"first"``: the first rule (most int8) that agrees; ``"fastest"``: quantize with every
+            rule, time the float graph and each agreeing rule on one calibration image (batch 1,
+            ``timing_runs`` interleaved rounds, medians) and keep the fastest - on the processor that
+            runs this, which should be the one that will run the file.
     """
+    if choose not in ("first", "fastest"):
+        raise ValueError(f"choose must be 'first' or 'fastest', got {choose!r}")
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -338,22 +355,57 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             say(f"int8: no float detection with score >= {tolerance.min_score} on the calibration images; "
                 "the float-kept rule cannot be judged (calibrate on images with objects)")
             candidates = candidates[:1]
-        tried = []
-        for name, float_nodes in candidates:
+        tried, sessions = [], {}
+        for index, (name, float_nodes) in enumerate(candidates):
             say(f"int8: quantizing with {name} kept float ({len(float_nodes)} nodes)")
-            _quantize(prepared, output, feeds, network - float_nodes, reduce_range, cache)
-            agreement = detection_agreement(reference, _detections(_session(output, threads), model, feeds, batches),
-                                            tolerance)
+            path = Path(tmp) / f"rule{index}.onnx"
+            _quantize(prepared, path, feeds, network - float_nodes, reduce_range, cache)
+            sessions[name] = _session(path, threads)
+            agreement = detection_agreement(reference, _detections(sessions[name], model, feeds, batches), tolerance)
             tried.append({"rule": name, "float_nodes": len(float_nodes), "agreement": agreement.summary(),
-                          "passed": verified and agreement.passes(tolerance)})
-            if tried[-1]["passed"]:
+                          "passed": verified and agreement.passes(tolerance), "file": path})
+            if tried[-1]["passed"] and choose == "first":
                 break
+        float_ms = None
+        if choose == "fastest":
+            say(f"int8: timing the float graph and every agreeing rule ({timing_runs} rounds, batch 1)")
+            timed = {"float": float_detector.session} | {t["rule"]: sessions[t["rule"]] for t in tried if t["passed"]}
+            medians = _interleaved_medians(timed, feeds[0], timing_runs)
+            float_ms = medians.pop("float")
+            for attempt in tried:
+                attempt["median_ms"] = medians.get(attempt["rule"])
+        kept = _kept_rule(tried, choose)
+        name, float_nodes = kept["rule"], dict(candidates)[kept["rule"]]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept["file"], output)
+        for attempt in tried:
+            del attempt["file"]
     modules = _module_paths(float_path)
     report = QuantizationReport(name, sorted(float_nodes), len(network - float_nodes), len(network), len(images),
-                                reduce_range, asdict(tolerance), tried[-1]["passed"], tried, sorted(always_float),
-                                sorted({modules.get(node, node) for node in float_nodes}), verified)
+                                reduce_range, asdict(tolerance), kept["passed"], tried, sorted(always_float),
+                                sorted({modules.get(node, node) for node in float_nodes}), verified, choose, float_ms)
     _write_metadata(output, float_detector.config, report)
     return report
+
+
+def _kept_rule(tried: list[dict], choose: str) -> dict:
+    """The attempt to keep: the fastest (``"fastest"``) or first (``"first"``) that passed, else the last."""
+    passed = [attempt for attempt in tried if attempt["passed"]]
+    if not passed:
+        return tried[-1]
+    return min(passed, key=lambda attempt: attempt["median_ms"]) if choose == "fastest" else passed[0]
+
+
+def _interleaved_medians(sessions: dict, feed: dict, runs: int) -> dict[str, float]:
+    """Median ms of ``session.run(feed)`` per session: one warm-up round, then ``runs`` interleaved rounds."""
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for round_index in range(runs + 1):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def _detections(session, model: Detector, feeds: list[dict], batches: list) -> list[Detections]:
