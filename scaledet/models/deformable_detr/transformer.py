@@ -81,7 +81,7 @@ class DeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(batch, queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, queries, heads, levels, points)
         if reference_points.shape[-1] == 2:  # offsets in pixels of each level
-            normalizer = level_sizes_tensor(spatial_shapes, offsets)  # [L, 2] (w, h)
+            normalizer = level_sizes_tensor(spatial_shapes, reference_points)  # [L, 2] (w, h), float32 under autocast too
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         else:  # offsets relative to the reference box (half its size over P points)
             locations = (reference_points[:, :, None, :, None, :2]
