@@ -43,7 +43,8 @@ def _randomized(model):
         if "norm" in name and name.endswith("weight"):
             param.copy_(1 + 0.2 * noise)
         elif param.dim() > 1:
-            param.copy_(noise * (2.0 / sum(param.shape[:2])) ** 0.5 * (3.0 if "q_proj" in name or "k_proj" in name else 1.0))
+            sharp = 3.0 if "q_proj" in name or "k_proj" in name else 1.0
+            param.copy_(noise * (2.0 / sum(param.shape[:2])) ** 0.5 * sharp)
         else:
             param.copy_(0.3 * noise)
     for name, buffer in model.named_buffers():
@@ -105,7 +106,8 @@ def test_transformers_hub_names(tmp_path):
            .replace(".mlp.fc", ".fc"): value for key, value in state.items()}
     assert any(".conv_encoder." in key for key in hub) and any(".out_proj." in key for key in hub)
     torch.save(hub, tmp_path / "hub.bin")
-    ours = scaledet.create_model("deformable_detr_r50", pretrained=tmp_path / "hub.bin", backbone="resnet18", **SMALL).eval()
+    ours = scaledet.create_model("deformable_detr_r50", pretrained=tmp_path / "hub.bin", backbone="resnet18",
+                                 **SMALL).eval()
     batch, mask = _batches()[1]
     with torch.no_grad():
         expected = reference(pixel_values=batch, pixel_mask=(~mask).long()).logits

@@ -49,7 +49,8 @@ def test_focal_matcher_picks_the_obvious_queries():
     logits = torch.full((2, 4, 3), -5.0)
     boxes = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5], [0.7, 0.7, 0.2, 0.2], [0.1, 0.9, 0.1, 0.1]])
     logits[:, 2, 1], logits[:, 0, 0] = 5.0, 5.0
-    targets = [{"boxes": torch.tensor([[0.7, 0.7, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]), "labels": torch.tensor([1, 0])}] * 2
+    target = {"boxes": torch.tensor([[0.7, 0.7, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]), "labels": torch.tensor([1, 0])}
+    targets = [target, target]
     for rows, cols in FocalHungarianMatcher()(logits, boxes.expand(2, -1, -1), targets):
         assert dict(zip(cols.tolist(), rows.tolist())) == {0: 2, 1: 0}
 

@@ -36,7 +36,8 @@ def _check(variant: DeformableDetrVariant) -> None:
     if variant.two_stage and not variant.box_refine:
         raise ValueError("Deformable DETR two_stage=True needs box_refine=True (as the paper's two-stage model)")
     if variant.hidden_dim % 32:
-        raise ValueError(f"Deformable DETR hidden_dim must be a multiple of 32 (GroupNorm(32)), got {variant.hidden_dim}")
+        raise ValueError("Deformable DETR hidden_dim must be a multiple of 32 (GroupNorm(32)), "
+                         f"got {variant.hidden_dim}")
     if variant.num_feature_levels < 3:
         raise ValueError(f"Deformable DETR num_feature_levels must be >= 3 (C3-C5), got {variant.num_feature_levels}")
 

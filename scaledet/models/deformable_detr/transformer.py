@@ -81,7 +81,8 @@ class DeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(batch, queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, queries, heads, levels, points)
         if reference_points.shape[-1] == 2:  # offsets in pixels of each level
-            normalizer = level_sizes_tensor(spatial_shapes, reference_points)  # [L, 2] (w, h), float32 under autocast too
+            # [L, 2] (w, h) in the reference points' dtype: float32 under autocast too
+            normalizer = level_sizes_tensor(spatial_shapes, reference_points)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         else:  # offsets relative to the reference box (half its size over P points)
             locations = (reference_points[:, :, None, :, None, :2]
@@ -92,7 +93,8 @@ class DeformableAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Deformable self-attention over the pyramid (positions added to the queries only), then FFN; post-norm."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int, num_points: int) -> None:
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+                 num_points: int) -> None:
         super().__init__()
         self.self_attn = DeformableAttention(dim, num_heads, num_levels, num_points)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
@@ -112,7 +114,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Query self-attention (standard), deformable cross-attention to the encoder memory, FFN; post-norm."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int, num_points: int) -> None:
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, num_levels: int,
+                 num_points: int) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.cross_attn = DeformableAttention(dim, num_heads, num_levels, num_points)
