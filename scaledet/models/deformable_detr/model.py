@@ -86,6 +86,7 @@ class DeformableDETR(Detector):
         top_k: detections per image.
         aux_loss: return the earlier decoder layers' outputs in training.
         class_names, category_ids, name, overrides: as :class:`~scaledet.models.detr.model.DETR`.
+        num_levels: pyramid levels fed to the transformer (C3-C5 plus ``num_levels - 3`` stride-2 levels).
     """
 
     input_size_is_free = False
