@@ -19,6 +19,7 @@ def test_kind_and_native_bf16_follow_flags_and_kernel_caps():
     assert Processor("x", SAPPHIRE, "AVX512").native_bf16
     assert not Processor("x", frozenset({"avx2", "avx512f"}), "AVX512").native_bf16
     # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine: ATen's kernels are AVX2, bf16 is emulated
+    assert Processor("x", SAPPHIRE | {"avx_vnni"}, "AVX2", {"ATEN_CPU_CAPABILITY": "avx2"}).kind == "avx2"
     capped = Processor("x", SAPPHIRE, "AVX2", {"ATEN_CPU_CAPABILITY": "avx2"})
     assert capped.kind == "avx2" and not capped.native_bf16
     assert not Processor("x", SAPPHIRE, "AVX512", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}).native_bf16

@@ -63,13 +63,14 @@ class Processor:
         """A short key for the kernels in use: ``"avx512[-bf16][-vnni][-amx]"``, ``"avx2[-vnni]"``, or
         ATen's capability in lower case (``"default"``, ``"sve256"``) on other processors. Capped
         kernels count as what they are capped to: ``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 machine
-        gives ``"avx2"``."""
+        gives ``"avx2"``. (onnxruntime ignores these caps: its kernels still use what the hardware has.)"""
         if self.avx512:
             parts = ["avx512"] + [name for name, flag in (("bf16", "avx512_bf16"), ("vnni", "avx512_vnni"),
                                                           ("amx", "amx_tile")) if flag in self.flags]
             return "-".join(parts)
         if self.aten_capability.upper() in ("AVX2", "AVX512") and "avx2" in self.flags:
-            return "avx2-vnni" if "avx_vnni" in self.flags else "avx2"
+            # an emulated AVX2 machine (kernel caps set) is labelled as a plain AVX2 one
+            return "avx2-vnni" if "avx_vnni" in self.flags and not self.kernel_caps else "avx2"
         return self.aten_capability.lower().replace(" ", "-")
 
     def describe(self) -> str:
