@@ -19,6 +19,7 @@ imported only here.
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import shutil
 import statistics
@@ -512,20 +513,21 @@ class QuantizedDetector(OnnxDetector):
 
 
 def quantize_int8(model: Detector, calibration: Sequence[Tensor] | None, output: str | Path | None = None,
-                  tolerance: Tolerance = DEFAULT_TOLERANCE, threads: int | None = None) -> QuantizedDetector:
+                  tolerance: Tolerance = DEFAULT_TOLERANCE, threads: int | None = None,
+                  choose: str = "first") -> QuantizedDetector:
     """``scaledet.optimize(model, precision="int8", calibration=images)``: export ``model`` to ONNX,
     quantize it (:func:`quantize_onnx`) and return the :class:`QuantizedDetector` running it.
 
     ``output``: where the INT8 file goes (default a temporary folder, kept for the detector's life;
     pass a path to keep it). ``threads``: onnxruntime threads (default ``torch.get_num_threads()``).
+    ``choose``: see :func:`quantize_onnx`. ``model`` is left untouched (a CPU copy is exported).
     """
     images = check_calibration(calibration)
     threads = threads or torch.get_num_threads()
     folder = tempfile.TemporaryDirectory(prefix="scaledet-int8-")
-    float_path = export_onnx(model.cpu().eval() if next(model.parameters()).device.type != "cpu" else model.eval(),
-                             Path(folder.name) / "float.onnx")
+    float_path = export_onnx(copy.deepcopy(model).cpu().eval(), Path(folder.name) / "float.onnx")  # model untouched
     output = Path(output) if output is not None else Path(folder.name) / "int8.onnx"
-    report = quantize_onnx(float_path, output, images, tolerance, threads=threads)
+    report = quantize_onnx(float_path, output, images, tolerance, threads=threads, choose=choose)
     detector = QuantizedDetector(output, threads=threads, report=report)
     detector._folder = folder  # the temporary files live as long as the detector
     return detector
