@@ -146,3 +146,18 @@ def test_export_int8_command_reports_float_layers(tmp_path, capsys):
     assert code == 0 and output.exists()
     assert "network nodes quantized; kept float:" in out and "rule none" in out
     assert QuantizedDetector(output).report["calibration_images"] == 4
+
+
+def test_calibration_images_from_a_folder_or_a_dataset(tmp_path):
+    from PIL import Image
+
+    from scaledet.commands.export import calibration_images
+
+    for index in range(4):
+        Image.new("RGB", (40 + index, 30), (index * 60, 0, 0)).save(tmp_path / f"{index}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = calibration_images(str(tmp_path), 2)
+    assert [tuple(image.shape) for image in images] == [(3, 30, 40), (3, 30, 42)]  # evenly spread
+    assert len(calibration_images("shapes:val", 3)) == 3
+    with pytest.raises(ValueError, match="no images found"):
+        calibration_images(str(tmp_path / "missing"), 2)
