@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.minutes, max_steps = args.seeds[:1], min(args.minutes, 1.0), 2
         args.runs = str(Path(args.runs).with_name("detr_accelerators_quick"))
         args.json = str(Path(args.runs) / "detr_accelerators.json")
-    record = {"command": "python benchmarks/detr_accelerators.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    arguments = argv if argv is not None else sys.argv[1:]
+    record = {"command": "python benchmarks/detr_accelerators.py " + " ".join(arguments),
               "minutes": args.minutes, "query_groups": args.query_groups, "denoising_groups": args.denoising_groups,
               "base_config": str(BASE_CONFIG.relative_to(REPO)), "machine": processor_info(),
               "cpu_count": os.cpu_count(), "threads": args.threads, "load_average_start": os.getloadavg(), "runs": []}

@@ -62,7 +62,8 @@ def test_self_attention_mask_layout():
     """2 matching groups of 2 queries, then 2 denoising groups of 2 slots; image 1 pads slot 1 of each."""
     real = torch.tensor([[True, True, True, True], [True, False, True, False]])
     queries = QueryDenoising(8, 3, DenoisingSettings(groups=2)).build(
-        [{"boxes": torch.rand(2, 4), "labels": torch.tensor([0, 1])}, {"boxes": torch.rand(1, 4), "labels": torch.tensor([2])}])
+        [{"boxes": torch.rand(2, 4), "labels": torch.tensor([0, 1])},
+         {"boxes": torch.rand(1, 4), "labels": torch.tensor([2])}])
     assert torch.equal(queries.real, real) and queries.group_size == 2
     allowed = torch.tensor([  # rows attend to columns; M = matching, D = denoising
         # M0 M0 M1 M1 D0 D0 D1 D1
@@ -220,7 +221,7 @@ def test_checkpoints_keep_or_drop_the_training_only_parameters(tmp_path):
     state = refitted.state_dict()
     assert all(torch.equal(value, state[key]) for key, value in plain.state_dict().items())
 
-    four_classes = scaledet.create_model("detr_r50", pretrained=path, num_classes=4)  # new class count: fresh label embedding
+    four_classes = scaledet.create_model("detr_r50", pretrained=path, num_classes=4)  # fresh label embedding
     assert four_classes.denoising.label_embed.weight.shape == (4, 32)
 
 
@@ -230,7 +231,8 @@ def test_denoising_loss_goes_down_on_a_tiny_overfit():
     model = _tiny(**ACCELERATED, min_size=0, train_min_sizes=(), backbone_trainable_layers=0).train()
     optimizer = torch.optim.AdamW(model.param_groups(lr=3e-3, backbone_lr=1e-4, weight_decay=1e-4))
     images = [image[:, :32, :40] for image in _images()]  # small: the decoder does the learning here
-    targets = [{"boxes": torch.tensor([[1.0, 2.0, 20.0, 30.0], [10.0, 10.0, 38.0, 20.0]]), "labels": torch.tensor([0, 2])},
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 20.0, 30.0], [10.0, 10.0, 38.0, 20.0]]),
+                "labels": torch.tensor([0, 2])},
                {"boxes": torch.tensor([[5.0, 5.0, 30.0, 25.0]]), "labels": torch.tensor([1])}]
     torch.manual_seed(0)
     history = []

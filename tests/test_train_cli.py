@@ -127,7 +127,7 @@ def test_detr_train_command_without_yaml_feeds_detr_its_own_resize_and_padding_m
               "--batch-size", "4", "--workers", "0", "--out", str(tmp_path / "run"), "--no-progress"])
     (input_sizes, batch, training), = seen
     assert training and len(input_sizes) == 4
-    for height, width in input_sizes:  # each image at its own size or DETR's crop of it (sides >= 384 / 600 of its shorter side)
+    for height, width in input_sizes:  # its own size or DETR's crop of it (sides >= 384 / 600 of its shorter side)
         assert any(384 / 600 * min(h, w) - 1 <= height <= h and 384 / 600 * min(h, w) - 1 <= width <= w
                    for h, w in sizes), (height, width)
     pixels, mask = batch.inputs

@@ -257,7 +257,8 @@ def align_training_only(state_dict: dict[str, Tensor], model: nn.Module) -> dict
     fresh = _fresh_training_only(model)
     aligned.update({key: fresh[key] for key in fresh_needed})
     dropped = sorted(set(state_dict) - set(aligned))
-    log.info("training-only DETR parameters initialised fresh: %s%s", ", ".join(sorted({k.split(".")[0] for k in fresh_needed})),
+    fresh_modules = sorted({key.split(".")[0] for key in fresh_needed})
+    log.info("training-only DETR parameters initialised fresh: %s%s", ", ".join(fresh_modules),
              f"; dropped: {', '.join(dropped)}" if dropped else "")
     return aligned
 

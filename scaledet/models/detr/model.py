@@ -192,7 +192,8 @@ class DETR(Detector):
             return self.criterion(logits, boxes, aux, normalized)
         matching = logits.shape[1] - (denoising.num_queries if denoising is not None else 0)
         layers = [(logits, boxes)] + list(aux)
-        matching_layers = [(layer_logits[:, :matching], layer_boxes[:, :matching]) for layer_logits, layer_boxes in layers]
+        matching_layers = [(layer_logits[:, :matching], layer_boxes[:, :matching])
+                           for layer_logits, layer_boxes in layers]
         losses = self.criterion(*matching_layers[0], matching_layers[1:], normalized,
                                 groups=matching // self.num_queries)
         if denoising is not None:
