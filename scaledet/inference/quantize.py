@@ -260,7 +260,10 @@ class QuantizationReport:
             more = f" and {len(self.float_modules) - 12} more" if len(self.float_modules) > 12 else ""
             lines.append(f"  float-kept layers ({len(self.float_modules)} modules): {shown}{more}")
         if self.float_ms is not None:
-            lines.append(f"  float graph: {self.float_ms:.1f} ms (batch 1, median)")
+            kept_ms = next((t.get("median_ms") for t in self.tried if t["rule"] == self.float_rule), None)
+            slower = kept_ms is not None and kept_ms >= self.float_ms
+            lines.append(f"  float graph: {self.float_ms:.1f} ms (batch 1, median)"
+                         + (" - the int8 file is NOT faster than float on this machine" if slower else ""))
         for attempt in self.tried:
             timing = f", {attempt['median_ms']:.1f} ms" if attempt.get("median_ms") is not None else ""
             lines.append(f"  rule {attempt['rule']:<30} {attempt['agreement']}{timing} -> "
