@@ -13,7 +13,9 @@ Per model, on one processor (recorded; the results files keep one table per proc
   images of the shapes *train* split), with the float-kept rule it chose;
 * latency at the model's native size (``create_model(M).image_size``), batch 1, the same weights
   rebuilt at that size and the same float-kept rule: optimised fp32, float onnxruntime and INT8
-  onnxruntime, ``--warmup`` untimed then ``--runs`` interleaved rounds, medians.
+  onnxruntime, ``--warmup`` untimed then ``--runs`` interleaved rounds, medians. (Demo weights trained
+  at 128 px find up to ``max_detections`` boxes per image at 512, so post-processing runs at full load
+  in every engine; the agreement of rules is judged at the demo size only.)
 
 The timing is evidence only on an idle machine (check the load average in the record). ``--smoke``:
 tiny sizes and counts, random weights where demo weights are missing, to check the script runs.
