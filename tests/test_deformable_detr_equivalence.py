@@ -146,7 +146,7 @@ def test_full_size_parameter_count(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["deformable_detr_r50_two_stage"])
+@pytest.mark.parametrize("name", ["deformable_detr_r50", "deformable_detr_r50_two_stage"])
 def test_onnx_equal_to_eager(name, tmp_path):
     pytest.importorskip("onnxruntime")
     from scaledet.export import OnnxDetector, export_onnx

@@ -286,16 +286,20 @@ class DeformableTransformer(nn.Module):
             tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
             reference = self.reference_points(query_pos).sigmoid()  # [B,Q,2]
         hidden, boxes = [], []
+        # computed once per reference: the same inverse_sigmoid twice in the graph (plain model) made
+        # the ONNX exporter's optimiser drop a node another one still read (invalid model)
+        reference_logit = inverse_sigmoid(reference)
         for index, layer in enumerate(self.decoder):
             ratios = valid_ratios if reference.shape[-1] == 2 else torch.cat([valid_ratios, valid_ratios], -1)
             tgt = layer(tgt, query_pos, reference[:, :, None] * ratios[:, None], memory, shapes, padding)
             delta = box_heads[index if box_refine else 0](tgt)
             if reference.shape[-1] == 4:
-                layer_boxes = (delta + inverse_sigmoid(reference)).sigmoid()
+                layer_boxes = (delta + reference_logit).sigmoid()
             else:
-                layer_boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
+                layer_boxes = torch.cat([delta[..., :2] + reference_logit, delta[..., 2:]], -1).sigmoid()
             if box_refine:
                 reference = layer_boxes.detach()
+                reference_logit = inverse_sigmoid(reference)
             hidden.append(tgt)
             boxes.append(layer_boxes)
         return torch.stack(hidden), torch.stack(boxes), proposals
