@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from scaledet.models.deformable_attention import multi_scale_deformable_attention
 from scaledet.models.deformable_detr.backbone import CenteredSinePositionEncoding
