@@ -8,6 +8,7 @@ import torch
 import scaledet
 from scaledet.models.detr.accelerators import (IGNORED_CLASS, TRAINING_ONLY_PREFIXES, DenoisingSettings,
                                                QueryDenoising, noised_boxes, self_attention_mask)
+from scaledet.models.detr.convert import to_official
 from scaledet.models.detr.preprocess import normalized_targets
 from scaledet.weights import save_weights
 from tests.test_contract import DETR_SMALL, run_contract
@@ -219,6 +220,14 @@ def test_checkpoints_keep_or_drop_the_training_only_parameters(tmp_path):
     refitted = scaledet.load(plain_path, query_groups=2, denoising_groups=1)
     assert refitted.extra_query_groups.weight.shape == (5, 32) and refitted.denoising is not None
     state = refitted.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in plain.state_dict().items())
+
+    official = tmp_path / "official.pth"  # a published-layout file (no config) fine-tunes with the accelerators on
+    torch.save({"model": to_official(plain.state_dict())}, official)
+    architecture = {key: value for key, value in TINY.items() if key != "num_classes"}
+    fine_tune = scaledet.create_model("detr_r50", pretrained=official, **architecture, **ACCELERATED)
+    assert fine_tune.num_classes == 3 and fine_tune.denoising is not None
+    state = fine_tune.state_dict()
     assert all(torch.equal(value, state[key]) for key, value in plain.state_dict().items())
 
     four_classes = scaledet.create_model("detr_r50", pretrained=path, num_classes=4)  # fresh label embedding

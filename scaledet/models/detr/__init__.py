@@ -18,7 +18,7 @@ from torch import Tensor
 
 from scaledet import hub
 from scaledet.models.checkpoints import CheckpointSpec
-from scaledet.models.detr.accelerators import DenoisingSettings, align_training_only
+from scaledet.models.detr.accelerators import CLASS_DEPENDENT_PREFIXES, DenoisingSettings, align_training_only
 from scaledet.models.detr.convert import to_scaledet
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.matcher import HungarianMatcher
@@ -115,13 +115,19 @@ def _coco_file(name: str) -> Path:
     return hub.download_checkpoint(VARIANTS[name].url, VARIANTS[name].sha256_prefix)
 
 
+def _convert_for(state_dict: dict[str, Tensor], model: DETR) -> dict[str, Tensor]:
+    """Any supported DETR state dict -> our key names, its training-only entries fitted to ``model``."""
+    converted = to_scaledet(state_dict)
+    return align_training_only(converted, model, CHECKPOINT.num_classes(converted, model))
+
+
 #: DETR weights files: ours, the official repository's and Hugging Face's (:mod:`.convert`); the
 #: class head has K + 1 rows (the last is "no object"). The training accelerators' parameters are
 #: fitted to the model (:func:`~scaledet.models.detr.accelerators.align_training_only`: fresh when the
-#: file lacks them, dropped when the model has none), so published weights fine-tune with them on
-CHECKPOINT = CheckpointSpec(class_head=("class_head.",), class_bias="class_head.bias", background=1,
-                            convert=lambda state_dict, model: align_training_only(to_scaledet(state_dict), model),
-                            coco=_coco_file)
+#: file lacks them, dropped when the model has none), so published weights fine-tune with them on;
+#: their label embedding is per class, re-initialised with the class head on a new class count
+CHECKPOINT = CheckpointSpec(class_head=("class_head.", *CLASS_DEPENDENT_PREFIXES), class_bias="class_head.bias",
+                            background=1, convert=_convert_for, coco=_coco_file)
 
 
 _PAPER = {  # Carion et al. 2020, Table 1 (GFLOPs there are multiply-accumulates, averaged over COCO sizes)

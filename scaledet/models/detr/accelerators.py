@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 #: state-dict key prefixes of the training-only parameters (unused at inference)
 TRAINING_ONLY_PREFIXES: tuple[str, ...] = ("extra_query_groups.", "denoising.")
 
+#: training-only entries with one row per class (re-initialised with the class head on a new class count)
+CLASS_DEPENDENT_PREFIXES: tuple[str, ...] = ("denoising.label_embed.",)
+
 #: the target class of padding slots, ignored by the loss (``F.cross_entropy``'s ``ignore_index``)
 IGNORED_CLASS = -100
 
@@ -239,38 +242,44 @@ def self_attention_mask(num_queries: int, query_groups: int, denoising: Denoisin
     return blocked[None] | hidden[:, None, :]
 
 
-def align_training_only(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def align_training_only(state_dict: dict[str, Tensor], model: nn.Module, file_classes: int | None = None
+                        ) -> dict[str, Tensor]:
     """``state_dict`` (our key names) with its training-only entries (:data:`TRAINING_ONLY_PREFIXES`)
     made to fit ``model``: entries the model lacks are dropped, entries the model has but the file
-    lacks (or holds with another shape, e.g. another class count) take a fresh initialisation.
-    Everything the inference network uses is returned unchanged.
+    lacks (or holds with another shape: another number of groups or queries) take a fresh
+    initialisation. Everything the inference network uses is returned unchanged.
 
-    ``model`` may be on the ``meta`` device: fresh values come from a new
-    :class:`QueryDenoising` / embedding built on the CPU from the model's shapes."""
+    Per-class entries (:data:`CLASS_DEPENDENT_PREFIXES`) are made for ``file_classes`` (the
+    file's class count, default the model's) and kept as the file has them: when the model's class
+    count differs, the strict loader re-initialises them with the class head (they are listed in
+    ``CHECKPOINT.class_head``).
+
+    ``model`` may be on the ``meta`` device (a weightless probe built with the variant's default
+    class count): fresh values come from a new :class:`QueryDenoising` / embedding on the CPU."""
     expected = {key: value for key, value in model.state_dict().items() if key.startswith(TRAINING_ONLY_PREFIXES)}
     aligned = {key: value for key, value in state_dict.items()
                if not key.startswith(TRAINING_ONLY_PREFIXES) or key in expected}
-    fresh_needed = [key for key, value in expected.items()
-                    if key not in aligned or aligned[key].shape != value.shape]
-    if not fresh_needed:
-        return aligned
-    fresh = _fresh_training_only(model)
-    aligned.update({key: fresh[key] for key in fresh_needed})
+    fresh_needed = [key for key, value in expected.items() if key not in aligned
+                    or (aligned[key].shape != value.shape and not key.startswith(CLASS_DEPENDENT_PREFIXES))]
     dropped = sorted(set(state_dict) - set(aligned))
-    fresh_modules = sorted({key.split(".")[0] for key in fresh_needed})
-    log.info("training-only DETR parameters initialised fresh: %s%s", ", ".join(fresh_modules),
-             f"; dropped: {', '.join(dropped)}" if dropped else "")
+    if fresh_needed or dropped:
+        log.info("training-only DETR parameters: %s initialised fresh, %s dropped",
+                 ", ".join(fresh_needed) or "none", ", ".join(dropped) or "none")
+    if fresh_needed:
+        fresh = _fresh_training_only(model, file_classes or model.num_classes)
+        aligned.update({key: fresh[key] for key in fresh_needed})
     return aligned
 
 
-def _fresh_training_only(model: nn.Module) -> dict[str, Tensor]:
-    """Freshly initialised training-only parameters of ``model``'s shapes, on the CPU."""
+def _fresh_training_only(model: nn.Module, num_classes: int) -> dict[str, Tensor]:
+    """Freshly initialised training-only parameters of ``model``'s shapes (``num_classes`` rows of
+    the label embedding), on the CPU."""
     fresh: dict[str, Tensor] = {}
     extra = getattr(model, "extra_query_groups", None)
     if extra is not None:
         fresh["extra_query_groups.weight"] = nn.Embedding(*extra.weight.shape).weight.detach()
     denoising = getattr(model, "denoising", None)
     if denoising is not None:
-        new = QueryDenoising(denoising.label_embed.embedding_dim, denoising.num_classes, denoising.settings)
+        new = QueryDenoising(denoising.label_embed.embedding_dim, num_classes, denoising.settings)
         fresh.update({f"denoising.{key}": value for key, value in new.state_dict().items()})
     return fresh
