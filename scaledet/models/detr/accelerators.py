@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from scaledet.models.detr.backbone import SinePositionEncoding
 
@@ -135,13 +134,6 @@ def noised_boxes(boxes: Tensor, scale: Tensor) -> Tensor:
     return torch.cat([centre, size], dim=1)
 
 
-def _signed_uniform(shape: tuple[int, ...], low: float, high: float, device: torch.device) -> Tensor:
-    """Magnitude uniform in [low, high), random sign (torch's RNG: seeded runs repeat)."""
-    magnitude = low + (high - low) * torch.rand(shape, device=device)
-    sign = torch.randint(0, 2, shape, device=device) * 2 - 1
-    return magnitude * sign
-
-
 class QueryDenoising(nn.Module):
     """Builds denoising queries from the ground truth and embeds them for DETR's decoder.
 
@@ -178,25 +170,25 @@ class QueryDenoising(nn.Module):
         target_classes = torch.full((batch, total), IGNORED_CLASS, dtype=torch.int64, device=device)
         target_boxes = torch.zeros(batch, total, 4, device=device)
         positive = torch.zeros(batch, total, dtype=torch.bool, device=device)
+        blocks = settings.groups * copies  # positives (and negatives) of each group, max_targets slots each
         for index, target in enumerate(targets):
             count = len(target["labels"])
             if count == 0:
                 continue
-            clean_boxes, clean_labels = target["boxes"].to(torch.float32), target["labels"]
-            for group in range(settings.groups):
-                for copy in range(copies):
-                    start = group * group_size + copy * max_targets
-                    slots = slice(start, start + count)
-                    low, high = (0.0, 1.0) if copy == 0 else (1.0, 2.0)  # negatives: beyond box_noise
-                    scale = settings.box_noise * _signed_uniform((count, 4), low, high, device)
-                    boxes[index, slots] = noised_boxes(clean_boxes, scale)
-                    labels[index, slots] = self._flipped(clean_labels)
-                    if copy == 0:
-                        target_classes[index, slots] = clean_labels
-                        target_boxes[index, slots] = clean_boxes
-                        positive[index, slots] = True
-                    else:
-                        target_classes[index, slots] = self.num_classes
+            slots = (torch.arange(blocks, device=device)[:, None] * max_targets
+                     + torch.arange(count, device=device)).flatten()  # [blocks * count]
+            negative = (torch.arange(blocks, device=device) % copies == 1).repeat_interleave(count)
+            clean_boxes = target["boxes"].to(torch.float32).repeat(blocks, 1)
+            clean_labels = target["labels"].repeat(blocks)
+            # noise magnitude uniform in [0, 1) x box_noise, negatives [1, 2) x box_noise, random sign
+            # (torch's RNG: seeded runs repeat)
+            magnitude = torch.rand(len(slots), 4, device=device) + negative[:, None]
+            sign = torch.randint(0, 2, (len(slots), 4), device=device) * 2 - 1
+            boxes[index, slots] = noised_boxes(clean_boxes, settings.box_noise * magnitude * sign)
+            labels[index, slots] = self._flipped(clean_labels)
+            target_classes[index, slots] = torch.where(negative, self.num_classes, clean_labels)
+            positive[index, slots] = ~negative
+            target_boxes[index, slots[~negative]] = clean_boxes[~negative]
         return DenoisingQueries(labels, boxes, target_classes, target_boxes, positive,
                                 target_classes != IGNORED_CLASS, settings.groups, group_size)
 
