@@ -128,7 +128,8 @@ def summarise(runs: list[dict]) -> list[dict]:
         plain = next((r for r in rows if r["set"] == row["set"] and r["arm"] == "plain"), None)
         if plain and row["arm"] != "plain" and row["AP"] is not None and plain["AP"] is not None:
             row["AP_gain"] = row["AP"] - plain["AP"]
-            row["beats_plain_beyond_spread"] = row["AP_gain"] > max(row["AP_std"], plain["AP_std"])
+            if min(row["seeds"], plain["seeds"]) > 1:  # a spread needs two seeds
+                row["beats_plain_beyond_spread"] = row["AP_gain"] > max(row["AP_std"], plain["AP_std"])
     return rows
 
 
