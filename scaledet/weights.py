@@ -139,8 +139,8 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
     * ``.safetensors`` -> loaded with safetensors.
     * anything else -> ``torch.load(weights_only=True)``; if the result nests the state dict
-      under ``"model"``, ``"state_dict"`` or ``"model_state"`` (training checkpoints, the official
-      DETR files), that entry is returned.
+      under ``"ema" -> "module"`` (the official RT-DETR files), ``"model"``, ``"state_dict"`` or
+      ``"model_state"`` (training checkpoints, the official DETR files), that entry is returned.
 
     Raises:
         FileNotFoundError: no such file.
@@ -158,6 +158,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as error:  # SafetensorError on bad bytes
             raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
     loaded = torch_load_weights_only(path)
+    ema = loaded.get("ema") if isinstance(loaded, dict) else None
+    if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+        loaded = ema["module"]  # the official RT-DETR files: the EMA weights, as evaluated
     for key in ("model", "state_dict", "model_state"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

@@ -36,6 +36,10 @@ class _Evil:
 def test_load_checkpoint_unwraps_and_refuses_pickled_objects(tmp_path):
     torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "ckpt.pth")
     assert torch.equal(weights.load_checkpoint(tmp_path / "ckpt.pth")["w"], torch.ones(2))
+    # the official RT-DETR layout: EMA weights under ema/module, preferred to the raw model
+    torch.save({"ema": {"module": {"w": torch.full((2,), 3.0)}, "updates": 7}, "model": {"w": torch.ones(2)}},
+               tmp_path / "rtdetr.pth")
+    assert torch.equal(weights.load_checkpoint(tmp_path / "rtdetr.pth")["w"], torch.full((2,), 3.0))
 
     # An arbitrary object (here a module-level class) must never be unpickled.
     torch.save({"w": _Evil()}, tmp_path / "evil.pth")
