@@ -1,6 +1,5 @@
 """ONNX export: one graph with NMS inside and a dynamic batch; onnxruntime gives eager's detections."""
 
-import json
 
 import onnx
 import pytest

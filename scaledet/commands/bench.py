@@ -11,7 +11,6 @@ GPU: ``scaledet bench --device cuda --models efficientdet_d0 ... --batch-sizes 1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

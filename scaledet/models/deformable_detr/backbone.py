@@ -42,18 +42,8 @@ class CenteredSinePositionEncoding(SinePositionEncoding):
     """DETR's normalised sine encoding with pixel centres: position ``(count - 0.5) / total`` instead
     of ``count / total`` (Deformable DETR's form), scaled by 2*pi.
 
-    ``forward``: mask [B,H,W] bool (True on padding) -> [B, 2F, H, W] float32, ``cat(pos_y, pos_x)``.
+    ``forward``: mask [B,H,W] bool (True on padding) -> [B, 2F, H, W] float32, ``cat(pos_y, pos_x)``;
+    ``encode_boxes`` (two-stage proposal embedding) as DETR's.
     """
 
-    def forward(self, mask: Tensor) -> Tensor:
-        valid = (~mask).to(torch.float32)
-        y = valid.cumsum(1)
-        x = valid.cumsum(2)
-        y = (y - 0.5) / (y[:, -1:, :] + 1e-6) * self.scale
-        x = (x - 0.5) / (x[:, :, -1:] + 1e-6) * self.scale
-        return torch.cat((self._encode(y), self._encode(x)), dim=3).permute(0, 3, 1, 2)
-
-    def encode_boxes(self, boxes: Tensor) -> Tensor:
-        """boxes [B,Q,4] in [0, 1] -> [B, Q, 4F]: each coordinate * 2*pi encoded as one axis
-        (two-stage Deformable DETR's proposal embedding)."""
-        return self._encode(boxes * self.scale).flatten(2)
+    pixel_offset = 0.5

@@ -9,48 +9,29 @@ no-object class.
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torch.nn import functional as F
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
-from scaledet.models.detr.criterion import SetCriterion, _num_boxes
+from scaledet.models.detr.criterion import SetCriterion, box_losses, num_target_boxes
+from scaledet.models.detr.matcher import HungarianMatcher
 
 
-class FocalHungarianMatcher:
-    """One-to-one assignment minimising ``cost_class * focal(label) + cost_bbox * L1 + cost_giou * (-GIoU)``,
-    where ``focal(label) = alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` of the
-    sigmoid probability ``p`` of the target's class (the official Deformable DETR cost)."""
+class FocalHungarianMatcher(HungarianMatcher):
+    """DETR's one-to-one assignment with the official Deformable DETR class cost
+    ``focal(label) = alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` of the sigmoid
+    probability ``p`` of the target's class (logits [B,Q,K], no no-object class)."""
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  alpha: float = 0.25, gamma: float = 2.0) -> None:
-        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("at least one matching cost must be non-zero")
-        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        super().__init__(cost_class, cost_bbox, cost_giou)
         self.alpha, self.gamma = alpha, gamma
 
-    @torch.no_grad()
-    def __call__(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """logits [B,Q,K]; boxes [B,Q,4] normalised cxcywh; targets: ``dict(boxes=[M,4] normalised
-        cxcywh, labels=[M])`` per image -> per image ``(query_indices, target_indices)`` int64 [min(Q,M)]."""
-        batch, num_queries = logits.shape[:2]
-        probs = logits.flatten(0, 1).sigmoid()  # [B*Q, K]
-        pred_boxes = boxes.flatten(0, 1)
-        labels = torch.cat([target["labels"] for target in targets])
-        target_boxes = torch.cat([target["boxes"] for target in targets])
+    def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """logits [N, K], target labels [M] -> [N, M] unweighted focal cost."""
+        probs = logits.sigmoid()
         negative = (1 - self.alpha) * probs ** self.gamma * -(1 - probs + 1e-8).log()
         positive = self.alpha * (1 - probs) ** self.gamma * -(probs + 1e-8).log()
-        cost = (self.cost_class * (positive[:, labels] - negative[:, labels])
-                + self.cost_bbox * torch.cdist(pred_boxes, target_boxes, p=1)
-                - self.cost_giou * generalized_box_iou(box_convert(pred_boxes, "cxcywh", "xyxy"),
-                                                       box_convert(target_boxes, "cxcywh", "xyxy")))
-        cost = cost.view(batch, num_queries, -1).cpu()
-        sizes = [len(target["boxes"]) for target in targets]
-        matches = []
-        for index, block in enumerate(cost.split(sizes, -1)):
-            rows, cols = linear_sum_assignment(block[index].numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-        return matches
+        return positive[:, labels] - negative[:, labels]
 
 
 class FocalSetCriterion(SetCriterion):
@@ -80,10 +61,7 @@ class FocalSetCriterion(SetCriterion):
         loss_ce = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="sum") / num_boxes
         matched = boxes[batch_index, query_index]  # [N,4]
         target_boxes = torch.cat([t["boxes"][c] for t, c in zip(targets, columns)])
-        loss_bbox = F.l1_loss(matched, target_boxes, reduction="sum") / num_boxes
-        giou = generalized_box_iou(box_convert(matched, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
-        loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        return {"loss_ce": loss_ce, **box_losses(matched, target_boxes, num_boxes)}
 
     def __call__(self, logits: Tensor, boxes: Tensor, aux: list[tuple[Tensor, Tensor]], targets: list[dict],
                  proposals: tuple[Tensor, ...] = ()) -> dict[str, Tensor]:
@@ -92,7 +70,7 @@ class FocalSetCriterion(SetCriterion):
         losses = super().__call__(logits, boxes, aux, targets)
         if proposals:
             agnostic = [{"boxes": t["boxes"], "labels": torch.zeros_like(t["labels"])} for t in targets]
-            terms = self.layer_losses(*proposals, agnostic, _num_boxes(targets, logits.device))
+            terms = self.layer_losses(*proposals, agnostic, num_target_boxes(targets, logits.device))
             losses["loss"] = losses["loss"] + sum(self.weights[name] * value for name, value in terms.items())
             losses.update({name + "_enc": value for name, value in terms.items()})
         return losses

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.deformable_detr import export
@@ -25,6 +24,7 @@ from scaledet.models.deformable_detr.transformer import DeformableTransformer
 from scaledet.models.detr import transforms
 from scaledet.models.detr.model import COCO_HEAD_CLASSES
 from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, typical_input_size
+from scaledet.models.layers import MLP
 
 #: raw outputs: (logits [B,Q,K], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)] of the earlier
 #: decoder layers, proposals: (logits [B,S,K], boxes [B,S,4]) of the encoder in two-stage training, else ())
@@ -33,20 +33,6 @@ Outputs = tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]], tuple[Tensor, ...]]
 #: parameters trained at lr * LINEAR_PROJ_LR_SCALE (official ``lr_linear_proj_mult``)
 LINEAR_PROJ_NAMES = ("sampling_offsets", "reference_points")
 LINEAR_PROJ_LR_SCALE = 0.1
-
-
-class BoxDeltaHead(nn.Module):
-    """3-layer MLP (ReLU between layers): [..., C] -> [..., 4] box deltas in inverse-sigmoid space."""
-
-    def __init__(self, dim: int, num_layers: int = 3) -> None:
-        super().__init__()
-        sizes = [dim] * (num_layers - 1) + [4]
-        self.layers = nn.ModuleList(nn.Linear(dim, out) for out in sizes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
 
 
 def input_projections(level_channels: Sequence[int], dim: int, num_levels: int) -> nn.ModuleList:
@@ -107,7 +93,7 @@ class DeformableDETR(Detector):
         self.transformer = transformer
         num_heads = (dec_layers if box_refine else 1) + (1 if transformer.two_stage else 0)
         self.class_heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_heads))
-        self.box_heads = nn.ModuleList(BoxDeltaHead(dim) for _ in range(num_heads))
+        self.box_heads = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(num_heads))  # box deltas, inverse-sigmoid space
         self.box_refine = box_refine
         self.preprocessor = preprocessor
         self.criterion = criterion

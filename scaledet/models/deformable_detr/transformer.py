@@ -9,84 +9,14 @@ padded feature maps: ``(x, y)`` points (encoder, plain decoder) or ``(cx, cy, w,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from scaledet.models.deformable_attention import multi_scale_deformable_attention
+from scaledet.models.deformable_attention import DeformableAttention, inverse_sigmoid
 from scaledet.models.deformable_detr.backbone import CenteredSinePositionEncoding
 from scaledet.models.detr.transformer import FeedForward
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with ``x`` clamped to [0, 1] and both terms to at least ``eps``."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def level_sizes_tensor(spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
-    """[(H_l, W_l)] -> [L, 2] float ``(W_l, H_l)`` on ``like``'s device and dtype (built from
-    shapes, so ``torch.export`` keeps them symbolic)."""
-    return torch.stack([torch.stack([like.new_full((), width), like.new_full((), height)])
-                        for height, width in spatial_shapes])
-
-
-class DeformableAttention(nn.Module):
-    """Multi-scale deformable attention (:func:`~scaledet.models.deformable_attention.multi_scale_deformable_attention`)
-    with its projections: each query reads ``P`` bilinear samples per head and level around its
-    reference point, at learned offsets, weighted by a softmax over the ``L * P`` samples.
-
-    Initialised as the paper: zero offset weights with biases spreading head ``m`` along direction
-    ``2*pi*m/M`` (point ``p`` at distance ``p + 1``), uniform attention weights, Xavier projections.
-    """
-
-    def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden_dim {dim} must be divisible by num_heads {num_heads}")
-        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
-        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(dim, dim)
-        self.output_proj = nn.Linear(dim, dim)
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        directions = torch.stack([angles.cos(), angles.sin()], -1)
-        directions = directions / directions.abs().max(-1, keepdim=True)[0]  # [M, 2] on the unit square
-        distances = torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
-        grid = directions.view(self.num_heads, 1, 1, 2) * distances  # [M, 1, P, 2]
-        self.sampling_offsets.bias.copy_(grid.expand(-1, self.num_levels, -1, -1).flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for linear in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
-
-    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
-                spatial_shapes: Sequence[tuple[int, int]], padding_mask: Tensor) -> Tensor:
-        """query [B,Q,C] (positions added); reference_points [B,Q,L,2] (x, y) or [B,Q,L,4] (cx, cy, w, h);
-        value [B,S,C]; padding_mask [B,S] -> [B,Q,C]."""
-        batch, queries, _ = query.shape
-        heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        value = self.value_proj(value).masked_fill(padding_mask[..., None], 0.0)
-        value = value.view(batch, value.shape[1], heads, -1)
-        offsets = self.sampling_offsets(query).view(batch, queries, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(batch, queries, heads, levels * points)
-        weights = weights.softmax(-1).view(batch, queries, heads, levels, points)
-        if reference_points.shape[-1] == 2:  # offsets in pixels of each level
-            # [L, 2] (w, h) in the reference points' dtype: float32 under autocast too
-            normalizer = level_sizes_tensor(spatial_shapes, reference_points)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        else:  # offsets relative to the reference box (half its size over P points)
-            locations = (reference_points[:, :, None, :, None, :2]
-                         + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5)
-        return self.output_proj(multi_scale_deformable_attention(value, spatial_shapes, locations, weights))
 
 
 class EncoderLayer(nn.Module):

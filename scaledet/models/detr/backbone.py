@@ -68,8 +68,12 @@ class SinePositionEncoding(nn.Module):
 
     For each axis, positions are the cumulative count of valid (not padded) pixels, divided by the
     axis total (+1e-6) and scaled by 2*pi; feature ``i`` uses frequency ``T^(2*floor(i/2)/F)`` with
-    sin on even and cos on odd indices. Output channels are ``cat(pos_y, pos_x)``.
+    sin on even and cos on odd indices. Output channels are ``cat(pos_y, pos_x)``. Subclasses may
+    set :attr:`pixel_offset` (counts minus the offset: 0.5 gives pixel centres).
     """
+
+    #: subtracted from each cumulative count before normalising (DETR: 0)
+    pixel_offset: float = 0.0
 
     def __init__(self, num_features: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi) -> None:
         super().__init__()
@@ -94,6 +98,6 @@ class SinePositionEncoding(nn.Module):
         valid = (~mask).to(torch.float32)
         y = valid.cumsum(1)
         x = valid.cumsum(2)
-        y = y / (y[:, -1:, :] + 1e-6) * self.scale
-        x = x / (x[:, :, -1:] + 1e-6) * self.scale
+        y = (y - self.pixel_offset) / (y[:, -1:, :] + 1e-6) * self.scale
+        x = (x - self.pixel_offset) / (x[:, :, -1:] + 1e-6) * self.scale
         return torch.cat((self._encode(y), self._encode(x)), dim=3).permute(0, 3, 1, 2)

@@ -13,13 +13,21 @@ from scaledet.models.detr.accelerators import IGNORED_CLASS, DenoisingQueries
 from scaledet.models.detr.matcher import HungarianMatcher
 
 
-def _num_boxes(targets: list[dict], device: torch.device) -> float:
+def num_target_boxes(targets: list[dict], device: torch.device) -> float:
     """Number of target boxes, averaged over processes when torch.distributed runs (at least 1)."""
     count = torch.tensor(float(sum(len(target["labels"]) for target in targets)), device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(count)
         count = count / torch.distributed.get_world_size()
     return max(float(count), 1.0)
+
+
+def box_losses(boxes: Tensor, target_boxes: Tensor, num_boxes: float) -> dict[str, Tensor]:
+    """Matched pairs ``boxes`` / ``target_boxes`` [N, 4] normalised cxcywh -> unweighted ``loss_bbox``
+    (L1) and ``loss_giou`` (1 - GIoU), each summed and divided by ``num_boxes`` (the DETR family's)."""
+    loss_bbox = F.l1_loss(boxes, target_boxes, reduction="sum") / num_boxes
+    giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
+    return {"loss_bbox": loss_bbox, "loss_giou": (1 - torch.diag(giou)).sum() / num_boxes}
 
 
 class SetCriterion:
@@ -60,10 +68,7 @@ class SetCriterion:
         class_weight = torch.ones(self.num_classes + 1, dtype=logits.dtype, device=logits.device)
         class_weight[-1] = self.eos_coef
         loss_ce = F.cross_entropy(logits.transpose(1, 2), classes, class_weight, ignore_index=IGNORED_CLASS)
-        loss_bbox = F.l1_loss(boxes, target_boxes, reduction="sum") / num_boxes
-        giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))
-        loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
-        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        return {"loss_ce": loss_ce, **box_losses(boxes, target_boxes, num_boxes)}
 
     def _sum_layers(self, layers: list[tuple[Tensor, Tensor]], terms_of, suffix: str = "") -> dict[str, Tensor]:
         """``terms_of(logits, boxes)`` on the final layer (``layers[0]``) and the auxiliary ones
@@ -85,7 +90,7 @@ class SetCriterion:
 
         ``groups`` > 1 (Group DETR): the query axis holds that many equal groups, each matched to
         the targets on its own; every term (and the total) is the sum over the groups."""
-        num_boxes = _num_boxes(targets, logits.device)
+        num_boxes = num_target_boxes(targets, logits.device)
         layers = [(logits, boxes)] + list(aux)
         if groups == 1:
             return self._sum_layers(layers, lambda lg, bx: self.layer_losses(lg, bx, targets, num_boxes))
@@ -114,7 +119,7 @@ class SetCriterion:
             ``loss_ce_dn``, ``loss_bbox_dn``, ``loss_giou_dn`` (auxiliary layers: ``_dn_{i}``),
             box terms divided by the positive count (boxes x groups), and their weighted total ``loss``.
         """
-        num_positive = _num_boxes(targets, layers[0][0].device) * queries.groups
+        num_positive = num_target_boxes(targets, layers[0][0].device) * queries.groups
         positive = queries.positive
         target_boxes = queries.target_boxes[positive]
         return self._sum_layers(

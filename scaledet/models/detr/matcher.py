@@ -22,17 +22,20 @@ class HungarianMatcher:
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
 
+    def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """logits [N, K+1], target labels [M] -> [N, M] unweighted cost: ``-softmax(logits)[label]``."""
+        return -logits.softmax(-1)[:, labels]
+
     @torch.no_grad()
     def __call__(self, logits: Tensor, boxes: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         """logits [B,Q,K+1]; boxes [B,Q,4] normalised cxcywh; targets: ``dict(boxes=[M,4] normalised
         cxcywh, labels=[M])`` per image -> per image ``(query_indices, target_indices)`` int64 [min(Q,M)]."""
         batch, num_queries = logits.shape[:2]
-        probs = logits.flatten(0, 1).softmax(-1)  # [B*Q, K+1]
         pred_boxes = boxes.flatten(0, 1)  # [B*Q, 4]
         target_labels = torch.cat([target["labels"] for target in targets])
         target_boxes = torch.cat([target["boxes"] for target in targets])
         cost = (
-            -self.cost_class * probs[:, target_labels]
+            self.cost_class * self.class_cost(logits.flatten(0, 1), target_labels)
             + self.cost_bbox * torch.cdist(pred_boxes, target_boxes, p=1)
             - self.cost_giou
             * generalized_box_iou(box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"))

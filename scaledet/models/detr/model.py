@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.detr import export, transforms
@@ -24,6 +23,7 @@ from scaledet.models.detr.postprocess import per_image, postprocess
 from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, typical_input_size
 from scaledet.models.detr.transformer import Transformer
 from scaledet.models.inputs import category_ids_for, check_images, check_targets
+from scaledet.models.layers import MLP
 
 #: DETR's raw outputs: (logits [B,Q,K+1], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)]);
 #: in training with accelerators the query axis is longer (see :meth:`DETR.forward_features`)
@@ -40,18 +40,14 @@ def default_category_ids(num_classes: int) -> list[int]:
     return category_ids_for(None, num_classes, first=0 if num_classes == COCO_HEAD_CLASSES else 1)
 
 
-class BoxHead(nn.Module):
+class BoxHead(MLP):
     """3-layer MLP (ReLU between layers) with a final sigmoid: [..., C] -> [..., 4] normalised cxcywh."""
 
     def __init__(self, dim: int, num_layers: int = 3) -> None:
-        super().__init__()
-        sizes = [dim] * (num_layers - 1) + [4]
-        self.layers = nn.ModuleList(nn.Linear(dim, out) for out in sizes)
+        super().__init__(dim, dim, 4, num_layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x).sigmoid()
+        return super().forward(x).sigmoid()
 
 
 class DETR(Detector):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torchvision.ops import box_convert, box_iou, generalized_box_iou
+from torchvision.ops import box_convert, box_iou
 
 from scaledet.models.deformable_detr.criterion import FocalHungarianMatcher
-from scaledet.models.detr.criterion import _num_boxes
+from scaledet.models.detr.criterion import box_losses, num_target_boxes
 
 Matches = list[tuple[Tensor, Tensor]]
 
@@ -54,16 +54,14 @@ class RtDetrCriterion:
         is_target[image, query, target_labels] = 1.0
         weight = self.alpha * logits.detach().sigmoid().pow(self.gamma) * (1 - is_target) + score
         vfl = F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="none")
-        giou = torch.diag(generalized_box_iou(_xyxy(matched), _xyxy(target_boxes)))
         return {"loss_vfl": vfl.mean(1).sum() * logits.shape[1] / num_boxes,
-                "loss_bbox": F.l1_loss(matched, target_boxes, reduction="sum") / num_boxes,
-                "loss_giou": (1 - giou).sum() / num_boxes}
+                **box_losses(matched, target_boxes, num_boxes)}
 
     def __call__(self, outputs: dict[str, Tensor], targets: list[dict], denoising=None) -> dict[str, Tensor]:
         """``outputs``: ``logits [L, B, Q, K]`` / ``boxes [L, B, Q, 4]`` of every decoder layer,
         ``enc_logits`` / ``enc_boxes`` of the proposals, optionally ``dn_logits`` / ``dn_boxes``
         ``[L, B, N, ...]`` with ``denoising`` (:class:`~scaledet.models.rtdetr.denoising.DenoisingGroups`)."""
-        num_boxes = _num_boxes(targets, outputs["logits"].device)
+        num_boxes = num_target_boxes(targets, outputs["logits"].device)
         layers = len(outputs["logits"])
         named = [(outputs["logits"][-1], outputs["boxes"][-1], "")]
         named += [(outputs["logits"][i], outputs["boxes"][i], f"_aux_{i}") for i in range(layers - 1)]

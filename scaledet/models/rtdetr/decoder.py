@@ -13,77 +13,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from scaledet.models.deformable_attention import multi_scale_deformable_attention
-from scaledet.models.deformable_detr.transformer import inverse_sigmoid
+from scaledet.models.deformable_attention import DeformableAttention, inverse_sigmoid
+from scaledet.models.layers import MLP
 from scaledet.models.rtdetr.backbone import ConvNormAct
 from scaledet.models.rtdetr.encoder import FeedForward
 
 #: size of the proposal anchors at the finest level, doubled per level (official ``grid_size``)
 ANCHOR_SIZE = 0.05
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them: [..., in] -> [..., out]."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
-        super().__init__()
-        sizes = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
-class DeformableCrossAttention(nn.Module):
-    """Multi-scale deformable attention around reference boxes (Deformable DETR's two-stage form):
-    each head samples ``points`` per level at ``center + offset / points * size / 2``.
-
-    Args:
-        dim: query / value width; heads: attention heads; levels: pyramid levels; points: per level per head.
-    """
-
-    def __init__(self, dim: int, heads: int, levels: int, points: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"decoder_dim {dim} must be a multiple of decoder_heads {heads}")
-        self.heads, self.levels, self.points = heads, levels, points
-        self.sampling_offsets = nn.Linear(dim, heads * levels * points * 2)
-        self.attention_weights = nn.Linear(dim, heads * levels * points)
-        self.value_proj = nn.Linear(dim, dim)
-        self.output_proj = nn.Linear(dim, dim)
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Deformable DETR's initialisation: zero offsets weights, biases pointing each head in its
-        own direction at distances 1..points, uniform attention."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.heads, dtype=torch.float32) * (2.0 * math.pi / self.heads)
-        grid = torch.stack([angles.cos(), angles.sin()], -1)
-        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.heads, 1, 1, 2)
-        grid = grid.repeat(1, self.levels, self.points, 1) * torch.arange(1, self.points + 1).view(1, 1, -1, 1)
-        self.sampling_offsets.bias.copy_(grid.flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for linear in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
-
-    def forward(self, query: Tensor, boxes: Tensor, value: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
-        """query [B, Q, C]; boxes [B, Q, 4] normalised cxcywh; value [B, S, C] (levels flattened in
-        ``shapes`` order) -> [B, Q, C]."""
-        batch, queries, dim = query.shape
-        value = self.value_proj(value).view(batch, value.shape[1], self.heads, dim // self.heads)
-        offsets = self.sampling_offsets(query).view(batch, queries, self.heads, self.levels, self.points, 2)
-        weights = self.attention_weights(query).view(batch, queries, self.heads, self.levels * self.points)
-        weights = weights.softmax(-1).view(batch, queries, self.heads, self.levels, self.points)
-        centers, sizes = boxes[:, :, None, None, None, :2], boxes[:, :, None, None, None, 2:]
-        locations = centers + offsets / self.points * sizes * 0.5
-        return self.output_proj(multi_scale_deformable_attention(value, shapes, locations, weights))
 
 
 class DecoderLayer(nn.Module):
@@ -94,7 +31,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(dim)
-        self.cross_attn = DeformableCrossAttention(dim, heads, levels, points)
+        self.cross_attn = DeformableAttention(dim, heads, levels, points)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, nn.ReLU, dropout)
         self.norm3 = nn.LayerNorm(dim)
@@ -105,7 +42,7 @@ class DecoderLayer(nn.Module):
         query = x + pos
         attended = self.self_attn(query, query, x, attn_mask=attn_mask, need_weights=False)[0]
         x = self.norm1(x + self.dropout(attended))
-        x = self.norm2(x + self.dropout(self.cross_attn(x + pos, boxes, memory, shapes)))
+        x = self.norm2(x + self.dropout(self.cross_attn(x + pos, boxes[:, :, None], memory, shapes)))
         return self.norm3(x + self.dropout(self.ffn(x)))
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from scaledet.models.deformable_detr.transformer import inverse_sigmoid
+from scaledet.models.deformable_attention import inverse_sigmoid
 
 
 @dataclass
