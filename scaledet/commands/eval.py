@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from scaledet.commands.predict import add_tile_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     files = parser.add_argument_group("evaluate a detections file")
@@ -41,14 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     model.add_argument("--results", help="also write the model's detections here (COCO results JSON with the "
                        "dataset's ids, plus R.images.json beside it)")
-    model.add_argument("--tile", type=int, help="predict through overlapping TILE x TILE native-resolution tiles "
-                       "(large images, small objects); scored on the original images")
-    model.add_argument("--overlap", type=float, default=0.2, help="with --tile: fraction of a tile shared by "
-                       "neighbouring tiles (default 0.2)")
-    model.add_argument("--full-image", action="store_true", help="with --tile: also detect on the whole image "
-                       "downscaled to TILE")
-    model.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
-                       "class-wise NMS (default) or weighted box fusion")
+    add_tile_arguments(model, "predict through overlapping TILE x TILE native-resolution tiles (large images, "
+                       "small objects); scored on the original images")
     parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
                         help="detection caps per image (with --data the last is raised automatically when an image "
                              "holds more ground-truth objects)")  # fmt: skip

@@ -35,14 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--save-json", action="store_true", help="also write one detections JSON per image")
     tiles = parser.add_argument_group("large images (docs/tiling.md)")
-    tiles.add_argument("--tile", type=int, help="detect through overlapping TILE x TILE tiles at native resolution "
+    add_tile_arguments(tiles, "detect through overlapping TILE x TILE tiles at native resolution "
                        "(--batch-size tiles per model call)")
-    tiles.add_argument("--overlap", type=float, default=0.2, help="with --tile: fraction of a tile shared by "
-                       "neighbouring tiles (default 0.2)")
-    tiles.add_argument("--full-image", action="store_true", help="with --tile: also detect on the whole image "
-                       "downscaled to TILE (large objects)")
-    tiles.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
-                       "class-wise NMS (default) or weighted box fusion")
     tiles.add_argument("--max-pixels", type=int, help="with --tile: decode images up to this many pixels "
                        "(default: PIL's decompression-bomb limit; 0: no limit); uncompressed TIFF / PPM files are "
                        "read window by window whatever their size")
@@ -62,6 +56,18 @@ def load_detector(args: argparse.Namespace):
             raise ValueError("--optimize and --precision apply to torch models, not to an ONNX file")
         detector = scaledet.optimize(detector, precision=args.precision)
     return detector
+
+
+def add_tile_arguments(group, tile_help: str) -> None:
+    """``--tile``, ``--overlap``, ``--full-image`` and ``--merge`` (read back by :func:`tile_options`);
+    shared by ``predict`` and ``eval``."""
+    group.add_argument("--tile", type=int, help=tile_help)
+    group.add_argument("--overlap", type=float, default=0.2, help="with --tile: fraction of a tile shared by "
+                       "neighbouring tiles (default 0.2)")
+    group.add_argument("--full-image", action="store_true", help="with --tile: also detect on the whole image "
+                       "downscaled to TILE (large objects)")
+    group.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
+                       "class-wise NMS (default) or weighted box fusion")
 
 
 def tile_options(args: argparse.Namespace):

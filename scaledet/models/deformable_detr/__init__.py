@@ -23,7 +23,7 @@ from scaledet.models.deformable_detr.model import DeformableDETR
 from scaledet.models.deformable_detr.recipes import RECIPES
 from scaledet.models.deformable_detr.transformer import DeformableTransformer
 from scaledet.models.deformable_detr.variants import VARIANTS, DeformableDetrVariant
-from scaledet.models.detr import _default_class_names, _size_fields
+from scaledet.models.detr import default_class_names, size_fields
 from scaledet.models.detr.preprocess import Preprocessor, scaled_train_sizes, typical_input_size
 
 __all__ = ["VARIANTS", "RECIPES", "DeformableDetrVariant", "DeformableDETR", "build", "assemble", "profile_info",
@@ -93,14 +93,14 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     overrides = _typed_overrides(overrides)
     explicit_sizes = {key: overrides.pop(key) for key in _SIZE_FIELDS if key in overrides}
     row = VARIANTS[name]
-    variant = dataclasses.replace(row, **overrides, **{**_size_fields(image_size), **explicit_sizes})
+    variant = dataclasses.replace(row, **overrides, **{**size_fields(image_size), **explicit_sizes})
     if "train_min_sizes" not in overrides:  # derived from the eval resize, not stored
         variant = dataclasses.replace(variant, train_min_sizes=scaled_train_sizes(
             row.train_min_sizes, row.min_size, variant.min_size))
     variant = dataclasses.replace(variant, num_classes=num_classes or variant.num_classes)
     if class_names is not None and len(class_names) != variant.num_classes:
         raise ValueError(f"{len(class_names)} class names given for num_classes={variant.num_classes}")
-    return assemble(variant, class_names or _default_class_names(variant.num_classes), name, overrides, category_ids)
+    return assemble(variant, class_names or default_class_names(variant.num_classes), name, overrides, category_ids)
 
 
 #: weights files: ours and transformers' (:mod:`.convert`); K sigmoid classes, no background row.

@@ -21,7 +21,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from scaledet.models.detr.convert import Rules, _pack_qkv, _rename, _without_counters
+from scaledet.models.detr.convert import Rules, pack_qkv, rename_key, without_counters
 
 _FROM_HF: Rules = [
     (r"^model\.backbone\.(conv_encoder\.)?model\.", "backbone.body."),
@@ -75,9 +75,9 @@ def _shared_heads(state_dict: dict[str, Tensor], num_heads: int) -> dict[str, Te
 def from_hf(state_dict: dict[str, Tensor], num_heads: int) -> dict[str, Tensor]:
     """transformers ``DeformableDetrForObjectDetection`` state dict -> ours, for a model with
     ``num_heads`` class / box heads (1 plain; decoder layers with refinement; + 1 two-stage)."""
-    renamed = {_rename(key, _FROM_HF): value for key, value in _without_counters(state_dict).items()
+    renamed = {rename_key(key, _FROM_HF): value for key, value in without_counters(state_dict).items()
                if not _DECODER_HEAD_COPIES.match(key)}
-    return _shared_heads(_pack_qkv(renamed), num_heads)
+    return _shared_heads(pack_qkv(renamed), num_heads)
 
 
 def to_scaledet(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:

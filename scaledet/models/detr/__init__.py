@@ -71,7 +71,9 @@ def _typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
 
 
-def _size_fields(image_size: int | tuple[int, int] | list[int] | None) -> dict[str, int]:
+def size_fields(image_size: int | tuple[int, int] | list[int] | None) -> dict[str, int]:
+    """The variant fields an ``image_size`` argument sets (shorter side, longer-side cap), shared by
+    the DETR-family constructors; ``{}`` for ``None``."""
     if image_size is None:
         return {}
     if isinstance(image_size, int):
@@ -81,7 +83,8 @@ def _size_fields(image_size: int | tuple[int, int] | list[int] | None) -> dict[s
     return {"min_size": int(image_size[0]), "max_size": int(image_size[1])}
 
 
-def _default_class_names(num_classes: int) -> list[str]:
+def default_class_names(num_classes: int) -> list[str]:
+    """COCO's 91 names for a 91-class head, else ``"0" .. "K-1"``."""
     return list(COCO91_CLASS_NAMES) if num_classes == len(COCO91_CLASS_NAMES) else [str(i) for i in range(num_classes)]
 
 
@@ -100,14 +103,14 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     overrides = _typed_overrides(overrides)
     explicit_sizes = {key: overrides.pop(key) for key in _SIZE_FIELDS if key in overrides}  # config keeps image_size
     row = VARIANTS[name]
-    variant = dataclasses.replace(row, **overrides, **{**_size_fields(image_size), **explicit_sizes})
+    variant = dataclasses.replace(row, **overrides, **{**size_fields(image_size), **explicit_sizes})
     if "train_min_sizes" not in overrides:  # the multi-scale sizes follow the eval resize (derived, not stored)
         variant = dataclasses.replace(variant, train_min_sizes=scaled_train_sizes(
             row.train_min_sizes, row.min_size, variant.min_size))
     variant = dataclasses.replace(variant, num_classes=num_classes or variant.num_classes)
     if class_names is not None and len(class_names) != variant.num_classes:
         raise ValueError(f"{len(class_names)} class names given for num_classes={variant.num_classes}")
-    return assemble(variant, class_names or _default_class_names(variant.num_classes), name, overrides, category_ids)
+    return assemble(variant, class_names or default_class_names(variant.num_classes), name, overrides, category_ids)
 
 
 def _coco_file(name: str) -> Path:

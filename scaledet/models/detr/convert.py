@@ -76,27 +76,29 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
     raise ValueError(f"not a DETR checkpoint (official, Hugging Face or scaledet); first keys: {keys[:5]}")
 
 
-def _rename(key: str, rules: Rules) -> str:
+def rename_key(key: str, rules: Rules) -> str:
+    """``key`` after every ``(pattern, replacement)`` regex substitution of ``rules``, in order."""
     for pattern, replacement in rules:
         key = re.sub(pattern, replacement, key)
     return key
 
 
-def _without_counters(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def without_counters(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state_dict`` without BatchNorm's ``num_batches_tracked`` counters."""
     return {key: value for key, value in state_dict.items() if not key.endswith("num_batches_tracked")}
 
 
 def from_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Official facebookresearch/detr state dict -> our key names (tensors unchanged)."""
-    return {_rename(key, _FROM_OFFICIAL): value for key, value in _without_counters(state_dict).items()}
+    return {rename_key(key, _FROM_OFFICIAL): value for key, value in without_counters(state_dict).items()}
 
 
 def to_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Our state dict -> the official facebookresearch/detr key names."""
-    return {_rename(key, _TO_OFFICIAL): value for key, value in state_dict.items()}
+    return {rename_key(key, _TO_OFFICIAL): value for key, value in state_dict.items()}
 
 
-def _pack_qkv(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def pack_qkv(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Merge ``{q,k,v}_proj.{weight,bias}`` into ``in_proj_{weight,bias}`` (rows q, k, v)."""
     packed: dict[str, Tensor] = {}
     parts: dict[str, dict[str, Tensor]] = {}
@@ -115,8 +117,8 @@ def _pack_qkv(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Hugging Face ``DetrForObjectDetection`` state dict (hub or transformers 5.x names) -> ours."""
-    renamed = {_rename(key, _FROM_HF): value for key, value in _without_counters(state_dict).items()}
-    return _pack_qkv(renamed)
+    renamed = {rename_key(key, _FROM_HF): value for key, value in without_counters(state_dict).items()}
+    return pack_qkv(renamed)
 
 
 def to_scaledet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

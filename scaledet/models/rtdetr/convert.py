@@ -4,7 +4,7 @@ Supported sources (detected from the key names):
 
 * Hugging Face ``RTDetrForObjectDetection`` (the ``PekingU/rtdetr_*`` files): renamed, and the
   separate ``q_proj`` / ``k_proj`` / ``v_proj`` of the self-attention layers packed into
-  ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert._pack_qkv`, shared
+  ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert.pack_qkv`, shared
   with DETR); proven against transformers by ``tests/test_rtdetr_equivalence.py``.
 * Hugging Face ``RTDetrV2ForObjectDetection`` (``PekingU/rtdetr_v2_*``) in its default decoder
   form (bilinear sampling, the same number of points on every level: then RT-DETRv2's network is
@@ -26,7 +26,7 @@ import re
 
 from torch import Tensor
 
-from scaledet.models.detr.convert import _pack_qkv, _without_counters
+from scaledet.models.detr.convert import pack_qkv, without_counters
 
 _BLOCK_CONV = re.compile(r"^(backbone\.stages\.\d+\.\d+)\.layer\.(\d)\.")
 
@@ -78,7 +78,7 @@ _OFFICIAL_DROPPED = ("decoder.anchors", "decoder.valid_mask")
 def from_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Official ``rtdetr_pytorch`` state dict -> our key names (tensors unchanged)."""
     converted = {}
-    for key, value in _without_counters(state_dict).items():
+    for key, value in without_counters(state_dict).items():
         if key in _OFFICIAL_DROPPED:
             continue
         key = _OFFICIAL_STEM.sub(lambda m: f"backbone.stem.{int(m[1]) - 1}.", key)
@@ -113,8 +113,8 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
 
 def from_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Hugging Face ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` state dict -> our key names."""
-    kept = {key: value for key, value in _without_counters(state_dict).items() if not _HF_V2_EXTRAS.search(key)}
-    return _pack_qkv({_rename(key): value for key, value in kept.items()})
+    kept = {key: value for key, value in without_counters(state_dict).items() if not _HF_V2_EXTRAS.search(key)}
+    return pack_qkv({_rename(key): value for key, value in kept.items()})
 
 
 def to_scaledet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
