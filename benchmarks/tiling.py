@@ -137,6 +137,13 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _machine_line(machine: dict) -> str:
+    flags = ", ".join(name for name, present in machine["flags"].items() if present) or "none of the listed"
+    caps = f", kernel caps {machine['kernel_caps']}" if machine.get("kernel_caps") else ""
+    return (f"Machine: {machine['processor']} ({machine['cpu_count']} CPUs; {flags}{caps}), torch {machine['torch']}, "
+            f"{machine['threads']} threads, started {machine['date_utc']} at load {machine['load_average_start']}.")
+
+
 def learnability_markdown(record: dict) -> str:
     info = record["describe"]
     lines = [f"# Tiled vs resize on `{SET_NAME}` ({info['image_size']}, {info['num_train']} train / {info['num_val']} "
@@ -144,7 +151,7 @@ def learnability_markdown(record: dict) -> str:
              f"{info['median_box_size_train']:.1f} px)", "",
              f"EfficientDet-D0 from scratch, {record['minutes']:g} min training per run, seeds {record['seeds']}; "
              f"resize: `--image-size {record['image_size']}`; tiled: `--tile {record['tile']}`. "
-             f"{'QUICK SMOKE RUN: not evidence. ' if record['quick'] else ''}", "",
+             f"{'QUICK SMOKE RUN: not evidence. ' if record['quick'] else ''}", "", _machine_line(record["machine"]), "",
              "| path | seed | AP | AP50 | steps |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['path']} | {r['seed']} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['steps']} |" for r in record["runs"]]
     summary = record.get("summary", {})
