@@ -32,6 +32,7 @@ def test_train_command_writes_every_output(tmp_path, capsys):
     assert set(scaledet.evaluation.STAT_KEYS) <= set(metrics)
     assert all(-1.0 <= metrics[key] <= 1.0 for key in scaledet.evaluation.STAT_KEYS)
     assert metrics["steps"] == 4 and metrics["epochs"] == 2 and metrics["wall_time_s"] > 0  # 8 images / 4 x 2
+    assert metrics["max_dets"] == [1, 10, 100]  # the caps the stats were scored with (raised for dense images)
     for name in ("curves.png", "predictions.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"last.pt", "best.pt", "log.jsonl", "steps.csv", "epochs.csv", "weights.json"} <= {p.name for p in out.iterdir()}

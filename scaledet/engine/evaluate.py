@@ -33,7 +33,8 @@ def evaluate(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> tuple[dict[str, float], list[Prediction]]:
     """``(stats, predictions)``: the 12 COCO stats of ``model`` on the first ``max_images`` images
-    of ``dataset`` (default all; the same numbers on every rank) and this rank's
+    of ``dataset`` (default all; the same numbers on every rank) plus ``stats["max_dets"]``, the three
+    detection caps they were scored with (raised for dense images), and this rank's
     :class:`~scaledet.evaluation.Prediction` list (boxes xyxy in each image's original pixels)."""
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     predictions = predict_dataset(model, dataset, batch_size=batch_size, device=device,
@@ -45,6 +46,7 @@ def evaluate(
     if dist_utils.is_main():
         scored = score_predictions(dataset, sorted(everything, key=lambda prediction: prediction.index))
         stats = {key: float(scored[key]) for key in STAT_KEYS}
+        stats["max_dets"] = list(scored["max_dets"])  # raised for dense images (the note below)
         for note in scored.get("notes", []):
             print(f"note: {note}")
     return dist_utils.broadcast_object(stats), predictions

@@ -172,6 +172,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self._start: float | None = None
         self.last_stats: dict[str, float] | None = None
+        self.max_dets: list[int] = [1, 10, 100]  # the caps of the last evaluation (raised for dense images)
         self._stats_step = -1
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
         if self.planned_steps and not config.max_minutes:
@@ -493,6 +494,7 @@ class Trainer:
             self.eval_model(), self.val_set, self.device, batch_size=self.config.batch_size,
             max_images=self.config.eval_max_images, progress=self.config.progress, autocast=self.autocast,
         )
+        self.max_dets = stats.pop("max_dets")
         self.last_stats, self._stats_step = stats, self.step
         return stats
 
@@ -509,6 +511,8 @@ class Trainer:
         metrics = {key: stats.get(key, -1.0) for key in STAT_KEYS} if stats else {}
         metrics.update(wall_time_s=round(self.elapsed(), 2), steps=self.step, epochs=self.epoch,
                        bad_batches=self.bad_batches, model=self.config.model, world_size=dist_utils.world_size())
+        if stats:
+            metrics["max_dets"] = self.max_dets
         if self.is_main:
             self._write_outputs(metrics)
         self.logger.close()
