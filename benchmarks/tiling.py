@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.run import (  # noqa: E402
-    QUICK_DIR, REPO, RESULTS, _run, _scaledet_command, _tail, machine_info,
+    QUICK_DIR, REPO, RESULTS, _run, _scaledet_command, _tail, machine_info, machine_summary,
 )
 
 SET_NAME = "aerial"
@@ -137,21 +137,16 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def _machine_line(machine: dict) -> str:
-    flags = ", ".join(name for name, present in machine["flags"].items() if present) or "none of the listed"
-    caps = f", kernel caps {machine['kernel_caps']}" if machine.get("kernel_caps") else ""
-    return (f"Machine: {machine['processor']} ({machine['cpu_count']} CPUs; {flags}{caps}), torch {machine['torch']}, "
-            f"{machine['threads']} threads, started {machine['date_utc']} at load {machine['load_average_start']}.")
-
-
 def learnability_markdown(record: dict) -> str:
-    info = record["describe"]
+    info, machine = record["describe"], record["machine"]
     lines = [f"# Tiled vs resize on `{SET_NAME}` ({info['image_size']}, {info['num_train']} train / {info['num_val']} "
              f"val images, {info['mean_objects_per_image_train']:.0f} objects per image, median box "
              f"{info['median_box_size_train']:.1f} px)", "",
              f"EfficientDet-D0 from scratch, {record['minutes']:g} min training per run, seeds {record['seeds']}; "
              f"resize: `--image-size {record['image_size']}`; tiled: `--tile {record['tile']}`. "
-             f"{'QUICK SMOKE RUN: not evidence. ' if record['quick'] else ''}", "", _machine_line(record["machine"]), "",
+             f"{'QUICK SMOKE RUN: not evidence. ' if record['quick'] else ''}", "",
+             f"Machine: {machine_summary(machine)}, started {machine['date_utc']} at load {machine['load_average_start']}.",
+             "",
              "| path | seed | AP | AP50 | steps |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['path']} | {r['seed']} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['steps']} |" for r in record["runs"]]
     summary = record.get("summary", {})

@@ -253,14 +253,20 @@ def _num(value, digits=1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def machine_summary(machine: dict) -> str:
+    """``processor (N CPUs; flag yes/no, ...) · torch X · T threads`` of a :func:`machine_info` dict."""
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["flags"].items())
+    caps = f"; kernel caps {machine['kernel_caps']}" if machine.get("kernel_caps") else ""
+    return (f"{machine['processor']} ({machine['cpu_count']} CPUs; {flags}{caps}) · torch {machine['torch']} · "
+            f"{machine['threads']} threads")
+
+
 def markdown(record: dict) -> str:
     machine = record["machine"]
-    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["flags"].items())
     lines = [
         "# Learnability benchmark",
         "",
-        f"{machine['date_utc']} · {machine['processor']} ({machine['cpu_count']} CPUs; {flags}) · torch "
-        f"{machine['torch']} · {machine['threads']} threads · {record['minutes']:.3g} min per run · seeds "
+        f"{machine['date_utc']} · {machine_summary(machine)} · {record['minutes']:.3g} min per run · seeds "
         f"{' '.join(map(str, record['seeds']))} · effdet lr from a {record['sweep_minutes']:.3g}-min sweep of "
         f"{', '.join(f'{lr:g}' for lr in record['sweep_lrs'])}" + (" · **QUICK (smoke) mode**" if record["quick"] else ""),
         "",

@@ -26,7 +26,7 @@ import re
 
 from torch import Tensor
 
-from scaledet.models.detr.convert import pack_qkv, without_counters
+from scaledet.models.detr.convert import pack_qkv, rename_key, without_counters
 
 _BLOCK_CONV = re.compile(r"^(backbone\.stages\.\d+\.\d+)\.layer\.(\d)\.")
 
@@ -82,9 +82,7 @@ def from_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         if key in _OFFICIAL_DROPPED:
             continue
         key = _OFFICIAL_STEM.sub(lambda m: f"backbone.stem.{int(m[1]) - 1}.", key)
-        for pattern, replacement in _FROM_OFFICIAL:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
+        converted[rename_key(key, _FROM_OFFICIAL)] = value
     return converted
 
 
@@ -93,8 +91,7 @@ _HF_V2_EXTRAS = re.compile(r"^(bbox_embed|class_embed)\.|\.n_points_scale$")
 
 
 def _rename(key: str) -> str:
-    for pattern, replacement in _FROM_HF:
-        key = re.sub(pattern, replacement, key)
+    key = rename_key(key, _FROM_HF)
     # backbone block convolutions: Hugging Face's layer.0/1/2 are our conv1/conv2/conv3
     return _BLOCK_CONV.sub(lambda m: f"{m[1]}.conv{int(m[2]) + 1}.", key)
 
