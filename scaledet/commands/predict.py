@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="model input size override")
     parser.add_argument("--optimize", action="store_true", help="run scaledet.optimize (folded BN, channels_last)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "auto"],
+                        help="with --optimize: run in PyTorch, in onnxruntime (fp32, CPU) or whichever is faster "
+                        "here (auto: measured once per processor and model, cached)")
     parser.add_argument("--save-json", action="store_true", help="also write one detections JSON per image")
     tiles = parser.add_argument_group("large images (docs/tiling.md)")
     add_tile_arguments(tiles, "detect through overlapping TILE x TILE tiles at native resolution "
@@ -51,10 +54,10 @@ def load_detector(args: argparse.Namespace):
     from scaledet.export import OnnxDetector
 
     detector = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
-    if args.optimize or args.precision != "fp32":
+    if args.optimize or args.precision != "fp32" or args.engine != "torch":
         if isinstance(detector, OnnxDetector):
-            raise ValueError("--optimize and --precision apply to torch models, not to an ONNX file")
-        detector = scaledet.optimize(detector, precision=args.precision)
+            raise ValueError("--optimize, --precision and --engine apply to torch models, not to an ONNX file")
+        detector = scaledet.optimize(detector, precision=args.precision, engine=args.engine)
     return detector
 
 

@@ -12,7 +12,9 @@ for the pre- and post-processing around the graph.
 
 from __future__ import annotations
 
+import copy
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -67,8 +69,12 @@ class OnnxDetector:
     ``preprocess -> export_feeds -> onnxruntime -> detections_from_export`` of the model rebuilt from
     the stored config (:func:`~scaledet.models.registry.build_for_processing`). Attributes: ``model``
     (that weightless model), ``config``, ``class_names``, ``category_ids``, ``num_classes``,
-    ``image_size``, ``session``.
+    ``image_size``, ``session``, and, as for ``scaledet.optimize``'s results, ``engine`` and
+    ``precision`` (an INT8 file: :class:`~scaledet.inference.quantize.QuantizedDetector`).
     """
+
+    engine = "onnxruntime"
+    precision = "fp32"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort  # optional dependency
@@ -91,3 +97,14 @@ class OnnxDetector:
         feeds = {name: value.cpu().numpy() for name, value in self.model.export_feeds(batch).items()}
         outputs = [torch.from_numpy(x) for x in self.session.run(None, feeds)]
         return self.model.detections_from_export(outputs, batch)
+
+
+def onnxruntime_detector(model: Detector, threads: int | None = None) -> OnnxDetector:
+    """``model`` exported (a CPU copy; ``model`` is left untouched) to a temporary file that lives as
+    long as the returned :class:`OnnxDetector`, which runs it with ``threads`` onnxruntime threads
+    (default ``torch.get_num_threads()``). What ``scaledet.optimize(model, engine="onnxruntime")`` gives."""
+    folder = tempfile.TemporaryDirectory(prefix="scaledet-onnx-")
+    path = export_onnx(copy.deepcopy(model).cpu().eval(), Path(folder.name) / "model.onnx")
+    detector = OnnxDetector(path, threads=threads or torch.get_num_threads())
+    detector._folder = folder  # deleted with the detector
+    return detector

@@ -20,6 +20,10 @@ What it does to a deep copy (the original model is left untouched), through the 
   measured once per processor, model config and input size, and cached on disk);
 * ``precision="int8"``: static post-training quantization with onnxruntime, see
   :func:`scaledet.inference.quantize.quantize_int8` (needs ``calibration`` images);
+* ``engine="onnxruntime"``: fp32 on the CPU through the exported graph and onnxruntime instead
+  (:func:`scaledet.export.onnxruntime_detector`); ``engine="auto"``: whichever of the two is faster on
+  this processor with detections within the same tolerances (:func:`choose_engine`, measured once per
+  processor, model config and input size, and cached like ``precision="auto"``);
 * ``compile=True``: ``forward_features`` is wrapped with :func:`torch.compile`;
 * post-processing is the family's ``postprocess(..., fast=True)`` (exact shortcuts).
 """
@@ -49,6 +53,8 @@ from scaledet.models.inputs import check_images
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: every ``precision`` :func:`optimize` takes
 PRECISION_CHOICES = (*PRECISIONS, "int8", "auto")
+#: every ``engine`` :func:`optimize` takes
+ENGINES = ("torch", "onnxruntime", "auto")
 #: ``precision="auto"`` keeps a precision when its detections on the example input match fp32's as sets
 #: (:func:`~scaledet.inference.compare.compare_detection_sets`) with scores within this ...
 AUTO_SCORE_TOL = 0.01
@@ -117,9 +123,11 @@ class OptimizedDetector(nn.Module):
     optional autocast / compile, fast post-processing; made by :func:`optimize`.
 
     Attributes: ``model`` (the rewritten copy), ``folded`` (conv/BatchNorm pairs folded),
-    ``precision`` and the source's ``class_names``, ``category_ids``, ``num_classes``,
-    ``image_size`` and ``config``.
+    ``precision``, ``engine`` (``"torch"``) and the source's ``class_names``, ``category_ids``,
+    ``num_classes``, ``image_size`` and ``config``.
     """
+
+    engine = "torch"
 
     def __init__(self, model: Detector, precision: str = "fp32", compile: bool = False) -> None:
         super().__init__()
@@ -173,8 +181,8 @@ class OptimizedDetector(nn.Module):
         return self.model.postprocess(_to_float(outputs), batch, fast=True)
 
 
-def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *, force: bool = False,
-             calibration: list[Tensor] | None = None, cache: bool = True):
+def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *, engine: str | None = None,
+             force: bool = False, calibration: list[Tensor] | None = None, cache: bool = True):
     """An inference-optimised copy of ``model`` with the same eval call contract.
 
     Args:
@@ -185,21 +193,32 @@ def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *,
             (autocast, CUDA only), ``"int8"`` (onnxruntime static quantization, CPU; needs
             ``calibration``) or ``"auto"`` (:func:`choose_precision`: fastest within tolerance of fp32).
         compile: wrap the model's ``forward_features`` with :func:`torch.compile`.
+        engine: ``"torch"`` (the default for float precisions), ``"onnxruntime"`` (fp32 on the CPU
+            through the exported graph; needs the ``onnx`` / ``onnxruntime`` packages; the export
+            takes a while) or ``"auto"`` (:func:`choose_engine`: the faster of the two on this
+            processor; ``"torch"`` off the CPU, for bf16 / fp16, with ``compile`` or without
+            onnxruntime). ``precision="int8"`` always runs in onnxruntime.
         force: use ``"bf16"`` even where it is emulated.
         calibration: ``precision="int8"`` only: images (``list[Tensor[3, H, W]]`` in [0, 1]) like the
             ones the model will see, for the activation ranges (a few dozen are enough).
-        cache: ``precision="auto"`` reads and writes its choice in :func:`optimize_cache_dir`
-            (also off with ``SCALEDET_OPTIMIZE_CACHE=0``).
+        cache: ``precision="auto"`` and ``engine="auto"`` read and write their choices in
+            :func:`optimize_cache_dir` (also off with ``SCALEDET_OPTIMIZE_CACHE=0``).
 
     Returns:
-        an eval-only module (``int8``: a :class:`~scaledet.inference.quantize.QuantizedDetector`):
-        ``list[Tensor[3,H,W]]`` -> ``list[dict(boxes xyxy px, scores, labels)]``.
+        an eval-only detector, :class:`OptimizedDetector` (torch engine) or
+        :class:`~scaledet.export.OnnxDetector` (onnxruntime; ``int8``: a
+        :class:`~scaledet.inference.quantize.QuantizedDetector`), each with ``precision`` and ``engine``
+        attributes: ``list[Tensor[3,H,W]]`` -> ``list[dict(boxes xyxy px, scores, labels)]``.
     """
     if not isinstance(model, Detector):
         raise ValueError(f"optimize needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {precision!r}")
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     if precision == "int8":
+        if engine == "torch":
+            raise ValueError("precision='int8' runs in onnxruntime; leave engine unset (or 'onnxruntime')")
         from scaledet.inference.quantize import quantize_int8
 
         return quantize_int8(model, calibration)
@@ -208,7 +227,17 @@ def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *,
     device = next(model.parameters()).device
     if precision == "auto":
         precision = choose_precision(model, compile, cache)
-    return OptimizedDetector(model, supported_precision(precision, device, force), compile)
+    precision = supported_precision(precision, device, force)
+    if engine == "auto":
+        engine = choose_engine(model, precision, compile, cache)
+    if engine == "onnxruntime":
+        if device.type != "cpu" or precision != "fp32" or compile:
+            raise ValueError(f"engine='onnxruntime' runs fp32 on the CPU without compile (got precision={precision!r}, "
+                             f"device {device.type}, compile={compile}); use engine='torch' for the others")
+        from scaledet.export import onnxruntime_detector
+
+        return onnxruntime_detector(model)
+    return OptimizedDetector(model, precision, compile)
 
 
 _warned_emulated_bf16 = False
@@ -255,9 +284,42 @@ def precision_cache_key(model: Detector, device: torch.device, compile: bool) ->
             "compile": compile, "torch": torch.__version__}
 
 
-def _cache_file(key: dict) -> Path:
+def _cache_file(key: dict, choice: str = "precision") -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return optimize_cache_dir() / f"precision-{digest}.json"
+    return optimize_cache_dir() / f"{choice}-{digest}.json"
+
+
+def _example_image(model: Detector, device: torch.device) -> Tensor:
+    """The input the automatic choices measure on: uniform noise (seed 0) at the model's input size."""
+    return torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _time_interleaved(detectors: dict[str, Any], image: Tensor, runs: int) -> tuple[dict[str, float], dict]:
+    """Median milliseconds of ``runs`` calls of each detector on ``[image]`` (interleaved, after one
+    warm-up round) and each one's last detections."""
+    times: dict[str, list[float]] = {name: [] for name in detectors}
+    outputs = {}
+    for round_index in range(runs + 1):  # the first round warms up
+        for name, detector in detectors.items():
+            start = time.perf_counter()
+            outputs[name] = detector([image])
+            if image.device.type == "cuda":
+                torch.cuda.synchronize(image.device)
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}, outputs
+
+
+def _cached_choice(key: dict, choice: str, use_cache: bool) -> str | None:
+    path = _cache_file(key, choice)
+    return json.loads(path.read_text())[choice] if use_cache and path.exists() else None
+
+
+def _store_choice(key: dict, choice: str, chosen: str, measured: dict, use_cache: bool) -> None:
+    if use_cache:
+        path = _cache_file(key, choice)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, choice: chosen, "measured": measured}, indent=1, default=str))
 
 
 def choose_precision(model: Detector, compile: bool = False, cache: bool = True, runs: int = 5) -> str:
@@ -274,27 +336,57 @@ def choose_precision(model: Detector, compile: bool = False, cache: bool = True,
         return candidates[0]
     use_cache = cache and os.environ.get(CACHE_ENV, "1") != "0"
     key = precision_cache_key(model, device, compile)
-    path = _cache_file(key)
-    if use_cache and path.exists():
-        return json.loads(path.read_text())["precision"]
-    image = torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0)).to(device)
+    cached = _cached_choice(key, "precision", use_cache)
+    if cached is not None:
+        return cached
     detectors = {precision: OptimizedDetector(model, precision, compile) for precision in candidates}
-    times: dict[str, list[float]] = {precision: [] for precision in candidates}
-    outputs = {}
-    for round_index in range(runs + 1):  # the first round warms up
-        for precision, detector in detectors.items():
-            start = time.perf_counter()
-            outputs[precision] = detector([image])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_index:
-                times[precision].append(time.perf_counter() - start)
+    medians, outputs = _time_interleaved(detectors, _example_image(model, device), runs)
     measured = {}
     for precision in candidates:
         agreement = compare_detection_sets(outputs["fp32"], outputs[precision], AUTO_SCORE_TOL, AUTO_BOX_TOL)
-        measured[precision] = {"median_ms": statistics.median(times[precision]) * 1e3, "agrees": agreement.passed}
+        measured[precision] = {"median_ms": medians[precision], "agrees": agreement.passed}
     chosen = min((p for p in candidates if measured[p]["agrees"]), key=lambda p: measured[p]["median_ms"])
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "precision": chosen, "measured": measured}, indent=1, default=str))
+    _store_choice(key, "precision", chosen, measured, use_cache)
+    return chosen
+
+
+def onnxruntime_available() -> bool:
+    """Whether the optional ``onnx`` and ``onnxruntime`` packages (the onnxruntime engine) are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def choose_engine(model: Detector, precision: str = "fp32", compile: bool = False, cache: bool = True,
+                  runs: int = 5) -> str:
+    """``"onnxruntime"`` when, on this CPU, the exported graph in onnxruntime is faster than the
+    optimised PyTorch model (:class:`OptimizedDetector` at fp32) on one example image (as in
+    :func:`choose_precision`: medians of ``runs`` interleaved calls) and its detections match within
+    :data:`AUTO_SCORE_TOL` / :data:`AUTO_BOX_TOL`; else ``"torch"``. ``"torch"`` without measuring off
+    the CPU, for precisions other than fp32, with ``compile`` or without onnxruntime. Cached like
+    :func:`choose_precision` (the key adds the onnxruntime version and the threads).
+
+    Why it measures: which engine wins depends on the processor. D0 at 512, batch 1, one thread:
+    onnxruntime 51.5 vs 61.1 ms on an AMD EPYC with AVX-512, 103.8 vs 164.2 ms on an Intel Xeon
+    with AVX-512 (docs/inference.md, benchmarks/results/int8.md)."""
+    device = next(model.parameters()).device
+    if device.type != "cpu" or precision != "fp32" or compile or not onnxruntime_available():
+        return "torch"
+    import onnxruntime
+
+    from scaledet.export import onnxruntime_detector
+
+    use_cache = cache and os.environ.get(CACHE_ENV, "1") != "0"
+    key = {**precision_cache_key(model, device, compile), "onnxruntime": onnxruntime.__version__,
+           "threads": torch.get_num_threads()}
+    cached = _cached_choice(key, "engine", use_cache)
+    if cached is not None:
+        return cached
+    detectors = {"torch": OptimizedDetector(model, precision), "onnxruntime": onnxruntime_detector(model)}
+    medians, outputs = _time_interleaved(detectors, _example_image(model, device), runs)
+    agrees = compare_detection_sets(outputs["torch"], outputs["onnxruntime"], AUTO_SCORE_TOL, AUTO_BOX_TOL).passed
+    measured = {"torch": {"median_ms": medians["torch"]},
+                "onnxruntime": {"median_ms": medians["onnxruntime"], "agrees": agrees}}
+    chosen = "onnxruntime" if agrees and medians["onnxruntime"] < medians["torch"] else "torch"
+    _store_choice(key, "engine", chosen, measured, use_cache)
     return chosen
