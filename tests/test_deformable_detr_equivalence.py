@@ -130,6 +130,18 @@ def test_plain_model_refuses_per_layer_heads(tmp_path):
         convert.to_scaledet({"something": torch.zeros(1)}, None)
 
 
+def test_box_refine_model_refuses_a_plain_file(tmp_path):
+    """A plain file repeats one shared head per layer and has no decoder box heads: loading it into a
+    box-refinement model (which would refine boxes with it) is refused."""
+    reference = _randomized(transformers.DeformableDetrForObjectDetection(_hf_config(CASES["deformable_detr_r50"])))
+    state = reference.state_dict()
+    assert not any(key.startswith("model.decoder.bbox_embed.") for key in state) and "bbox_embed.1.layers.0.weight" in state
+    torch.save(state, tmp_path / "plain.bin")
+    with pytest.raises(ValueError, match="plain Deformable DETR checkpoint"):
+        scaledet.create_model("deformable_detr_r50_box_refine", pretrained=tmp_path / "plain.bin",
+                              backbone="resnet18", **SMALL)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_full_size_parameter_count(name):
     """Full-size R50 models on the meta device: as many parameters as transformers' (whose

@@ -25,7 +25,7 @@ from scaledet.evaluation import STAT_KEYS, evaluate_model
 from scaledet.evaluation.coco import dense_max_dets
 from scaledet.inference.tiling import TileOptions, merge_detections, predict_tiled
 from scaledet.weights import save_weights
-from tests.test_contract import EFFICIENTDET_SMALL, spread
+from tests.test_contract import EFFICIENTDET_SMALL, small_options, spread
 
 
 class BrightBoxDetector:
@@ -145,6 +145,44 @@ def test_batched_tiles_equal_tiles_one_at_a_time(model):
     detector = BrightBoxDetector()
     predict_tiled(detector, image_with_box(200, 300, (10, 10, 20, 20)), tile=128, overlap=0.25, batch_size=4)
     assert detector.calls == [4, 2]  # 6 tiles in two calls
+
+
+@pytest.mark.parametrize("name", ["detr_r50", "deformable_detr_r50", "rtdetr_r18vd"])
+def test_detr_family_through_tiles(name):
+    """DETR-family models (their own resize, no anchors) tile like any contract model: one tile ==
+    plain prediction, batched == one at a time, boxes in image pixels (not clipped to the image:
+    the family's own post-processing does not clip, as in transformers)."""
+    torch.manual_seed(0)
+    options = small_options(name)
+    if name.startswith("deformable"):  # its extra stride-64 level needs more than 1x1 for GroupNorm
+        options["image_size"] = (128, 192)
+    detr = spread(scaledet.create_model(name, num_classes=3, **options)).eval()
+    image = torch.rand(3, 200, 230, generator=torch.Generator().manual_seed(3))
+    inside = image[:, :100, :120]
+    with torch.no_grad():
+        plain = detr([inside])[0]
+    tiled = predict_tiled(detr, inside, tile=128)
+    assert len(plain["boxes"]) > 0 and all(torch.equal(tiled[key], plain[key]) for key in plain)
+    batched = predict_tiled(detr, image, tile=128, batch_size=4)
+    single = predict_tiled(detr, image, tile=128, batch_size=1)
+    assert len(batched["boxes"]) == len(single["boxes"]) > 0
+    torch.testing.assert_close(_canonical(batched), _canonical(single), atol=1e-4, rtol=0)
+    centres = (batched["boxes"][:, :2] + batched["boxes"][:, 2:]) / 2  # image pixels: the far tiles' boxes too
+    assert centres[:, 0].max() > 128 and centres[:, 1].max() > 128 and (centres >= 0).all()
+    assert (centres[:, 0] <= 230).all() and (centres[:, 1] <= 200).all()
+
+
+def test_onnx_detector_through_tiles(model, tmp_path):
+    """An exported graph in onnxruntime tiles like the model it came from."""
+    pytest.importorskip("onnxruntime")
+    from scaledet.export import OnnxDetector, export_onnx
+
+    detector = OnnxDetector(export_onnx(model, tmp_path / "tiny.onnx"))
+    image = torch.rand(3, 200, 230, generator=torch.Generator().manual_seed(2))
+    expected = predict_tiled(model, image, tile=128, batch_size=4)
+    result = predict_tiled(detector, image, tile=128, batch_size=4)
+    assert len(result["boxes"]) == len(expected["boxes"]) > 100
+    torch.testing.assert_close(_canonical(result), _canonical(expected), atol=1e-3, rtol=0)
 
 
 def test_full_image_pass_adds_large_objects():

@@ -8,8 +8,9 @@ Supported source: Hugging Face names, transformers 5.x (``model.backbone.model.*
 Heads: transformers stores one ``class_embed.i`` / ``bbox_embed.i`` per decoder layer (plus one for
 the encoder proposals in two-stage models) and copies under ``model.decoder.*``. Our plain model
 has one shared head; the copies of the others must then equal head 0 (else the file is a
-box-refinement checkpoint and loading it into a plain model would be wrong: ValueError). The
-``model.decoder.*`` copies are dropped.
+box-refinement checkpoint and loading it into a plain model would be wrong: ValueError), and a
+box-refinement model refuses a plain model's file (its heads all one shared head, no decoder
+copies). The ``model.decoder.*`` copies are dropped.
 
 :func:`to_scaledet` renames only; loading is strict (:func:`scaledet.models.checkpoints.load_state_strict`).
 """
@@ -72,9 +73,30 @@ def _shared_heads(state_dict: dict[str, Tensor], num_heads: int) -> dict[str, Te
     return kept
 
 
+def _check_not_plain(state_dict: dict[str, Tensor]) -> None:
+    """For a box-refinement model: ValueError if the Hugging Face file is a plain model's, i.e. it has
+    no ``model.decoder.bbox_embed`` copies (transformers ties them only with box refinement) and its
+    per-layer heads are all equal to head 0 (the plain model repeats one shared head)."""
+    if any(key.startswith("model.decoder.bbox_embed.") for key in state_dict):
+        return
+    heads = {}
+    for key, value in state_dict.items():
+        match = re.match(r"^(class_embed|bbox_embed)\.(\d+)\.(.*)$", key)
+        if match:
+            heads.setdefault((match[1], match[3]), []).append(value)
+    if heads and all(len(values) > 1 and all(torch.equal(values[0], v) for v in values[1:])
+                     for values in heads.values()):
+        raise ValueError("the file's per-layer heads are all one shared head and it has no decoder box-refinement "
+                         "heads: it is a plain Deformable DETR checkpoint; load it into deformable_detr_r50")
+
+
 def from_hf(state_dict: dict[str, Tensor], num_heads: int) -> dict[str, Tensor]:
     """transformers ``DeformableDetrForObjectDetection`` state dict -> ours, for a model with
-    ``num_heads`` class / box heads (1 plain; decoder layers with refinement; + 1 two-stage)."""
+    ``num_heads`` class / box heads (1 plain; decoder layers with refinement; + 1 two-stage).
+    ValueError if the file's heads do not fit: per-layer heads into a plain model, or a plain
+    model's repeated shared head into a box-refinement model (:func:`_check_not_plain`)."""
+    if num_heads > 1:
+        _check_not_plain(state_dict)
     renamed = {rename_key(key, _FROM_HF): value for key, value in without_counters(state_dict).items()
                if not _DECODER_HEAD_COPIES.match(key)}
     return _shared_heads(pack_qkv(renamed), num_heads)
