@@ -83,7 +83,9 @@ def test_auto_engine_measures_caches_and_keeps_torch_when_it_must(monkeypatch, t
     assert record["measured"]["onnxruntime"]["agrees"]
     assert record["measured"]["onnxruntime"]["median_ms"] < record["measured"]["torch"]["median_ms"]
     assert optimize_module.choose_engine(model) == "onnxruntime" and FakeOnnx.built == 1  # from the cache
-    assert isinstance(scaledet.optimize(model, engine="auto"), FakeOnnx)
+    assert isinstance(scaledet.optimize(model, engine="auto"), FakeOnnx) and FakeOnnx.built == 2
+    files[0].unlink()  # measured again: optimize returns the detector it measured (no second export)
+    assert isinstance(scaledet.optimize(model, engine="auto"), FakeOnnx) and FakeOnnx.built == 3
     # faster but outside the score tolerance -> torch; cache off: nothing read or written
     monkeypatch.setenv("SCALEDET_OPTIMIZE_CACHE", "0")
     monkeypatch.setattr(FakeOnnx, "score_shift", 2 * optimize_module.AUTO_SCORE_TOL)

@@ -229,7 +229,9 @@ def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *,
         precision = choose_precision(model, compile, cache)
     precision = supported_precision(precision, device, force)
     if engine == "auto":
-        engine = choose_engine(model, precision, compile, cache)
+        engine, measured = _choose_engine(model, precision, compile, cache)
+        if measured is not None:  # built while measuring: no second export
+            return measured
     if engine == "onnxruntime":
         if device.type != "cpu" or precision != "fp32" or compile:
             raise ValueError(f"engine='onnxruntime' runs fp32 on the CPU without compile (got precision={precision!r}, "
@@ -367,11 +369,17 @@ def choose_engine(model: Detector, precision: str = "fp32", compile: bool = Fals
     :func:`choose_precision` (the key adds the onnxruntime version and the threads).
 
     Why it measures: which engine wins depends on the processor. D0 at 512, batch 1, one thread:
-    onnxruntime 51.5 vs 61.1 ms on an AMD EPYC with AVX-512, 103.8 vs 164.2 ms on an Intel Xeon
-    with AVX-512 (docs/inference.md, benchmarks/results/int8.md)."""
+    onnxruntime 51.5 vs 61.1 ms on an AMD EPYC, 121.1 vs 171.2 ms on an Intel Xeon, both with AVX-512
+    (README "Speed (CPU)", docs/inference.md)."""
+    return _choose_engine(model, precision, compile, cache, runs)[0]
+
+
+def _choose_engine(model: Detector, precision: str, compile: bool, cache: bool, runs: int = 5) -> tuple[str, Any]:
+    """:func:`choose_engine`'s choice, and the detector it built for it while measuring (``None`` when
+    nothing was measured: a cached choice, or ``"torch"`` by rule)."""
     device = next(model.parameters()).device
     if device.type != "cpu" or precision != "fp32" or compile or not onnxruntime_available():
-        return "torch"
+        return "torch", None
     import onnxruntime
 
     from scaledet.export import onnxruntime_detector
@@ -381,7 +389,7 @@ def choose_engine(model: Detector, precision: str = "fp32", compile: bool = Fals
            "threads": torch.get_num_threads()}
     cached = _cached_choice(key, "engine", use_cache)
     if cached is not None:
-        return cached
+        return cached, None
     detectors = {"torch": OptimizedDetector(model, precision), "onnxruntime": onnxruntime_detector(model)}
     medians, outputs = _time_interleaved(detectors, _example_image(model, device), runs)
     agrees = compare_detection_sets(outputs["torch"], outputs["onnxruntime"], AUTO_SCORE_TOL, AUTO_BOX_TOL).passed
@@ -389,4 +397,4 @@ def choose_engine(model: Detector, precision: str = "fp32", compile: bool = Fals
                 "onnxruntime": {"median_ms": medians["onnxruntime"], "agrees": agrees}}
     chosen = "onnxruntime" if agrees and medians["onnxruntime"] < medians["torch"] else "torch"
     _store_choice(key, "engine", chosen, measured, use_cache)
-    return chosen
+    return chosen, detectors[chosen]
