@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.learnability.run import machine_info, machine_summary  # noqa: E402
+from benchmarks.learnability.run import _mean_std, machine_info, machine_summary  # noqa: E402
 
 
 def train(model: str, seed: int, minutes: float, image_size: int, out: Path) -> dict:
@@ -50,10 +50,9 @@ def summary(runs: list[dict]) -> list[dict]:
         done = [run for run in runs if run["model"] == model and run["AP"] is not None]
         if not done:
             continue
-        ap, ap50 = [r["AP"] for r in done], [r["AP50"] for r in done]
-        rows.append({"model": model, "seeds": len(done), "AP_per_seed": [round(v, 3) for v in ap],
-                     "AP": statistics.mean(ap), "AP_std": statistics.stdev(ap) if len(ap) > 1 else 0.0,
-                     "AP50": statistics.mean(ap50), "AP50_std": statistics.stdev(ap50) if len(ap50) > 1 else 0.0,
+        (ap, ap_std), (ap50, ap50_std) = (_mean_std([r[key] for r in done]) for key in ("AP", "AP50"))
+        rows.append({"model": model, "seeds": len(done), "AP_per_seed": [round(r["AP"], 3) for r in done],
+                     "AP": ap, "AP_std": ap_std, "AP50": ap50, "AP50_std": ap50_std,
                      "steps": statistics.mean(r["steps"] for r in done)})
     return rows
 

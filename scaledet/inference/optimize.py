@@ -286,7 +286,7 @@ def precision_cache_key(model: Detector, device: torch.device, compile: bool) ->
             "compile": compile, "torch": torch.__version__}
 
 
-def _cache_file(key: dict, choice: str = "precision") -> Path:
+def _cache_file(key: dict, choice: str) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return optimize_cache_dir() / f"{choice}-{digest}.json"
 
@@ -310,6 +310,12 @@ def _time_interleaved(detectors: dict[str, Any], image: Tensor, runs: int) -> tu
             if round_index:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}, outputs
+
+
+def _cache_on(cache: bool) -> bool:
+    """Whether the automatic choices read and write the disk cache (``cache`` and not
+    ``SCALEDET_OPTIMIZE_CACHE=0``)."""
+    return cache and os.environ.get(CACHE_ENV, "1") != "0"
 
 
 def _cached_choice(key: dict, choice: str, use_cache: bool) -> str | None:
@@ -336,7 +342,7 @@ def choose_precision(model: Detector, compile: bool = False, cache: bool = True,
     candidates = native_precisions(device)
     if len(candidates) == 1:
         return candidates[0]
-    use_cache = cache and os.environ.get(CACHE_ENV, "1") != "0"
+    use_cache = _cache_on(cache)
     key = precision_cache_key(model, device, compile)
     cached = _cached_choice(key, "precision", use_cache)
     if cached is not None:
@@ -384,7 +390,7 @@ def _choose_engine(model: Detector, precision: str, compile: bool, cache: bool, 
 
     from scaledet.export import onnxruntime_detector
 
-    use_cache = cache and os.environ.get(CACHE_ENV, "1") != "0"
+    use_cache = _cache_on(cache)
     key = {**precision_cache_key(model, device, compile), "onnxruntime": onnxruntime.__version__,
            "threads": torch.get_num_threads()}
     cached = _cached_choice(key, "engine", use_cache)
