@@ -10,7 +10,8 @@ Per model, on one processor (recorded; the results files keep one table per proc
   trained by ``scaledet demo --model M --out DIR`` when ``--train-missing`` is given, else the script
   says what to run): eager fp32, ``scaledet.optimize`` fp32, the float ONNX file in onnxruntime and the
   INT8 file (:func:`scaledet.inference.quantize.quantize_onnx`, calibrated on ``--calibration-images``
-  images of the shapes *train* split), with the float-kept rule it chose;
+  labelled images of the shapes *train* split, which also judge the float-kept rules by AP), with the
+  float-kept rule it chose;
 * latency at the model's native size (``create_model(M).image_size``), batch 1, the same weights
   rebuilt at that size and the same float-kept rule: optimised fp32, float onnxruntime and INT8
   onnxruntime, ``--warmup`` untimed then ``--runs`` interleaved rounds, medians. (Demo weights trained
@@ -77,8 +78,8 @@ def accuracy(name: str, model, args, folder: Path) -> dict:
     """AP of eager / optimised fp32 / float onnxruntime / INT8 on the shapes validation split."""
     size = model.image_size[0]
     val = shapes_split("val", num_images=args.val_images, image_size=size)
-    calibration = [shapes_split("train", num_images=args.calibration_images, image_size=size)[i][0]
-                   for i in range(args.calibration_images)]
+    train = shapes_split("train", num_images=args.calibration_images, image_size=size)
+    calibration = [train[i] for i in range(args.calibration_images)]  # labelled: the rule is judged by AP
     float_path, int8_path, report = int8_files(model, folder, calibration, args.threads)
     engines = {"eager-fp32": model, "optimized-fp32": scaledet.optimize(model),
                "onnxrt-fp32": OnnxDetector(float_path, threads=args.threads),
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--val-images", type=int, default=200, help="as in scaledet demo")
-    parser.add_argument("--calibration-images", type=int, default=32)
+    parser.add_argument("--calibration-images", type=int, default=64, help="as scaledet export --int8")
     parser.add_argument("--latency-size", type=int, help="default: the model's native image size")
     parser.add_argument("--train-missing", action="store_true", help="run scaledet demo for missing demo weights")
     parser.add_argument("--no-latency", action="store_true", help="AP only (for a busy machine)")

@@ -97,3 +97,29 @@ def test_doctor_command_prints_and_writes_json(tmp_path, capsys):
     assert "doctor: 6 images" in printed and "anchors: published" in printed
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["input_size"] == [128, 128] and 0.5 < report["anchors"]["published"]["coverage"] <= 1.0
+
+
+def _one_box_dataset():
+    """One 100 (h) x 200 (w) image with one 10x10 box."""
+    record = ImageRecord(None, 1, 200, 100, np.array([[50, 20, 60, 30]], np.float32), np.array([0]),
+                         np.zeros(1, bool), np.zeros(1, np.float32))
+    return DetectionDataset([record], ["a"], [1], DataReport("synthetic"))
+
+
+@pytest.mark.parametrize("name, side, aspect, words", [
+    ("efficientdet_d0", 25.6, 1.0, "longest side fitted"),     # 200 -> 512: x2.56
+    ("detr_r50", 66.6, 1.0, "shorter side 800"),               # shorter 100 -> 800 would make 1600 > 1333: 666x1333
+    ("rtdetr_r18vd", np.sqrt(32 * 64), 0.5, "stretched"),      # 100x200 -> 640x640: x6.4 tall, x3.2 wide
+])
+def test_doctor_measures_boxes_with_the_model_s_own_resize(name, side, aspect, words, capsys):
+    """The doctor's box sides are in the pixels each family's eval resize gives (DETR: shorter side with
+    a cap, RT-DETR: stretched to a square), not EfficientDet's longest-side fit for every model."""
+    from scaledet.cli import main
+
+    detector = scaledet.create_model(name, num_classes=1)
+    report = diagnose(_one_box_dataset(), name, tuple(detector.image_size), detector=detector)
+    assert report["box_side_px"]["50"] == pytest.approx(side, abs=0.1)
+    assert report["aspect_w_over_h"]["50"] == pytest.approx(aspect, abs=0.01)
+    assert words in report["input"] and report["input_size"] == list(detector.image_size)
+    assert main(["doctor", "shapes:val", "--model", name]) == 0
+    assert words in capsys.readouterr().out

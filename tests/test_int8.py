@@ -11,7 +11,8 @@ from benchmarks.reference import spread_random_weights
 from scaledet.cli import main
 from scaledet.export import OnnxDetector, export_onnx
 from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, _kept_rule,
-                                         detection_agreement, float_rules, network_nodes, quantize_onnx)
+                                         calibration_ap, check_calibration, detection_agreement, float_rules,
+                                         network_nodes, quantize_onnx)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -110,6 +111,9 @@ def test_kept_rule_first_or_fastest_agreeing_else_the_last():
              {"rule": "c", "passed": True, "median_ms": 5.0}]
     assert _kept_rule(tried, "first")["rule"] == "b" and _kept_rule(tried, "fastest")["rule"] == "c"
     assert _kept_rule([dict(t, passed=False) for t in tried], "fastest")["rule"] == "c"
+    # judged by AP and none passed: the most accurate (the more float one on a tie)
+    by_ap = [dict(t, passed=False, AP=ap) for t, ap in zip(tried, (0.70, 0.75, 0.75))]
+    assert _kept_rule(by_ap, "first")["rule"] == "c" and _kept_rule(by_ap[:2], "fastest")["rule"] == "b"
 
 
 def test_int8_needs_calibration(capsys):
@@ -158,6 +162,53 @@ def test_calibration_images_from_a_folder_or_a_dataset(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     images = calibration_images(str(tmp_path), 2)
     assert [tuple(image.shape) for image in images] == [(3, 30, 40), (3, 30, 42)]  # evenly spread
-    assert len(calibration_images("shapes:val", 3)) == 3
+    assert all(isinstance(image, torch.Tensor) for image in calibration_images("shapes:val", 3))  # no class names
+    # a dataset of the model's classes, in another order: (image, target) pairs, labels in the model's order
+    dataset = scaledet.data.open_dataset("shapes:val", progress=False)
+    names = list(reversed(dataset.class_names))
+    pairs = calibration_images("shapes:val", 3, names)
+    step = len(dataset) // 3
+    assert len(pairs) == 3
+    for (image, target), (expected_image, expected) in zip(pairs, (dataset[i * step] for i in range(3))):
+        assert torch.equal(image, expected_image) and torch.equal(target["boxes"], expected["boxes"])
+        assert [names[k] for k in target["labels"]] == [dataset.class_names[k] for k in expected["labels"]]
+    assert all(isinstance(item, torch.Tensor) for item in calibration_images("shapes:val", 3, ["cat", "dog"]))
     with pytest.raises(ValueError, match="no images found"):
         calibration_images(str(tmp_path / "missing"), 2)
+
+
+def test_calibration_ap_is_coco_ap_on_the_given_ground_truth():
+    images = [torch.zeros(3, 50, 60), torch.zeros(3, 40, 40)]
+    targets = [{"boxes": torch.tensor([[0.0, 0, 20, 20], [30, 10, 55, 40]]), "labels": torch.tensor([0, 1])},
+               {"boxes": torch.tensor([[5.0, 5, 30, 30]]), "labels": torch.tensor([1])}]
+    perfect = [dict(t, scores=torch.ones(len(t["labels"]))) for t in targets]
+    assert calibration_ap(perfect, targets, images, 2) == pytest.approx(1.0)
+    empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}] * 2
+    assert calibration_ap(empty, targets, images, 2) == 0.0
+    half = [perfect[0], empty[0]]  # image 1's class-1 object missed: class 0 AP 1, class 1 AP 0.5
+    assert calibration_ap(half, targets, images, 2) == pytest.approx(0.75, abs=0.01)
+    # check_calibration: bare images, or (image, target) pairs; a bad target is a clear error
+    assert check_calibration(images)[1] is None
+    assert len(check_calibration(list(zip(images, targets)))[1]) == 2
+    with pytest.raises(ValueError, match="calibration item 0: the target must be a dict"):
+        check_calibration([(images[0], {"boxes": torch.zeros(0, 4)})])
+
+
+@pytest.mark.slow
+def test_float_kept_rule_is_judged_by_ap_with_labelled_calibration_images(float_file, tmp_path):
+    """Ground truth = the float graph's own confident detections, so the float AP is high; a rule passes
+    when its AP is within max_ap_drop of it (impossible with a negative bound: the most float rule is kept)."""
+    model, path = float_file
+    images = tiny_images(8)
+    with torch.no_grad():
+        confident = [{k: v[d["scores"] >= 0.5] for k, v in d.items()} for d in OnnxDetector(path, threads=1)(images)]
+    assert sum(len(d["labels"]) for d in confident) >= 3
+    pairs = list(zip(images, confident))
+    loose = quantize_onnx(path, tmp_path / "a.onnx", pairs, rules=["none", "non-conv"], threads=1, max_ap_drop=1.0)
+    assert loose.float_ap > 0.5 and loose.max_ap_drop == 1.0 and loose.passed and loose.float_rule == "none"
+    assert [t["rule"] for t in loose.tried] == ["none"] and 0 <= loose.tried[0]["AP"] <= 1
+    strict = quantize_onnx(path, tmp_path / "b.onnx", pairs, rules=["none", "non-conv"], threads=1, max_ap_drop=-1.0)
+    assert not strict.passed and len(strict.tried) == 2  # none passed: the more accurate of the two is kept
+    assert strict.float_rule == max(reversed(strict.tried), key=lambda t: t["AP"])["rule"]
+    assert "judged by AP on the labelled calibration images" in strict.summary()
+    assert QuantizedDetector(tmp_path / "b.onnx").report["float_ap"] == strict.float_ap

@@ -26,14 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scaledet.data import open_dataset, print_report
     from scaledet.engine.doctor import diagnose, format_diagnosis
-    from scaledet.models.registry import family_hook
+    from scaledet.models.registry import create_model
 
     dataset = open_dataset(args.data, images=args.images, split=args.split, allow_empty=args.allow_empty)
     print_report(dataset)
-    profile = family_hook(args.model, "profile_info")
-    native = tuple(profile(args.model)["native_size"]) if profile else (512, 512)
-    size = (args.image_size, args.image_size) if args.image_size else None
-    report = diagnose(dataset, args.model, size, native_size=native)
+    # the model (random weights) brings its own resize rule: what --image-size means and how boxes scale
+    detector = create_model(args.model, num_classes=len(dataset.class_names), image_size=args.image_size)
+    report = diagnose(dataset, args.model, tuple(detector.image_size) if args.image_size else None,
+                      native_size=tuple(detector.image_size), detector=detector)
     print(format_diagnosis(report))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n")

@@ -8,8 +8,9 @@ FAIL against ``--score-tol`` / ``--box-tol``; the exit status is 1 on FAIL.
 INT8: ``scaledet export --weights w.safetensors --int8 --calibration DATA --output w.int8.onnx``
 quantizes the exported graph with onnxruntime (static, per-channel weights, activation ranges from
 ``--calibration-images`` images of DATA: a folder or glob of images, or a dataset ``scaledet train``
-reads) and prints which network layers stay float and why (the rule chosen by measured agreement
-with the float graph, :mod:`scaledet.inference.quantize`). With ``--check`` the INT8 file is compared
+reads) and prints which network layers stay float and why (:mod:`scaledet.inference.quantize`: the
+rule chosen by measured AP on the calibration images when DATA is a dataset of the model's classes,
+else by agreement with the float graph's detections). With ``--check`` the INT8 file is compared
 with the eager model on the calibration images against :data:`~scaledet.inference.quantize.DEFAULT_TOLERANCE`.
 """
 
@@ -39,17 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="DATA",
                         help="--int8: calibration images: a folder or glob of images, or a dataset (shapes:val, a "
                              "COCO .json, a VOC folder, a YOLO data.yaml)")
-    parser.add_argument("--calibration-images", type=int, default=32, help="--int8: how many images (default 32)")
+    parser.add_argument("--calibration-images", type=int, default=64,
+                        help="--int8: how many images (default 64: with labels they also judge the float-kept layers by AP)")
     parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
                         help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "
                              "every agreeing rule on this machine and keep the fastest (slower export)")
 
 
-def calibration_images(data: str, count: int) -> list:
-    """Up to ``count`` images (float ``[3, H, W]`` in [0, 1]) from ``data``: a dataset
+def calibration_images(data: str, count: int, class_names: list[str] | None = None) -> list:
+    """Up to ``count`` calibration items from ``data``, evenly spread over it: from a dataset
     (:func:`scaledet.data.open_dataset`: ``shapes...``, ``.json``, ``.yaml``, a folder with
-    ``Annotations/``) or files / folders / globs of images, evenly spread over it."""
+    ``Annotations/``) ``(image, target)`` pairs with labels in the order of ``class_names`` (the
+    model's; the INT8 rule is then judged by AP), or bare images when its classes are not the
+    model's; from files / folders / globs, images (float ``[3, H, W]`` in [0, 1])."""
+    import torch
+
     from scaledet.data import load_image, open_dataset
+    from scaledet.evaluation.runner import label_mapping
     from scaledet.inference.predict import IMAGE_SUFFIXES, collect_inputs
 
     path = Path(data)
@@ -57,7 +64,15 @@ def calibration_images(data: str, count: int) -> list:
     if data.startswith("shapes") or is_dataset:
         dataset = open_dataset(data, progress=False)
         step = max(len(dataset) // count, 1)
-        return [dataset[i][0] for i in range(0, len(dataset), step)][:count]
+        items = [dataset[i] for i in range(0, len(dataset), step)][:count]
+        if class_names is None or set(class_names) != set(dataset.class_names):
+            print(f"--calibration {data}: its classes are not the model's; the INT8 layers are judged by agreement "
+                  "with float, not by AP")
+            return [image for image, _ in items]
+        to_model = torch.empty(len(dataset.class_names), dtype=torch.long)
+        to_model[torch.tensor(label_mapping(class_names, dataset.class_names))] = torch.arange(len(class_names))
+        return [(image, {"boxes": target["boxes"], "labels": to_model[target["labels"].long()]})
+                for image, target in items]
     paths, problems = collect_inputs([data])
     paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
@@ -114,11 +129,12 @@ def _export_int8(model, args: argparse.Namespace) -> int:
 
     if args.calibration_images < 1:
         raise ValueError("--calibration-images must be >= 1")
-    images = calibration_images(args.calibration, args.calibration_images)
+    calibration = calibration_images(args.calibration, args.calibration_images, list(model.class_names))
+    images = [item[0] if isinstance(item, tuple) else item for item in calibration]
     output = Path(args.output or f"{model.config['model']}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="scaledet-export-") as tmp:
         float_path = export_onnx(model, Path(tmp) / "float.onnx", opset=args.opset)
-        report = quantize_onnx(float_path, output, images, progress=print, choose=args.int8_choose)
+        report = quantize_onnx(float_path, output, calibration, progress=print, choose=args.int8_choose)
     print(report.summary())
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, int8, opset {args.opset})")
     if args.check:

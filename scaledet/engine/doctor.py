@@ -21,16 +21,27 @@ TINY_SIDE = 8.0  # boxes with a side below this many input pixels are hard for a
 
 
 def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int, int] | None = None,
-             native_size: tuple[int, int] = (512, 512), overrides: dict | None = None) -> dict[str, Any]:
+             native_size: tuple[int, int] = (512, 512), overrides: dict | None = None,
+             detector: Any = None) -> dict[str, Any]:
     """Report on ``dataset`` (a :class:`scaledet.data.DetectionDataset`) for ``model``.
 
-    ``image_size``: the network input (h, w); ``None`` = what the auto recipe fits to the data
-    (capped at ``native_size``). Box sizes are measured after the model's resize (longest side
-    into the input, aspect kept), i.e. in the pixels the anchors live in.
+    ``image_size``: the network input size setting; ``None`` = what the auto recipe fits to the data
+    (capped at ``native_size``) for families with a free input size, else ``detector.image_size``.
+    Box sizes are measured after the model's eval resize, i.e. in the pixels the anchors live in:
+    ``detector``'s (:meth:`Detector.input_scale <scaledet.models.base.Detector.input_scale>`, e.g.
+    DETR's shorter-side resize) when given, else the longest side fitted into the input, aspect kept.
     """
     records = dataset.records
     stats = box_statistics(records)
-    size = tuple(image_size) if image_size is not None else fitted_input_size(stats, tuple(native_size))
+    free = detector is None or detector.input_size_is_free
+    if image_size is not None:
+        size = tuple(image_size)
+    else:
+        size = fitted_input_size(stats, tuple(native_size)) if free else tuple(detector.image_size)
+    if detector is not None:
+        scale_of, described = (lambda h, w: detector.input_scale(h, w, size)), detector.describe_input(size)
+    else:
+        scale_of, described = (lambda h, w: (min(size[0] / h, size[1] / w),) * 2), f"{size[0]}x{size[1]}"
     sides, aspects, per_image, label_counts = [], [], [], Counter()
     for record in records:
         keep = ~np.asarray(record.iscrowd, bool)
@@ -38,8 +49,8 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
         per_image.append(len(boxes))
         label_counts.update(np.asarray(record.labels)[keep].tolist())
         if len(boxes):
-            scale = min(size[0] / record.height, size[1] / record.width)
-            widths, heights = (boxes[:, 2] - boxes[:, 0]) * scale, (boxes[:, 3] - boxes[:, 1]) * scale
+            scale_y, scale_x = scale_of(record.height, record.width)
+            widths, heights = (boxes[:, 2] - boxes[:, 0]) * scale_x, (boxes[:, 3] - boxes[:, 1]) * scale_y
             sides.append(np.sqrt(widths * heights))
             aspects.append(widths / np.maximum(heights, 1e-9))
     sides = np.concatenate(sides) if sides else np.zeros(0)
@@ -47,7 +58,7 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
     quantiles = (5, 25, 50, 75, 95)
     report: dict[str, Any] = {
         "source": str(getattr(getattr(dataset, "report", None), "source", "")),
-        "model": model, "input_size": list(size),
+        "model": model, "input_size": list(size), "input": described,
         "images": len(records), "boxes": int(len(sides)),
         "empty_images": int(sum(n == 0 for n in per_image)),
         "max_boxes_per_image": int(max(per_image, default=0)),
@@ -81,7 +92,7 @@ def _advice(report: dict[str, Any]) -> list[str]:
     boxes = max(report["boxes"], 1)
     if report["tiny_boxes"] / boxes > 0.1:
         advice.append(f"{report['tiny_boxes']} boxes ({report['tiny_boxes'] / boxes:.0%}) are under {TINY_SIDE:g} px at "
-                      f"{report['input_size'][0]}x{report['input_size'][1]}: a larger --image-size (or tiling) will help")
+                      f"input {report.get('input', report['input_size'])}: a larger --image-size (or tiling) will help")
     rare = [c["name"] for c in report["categories"] if c["boxes"] < 10]
     if rare:
         advice.append(f"{len(rare)} class(es) have fewer than 10 boxes ({', '.join(rare[:5])}"
@@ -103,7 +114,7 @@ def format_diagnosis(report: dict[str, Any], max_categories: int = 20) -> str:
     """The report as a few aligned lines of text."""
     h, w = report["input_size"]
     lines = [f"doctor: {report['images']} images, {report['boxes']} boxes, {report['empty_images']} empty images, "
-             f"up to {report['max_boxes_per_image']} boxes per image; input {h}x{w}"]
+             f"up to {report['max_boxes_per_image']} boxes per image; input {report.get('input', f'{h}x{w}')}"]
     categories = report["categories"]
     shown = ", ".join(f"{c['label']}={c['name']!r} (id {c['category_id']}, {c['boxes']} boxes)"
                       for c in categories[:max_categories])

@@ -103,7 +103,7 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     size = fit_input_size(config, model, train_set) or tuple(model.image_size)
     overrides = dict(config.model_overrides)
     if hasattr(train_set, "records"):
-        report = diagnose(train_set, config.model, size, overrides=config.model_overrides)
+        report = diagnose(train_set, config.model, size, overrides=config.model_overrides, detector=model)
         if dist_utils.is_main():
             print(format_diagnosis(report))
         user_anchors = {"anchor_scale", "aspect_ratios"} & set(config.model_overrides)

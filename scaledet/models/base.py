@@ -121,6 +121,20 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         export examples). Default: ``image_size`` (families that resize-and-pad to a fixed size)."""
         return tuple(self.image_size)
 
+    def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
+        """``(scale_y, scale_x)``: network-input pixels per image pixel that the eval resize gives an image
+        of ``height`` x ``width`` at the size setting ``image_size`` (default ``self.image_size``), so
+        that box sides can be measured as the network sees them (the dataset doctor). Default: the
+        longest side fitted into ``image_size`` (h, w), aspect kept (resize-and-pad families)."""
+        size = tuple(image_size or self.image_size)
+        scale = min(size[0] / height, size[1] / width)
+        return scale, scale
+
+    def describe_input(self, image_size: Sequence[int] | None = None) -> str:
+        """The eval resize at ``image_size`` (default ``self.image_size``) in words, for reports."""
+        size = tuple(image_size or self.image_size)
+        return f"{size[0]}x{size[1]} (longest side fitted, aspect kept, padded)"
+
     # ----------------------------------------------------------------------------------------
     # the call chain (per family)
     @abc.abstractmethod

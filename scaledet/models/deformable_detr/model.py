@@ -23,7 +23,8 @@ from scaledet.models.deformable_detr.postprocess import per_image, postprocess
 from scaledet.models.deformable_detr.transformer import DeformableTransformer
 from scaledet.models.detr import transforms
 from scaledet.models.detr.model import COCO_HEAD_CLASSES
-from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, typical_input_size
+from scaledet.models.detr.preprocess import (Preprocessor, describe_resize, normalized_targets, resize_scale,
+                                             typical_input_size)
 from scaledet.models.layers import MLP
 
 #: raw outputs: (logits [B,Q,K], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)] of the earlier
@@ -121,6 +122,14 @@ class DeformableDETR(Detector):
     def input_size(self) -> tuple[int, int]:
         """(h, w) of a typical input: a 480x640 image under the eval resize (800x1066 at (800, 1333))."""
         return typical_input_size(*self.image_size)
+
+    def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
+        """DETR's eval resize (:func:`~scaledet.models.detr.preprocess.resize_scale`); ``image_size``
+        is (shorter side, longer-side cap)."""
+        return resize_scale(height, width, *(image_size or self.image_size))
+
+    def describe_input(self, image_size: Sequence[int] | None = None) -> str:
+        return describe_resize(*(image_size or self.image_size))
 
     # ----------------------------------------------------------------------------------------
     # the call chain

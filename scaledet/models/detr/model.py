@@ -20,7 +20,8 @@ from scaledet.models.detr.accelerators import DenoisingQueries, DenoisingSetting
 from scaledet.models.detr.backbone import ResNetBackbone, SinePositionEncoding
 from scaledet.models.detr.criterion import SetCriterion
 from scaledet.models.detr.postprocess import per_image, postprocess
-from scaledet.models.detr.preprocess import Preprocessor, normalized_targets, typical_input_size
+from scaledet.models.detr.preprocess import (Preprocessor, describe_resize, normalized_targets, resize_scale,
+                                             typical_input_size)
 from scaledet.models.detr.transformer import Transformer
 from scaledet.models.inputs import category_ids_for, check_images, check_targets
 from scaledet.models.layers import MLP
@@ -117,6 +118,14 @@ class DETR(Detector):
         """(h, w) of a typical input: a 480x640 (4:3) image under the eval resize, 800x1066 at the
         default ``(800, 1333)`` (:func:`~scaledet.models.detr.preprocess.typical_input_size`)."""
         return typical_input_size(*self.image_size)
+
+    def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
+        """DETR's eval resize (:func:`~scaledet.models.detr.preprocess.resize_scale`); ``image_size``
+        is (shorter side, longer-side cap)."""
+        return resize_scale(height, width, *(image_size or self.image_size))
+
+    def describe_input(self, image_size: Sequence[int] | None = None) -> str:
+        return describe_resize(*(image_size or self.image_size))
 
     # ----------------------------------------------------------------------------------------
     # the call chain

@@ -32,6 +32,21 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     return int(target_short * height / width), int(target_short)
 
 
+def resize_scale(height: int, width: int, min_size: int, max_size: int) -> tuple[float, float]:
+    """``(scale_y, scale_x)`` of :func:`resized_size` for an image of ``height`` x ``width`` (both
+    equal up to rounding; 1 when ``min_size`` is 0: no resize)."""
+    if min_size <= 0:
+        return 1.0, 1.0
+    new_h, new_w = resized_size(height, width, min_size, max_size)
+    return new_h / height, new_w / width
+
+
+def describe_resize(min_size: int, max_size: int) -> str:
+    """DETR's eval resize in words, for reports."""
+    return "image size (no resize)" if min_size <= 0 else \
+        f"shorter side {min_size}, longer side at most {max_size} (aspect kept)"
+
+
 def typical_input_size(min_size: int, max_size: int) -> tuple[int, int]:
     """The network input (h, w) of a :data:`TYPICAL_IMAGE` under the eval resize: 800x1066 at the
     default ``(800, 1333)``; the image itself when ``min_size`` is 0 (no resize)."""

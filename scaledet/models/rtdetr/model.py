@@ -64,6 +64,15 @@ class RTDETR(Detector):
         self.num_denoising = num_denoising
         self.label_noise_ratio, self.box_noise_scale = label_noise_ratio, box_noise_scale
 
+    def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
+        """Every image is stretched to ``image_size`` (h, w): the two scales differ."""
+        size = tuple(image_size or self.image_size)
+        return size[0] / height, size[1] / width
+
+    def describe_input(self, image_size: Sequence[int] | None = None) -> str:
+        size = tuple(image_size or self.image_size)
+        return f"{size[0]}x{size[1]} (stretched, aspect not kept)"
+
     # ----------------------------------------------------------------------------------------
     # the call chain
     def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
