@@ -2,6 +2,7 @@
 scaledet.optimize(precision="int8") and scaledet export --int8."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -212,3 +213,19 @@ def test_float_kept_rule_is_judged_by_ap_with_labelled_calibration_images(float_
     assert strict.float_rule == max(reversed(strict.tried), key=lambda t: t["AP"])["rule"]
     assert "judged by AP on the labelled calibration images" in strict.summary()
     assert QuantizedDetector(tmp_path / "b.onnx").report["float_ap"] == strict.float_ap
+
+
+def test_an_int8_file_made_with_vnni_warns_on_a_processor_without(float_file, tmp_path, monkeypatch):
+    """reduce_range (7-bit weights) is decided where the file is made; a file made with 8-bit weights
+    (VNNI) run where u8 x s8 saturates says so."""
+    from scaledet.inference import quantize
+    _, path = float_file
+    monkeypatch.setattr(quantize, "has_vnni", lambda: True)
+    report = quantize_onnx(path, tmp_path / "vnni.onnx", tiny_images(2), rules=["none"], threads=1)
+    assert report.reduce_range is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same kind of processor: no warning
+        QuantizedDetector(tmp_path / "vnni.onnx")
+    monkeypatch.setattr(quantize, "has_vnni", lambda: False)
+    with pytest.warns(UserWarning, match="quantized on a processor with VNNI"):
+        QuantizedDetector(tmp_path / "vnni.onnx")

@@ -28,6 +28,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -287,6 +288,16 @@ class QuantizationReport:
         return "\n".join(lines)
 
 
+#: the processor flags whose integer dot products do not saturate on u8 x s8 (VNNI and AMX)
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def has_vnni() -> bool:
+    """Whether this processor multiplies u8 x s8 without saturating (VNNI or AMX); without, the INT8
+    file is made with 7-bit weights (``reduce_range``)."""
+    return bool(VNNI_FLAGS & current_processor().flags)
+
+
 class _Feeds:
     """onnxruntime ``CalibrationDataReader``: one preprocessed image per call (batch 1)."""
 
@@ -395,7 +406,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
     model = float_detector.model  # weightless, for pre- and post-processing
     batches = [model.preprocess([image]) for image in images]  # batch 1 each
     feeds = [{k: v.numpy() for k, v in model.export_feeds(batch).items()} for batch in batches]
-    reduce_range = not ({"avx512_vnni", "avx_vnni", "amx_int8"} & current_processor().flags)
+    reduce_range = not has_vnni()
     output = Path(output)
     with tempfile.TemporaryDirectory(prefix="scaledet-int8-") as tmp:
         prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "calibration.json"
@@ -592,6 +603,10 @@ class QuantizedDetector(OnnxDetector):
             raise ValueError(f"{path} is not a scaledet INT8 file (no {INT8_KEY!r} metadata); "
                              "make one with scaledet export --int8 --calibration DATA")
         self.report = asdict(report) if report is not None else json.loads(meta[INT8_KEY])
+        if not self.report.get("reduce_range", True) and not has_vnni():
+            warnings.warn(f"{self.path.name} was quantized on a processor with VNNI (8-bit weights); this one has "
+                          "none, so its u8 x s8 products can saturate and the detections drift: re-export it here "
+                          "(scaledet export --int8 makes 7-bit weights on processors without VNNI)", stacklevel=2)
 
 
 def quantize_int8(model: Detector, calibration: Sequence | None, output: str | Path | None = None,
