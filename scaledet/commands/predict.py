@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name, e.g. efficientdet_d0 (default: from --weights)")
     parser.add_argument("--weights", help="our .safetensors, a reference checkpoint, 'coco', or an exported .onnx")
     parser.add_argument("--output", default="runs/predict", help="output folder (default runs/predict)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, help="images (or tiles) per model call (default: 1 on the CPU, "
+                        "where batching measured 0.80-0.84x the throughput of one at a time; 4 on a GPU)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="draw / save detections >= this")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--image-size", type=int, help="model input size override")
@@ -93,6 +94,16 @@ def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path
     return out_dir / f"{name}{suffix}"
 
 
+def batch_size_for(batch_size: int | None, device: str) -> int:
+    """``--batch-size``, checked; by default 1 on the CPU (4 tiles per call ran at 0.80-0.84x the
+    throughput of one at a time on 2 cores, docs/tiling.md) and 4 on a GPU."""
+    if batch_size is None:
+        return 1 if str(device).startswith("cpu") else 4
+    if batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    return batch_size
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -101,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.models.inputs import category_ids_of
 
     try:
-        if args.batch_size < 1:
-            raise ValueError("--batch-size must be >= 1")
+        args.batch_size = batch_size_for(args.batch_size, args.device)
         if bool(args.data) == bool(args.inputs):
             raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")
         args.tiling = tile_options(args)
