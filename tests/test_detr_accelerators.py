@@ -279,12 +279,13 @@ def test_the_recipe_switches_them_on_and_user_overrides_win(monkeypatch):
     from scaledet.engine import TrainConfig
     from scaledet.models.detr.recipes import ACCELERATORS, RECIPES
 
+    scratch = {"backbone_norm": "batch", "backbone_trainable_layers": 5}  # no pretrained weights: see from_scratch
     assert all("model_overrides" not in row for row in RECIPES.values())
-    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == {}
+    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == scratch
     monkeypatch.setitem(RECIPES["auto"], "model_overrides", ACCELERATORS)
-    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == ACCELERATORS
+    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == {**ACCELERATORS, **scratch}
     config = TrainConfig.for_model("detr_r50", max_steps=1, model_overrides={"query_groups": 1})
-    assert config.model_overrides == {**ACCELERATORS, "query_groups": 1}
+    assert config.model_overrides == {**ACCELERATORS, **scratch, "query_groups": 1}
 
 
 def test_training_engine_trains_and_saves_an_accelerated_detr(tmp_path):

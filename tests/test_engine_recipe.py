@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import scaledet
 from scaledet.engine import Trainer, TrainConfig, build_param_groups
 from scaledet.engine.schedule import LRSchedule
 from tests.fixtures import RectangleDataset, TinyDetector
@@ -27,7 +28,7 @@ def test_family_recipes():
     assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, lr=0.01).lr == 0.01
     assert TrainConfig.for_model("efficientdet_d0", epochs=1, model_overrides={"backbone_drop_path_rate": 0.1}
                                  ).model_overrides == {"backbone_drop_path_rate": 0.1}
-    detr = TrainConfig.for_model("detr_r50", epochs=1)
+    detr = TrainConfig.for_model("detr_r50", epochs=1, pretrained="coco")  # fine-tuning: the paper's backbone lr
     assert (detr.optimizer, detr.lr, detr.backbone_lr, detr.weight_decay) == ("adamw", 1e-4, 1e-5, 1e-4)
     assert (detr.clip_grad, detr.schedule, detr.lr_drop_at) == (0.1, "step", pytest.approx(2 / 3))
     assert TrainConfig.for_model("detr_r50", epochs=1, lr=5e-5).lr == 5e-5  # explicit values win
@@ -44,7 +45,8 @@ def test_yaml_then_flags(tmp_path):
     path.write_text("model: detr_r50\nepochs: 3\nbatch-size: 2\nlr: 0.001\nmodel_overrides: {num_queries: 10}\n")
     config = TrainConfig.from_sources(path, lr=0.002, epochs=None)
     assert (config.model, config.epochs, config.batch_size, config.lr) == ("detr_r50", 3, 2, 0.002)
-    assert config.model_overrides == {"num_queries": 10} and config.optimizer == "adamw"
+    assert config.model_overrides == {"backbone_norm": "batch", "backbone_trainable_layers": 5,  # from scratch
+                                      "num_queries": 10} and config.optimizer == "adamw"
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,8 @@ def test_detr_plugs_in_with_its_recipe(tmp_path):
     model = scaledet.create_model("detr_r50", num_classes=3, backbone="resnet18", hidden_dim=32, ffn_dim=64,
                                   enc_layers=1, dec_layers=1, num_queries=10, min_size=64, max_size=64,
                                   train_min_sizes=(64,))
-    config = TrainConfig.for_model("detr_r50", epochs=1, batch_size=4, out=str(tmp_path), progress=False)
+    config = TrainConfig.for_model("detr_r50", epochs=1, batch_size=4, out=str(tmp_path), progress=False,
+                                   pretrained="coco")  # fine-tuning: the paper's backbone lr / 10
     trainer = Trainer(config, model, RectangleDataset(8, image_size=64))
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
@@ -176,3 +179,32 @@ def test_detr_plugs_in_with_its_recipe(tmp_path):
         in_backbone = {id(p) in backbone for p in group["params"]}
         assert in_backbone == ({True} if group["lr"] < 5e-5 else {False})
     assert trainer.schedule.kind == "step" and config.clip_grad == 0.1
+
+
+@pytest.mark.parametrize("model, overrides", [
+    ("detr_r50", {"backbone_norm": "batch", "backbone_trainable_layers": 5}),
+    ("deformable_detr_r50", {"backbone_norm": "batch", "backbone_trainable_layers": 5}),
+    ("rtdetr_r50vd", {"backbone_norm": "batch", "freeze_stem": False}),
+    ("rtdetr_r18vd", {}), ("efficientdet_d0", {}),
+])
+def test_a_backbone_published_for_fine_tuning_trains_fully_from_scratch(model, overrides):
+    """A fresh FrozenBatchNorm2d holds identity statistics: from scratch (no --pretrained) the auto recipe
+    trains the backbone's BatchNorm, every stage, at the full lr; with weights, under --recipe paper, or
+    where the user says otherwise, the published setting stays."""
+    from scaledet.engine.recipe import family_recipe
+
+    row = family_recipe(model)
+    config = TrainConfig.for_model(model, max_steps=1)
+    assert config.model_overrides == {**row.get("model_overrides", {}), **overrides}
+    assert (config.backbone_lr == config.lr) if overrides else (config.backbone_lr == row.get("backbone_lr"))
+    tuned = TrainConfig.for_model(model, max_steps=1, pretrained="weights.safetensors")
+    assert tuned.model_overrides == row.get("model_overrides", {}) and tuned.backbone_lr == row.get("backbone_lr")
+    paper = TrainConfig.for_model(model, max_steps=1, recipe="paper")
+    assert paper.model_overrides == family_recipe(model, "paper").get("model_overrides", {})
+    mine = TrainConfig.for_model(model, max_steps=1, backbone_lr=1e-6, model_overrides={"backbone_norm": "frozen"})
+    assert mine.backbone_lr == 1e-6 and mine.model_overrides.get("backbone_norm", "frozen") == "frozen"
+    if overrides:  # the model the engine builds from it has a BatchNorm backbone with every stage trainable
+        built = scaledet.create_model(model, num_classes=2, **config.model_overrides)
+        norms = [m for m in built.backbone.modules() if "BatchNorm" in type(m).__name__]
+        assert norms and all(type(m) is nn.BatchNorm2d for m in norms)
+        assert all(p.requires_grad for p in built.backbone.parameters())

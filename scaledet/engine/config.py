@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from scaledet.errors import UserError
-from scaledet.engine.recipe import RECIPES, family_recipe, scaled_lr
+from scaledet.engine.recipe import RECIPES, family_recipe, from_scratch_changes, scaled_lr
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -101,7 +101,10 @@ class TrainConfig:
         ``values`` may name the recipe (``recipe="paper"``); unset it is ``"auto"``. When the
         learning rate is not given, the row's lr is scaled from its ``reference_batch`` to
         ``batch_size * grad_accum`` (:func:`~scaledet.engine.recipe.scaled_lr`). The row's
-        ``model_overrides`` are defaults under the user's.
+        ``model_overrides`` are defaults under the user's; so, under the auto recipe without
+        ``pretrained`` weights, are the family's from-scratch changes
+        (:func:`~scaledet.engine.recipe.from_scratch_changes`: a backbone published for fine-tuning
+        trains its BatchNorm, all its stages and, unless ``backbone_lr`` is given, at ``lr``).
         """
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -111,9 +114,13 @@ class TrainConfig:
         row = family_recipe(model, recipe)
         merged = {key: value for key, value in row.items() if key != "reference_batch"}
         merged.update(given)
-        merged["model_overrides"] = {**row.get("model_overrides", {}), **given.get("model_overrides", {})}
+        scratch = from_scratch_changes(model) if recipe == "auto" and not given.get("pretrained") else {}
+        merged["model_overrides"] = {**row.get("model_overrides", {}), **scratch.get("model_overrides", {}),
+                                     **given.get("model_overrides", {})}
         if "lr" not in given:
             merged["lr"] = scaled_lr(row, merged["batch_size"], merged.get("grad_accum", 1))
+        if scratch.get("backbone_at_lr") and "backbone_lr" not in given:
+            merged["backbone_lr"] = merged["lr"]
         config = cls(model=model, **merged)
         config.validate()
         return config

@@ -63,6 +63,19 @@ def family_recipe(model: str, recipe: str = "auto") -> dict[str, Any]:
     return {**_RECIPE_FALLBACKS, **rows.get(recipe, GENERIC_RECIPE)}
 
 
+def from_scratch_changes(model: str) -> dict[str, Any]:
+    """What the auto recipe changes to train ``model`` without pretrained weights: its family's
+    ``from_scratch(name)`` hook (:func:`scaledet.models.registry.family_hook`), e.g. a DETR backbone
+    published for fine-tuning (FrozenBatchNorm2d, whose fresh statistics are the identity: no
+    normalisation at all in a random ResNet; a frozen random stem; a 10x lower backbone lr) trains
+    like the rest of the network. ``{"model_overrides": {...}, "backbone_at_lr": bool}`` or ``{}``."""
+    try:
+        hook = family_hook(model, "from_scratch")
+    except ValueError:  # not a registered model name
+        return {}
+    return hook(model) if hook is not None else {}
+
+
 def scaled_lr(row: dict[str, Any], batch_size: int, grad_accum: int = 1) -> float:
     """The row's lr scaled from its ``reference_batch`` to ``batch_size * grad_accum``: linearly for
     SGD (Goyal et al. 2017), by the square root for AdamW (whose update size does not grow with the

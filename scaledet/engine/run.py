@@ -18,7 +18,7 @@ from scaledet.data.tiles import TileCropDataset
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.doctor import diagnose, format_diagnosis
-from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_input_size
+from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_input_size, from_scratch_changes
 from scaledet.engine.trainer import Trainer, seed_everything
 from scaledet.evaluation import format_stats
 from scaledet.inference.tiling import TileOptions
@@ -100,6 +100,10 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     seed_everything(config.seed)
     category_ids = getattr(train_set, "label_to_category_id", None)
     model = build_model(config, list(train_set.class_names), category_ids)
+    if config.model_overrides and dist_utils.is_main():
+        scratch = " (trained from scratch: no --pretrained)" if from_scratch_changes(config.model) \
+            and config.recipe == "auto" and not config.pretrained else ""
+        print(f"model: {config.model} with {config.model_overrides}{scratch}")
     size = fit_input_size(config, model, train_set) or tuple(model.image_size)
     overrides = dict(config.model_overrides)
     if hasattr(train_set, "records"):

@@ -21,12 +21,13 @@ from scaledet.models.deformable_detr.convert import to_scaledet
 from scaledet.models.deformable_detr.criterion import FocalHungarianMatcher, FocalSetCriterion
 from scaledet.models.deformable_detr.model import DeformableDETR
 from scaledet.models.deformable_detr.recipes import RECIPES
+from scaledet.models.detr.recipes import from_scratch  # the same backbone fields as DETR's
 from scaledet.models.deformable_detr.transformer import DeformableTransformer
 from scaledet.models.deformable_detr.variants import VARIANTS, DeformableDetrVariant
 from scaledet.models.detr import default_class_names, size_fields
 from scaledet.models.detr.preprocess import Preprocessor, scaled_train_sizes, typical_input_size
 
-__all__ = ["VARIANTS", "RECIPES", "DeformableDetrVariant", "DeformableDETR", "build", "assemble", "profile_info",
+__all__ = ["VARIANTS", "RECIPES", "from_scratch", "DeformableDetrVariant", "DeformableDETR", "build", "assemble", "profile_info",
            "CHECKPOINT"]
 
 _SIZE_FIELDS = ("min_size", "max_size")

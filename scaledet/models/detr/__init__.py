@@ -26,10 +26,10 @@ from scaledet.models.detr.model import DETR
 from scaledet.models.detr.preprocess import Preprocessor, scaled_train_sizes, typical_input_size
 from scaledet.models.detr.backbone import ResNetBackbone
 from scaledet.models.detr.transformer import Transformer
-from scaledet.models.detr.recipes import RECIPES
+from scaledet.models.detr.recipes import RECIPES, from_scratch
 from scaledet.models.detr.variants import COCO91_CLASS_NAMES, VARIANTS, DetrVariant
 
-__all__ = ["VARIANTS", "RECIPES", "DetrVariant", "DETR", "build", "assemble", "profile_info", "CHECKPOINT"]
+__all__ = ["VARIANTS", "RECIPES", "from_scratch", "DetrVariant", "DETR", "build", "assemble", "profile_info", "CHECKPOINT"]
 
 _SIZE_FIELDS = ("min_size", "max_size")
 

@@ -43,3 +43,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         freeze_bn_fraction=0.0,
     ),
 }
+
+
+def from_scratch(name: str) -> dict[str, Any]:
+    """The auto recipe's changes for training DETR variant ``name`` (or Deformable DETR, same fields)
+    without pretrained weights (:func:`scaledet.engine.recipe.from_scratch_changes`): the published
+    backbone is set up for fine-tuning ImageNet weights - FrozenBatchNorm2d, stem and layer1 frozen,
+    backbone lr / 10 - which from random weights left classification at chance on shapes (docs/detr.md);
+    BatchNorm, every stage and the full lr made it learn (``benchmarks/detr_shapes.yaml``)."""
+    return {"model_overrides": {"backbone_norm": "batch", "backbone_trainable_layers": 5}, "backbone_at_lr": True}

@@ -22,10 +22,10 @@ from scaledet.models.rtdetr.criterion import RtDetrCriterion
 from scaledet.models.rtdetr.decoder import Decoder
 from scaledet.models.rtdetr.encoder import HybridEncoder
 from scaledet.models.rtdetr.model import RTDETR
-from scaledet.models.rtdetr.recipes import RECIPES
+from scaledet.models.rtdetr.recipes import RECIPES, from_scratch
 from scaledet.models.rtdetr.variants import VARIANTS, RtDetrVariant
 
-__all__ = ["VARIANTS", "RECIPES", "RtDetrVariant", "RTDETR", "build", "assemble", "profile_info", "CHECKPOINT"]
+__all__ = ["VARIANTS", "RECIPES", "from_scratch", "RtDetrVariant", "RTDETR", "build", "assemble", "profile_info", "CHECKPOINT"]
 
 #: COCO's 80 class names in the order of the published RT-DETR heads (label i = i-th category id)
 COCO80_CLASS_NAMES: list[str] = [name for name in COCO_NAMES_BY_ID if name != "N/A"]

@@ -28,3 +28,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         freeze_bn_fraction=0.0,
     ),
 }
+
+
+def from_scratch(name: str) -> dict[str, Any]:
+    """The auto recipe's changes for training RT-DETR variant ``name`` without pretrained weights
+    (:func:`scaledet.engine.recipe.from_scratch_changes`): R50 / R101 are published with a frozen-
+    BatchNorm backbone and a frozen stem, set up for fine-tuning, so from random weights their
+    BatchNorm and stem train, at the full lr (as DETR's, docs/detr.md). R18 / R34 (BatchNorm, stem
+    trained, as published) are left as they are: R18 reached AP 0.66 on shapes that way."""
+    from scaledet.models.rtdetr.variants import VARIANTS
+
+    if VARIANTS[name].backbone_norm != "frozen":
+        return {}
+    return {"model_overrides": {"backbone_norm": "batch", "freeze_stem": False}, "backbone_at_lr": True}
