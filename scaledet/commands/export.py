@@ -124,13 +124,13 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     import torch
 
     from scaledet.export import export_onnx
-    from scaledet.inference.quantize import (DEFAULT_TOLERANCE, QuantizedDetector, detection_agreement,
-                                             quantize_onnx)
+    from scaledet.inference.quantize import (DEFAULT_TOLERANCE, QuantizedDetector, check_calibration,
+                                             detection_agreement, quantize_onnx)
 
     if args.calibration_images < 1:
         raise ValueError("--calibration-images must be >= 1")
     calibration = calibration_images(args.calibration, args.calibration_images, list(model.class_names))
-    images = [item[0] if isinstance(item, tuple) else item for item in calibration]
+    images, _ = check_calibration(calibration)
     output = Path(args.output or f"{model.config['model']}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="scaledet-export-") as tmp:
         float_path = export_onnx(model, Path(tmp) / "float.onnx", opset=args.opset)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from scaledet.engine.recipe import box_statistics, fitted_input_size
+from scaledet.models.base import longest_side_scale
 from scaledet.models.registry import family_hook
 
 TINY_SIDE = 8.0  # boxes with a side below this many input pixels are hard for any detector at stride 8
@@ -41,7 +42,7 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
     if detector is not None:
         scale_of, described = (lambda h, w: detector.input_scale(h, w, size)), detector.describe_input(size)
     else:
-        scale_of, described = (lambda h, w: (min(size[0] / h, size[1] / w),) * 2), f"{size[0]}x{size[1]}"
+        scale_of, described = (lambda h, w: (longest_side_scale(h, w, size),) * 2), f"{size[0]}x{size[1]}"
     sides, aspects, per_image, label_counts = [], [], [], Counter()
     for record in records:
         keep = ~np.asarray(record.iscrowd, bool)

@@ -126,8 +126,7 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         of ``height`` x ``width`` at the size setting ``image_size`` (default ``self.image_size``), so
         that box sides can be measured as the network sees them (the dataset doctor). Default: the
         longest side fitted into ``image_size`` (h, w), aspect kept (resize-and-pad families)."""
-        size = tuple(image_size or self.image_size)
-        scale = min(size[0] / height, size[1] / width)
+        scale = longest_side_scale(height, width, image_size or self.image_size)
         return scale, scale
 
     def describe_input(self, image_size: Sequence[int] | None = None) -> str:
@@ -199,6 +198,11 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """The exported graph's outputs -> the eval contract (boxes in each input image's pixels)."""
+
+
+def longest_side_scale(height: int, width: int, size: Sequence[int]) -> float:
+    """The scale that fits a ``height`` x ``width`` image into ``size`` (h, w), aspect kept."""
+    return min(size[0] / height, size[1] / width)
 
 
 def default_param_groups(module: nn.Module, lr: float, weight_decay: float,
