@@ -1,6 +1,7 @@
 """The processor a benchmark ran on, for the results files: the model name, the ISA flags that decide
 CPU speed, the kernel family ATen uses and the environment variables that cap the kernels (used to
-emulate an AVX2-only machine on an AVX-512 one: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``).
+emulate an AVX2-only machine on an AVX-512 one: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2``).
 The detection itself is :mod:`scaledet.inference.processor` (``scaledet bench`` reports it too)."""
 
 from __future__ import annotations

@@ -59,3 +59,18 @@ def test_results_files_keep_one_table_per_processor_kind(tmp_path):
     text = md.read_text()
     assert text.count("## ") == 3 and "| old |" in text and "second" in text and "first" not in text
     assert "| avx2 | m | e | 1 | 2.0 | 500.00 |  | 1.00 |" in text
+
+
+def test_every_kernel_cap_of_the_avx2_emulation_is_recorded(monkeypatch):
+    """ATen, oneDNN and MKL (PyTorch's BLAS, under the generic convolution path) each pick their
+    kernels on their own, so an emulated AVX2 machine caps all three and the report names them."""
+    caps = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    for name, value in caps.items():
+        monkeypatch.setenv(name, value)
+    current_processor.cache_clear()
+    try:
+        here = current_processor()
+        assert here.kernel_caps == caps
+        assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in here.describe()
+    finally:
+        current_processor.cache_clear()

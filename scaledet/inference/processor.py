@@ -4,8 +4,9 @@
 kernels run (``/proc/cpuinfo`` on Linux; elsewhere the model name only), the kernel family ATen
 actually dispatches to (``torch.backends.cpu.get_cpu_capability()``, which honours
 ``ATEN_CPU_CAPABILITY``) and the environment variables that cap kernels below the hardware
-(``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``: how an AVX2-only machine is emulated on an
-AVX-512 one). :attr:`Processor.kind` is a short key (``"avx512-bf16-vnni"``, ``"avx2"``) for
+(``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``: how an AVX2-only
+machine is emulated on an AVX-512 one; all three, since ATen, oneDNN and MKL (PyTorch's BLAS, behind
+the generic convolution path) each pick their kernels on their own). :attr:`Processor.kind` is a short key (``"avx512-bf16-vnni"``, ``"avx2"``) for
 results tables and caches; :attr:`Processor.native_bf16` says whether bfloat16 runs in hardware.
 """
 
@@ -22,7 +23,7 @@ import torch
 #: the CPU flags (Linux ``/proc/cpuinfo`` names) that decide CPU inference speed
 ISA_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 #: environment variables that cap the kernels below what the hardware has
-KERNEL_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+KERNEL_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 #: ``ONEDNN_MAX_CPU_ISA`` values that still allow oneDNN's native bfloat16 kernels
 _ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "ALL",
                      "DEFAULT"}
