@@ -19,34 +19,34 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.machine import describe, processor_info
 from benchmarks.reference import effdet_reference
+from scaledet.inference.benchmark import Engine, time_engines
 
 optimize_module = importlib.import_module("scaledet.inference.optimize")
 
 
-def layout_variant(model, image: torch.Tensor, threshold: int, channels_last: bool):
-    """A callable running ``optimize(model)`` on ``[image]`` with the routing threshold ``threshold``
-    and channels_last on or off (module settings swapped in for the call only)."""
+def layout_variant(label: str, model, threshold: int, channels_last: bool) -> Engine:
+    """An engine running ``optimize(model)`` with the routing threshold ``threshold`` and channels_last
+    on or off (module settings swapped in for the call only)."""
     fast = optimize_module.optimize(model)
     if not channels_last:
         fast.model.to(memory_format=torch.contiguous_format)
 
-    def run():
+    def run(images):
         saved = optimize_module.ONEDNN_POINTWISE_MIN_NUMEL, optimize_module._channels_last
         optimize_module.ONEDNN_POINTWISE_MIN_NUMEL = threshold
         if not channels_last:
             optimize_module._channels_last = lambda x: x.contiguous()
         try:
-            return fast([image])
+            return fast(images)
         finally:
             optimize_module.ONEDNN_POINTWISE_MIN_NUMEL, optimize_module._channels_last = saved
-    return run
+    return Engine(label, run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     reference, model = effdet_reference("efficientdet_d0", "cpu", Path(tempfile.mkdtemp()))
     image = torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0))
-    reference_input = reference.prepare([image])
     default = optimize_module.ONEDNN_POINTWISE_MIN_NUMEL
     never = 1 << 62
-    engines = {"effdet": lambda: reference.run(reference_input), "ours eager": lambda: model([image])}
+    engines = [reference, Engine("ours eager", model)]
     for label, threshold, channels_last in [(f"opt: route > {default}, channels_last (default)", default, True),
                                            ("opt: no routing, channels_last", never, True),
                                            ("opt: route all, channels_last", 0, True),
@@ -71,16 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                                            ("opt: route > 131072, channels_last", 131072, True),
                                            (f"opt: route > {default}, NCHW", default, False),
                                            ("opt: no routing, NCHW", never, False)]:
-        engines[label] = layout_variant(model, image, threshold, channels_last)
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    with torch.inference_mode():
-        for round_index in range(args.warmup + args.runs):
-            for name, run in engines.items():
-                start = time.perf_counter()
-                run()
-                if round_index >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-    reference_ms = statistics.median(times["effdet"]) * 1e3
+        engines.append(layout_variant(label, model, threshold, channels_last))
+    time_engines(engines, [image], batch_size=1, runs=args.runs, warmup=args.warmup, device="cpu")
+    times = {engine.name: engine.times[1] for engine in engines}
+    reference_ms = statistics.median(times[reference.name]) * 1e3
     machine = processor_info()
     print(f"{describe(machine)}; {args.threads} thread(s); D0 512 batch 1; medians of {args.runs}, interleaved")
     print("| engine | median ms | x effdet |\n|---|---:|---:|")

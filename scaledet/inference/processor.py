@@ -6,8 +6,8 @@ actually dispatches to (``torch.backends.cpu.get_cpu_capability()``, which honou
 ``ATEN_CPU_CAPABILITY``) and the environment variables that cap kernels below the hardware
 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``: how an AVX2-only
 machine is emulated on an AVX-512 one; all three, since ATen, oneDNN and MKL (PyTorch's BLAS, behind
-the generic convolution path) each pick their kernels on their own). :attr:`Processor.kind` is a short key (``"avx512-bf16-vnni"``, ``"avx2"``) for
-results tables and caches; :attr:`Processor.native_bf16` says whether bfloat16 runs in hardware.
+the generic convolution path) each pick their kernels on their own). :attr:`Processor.kind` is a
+short key (``"avx512-bf16-vnni"``, ``"avx2"``) for results tables and caches; :attr:`Processor.native_bf16` says whether bfloat16 runs in hardware.
 """
 
 from __future__ import annotations
