@@ -26,6 +26,10 @@ def test_efficientdet_onnx_equals_eager(name, tmp_path):
     path = export_onnx(model, tmp_path / f"{name}.onnx")
     ops = _check_graph(path, 2)
     assert ops.count("NonMaxSuppression") == 1 and "TopK" in ops
+    # the fusions are exported as constant-weight Mul / Add (no stack + ReduceSum); the model keeps its own
+    assert "ReduceSum" not in ops
+    fusions = [type(m).__name__ for m in model.network.modules() if hasattr(m, "frozen_weights")]
+    assert fusions and "FrozenWeightedSum" not in fusions
     runner = OnnxDetector(path)
     assert runner.class_names == model.class_names and runner.config == model.config
     images = [torch.rand(3, 200, 256), torch.rand(3, 256, 170)]

@@ -13,7 +13,7 @@ from scaledet.cli import main
 from scaledet.export import OnnxDetector, export_onnx
 from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, _kept_rule,
                                          calibration_ap, check_calibration, detection_agreement, float_rules,
-                                         network_nodes, quantize_onnx)
+                                         network_nodes, quantize_onnx, spatial_means_as_global_pools)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -95,6 +95,29 @@ def test_float_rules_on_a_small_graph():
     assert rules["gates"] == {"sigmoid", "swish"} and rules["gates+merges"] == {"sigmoid", "swish", "merge", "weight"}
     assert rules["non-conv"] == {"sigmoid", "swish", "merge", "weight"}
     assert rules["non-conv+first-conv+last-convs"] == rules["non-conv"] | {"conv1", "conv3"}
+
+
+def test_spatial_means_become_global_pools_with_the_same_values(tmp_path):
+    """Squeeze-excitation's mean over (H, W) keeping them becomes GlobalAveragePool (int8 in onnxruntime);
+    a mean over channels stays a ReduceMean, and the graph's output is unchanged."""
+    import numpy
+    import onnxruntime
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Means(torch.nn.Module):
+        def forward(self, x):
+            return x * x.mean((2, 3), keepdim=True) + x.mean(1, keepdim=True) + x.mean((-2, -1), keepdim=True).sigmoid()
+
+    torch.onnx.export(Means(), (torch.randn(1, 3, 8, 8),), tmp_path / "means.onnx", dynamo=True)
+    quant_pre_process(str(tmp_path / "means.onnx"), str(tmp_path / "pools.onnx"))
+    assert spatial_means_as_global_pools(tmp_path / "pools.onnx") == 2
+    graph = onnx.load(str(tmp_path / "pools.onnx")).graph
+    assert [n.op_type for n in graph.node].count("GlobalAveragePool") == 2
+    assert [n.op_type for n in graph.node].count("ReduceMean") == 1
+    x = numpy.random.default_rng(0).standard_normal((1, 3, 8, 8), dtype=numpy.float32)
+    before, after = (onnxruntime.InferenceSession(str(tmp_path / f)).run(None, {"x": x})[0]
+                     for f in ("means.onnx", "pools.onnx"))
+    numpy.testing.assert_allclose(before, after, atol=1e-6)
 
 
 def test_agreement_counts_matches_misses_and_extras():
