@@ -178,8 +178,8 @@ def spatial_means_as_global_pools(path: str | Path) -> int:
     """Rewrite, in place, each ``ReduceMean`` of the ONNX file ``path`` that averages a 4-d tensor over
     its two spatial axes and keeps them (squeeze-excitation's ``x.mean((2, 3), keepdim=True)``) as the
     equal ``GlobalAveragePool``. onnxruntime runs the latter in int8 and the former only in float,
-    between a dequantize and a quantize, on NHWC data: on D0 512 (batch 1, 1 thread) the 16 means took
-    16 ms of a 98 ms INT8 graph, the pools take 0.9 ms. Needs the shapes inferred (``quant_pre_process``);
+    between a dequantize and a quantize, on NHWC data: on D0 512 (batch 1, 1 thread, AMD EPYC) the 16
+    means took 16 ms of a 98 ms INT8 graph, the pools take 0.9 ms. Needs the shapes inferred (``quant_pre_process``);
     means of unknown rank are left alone. Returns the number rewritten."""
     import onnx
     from onnx import helper, numpy_helper
