@@ -11,7 +11,7 @@ import scaledet
 from benchmarks.reference import spread_random_weights
 from scaledet.cli import main
 from scaledet.export import OnnxDetector, export_onnx
-from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, _kept_rule,
+from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, _calibrate, _kept_rule,
                                          calibration_ap, check_calibration, detection_agreement, float_rules,
                                          network_nodes, quantize_onnx, spatial_means_as_global_pools)
 
@@ -118,6 +118,35 @@ def test_spatial_means_become_global_pools_with_the_same_values(tmp_path):
     before, after = (onnxruntime.InferenceSession(str(tmp_path / f)).run(None, {"x": x})[0]
                      for f in ("means.onnx", "pools.onnx"))
     numpy.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def test_percentile_ranges_cut_an_outlier_and_keep_the_max_pool_padding_unbounded(tmp_path):
+    """x -> conv -> a; a -> pad(-inf) -> maxpool: with a 99th percentile, a rare outlier of x no longer sets
+    its range (min / max does); the -inf padding stays an unbounded (always float) tensor either way."""
+    import numpy
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv"),
+             helper.make_node("Pad", ["a", "pads", "minus_inf"], ["padded"], name="pad"),
+             helper.make_node("MaxPool", ["padded"], ["y"], name="pool", kernel_shape=[3, 3], strides=[1, 1])]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [1.0]),
+             helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1]),
+             helper.make_tensor("minus_inf", TensorProto.FLOAT, [], [float("-inf")])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])], inits)
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    rng = numpy.random.default_rng(0)
+    feeds = [{"x": rng.uniform(0, 1, (1, 1, 16, 16)).astype(numpy.float32)} for _ in range(20)]
+    feeds[3]["x"][0, 0, 5, 5] = 1000.0  # one value in 5120
+    ranges = {}
+    for percentile in (None, 99.0):
+        cache = tmp_path / f"ranges_{percentile}.json"
+        unbounded = _calibrate(path, feeds, cache, tmp_path, percentile)
+        assert unbounded == {"padded"}
+        ranges[percentile] = json.loads(cache.read_text())["data"]
+    high = {p: numpy.ravel(r["x"]["highest"]["data"])[0] for p, r in ranges.items()}
+    assert high[None] == 1000.0 and high[99.0] < 2.0
 
 
 def test_agreement_counts_matches_misses_and_extras():

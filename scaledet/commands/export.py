@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "COCO .json, a VOC folder, a YOLO data.yaml)")
     parser.add_argument("--calibration-images", type=int, default=64,
                         help="--int8: how many images (default 64: with labels they also judge the float-kept layers by AP)")
+    parser.add_argument("--calibration-percentile", type=float, default=99.999, metavar="P",
+                        help="--int8: activation ranges cover P percent of each tensor's calibration values "
+                             "(default 99.999; 100 = min / max)")
     parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
                         help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "
                              "every agreeing rule on this machine and keep the fastest (slower export)")
@@ -129,12 +132,16 @@ def _export_int8(model, args: argparse.Namespace) -> int:
 
     if args.calibration_images < 1:
         raise ValueError("--calibration-images must be >= 1")
+    if not 50 < args.calibration_percentile <= 100:
+        raise ValueError(f"--calibration-percentile must be in (50, 100], got {args.calibration_percentile:g}")
+    percentile = None if args.calibration_percentile == 100 else args.calibration_percentile
     calibration = calibration_images(args.calibration, args.calibration_images, list(model.class_names))
     images, _ = check_calibration(calibration)
     output = Path(args.output or f"{model.config['model']}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="scaledet-export-") as tmp:
         float_path = export_onnx(model, Path(tmp) / "float.onnx", opset=args.opset)
-        report = quantize_onnx(float_path, output, calibration, progress=print, choose=args.int8_choose)
+        report = quantize_onnx(float_path, output, calibration, progress=print, choose=args.int8_choose,
+                               percentile=percentile)
     print(report.summary())
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, int8, opset {args.opset})")
     if args.check:

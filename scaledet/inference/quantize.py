@@ -22,7 +22,9 @@ imported only here.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
+import io
 import json
 import shutil
 import statistics
@@ -48,6 +50,13 @@ INT8_KEY = "scaledet.int8"
 #: the ops onnxruntime's QDQ quantizer handles that sit inside detector networks
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Sigmoid", "Concat", "Resize", "MaxPool",
                       "AveragePool", "GlobalAveragePool", "Clip", "Relu", "Transpose", "Reshape", "Pad")
+#: activation ranges: the share (percent) of each tensor's calibration values inside its range. MinMax
+#: (100) lets one outlier stretch a range and coarsen every step of it: on EfficientDet-D0 trained on the
+#: fewshot learnability set, int8 with nothing float lost 0.0226 val AP with MinMax ranges, 0.0128 at
+#: 99.99 and 0.0078 at 99.999 (its calibration AP 0.7330 -> 0.7350, so it passes where MinMax failed)
+DEFAULT_PERCENTILE = 99.999
+#: op types whose tensors keep MinMax ranges: the ``-inf`` padding before a max-pool has no percentile
+MINMAX_OP_TYPES = ("Pad", "MaxPool")
 #: ops that merge feature maps (with :func:`float_rules`' "merges": also ``Mul`` by a constant weight)
 MERGE_OP_TYPES = ("Add", "Sum", "Concat", "ReduceSum")
 
@@ -277,7 +286,8 @@ class QuantizationReport:
     (``"first"`` agreeing or ``"fastest"`` agreeing); ``float_ms``: with ``"fastest"``, the float
     graph's median batch-1 time (each rule's is in ``tried``); ``float_ap``: with labelled calibration
     images, the float graph's COCO AP on them (each rule's is in ``tried``), which the rules were judged
-    by (``max_ap_drop``), else ``None`` (judged by ``tolerance``)."""
+    by (``max_ap_drop``), else ``None`` (judged by ``tolerance``); ``percentile``: the activation ranges'
+    percentile (``None``: min / max)."""
 
     float_rule: str
     float_nodes: list[str]
@@ -295,17 +305,19 @@ class QuantizationReport:
     float_ms: float | None = None
     float_ap: float | None = None
     max_ap_drop: float | None = None
+    percentile: float | None = None
 
     def summary(self) -> str:
         """The rule kept, the float-kept layers (module paths) and every rule tried, one line each."""
         fallback = "the most accurate one" if self.float_ap is not None else "the most float one"
         verdict = "" if self.passed else (f" - NO rule kept the float accuracy, kept {fallback}" if self.verified
                                           else " - UNVERIFIED: the float graph finds nothing on the calibration images")
+        ranges = "min / max ranges" if self.percentile is None else f"{self.percentile}th-percentile ranges"
         unbounded = f"; {len(self.unbounded_nodes)} nodes with an infinite range always float" \
             if self.unbounded_nodes else ""
         lines = [f"int8: {self.quantized_nodes} of {self.network_nodes} network nodes quantized; kept float: "
                  f"{self.float_rule} ({len(self.float_nodes)} nodes), post-processing float; calibrated on "
-                 f"{self.calibration_images} images{unbounded}{verdict}"]
+                 f"{self.calibration_images} images ({ranges}){unbounded}{verdict}"]
         if self.float_modules:
             shown = ", ".join(self.float_modules[:12])
             more = f" and {len(self.float_modules) - 12} more" if len(self.float_modules) > 12 else ""
@@ -415,7 +427,8 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
                   tolerance: Tolerance = DEFAULT_TOLERANCE, rules: Sequence[str] | None = None,
                   threads: int | None = None, progress: Callable[[str], None] | None = None,
                   choose: str = "first", timing_runs: int = 10,
-                  max_ap_drop: float = DEFAULT_MAX_AP_DROP) -> QuantizationReport:
+                  max_ap_drop: float = DEFAULT_MAX_AP_DROP,
+                  percentile: float | None = DEFAULT_PERCENTILE) -> QuantizationReport:
     """Write the INT8 version of the scaledet ONNX file ``float_path`` to ``output`` (see the module
     docstring) and return what was kept float.
 
@@ -432,6 +445,9 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             rule, time the float graph and each agreeing rule on one calibration image (batch 1,
             ``timing_runs`` interleaved rounds, medians) and keep the fastest - on the processor that
             runs this, which should be the one that will run the file.
+        percentile: activation ranges cover this percent of each tensor's calibration values
+            (histograms of 2048 bins, both tails cut equally; :data:`DEFAULT_PERCENTILE`), except the
+            tensors of :data:`MINMAX_OP_TYPES` nodes; ``None``: every range is the min / max.
     """
     if choose not in ("first", "fastest"):
         raise ValueError(f"choose must be 'first' or 'fastest', got {choose!r}")
@@ -452,8 +468,9 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
         quant_pre_process(str(float_path), str(prepared))
         spatial_means_as_global_pools(prepared)
         graph = onnx.load(str(prepared)).graph
-        say(f"int8: calibrating activation ranges on {len(feeds)} images")
-        unbounded = _calibrate(prepared, feeds, cache, Path(tmp))
+        ranges = "min / max" if percentile is None else f"{percentile}th percentile"
+        say(f"int8: calibrating activation ranges ({ranges}) on {len(feeds)} images")
+        unbounded = _calibrate(prepared, feeds, cache, Path(tmp), percentile)
         network = network_nodes(graph)
         # nodes reading or writing a tensor with an infinite range (the -inf padding of a max-pool)
         # cannot be quantized: always float
@@ -512,7 +529,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
                                 reduce_range, asdict(tolerance), kept["passed"], tried, sorted(always_float),
                                 sorted({modules.get(node, node) for node in float_nodes}), verified, choose, float_ms,
                                 None if float_ap is None else round(float_ap, 4),
-                                max_ap_drop if float_ap is not None else None)
+                                max_ap_drop if float_ap is not None else None, percentile)
     _write_metadata(output, float_detector.config, report)
     return report
 
@@ -579,18 +596,34 @@ def _module_paths(path: str | Path) -> dict[str, str]:
     return paths
 
 
-def _calibrate(prepared: Path, feeds: list[dict], cache: Path, tmp: Path) -> set[str]:
-    """MinMax ranges of every tensor of :data:`QUANTIZED_OP_TYPES` nodes over ``feeds``, written to
-    ``cache`` (``quantize_static``'s ``calibration_cache_path``, so each rule reuses them); returns
-    the names of tensors whose range is not finite."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+def _calibrate(prepared: Path, feeds: list[dict], cache: Path, tmp: Path, percentile: float | None) -> set[str]:
+    """Ranges of every tensor of :data:`QUANTIZED_OP_TYPES` nodes over ``feeds``, written to ``cache``
+    (``quantize_static``'s ``calibration_cache_path``, so each rule reuses them): min / max, then, with
+    ``percentile``, the finite ranges of the tensors of the other op types than :data:`MINMAX_OP_TYPES`
+    replaced by their percentile ranges. Returns the names of tensors whose min / max is not finite."""
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData, TensorsData, create_calibrator,
+                                                    save_tensors_data)
 
-    calibrator = create_calibrator(prepared, list(QUANTIZED_OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.MinMax)
-    calibrator.collect_data(_Feeds(feeds))
-    ranges = calibrator.compute_data()
+    def collect(op_types, method, **options) -> TensorsData:
+        calibrator = create_calibrator(prepared, list(op_types), augmented_model_path=str(tmp / f"{method.name}.onnx"),
+                                       calibrate_method=method, extra_options=options)
+        calibrator.collect_data(_Feeds(feeds))
+        return calibrator.compute_data()
+
+    ranges = collect(QUANTIZED_OP_TYPES, CalibrationMethod.MinMax)
+    unbounded = {name for name, data in ranges.items() if not numpy.isfinite(numpy.asarray(data.range_value)).all()}
+    if percentile is not None:
+        merged = dict(ranges.items())
+        with contextlib.redirect_stdout(io.StringIO()):  # the percentile calibrator prints its settings
+            tails = collect([op for op in QUANTIZED_OP_TYPES if op not in MINMAX_OP_TYPES], CalibrationMethod.Percentile,
+                            percentile=percentile, num_bins=2048, symmetric=False)
+        for name, data in tails.items():
+            low, high = (numpy.asarray(v, numpy.float32).reshape(1) for v in data.range_value)
+            if name in merged and name not in unbounded and numpy.isfinite([low, high]).all():
+                merged[name] = TensorData(lowest=low, highest=high)
+        ranges = TensorsData(CalibrationMethod.MinMax, merged)
     save_tensors_data(ranges, cache)
-    return {name for name, data in ranges.items() if not numpy.isfinite(numpy.asarray(data.range_value)).all()}
+    return unbounded
 
 
 def _check_scales(path: Path) -> None:
@@ -650,13 +683,14 @@ class QuantizedDetector(OnnxDetector):
 
 def quantize_int8(model: Detector, calibration: Sequence | None, output: str | Path | None = None,
                   tolerance: Tolerance = DEFAULT_TOLERANCE, threads: int | None = None,
-                  choose: str = "first", max_ap_drop: float = DEFAULT_MAX_AP_DROP) -> QuantizedDetector:
+                  choose: str = "first", max_ap_drop: float = DEFAULT_MAX_AP_DROP,
+                  percentile: float | None = DEFAULT_PERCENTILE) -> QuantizedDetector:
     """``scaledet.optimize(model, precision="int8", calibration=images)``: export ``model`` to ONNX,
     quantize it (:func:`quantize_onnx`) and return the :class:`QuantizedDetector` running it.
 
     ``output``: where the INT8 file goes (default a temporary folder, kept for the detector's life;
     pass a path to keep it). ``threads``: onnxruntime threads (default ``torch.get_num_threads()``).
-    ``calibration``, ``choose``, ``max_ap_drop``: see :func:`quantize_onnx`. ``model`` is left untouched
+    ``calibration``, ``choose``, ``max_ap_drop``, ``percentile``: see :func:`quantize_onnx`. ``model`` is left untouched
     (a CPU copy is exported).
     """
     check_calibration(calibration)  # a clear error before exporting
@@ -665,7 +699,7 @@ def quantize_int8(model: Detector, calibration: Sequence | None, output: str | P
     float_path = export_onnx(copy.deepcopy(model).cpu().eval(), Path(folder.name) / "float.onnx")  # model untouched
     output = Path(output) if output is not None else Path(folder.name) / "int8.onnx"
     report = quantize_onnx(float_path, output, calibration, tolerance, threads=threads, choose=choose,
-                           max_ap_drop=max_ap_drop)
+                           max_ap_drop=max_ap_drop, percentile=percentile)
     detector = QuantizedDetector(output, threads=threads, report=report)
     detector._folder = folder  # the temporary files live as long as the detector
     return detector
