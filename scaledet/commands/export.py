@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "COCO .json, a VOC folder, a YOLO data.yaml)")
     parser.add_argument("--calibration-images", type=int, default=64,
                         help="--int8: how many images (default 64: with labels they also judge the float-kept layers by AP)")
-    parser.add_argument("--calibration-percentile", type=float, default=99.999, metavar="P",
+    parser.add_argument("--calibration-percentile", type=float, default=100.0, metavar="P",
                         help="--int8: activation ranges cover P percent of each tensor's calibration values "
-                             "(default 99.999; 100 = min / max)")
+                             "(default 100 = min / max; 99.999 cut D0's INT8 AP loss on one set from 0.023 to 0.008, "
+                             "at a much longer calibration)")
     parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
                         help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "
                              "every agreeing rule on this machine and keep the fastest (slower export)")

@@ -50,11 +50,12 @@ INT8_KEY = "scaledet.int8"
 #: the ops onnxruntime's QDQ quantizer handles that sit inside detector networks
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Sigmoid", "Concat", "Resize", "MaxPool",
                       "AveragePool", "GlobalAveragePool", "Clip", "Relu", "Transpose", "Reshape", "Pad")
-#: activation ranges: the share (percent) of each tensor's calibration values inside its range. MinMax
-#: (100) lets one outlier stretch a range and coarsen every step of it: on EfficientDet-D0 trained on the
-#: fewshot learnability set, int8 with nothing float lost 0.0226 val AP with MinMax ranges, 0.0128 at
-#: 99.99 and 0.0078 at 99.999 (its calibration AP 0.7330 -> 0.7350, so it passes where MinMax failed)
-DEFAULT_PERCENTILE = 99.999
+#: activation ranges by default: min / max (``None``). A percentile (e.g. 99.999: each range covers that
+#: share of its tensor's calibration values) keeps one outlier from stretching a range and coarsening
+#: every step of it: EfficientDet-D0 trained on the fewshot learnability set lost 0.0226 val AP in int8
+#: (nothing float) with min / max ranges, 0.0128 at 99.99 and 0.0078 at 99.999. Not the default: the
+#: histograms cost far more calibration time than min / max, not yet measured at 512 px and above
+DEFAULT_PERCENTILE: float | None = None
 #: op types whose tensors keep MinMax ranges: the ``-inf`` padding before a max-pool has no percentile
 MINMAX_OP_TYPES = ("Pad", "MaxPool")
 #: ops that merge feature maps (with :func:`float_rules`' "merges": also ``Mul`` by a constant weight)
@@ -446,8 +447,9 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             ``timing_runs`` interleaved rounds, medians) and keep the fastest - on the processor that
             runs this, which should be the one that will run the file.
         percentile: activation ranges cover this percent of each tensor's calibration values
-            (histograms of 2048 bins, both tails cut equally; :data:`DEFAULT_PERCENTILE`), except the
-            tensors of :data:`MINMAX_OP_TYPES` nodes; ``None``: every range is the min / max.
+            (histograms of 2048 bins, both tails cut equally, collected one image at a time), except
+            the tensors of :data:`MINMAX_OP_TYPES` nodes; ``None`` (:data:`DEFAULT_PERCENTILE`): every
+            range is the min / max.
     """
     if choose not in ("first", "fastest"):
         raise ValueError(f"choose must be 'first' or 'fastest', got {choose!r}")
@@ -607,7 +609,11 @@ def _calibrate(prepared: Path, feeds: list[dict], cache: Path, tmp: Path, percen
     def collect(op_types, method, **options) -> TensorsData:
         calibrator = create_calibrator(prepared, list(op_types), augmented_model_path=str(tmp / f"{method.name}.onnx"),
                                        calibrate_method=method, extra_options=options)
-        calibrator.collect_data(_Feeds(feeds))
+        if method == CalibrationMethod.MinMax:  # the augmented graph reduces each tensor to its min and max
+            calibrator.collect_data(_Feeds(feeds))
+        else:  # histograms need whole tensors: one image at a time bounds the memory (all 64 at 512 px: > 24 GB)
+            for feed in feeds:
+                calibrator.collect_data(_Feeds([feed]))
         return calibrator.compute_data()
 
     ranges = collect(QUANTIZED_OP_TYPES, CalibrationMethod.MinMax)
