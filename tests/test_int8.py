@@ -198,11 +198,13 @@ def test_optimize_int8_keeps_the_detector_contract():
 def test_export_int8_command_reports_float_layers(tmp_path, capsys):
     output = tmp_path / "lite0.int8.onnx"
     code = main(["export", "--model", "efficientdet_lite0", "--image-size", "64", "--int8", "--calibration",
-                 "shapes:val", "--calibration-images", "4", "--output", str(output)])
+                 "shapes:val", "--calibration-images", "4", "--calibration-percentile", "99.99", "--output", str(output)])
     out = capsys.readouterr().out
     assert code == 0 and output.exists()
     assert "network nodes quantized; kept float:" in out and "rule none" in out
-    assert QuantizedDetector(output).report["calibration_images"] == 4
+    assert "(99.99th-percentile ranges)" in out
+    report = QuantizedDetector(output).report
+    assert report["calibration_images"] == 4 and report["percentile"] == 99.99
 
 
 def test_calibration_images_from_a_folder_or_a_dataset(tmp_path):
