@@ -66,10 +66,14 @@ def demo_model(name: str, args: argparse.Namespace):
     return None, None
 
 
-def int8_files(model, folder: Path, calibration: list, threads: int, rules=None) -> tuple[Path, Path, dict]:
+def int8_files(model, folder: Path, calibration: list, args: argparse.Namespace, rules=None) -> tuple[Path, Path, dict]:
     """``(float file, int8 file, quantization report)`` of ``model``."""
     float_path = export_onnx(model, folder / "float.onnx")
-    report = quantize_onnx(float_path, folder / "int8.onnx", calibration, rules=rules, threads=threads, progress=print)
+    percentile = None if args.calibration_percentile >= 100 else args.calibration_percentile
+    start = time.perf_counter()
+    report = quantize_onnx(float_path, folder / "int8.onnx", calibration, rules=rules, threads=args.threads,
+                           progress=print, percentile=percentile)
+    print(f"quantize_onnx took {time.perf_counter() - start:.1f} s", flush=True)
     print(report.summary(), flush=True)
     return float_path, folder / "int8.onnx", report
 
@@ -80,7 +84,7 @@ def accuracy(name: str, model, args, folder: Path) -> dict:
     val = shapes_split("val", num_images=args.val_images, image_size=size)
     train = shapes_split("train", num_images=args.calibration_images, image_size=size)
     calibration = [train[i] for i in range(args.calibration_images)]  # labelled: the rule is judged by AP
-    float_path, int8_path, report = int8_files(model, folder, calibration, args.threads)
+    float_path, int8_path, report = int8_files(model, folder, calibration, args)
     engines = {"eager-fp32": model, "optimized-fp32": scaledet.optimize(model),
                "onnxrt-fp32": OnnxDetector(float_path, threads=args.threads),
                "onnxrt-int8": QuantizedDetector(int8_path, threads=args.threads)}
@@ -101,7 +105,7 @@ def latency(name: str, model, rule: str, args, folder: Path) -> dict:
         scaledet.create_model(name, num_classes=model.num_classes, image_size=native).eval()
     calibration = [shapes_split("train", num_images=args.calibration_images, image_size=native)[i][0]
                    for i in range(args.calibration_images)]
-    float_path, int8_path, _ = int8_files(sized, folder, calibration, args.threads, rules=[rule])
+    float_path, int8_path, _ = int8_files(sized, folder, calibration, args, rules=[rule])
     engines = {"optimized-fp32": scaledet.optimize(sized),
                "onnxrt-fp32": OnnxDetector(float_path, threads=args.threads),
                "onnxrt-int8": QuantizedDetector(int8_path, threads=args.threads)}
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--val-images", type=int, default=200, help="as in scaledet demo")
     parser.add_argument("--calibration-images", type=int, default=64, help="as scaledet export --int8")
+    parser.add_argument("--calibration-percentile", type=float, default=100.0, metavar="P",
+                        help="as scaledet export --int8 (100 = min / max)")
     parser.add_argument("--latency-size", type=int, help="default: the model's native image size")
     parser.add_argument("--train-missing", action="store_true", help="run scaledet demo for missing demo weights")
     parser.add_argument("--no-latency", action="store_true", help="AP only (for a busy machine)")

@@ -141,6 +141,8 @@ def test_percentile_ranges_cut_an_outlier_and_keep_the_max_pool_padding_unbounde
     rng = numpy.random.default_rng(0)
     feeds = [{"x": rng.uniform(0, 1, (1, 1, 16, 16)).astype(numpy.float32)} for _ in range(20)]
     feeds[3]["x"][0, 0, 5, 5] = 1000.0  # one value in 5120
+    feeds.insert(0, {"x": numpy.full((1, 1, 16, 16), 1e-6, numpy.float32)})  # a near-empty first image, later
+    # ones 1e6 times wider (onnxruntime's histogram calibrator re-bins at the first image's width: 'Too many bins')
     ranges = {}
     for percentile in (None, 99.0):
         cache = tmp_path / f"ranges_{percentile}.json"
@@ -148,7 +150,7 @@ def test_percentile_ranges_cut_an_outlier_and_keep_the_max_pool_padding_unbounde
         assert unbounded == {"padded"}
         ranges[percentile] = json.loads(cache.read_text())["data"]
     high = {p: numpy.ravel(r["x"]["highest"]["data"])[0] for p, r in ranges.items()}
-    assert high[None] == 1000.0 and high[99.0] < 2.0
+    assert high[None] == 1000.0 and 0.95 < high[99.0] < 1.1  # the uniform values' top, within a bin or two
 
 
 def test_agreement_counts_matches_misses_and_extras():

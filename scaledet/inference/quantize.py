@@ -22,9 +22,7 @@ imported only here.
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
-import io
 import json
 import shutil
 import statistics
@@ -447,7 +445,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             ``timing_runs`` interleaved rounds, medians) and keep the fastest - on the processor that
             runs this, which should be the one that will run the file.
         percentile: activation ranges cover this percent of each tensor's calibration values
-            (histograms of 2048 bins, both tails cut equally, collected one image at a time), except
+            (fixed-bin histograms over each min / max, both tails cut equally, one image at a time), except
             the tensors of :data:`MINMAX_OP_TYPES` nodes; ``None`` (:data:`DEFAULT_PERCENTILE`): every
             range is the min / max.
     """
@@ -604,34 +602,89 @@ def _calibrate(prepared: Path, feeds: list[dict], cache: Path, tmp: Path, percen
     """Ranges of every tensor of :data:`QUANTIZED_OP_TYPES` nodes over ``feeds``, written to ``cache``
     (``quantize_static``'s ``calibration_cache_path``, so each rule reuses them): min / max, then, with
     ``percentile``, the finite ranges of the tensors of the other op types than :data:`MINMAX_OP_TYPES`
-    replaced by their percentile ranges. Returns the names of tensors whose min / max is not finite."""
+    replaced by their percentile ranges (:func:`_percentile_ranges`). Returns the names of tensors whose
+    min / max is not finite."""
     from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData, TensorsData, create_calibrator,
                                                     save_tensors_data)
 
-    def collect(op_types, method, **options) -> TensorsData:
-        calibrator = create_calibrator(prepared, list(op_types), augmented_model_path=str(tmp / f"{method.name}.onnx"),
-                                       calibrate_method=method, extra_options=options)
-        if method == CalibrationMethod.MinMax:  # the augmented graph reduces each tensor to its min and max
-            calibrator.collect_data(_Feeds(feeds))
-        else:  # histograms need whole tensors: one image at a time bounds the memory (all 64 at 512 px: > 24 GB)
-            for feed in feeds:
-                calibrator.collect_data(_Feeds([feed]))
-        return calibrator.compute_data()
-
-    ranges = collect(QUANTIZED_OP_TYPES, CalibrationMethod.MinMax)
-    unbounded = {name for name, data in ranges.items() if not numpy.isfinite(numpy.asarray(data.range_value)).all()}
+    calibrator = create_calibrator(prepared, list(QUANTIZED_OP_TYPES), augmented_model_path=str(tmp / "minmax.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(_Feeds(feeds))  # the augmented graph reduces each tensor to its min and max
+    ranges = calibrator.compute_data()
+    minmax = {name: tuple(float(numpy.asarray(v).reshape(-1)[0]) for v in data.range_value)
+              for name, data in ranges.items()}
+    unbounded = {name for name, (low, high) in minmax.items() if not numpy.isfinite([low, high]).all()}
     if percentile is not None:
+        histogram_ops = [op for op in QUANTIZED_OP_TYPES if op not in MINMAX_OP_TYPES]
+        names = _tensors_of(prepared, histogram_ops) & {n for n, (low, high) in minmax.items()
+                                                        if n not in unbounded and high > low}
         merged = dict(ranges.items())
-        with contextlib.redirect_stdout(io.StringIO()):  # the percentile calibrator prints its settings
-            tails = collect([op for op in QUANTIZED_OP_TYPES if op not in MINMAX_OP_TYPES], CalibrationMethod.Percentile,
-                            percentile=percentile, num_bins=2048, symmetric=False)
-        for name, data in tails.items():
-            low, high = (numpy.asarray(v, numpy.float32).reshape(1) for v in data.range_value)
-            if name in merged and name not in unbounded and numpy.isfinite([low, high]).all():
-                merged[name] = TensorData(lowest=low, highest=high)
+        for name, (low, high) in _percentile_ranges(prepared, sorted(names), feeds, minmax, percentile, tmp).items():
+            merged[name] = TensorData(lowest=numpy.float32([low]), highest=numpy.float32([high]))
         ranges = TensorsData(CalibrationMethod.MinMax, merged)
     save_tensors_data(ranges, cache)
     return unbounded
+
+
+def _tensors_of(path: Path, op_types: Sequence[str]) -> set[str]:
+    """Names of the float activation tensors (not weights) read or written by ``op_types`` nodes."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    infos = {info.name: info for info in [*graph.value_info, *graph.output, *graph.input]}
+    weights = {init.name for init in graph.initializer}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    return {name for node in graph.node if node.op_type in op_types for name in [*node.input, *node.output]
+            if name in infos and name not in weights and infos[name].type.tensor_type.elem_type in floats}
+
+
+#: bins of the percentile histograms, over each tensor's calibration min / max
+PERCENTILE_BINS = 16384
+
+
+def _percentile_ranges(prepared: Path, names: Sequence[str], feeds: list[dict], minmax: dict[str, tuple[float, float]],
+                       percentile: float, tmp: Path, bins: int = PERCENTILE_BINS) -> dict[str, tuple[float, float]]:
+    """``{tensor: (low, high)}`` covering ``percentile`` % of each tensor's values over ``feeds`` (both
+    tails cut equally), from histograms of ``bins`` fixed bins over the tensor's min / max (``minmax``,
+    which the first pass measured): one image at a time, so memory holds one image's tensors, and
+    every image adds to the same bins (no re-binning when a later image widens a range). Each cut lands
+    on the outer edge of its bin, so a range never shrinks past the percentile."""
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(prepared))
+    infos = {info.name: info for info in model.graph.value_info}
+    inputs = {info.name for info in model.graph.input}
+    existing = {info.name for info in model.graph.output}
+    for name in names:
+        if name not in existing and name not in inputs:
+            model.graph.output.append(infos[name])
+    augmented = tmp / "histograms.onnx"
+    onnx.save(model, str(augmented))
+    del model
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
+    fetched = [name for name in names if name not in inputs]
+    counts = {name: torch.zeros(bins, dtype=torch.float64) for name in names}
+    for feed in feeds:
+        values = dict(zip(fetched, session.run(fetched, feed)))
+        values.update({name: feed[name] for name in names if name in inputs})
+        for name in names:
+            low, high = minmax[name]
+            data = torch.from_numpy(numpy.ascontiguousarray(values[name], dtype=numpy.float32)).reshape(-1)
+            counts[name] += torch.histc(data, bins=bins, min=low, max=high).double()
+        del values
+    result = {}
+    tail = (100.0 - percentile) / 200.0
+    for name, count in counts.items():
+        low, high = minmax[name]
+        cumulative = torch.cumsum(count, 0) / count.sum()
+        width = (high - low) / bins
+        first = int(torch.searchsorted(cumulative, torch.tensor([tail], dtype=torch.float64)))  # bin holding the low cut
+        last = int(torch.searchsorted(cumulative, torch.tensor([1.0 - tail], dtype=torch.float64)))
+        result[name] = (low + first * width, min(high, low + (min(last, bins - 1) + 1) * width))
+    return result
 
 
 def _check_scales(path: Path) -> None:
