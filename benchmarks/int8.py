@@ -42,7 +42,7 @@ from scaledet.evaluation import evaluate_model
 from scaledet.export import OnnxDetector, export_onnx
 from scaledet.inference.benchmark import machine_info, merge_json_results, merge_markdown_results
 from scaledet.inference.processor import current_processor
-from scaledet.inference.quantize import QuantizedDetector, quantize_onnx
+from scaledet.inference.quantize import DEFAULT_PERCENTILE, QuantizedDetector, quantize_onnx
 
 
 def demo_folder(name: str) -> Path:
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--val-images", type=int, default=200, help="as in scaledet demo")
     parser.add_argument("--calibration-images", type=int, default=64, help="as scaledet export --int8")
-    parser.add_argument("--calibration-percentile", type=float, default=100.0, metavar="P",
-                        help="as scaledet export --int8 (100 = min / max)")
+    parser.add_argument("--calibration-percentile", type=float, default=DEFAULT_PERCENTILE, metavar="P",
+                        help=f"as scaledet export --int8 (default {DEFAULT_PERCENTILE}; 100 = min / max)")
     parser.add_argument("--latency-size", type=int, help="default: the model's native image size")
     parser.add_argument("--train-missing", action="store_true", help="run scaledet demo for missing demo weights")
     parser.add_argument("--no-latency", action="store_true", help="AP only (for a busy machine)")

@@ -1,42 +1,73 @@
-"""One recipe trial on the shapes data, as used to choose the default recipe (docs/training.md).
+"""One recipe trial, as used to choose the default recipe (docs/training.md).
 
     python benchmarks/recipe_trial.py NAME STEPS [key=JSON ...]
     python benchmarks/recipe_trial.py adamw5e3 300 optimizer='"adamw"' lr=0.005
+    python benchmarks/recipe_trial.py --set scenes:60 base 500 seed=1
 
-EfficientDet-D0 at 128 px on 1600 shapes images (seed 0), 200 held-out images (seed 1), a fixed
-number of optimizer steps (so the result does not depend on the machine's speed), the default
-recipe with the given ``TrainConfig`` fields changed, 1 thread. Appends the COCO AP / AP50 to
-``runs/recipe_trials/results.jsonl``.
+EfficientDet-D0, a fixed number of optimizer steps (so the result does not depend on the machine's
+speed), the default recipe with the given ``TrainConfig`` fields changed (``augment={...}`` sets the
+training pipeline's keywords), 1 thread, no intermediate evaluation. The data: by default 1600
+shapes images (seed 0) at 128 px, 200 held-out images (seed 1); with ``--set NAME[:N]`` a *tune* set
+of the learnability benchmark (benchmarks/learnability; the held-out sets are refused) at its input
+size, its first ``N`` training images (default all) and its whole val split. Appends the COCO AP /
+AP50 to ``runs/recipe_trials/results.jsonl``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from scaledet.data import shapes_split
 from scaledet.engine import TrainConfig
 from scaledet.engine.run import train_from_config
 
 OUT = Path("runs/recipe_trials")
 
 
+def tune_data(spec: str) -> tuple[str, str, int, str]:
+    """``(train json, val json, input size, label)`` of ``NAME[:N]``, a tune set of the learnability benchmark."""
+    from benchmarks.learnability import datasets
+
+    name, _, count = spec.partition(":")
+    if datasets.role(name) != "tune":
+        raise SystemExit(f"--set {name}: only the tune sets {datasets.TUNE_SETS} may choose defaults")
+    num_train = int(count) if count else None
+    root = datasets.DATA_ROOT / "tune_subsets" if num_train else None
+    folder = datasets.prepare(name, root=root, num_train=num_train)
+    return str(folder / "train.json"), str(folder / "val.json"), datasets.spec(name).input_size, spec
+
+
 def main(argv: list[str]) -> int:
-    name, steps = argv[0], int(argv[1])
-    changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in argv[2:])}
-    config = TrainConfig.for_model(changes.pop("model", "efficientdet_d0"), train="shapes:train", val="shapes:val",
-                                   image_size=128, max_steps=steps, out=str(OUT / name), progress=False,
-                                   eval_every=0, threads=1, **changes)
-    train = shapes_split("train", num_images=1600, image_size=128)
-    val = shapes_split("val", num_images=200, image_size=128)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", default=None, help="NAME[:N]: a learnability tune set, its first N training images")
+    parser.add_argument("name")
+    parser.add_argument("steps", type=int)
+    parser.add_argument("changes", nargs="*", help="key=JSON TrainConfig fields")
+    args = parser.parse_args(argv)
+    changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.changes)}
+    common = dict(max_steps=args.steps, out=str(OUT / args.name), progress=False, eval_every=0, threads=1)
+    if args.set is None:
+        from scaledet.data import shapes_split
+
+        config = TrainConfig.for_model(changes.pop("model", "efficientdet_d0"), train="shapes:train", val="shapes:val",
+                                       image_size=128, **common, **changes)
+        train, val = shapes_split("train", num_images=1600, image_size=128), shapes_split("val", num_images=200, image_size=128)
+        data = "shapes"
+    else:
+        train_json, val_json, size, data = tune_data(args.set)
+        config = TrainConfig.for_model(changes.pop("model", "efficientdet_d0"), train=train_json, val=val_json,
+                                       image_size=size, **common, **changes)
+        train = val = None
     start = time.time()
     metrics = train_from_config(config, train, val)
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "results.jsonl", "a") as handle:
-        handle.write(json.dumps({"name": name, "steps": steps, **changes, "AP": round(metrics["AP"], 4),
-                                 "AP50": round(metrics["AP50"], 4), "wall_s": round(time.time() - start)}) + "\n")
+        handle.write(json.dumps({"name": args.name, "data": data, "steps": args.steps, **changes,
+                                 "AP": round(metrics["AP"], 4), "AP50": round(metrics["AP50"], 4),
+                                 "wall_s": round(time.time() - start)}) + "\n")
     return 0
 
 
