@@ -1,8 +1,8 @@
 """One recipe trial, as used to choose the default recipe (docs/training.md).
 
-    python benchmarks/recipe_trial.py NAME STEPS [key=JSON ...]
-    python benchmarks/recipe_trial.py adamw5e3 300 optimizer='"adamw"' lr=0.005
-    python benchmarks/recipe_trial.py --set scenes:60 base 500 seed=1
+    python -m benchmarks.recipe_trial NAME STEPS [key=JSON ...]
+    python -m benchmarks.recipe_trial adamw5e3 300 optimizer='"adamw"' lr=0.005
+    python -m benchmarks.recipe_trial --set scenes:60 base 500 seed=1
 
 EfficientDet-D0, a fixed number of optimizer steps (so the result does not depend on the machine's
 speed), the default recipe with the given ``TrainConfig`` fields changed (``augment={...}`` sets the
