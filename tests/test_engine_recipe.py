@@ -19,11 +19,11 @@ def test_family_recipes():
     assert (effdet.batch_size, effdet.lr) == (16, pytest.approx(0.02))  # 0.16 at batch 128, scaled linearly
     auto = TrainConfig.for_model("efficientdet_d0", epochs=1)
     assert auto.recipe == "auto" and (auto.batch_size, auto.optimizer, auto.warmup_fraction) == (4, "adamw", 0.1)
-    assert auto.lr == pytest.approx(6e-3 / 2**0.5)  # given at batch 8, square-root scaled to 4
+    assert auto.lr == pytest.approx(1.2e-2 / 2**0.5)  # given at batch 8, square-root scaled to 4
     assert auto.ema_decay is None and auto.bn_momentum is None and auto.warmup_epochs is None  # from the plan
     assert auto.model_overrides == {"backbone_drop_path_rate": 0.0}
     # the batch scales the learning rate (SGD linearly, AdamW by the square root) unless the lr is given
-    assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, grad_accum=2).lr == pytest.approx(6e-3 * 8**0.5)
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, grad_accum=2).lr == pytest.approx(1.2e-2 * 8**0.5)
     assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, recipe="paper").lr == pytest.approx(0.04)
     assert TrainConfig.for_model("efficientdet_d0", epochs=1, batch_size=32, lr=0.01).lr == 0.01
     assert TrainConfig.for_model("efficientdet_d0", epochs=1, model_overrides={"backbone_drop_path_rate": 0.1}
