@@ -112,7 +112,8 @@ def augmentation_for(planned_epochs: float, median_box_fraction: float | None = 
     A short run cannot afford to learn invariances it will rarely be tested on: up to 100 epochs
     the scale jitter is 0.75-1.33 with no colour jitter (on 60 images of the ``scenes`` tune set
     it beat 0.5-1.5 with colour jitter by +28% AP at 33 epochs, 2 seeds, and +62% at 53, 1 seed;
-    the bound of 100 is not measured), up to 300 epochs 0.5-1.5 with colour jitter, beyond that the paper's 0.1-2.0.
+    the bound of 100 is not measured), up to 300 epochs 0.5-1.5 with colour jitter, beyond that
+    the paper's 0.1-2.0.
     ``median_box_fraction`` (median box side / image side): when objects are small (< 8% of the
     side), images are not shrunk below 0.9 of the input size, which would erase them.
     """

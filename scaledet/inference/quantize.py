@@ -682,7 +682,8 @@ def _percentile_ranges(prepared: Path, names: Sequence[str], feeds: list[dict], 
         low, high = minmax[name]
         cumulative = torch.cumsum(count, 0) / count.sum()
         width = (high - low) / bins
-        first = int(torch.searchsorted(cumulative, torch.tensor([tail], dtype=torch.float64)))  # bin holding the low cut
+        # the bins holding the low and the high cut
+        first = int(torch.searchsorted(cumulative, torch.tensor([tail], dtype=torch.float64)))
         last = int(torch.searchsorted(cumulative, torch.tensor([1.0 - tail], dtype=torch.float64)))
         result[name] = (low + first * width, min(high, low + (min(last, bins - 1) + 1) * width))
     return result
