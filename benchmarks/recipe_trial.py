@@ -48,19 +48,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("changes", nargs="*", help="key=JSON TrainConfig fields")
     args = parser.parse_args(argv)
     changes = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.changes)}
-    common = dict(max_steps=args.steps, out=str(OUT / args.name), progress=False, eval_every=0, threads=1)
     if args.set is None:
         from scaledet.data import shapes_split
 
-        config = TrainConfig.for_model(changes.pop("model", "efficientdet_d0"), train="shapes:train", val="shapes:val",
-                                       image_size=128, **common, **changes)
-        train, val = shapes_split("train", num_images=1600, image_size=128), shapes_split("val", num_images=200, image_size=128)
-        data = "shapes"
+        train_source, val_source, size, data = "shapes:train", "shapes:val", 128, "shapes"
+        train = shapes_split("train", num_images=1600, image_size=size)
+        val = shapes_split("val", num_images=200, image_size=size)
     else:
-        train_json, val_json, size, data = tune_data(args.set)
-        config = TrainConfig.for_model(changes.pop("model", "efficientdet_d0"), train=train_json, val=val_json,
-                                       image_size=size, **common, **changes)
-        train = val = None
+        (train_source, val_source, size, data), train, val = tune_data(args.set), None, None
+    config = TrainConfig.for_model(changes.pop("model", "efficientdet_d0"), train=train_source, val=val_source,
+                                   image_size=size, max_steps=args.steps, out=str(OUT / args.name), progress=False,
+                                   eval_every=0, threads=1, **changes)
     start = time.time()
     metrics = train_from_config(config, train, val)
     OUT.mkdir(parents=True, exist_ok=True)
