@@ -69,10 +69,9 @@ def demo_model(name: str, args: argparse.Namespace):
 def int8_files(model, folder: Path, calibration: list, args: argparse.Namespace, rules=None) -> tuple[Path, Path, dict]:
     """``(float file, int8 file, quantization report)`` of ``model``."""
     float_path = export_onnx(model, folder / "float.onnx")
-    percentile = None if args.calibration_percentile >= 100 else args.calibration_percentile
     start = time.perf_counter()
     report = quantize_onnx(float_path, folder / "int8.onnx", calibration, rules=rules, threads=args.threads,
-                           progress=print, percentile=percentile)
+                           progress=print, percentile=args.calibration_percentile)
     print(f"quantize_onnx took {time.perf_counter() - start:.1f} s", flush=True)
     print(report.summary(), flush=True)
     return float_path, folder / "int8.onnx", report

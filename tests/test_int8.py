@@ -287,3 +287,11 @@ def test_an_int8_file_made_with_vnni_warns_on_a_processor_without(float_file, tm
     monkeypatch.setattr(quantize, "has_vnni", lambda: False)
     with pytest.warns(UserWarning, match="quantized on a processor with VNNI"):
         QuantizedDetector(tmp_path / "vnni.onnx")
+
+
+def test_percentile_100_means_min_max_and_a_percentile_outside_50_100_is_refused(float_file, tmp_path):
+    _, path = float_file
+    report = quantize_onnx(path, tmp_path / "minmax.onnx", tiny_images(2), rules=["none"], threads=1, percentile=100)
+    assert report.percentile is None and "min / max ranges" in report.summary()
+    with pytest.raises(ValueError, match=r"percentile must be in \(50, 100\], got 40"):
+        quantize_onnx(path, tmp_path / "x.onnx", tiny_images(2), percentile=40)

@@ -137,14 +137,13 @@ def _export_int8(model, args: argparse.Namespace) -> int:
         raise ValueError("--calibration-images must be >= 1")
     if not 50 < args.calibration_percentile <= 100:
         raise ValueError(f"--calibration-percentile must be in (50, 100], got {args.calibration_percentile:g}")
-    percentile = None if args.calibration_percentile == 100 else args.calibration_percentile
     calibration = calibration_images(args.calibration, args.calibration_images, list(model.class_names))
     images, _ = check_calibration(calibration)
     output = Path(args.output or f"{model.config['model']}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="scaledet-export-") as tmp:
         float_path = export_onnx(model, Path(tmp) / "float.onnx", opset=args.opset)
         report = quantize_onnx(float_path, output, calibration, progress=print, choose=args.int8_choose,
-                               percentile=percentile)
+                               percentile=args.calibration_percentile)
     print(report.summary())
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, int8, opset {args.opset})")
     if args.check:

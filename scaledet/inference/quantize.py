@@ -447,11 +447,15 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             runs this, which should be the one that will run the file.
         percentile: activation ranges cover this percent of each tensor's calibration values
             (fixed-bin histograms over each min / max, both tails cut equally, one image at a time), except
-            the tensors of :data:`MINMAX_OP_TYPES` nodes (default :data:`DEFAULT_PERCENTILE`); ``None``:
-            every range is the min / max.
+            the tensors of :data:`MINMAX_OP_TYPES` nodes (default :data:`DEFAULT_PERCENTILE`); ``100``
+            or ``None``: every range is the min / max.
     """
     if choose not in ("first", "fastest"):
         raise ValueError(f"choose must be 'first' or 'fastest', got {choose!r}")
+    if percentile is not None and not 50 < percentile <= 100:
+        raise ValueError(f"percentile must be in (50, 100], got {percentile:g}")
+    if percentile == 100:
+        percentile = None  # the whole range: min / max, without the histogram pass
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
