@@ -24,7 +24,8 @@ def test_plan_values_follow_the_run_length():
 
 
 def test_augmentation_grows_with_the_budget_and_spares_small_objects():
-    assert augmentation_for(10) == augmentation_for(100) == {"scale_range": (0.75, 1.33), "photometric": False}
+    assert augmentation_for(10) == augmentation_for(40) == {"scale_range": (0.9, 1.1), "photometric": False}
+    assert augmentation_for(41) == augmentation_for(100) == {"scale_range": (0.75, 1.33), "photometric": False}
     assert augmentation_for(200) == {"scale_range": (0.5, 1.5), "photometric": True}
     assert augmentation_for(301) == {"scale_range": (0.1, 2.0), "photometric": True}
     assert augmentation_for(301, median_box_fraction=0.03)["scale_range"] == (0.9, 2.0)

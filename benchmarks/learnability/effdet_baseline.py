@@ -62,8 +62,8 @@ MODEL = "tf_efficientdet_d0"
 
 def scaledet_scale_range() -> tuple[float, float]:
     """The scale-jitter range ``scaledet train``'s default (auto) recipe uses for a run of this
-    benchmark's length: CPU-minute runs plan far fewer than 30 epochs, where the recipe picks
-    0.75-1.33 (``scaledet.engine.recipe.augmentation_for``)."""
+    benchmark's length: its 8-minute runs plan at most ~35 epochs (``fewshot``), where the recipe
+    picks its shortest-run range, 0.9-1.1 (``scaledet.engine.recipe.augmentation_for``)."""
     from scaledet.engine.recipe import augmentation_for
 
     return tuple(float(v) for v in augmentation_for(0.0)["scale_range"])

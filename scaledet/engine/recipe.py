@@ -14,8 +14,9 @@ known (from ``--epochs`` / ``--max-steps``, or measured from the step time for `
 * BatchNorm momentum: running statistics that follow the last ~200 steps (0.01-0.1);
 * the final ``freeze_bn_fraction`` (20%) trains on BatchNorm's running statistics, which is what
   evaluation uses (without it short runs scored AP 0.16 or 0.61 by summation order alone);
-* augmentation (:func:`augmentation_for`): mild scale jitter and no colour jitter for runs of up
-  to 100 epochs, the paper's strength for long ones; never shrink small objects further;
+* augmentation (:func:`augmentation_for`): little scale jitter and no colour jitter for short runs
+  (0.9-1.1 up to 40 epochs, 0.75-1.33 up to 100), the paper's strength for long ones; never shrink
+  small objects further;
 * evaluation: at most ~4 intermediate evaluations per run.
 
 The learning rate of a row is given at the row's ``reference_batch`` and scaled to
@@ -109,15 +110,19 @@ def plan_values(steps: int) -> PlanValues:
 def augmentation_for(planned_epochs: float, median_box_fraction: float | None = None) -> dict[str, Any]:
     """Training augmentation (``train_transforms`` keyword arguments) for a run of ``planned_epochs``.
 
-    A short run cannot afford to learn invariances it will rarely be tested on: up to 100 epochs
-    the scale jitter is 0.75-1.33 with no colour jitter (on 60 images of the ``scenes`` tune set
-    it beat 0.5-1.5 with colour jitter by +28% AP at 33 epochs, 2 seeds, and +62% at 53, 1 seed;
-    the bound of 100 is not measured), up to 300 epochs 0.5-1.5 with colour jitter, beyond that
-    the paper's 0.1-2.0.
+    A short run cannot afford to learn invariances it will rarely be tested on. Up to 40 planned
+    epochs the scale jitter is 0.9-1.1, up to 100 epochs 0.75-1.33, both without colour jitter; up to
+    300 epochs 0.5-1.5 with colour jitter, beyond that the paper's 0.1-2.0. Measured on 60 images
+    of the ``scenes`` tune set (D0, batch 4; docs/training.md): at 33 epochs 0.9-1.1 scored AP 0.304
+    (2 seeds) against 0.254 for 0.75-1.33 and 0.171 for 0.5-1.5 with colour jitter; at 53 epochs
+    0.75-1.33 won (0.441 against 0.412, 1 seed), so the first bound lies between the two (40 is
+    not itself measured; neither are 100 and 300).
     ``median_box_fraction`` (median box side / image side): when objects are small (< 8% of the
     side), images are not shrunk below 0.9 of the input size, which would erase them.
     """
-    if planned_epochs <= 100:
+    if planned_epochs <= 40:
+        low, high, photometric = 0.9, 1.1, False
+    elif planned_epochs <= 100:
         low, high, photometric = 0.75, 1.33, False
     elif planned_epochs <= 300:
         low, high, photometric = 0.5, 1.5, True
