@@ -25,6 +25,7 @@ Usage::
     python -m benchmarks.learnability.run --sets scenes --seeds 0 --minutes 8
     python -m benchmarks.learnability.run --quick --sets fewshot   # smoke test: 20 s budgets, seed 0
     python -m benchmarks.learnability.run --only scaledet          # skip effdet (uses no sweep)
+    python -m benchmarks.learnability.run --sets fewshot --effdet-lr 0.01 --reuse   # effdet at a given lr, no sweep
 
 ``--quick`` writes to ``benchmarks/learnability/data/quick/`` (git-ignored) instead of
 ``benchmarks/results/``, so a smoke test never overwrites the recorded results.
@@ -267,8 +268,11 @@ def markdown(record: dict) -> str:
         "# Learnability benchmark",
         "",
         f"{machine['date_utc']} · {machine_summary(machine)} · {record['minutes']:.3g} min per run · seeds "
-        f"{' '.join(map(str, record['seeds']))} · effdet lr from a {record['sweep_minutes']:.3g}-min sweep of "
-        f"{', '.join(f'{lr:g}' for lr in record['sweep_lrs'])}" + (" · **QUICK (smoke) mode**" if record["quick"] else ""),
+        f"{' '.join(map(str, record['seeds']))} · " + (
+            f"effdet lr {record['effdet_lr_given']:g} given (--effdet-lr), no sweep"
+            if record.get("effdet_lr_given") is not None else
+            f"effdet lr from a {record['sweep_minutes']:.3g}-min sweep of {', '.join(f'{lr:g}' for lr in record['sweep_lrs'])}")
+        + (" · **QUICK (smoke) mode**" if record["quick"] else ""),
         "",
         "| set | role | scaledet AP | scaledet AP50 | effdet AP | effdet AP50 | AP ratio "
         "| steps (scaledet / effdet) | images/s (scaledet / effdet) | effdet lr |",
@@ -323,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results path without suffix (default benchmarks/results/learnability)")
     parser.add_argument("--runs", default=None, help="run folders (default runs/learnability[_quick])")
     parser.add_argument("--reuse", action="store_true", help="reuse run results already in the runs folder")
+    parser.add_argument("--effdet-lr", type=float, default=None, metavar="LR",
+                        help="effdet at this lr instead of its sweep's choice (e.g. when a short sweep is at the floor)")
     parser.add_argument("--sweep-only", action="store_true",
                         help="only run (and cache) effdet's lr sweeps, e.g. with other threads than the runs")
     args = parser.parse_args(argv)
@@ -336,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = [args.only] if args.only else ["scaledet", "effdet"]
 
     record = {"benchmark": "learnability", "quick": args.quick, "minutes": minutes, "sweep_minutes": sweep_minutes,
+              "effdet_lr_given": args.effdet_lr,
               "sweep_lrs": args.sweep_lrs, "seeds": seeds, "tools": tools, "machine": machine_info(args.threads),
               "scaledet_command": "scaledet train --train SET/train.json --val SET/val.json --image-size S "
                                   "--max-minutes M --seed K --out DIR",
@@ -356,7 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_size = info["input_size"]
         entry = {"describe": info, "effdet_lr": None, "runs": {tool: [] for tool in tools}}
         record["sets"][name] = entry
-        if "effdet" in tools:
+        if "effdet" in tools and args.effdet_lr is not None:
+            entry["effdet_lr"] = args.effdet_lr
+        elif "effdet" in tools:
             sweep = effdet_sweep(name, image_size, sweep_minutes, args.sweep_lrs, sweep_cache, runs, args.threads)
             entry["effdet_lr"], entry["effdet_sweep"] = sweep["best_lr"], sweep
         for seed in seeds:
