@@ -271,7 +271,8 @@ def markdown(record: dict) -> str:
         f"{' '.join(map(str, record['seeds']))} · " + (
             f"effdet lr {record['effdet_lr_given']:g} given (--effdet-lr), no sweep"
             if record.get("effdet_lr_given") is not None else
-            f"effdet lr from a {record['sweep_minutes']:.3g}-min sweep of {', '.join(f'{lr:g}' for lr in record['sweep_lrs'])}")
+            f"effdet lr from a {record['sweep_minutes']:.3g}-min sweep of "
+            f"{', '.join(f'{lr:g}' for lr in record['sweep_lrs'])}")
         + (" · **QUICK (smoke) mode**" if record["quick"] else ""),
         "",
         "| set | role | scaledet AP | scaledet AP50 | effdet AP | effdet AP50 | AP ratio "

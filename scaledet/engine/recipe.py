@@ -114,7 +114,7 @@ def augmentation_for(planned_epochs: float, median_box_fraction: float | None = 
     epochs the scale jitter is 0.9-1.1, up to 100 epochs 0.75-1.33, both without colour jitter; up to
     300 epochs 0.5-1.5 with colour jitter, beyond that the paper's 0.1-2.0. Measured on 60 images
     of the ``scenes`` tune set (D0, batch 4; docs/training.md): at 33 epochs 0.9-1.1 scored AP 0.304
-    (2 seeds) against 0.254 for 0.75-1.33 and 0.171 for 0.5-1.5 with colour jitter; at 53 epochs
+    (2 seeds) against 0.254 for 0.75-1.33 (and 0.75-1.33 had beaten 0.5-1.5 with colour jitter); at 53 epochs
     0.75-1.33 won (0.441 against 0.412, 1 seed), so the first bound lies between the two (40 is
     not itself measured; neither are 100 and 300).
     ``median_box_fraction`` (median box side / image side): when objects are small (< 8% of the
