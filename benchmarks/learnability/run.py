@@ -306,8 +306,9 @@ def markdown(record: dict) -> str:
 def _write(record: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record["machine"]["load_average_now"] = [round(v, 2) for v in os.getloadavg()]
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
+    # name + suffix, not with_suffix: an --out such as "..._lr0.01" has a dot of its own
+    out.parent.joinpath(out.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.parent.joinpath(out.name + ".md").write_text(markdown(record))
 
 
 # ---- main ------------------------------------------------------------------------------------
