@@ -21,6 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import processor_info  # noqa: E402
 
 
+def results_file(out: Path, suffix: str) -> Path:
+    """``out`` (a results path without suffix) + ``suffix``: ``name_lr0.01`` + ``.json`` is
+    ``name_lr0.01.json`` (``Path.with_suffix`` would replace the ``.01``)."""
+    return out.parent / (out.name + suffix)
+
+
 def record_run(arguments: list[str], out: str, json_path: str, target: dict[str, float]) -> int:
     """Run ``python -m scaledet ARGUMENTS`` (which writes ``out/metrics.json``), write the record to
     ``json_path``; ``target`` maps ``wall_time_s`` (upper bound) and stat names (lower bounds)."""

@@ -40,6 +40,7 @@ from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.run import (  # noqa: E402
     QUICK_DIR, REPO, RESULTS, _run, _scaledet_command, _tail, machine_info, machine_summary,
 )
+from benchmarks.record import results_file  # noqa: E402
 
 SET_NAME = "aerial"
 #: both paths keep up to this many detections per image (the images hold up to 300 objects)
@@ -259,8 +260,8 @@ def picture(out: Path, weights: str | None, tile: int, overlap: float, crop: tup
 
 def _write(record: dict, out: Path, markdown) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
+    results_file(out, ".json").write_text(json.dumps(record, indent=2) + "\n")
+    results_file(out, ".md").write_text(markdown(record))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = Path(args.runs) if args.runs else REPO / "runs" / ("tiling_quick" if args.quick else "tiling")
         record = learnability(seeds, minutes, args.tile, args.image_size, args.quick, args.threads, out, runs)
         print(learnability_markdown(record))
-        print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+        print(f"wrote {results_file(out, '.json')} and {results_file(out, '.md')}")
     else:
         picture(Path(args.out), args.weights, args.tile, args.overlap, tuple(args.crop))
     return 0

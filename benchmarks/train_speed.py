@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.learnability.effdet_baseline import effdet_targets  # noqa: E402
 from benchmarks.learnability.run import machine_info  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+from benchmarks.record import results_file  # noqa: E402
 from tests.fixtures import RectangleDataset  # noqa: E402
 
 NUM_CLASSES = 10
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    results_file(out, ".md").write_text(table + "\n")
+    results_file(out, ".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -54,6 +54,7 @@ if __package__ in (None, ""):
 from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.effdet_baseline import SWEEP_LRS  # noqa: E402
 from benchmarks.machine import processor_info  # noqa: E402
+from benchmarks.record import results_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
@@ -308,9 +309,8 @@ def markdown(record: dict) -> str:
 def _write(record: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     record["machine"]["load_average_now"] = [round(v, 2) for v in os.getloadavg()]
-    # name + suffix, not with_suffix: an --out such as "..._lr0.01" has a dot of its own
-    out.parent.joinpath(out.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
-    out.parent.joinpath(out.name + ".md").write_text(markdown(record))
+    results_file(out, ".json").write_text(json.dumps(record, indent=2) + "\n")
+    results_file(out, ".md").write_text(markdown(record))
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_minutes = args.sweep_minutes if args.sweep_minutes is not None else (10 / 60 if args.quick else minutes)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     out = Path(args.out) if args.out else (QUICK_DIR / "learnability" if args.quick else RESULTS / "learnability")
-    sweep_cache = out.parent / (out.name + "_effdet_sweep.json")
+    sweep_cache = results_file(out, "_effdet_sweep.json")
     runs = Path(args.runs) if args.runs else REPO / "runs" / ("learnability_quick" if args.quick else "learnability")
     tools = [args.only] if args.only else ["scaledet", "effdet"]
 
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown(record)
     print()
     print(table)
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    print(f"wrote {results_file(out, '.json')} and {results_file(out, '.md')}")
     return 0
 
 
