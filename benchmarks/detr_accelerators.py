@@ -65,10 +65,11 @@ def arm_overrides(arm: str, query_groups: int, denoising_groups: int) -> dict:
             "contrastive": {**groups, **denoising, "denoising_contrastive": True}}[arm]
 
 
-def set_config(name: str, quick: bool) -> dict:
+def set_config(name: str, quick: bool, image_size: int | None = None) -> dict:
     """Training config fields of set ``name``: data, image size and the base config's model
     overrides (for learnability sets without the 128 px size fields: DETR derives its training
-    sizes from the shorter side, its cap is the longer side)."""
+    sizes from the shorter side, its cap is the longer side). ``image_size`` (learnability sets only)
+    trains and evaluates at that shorter side instead of the set's own, the cap scaled with it."""
     base = yaml.safe_load(BASE_CONFIG.read_text())
     config = {key: base[key] for key in ("model", "model_overrides", "batch_size", "lr", "backbone_lr")}
     config["eval_every"] = 0
@@ -82,9 +83,11 @@ def set_config(name: str, quick: bool) -> dict:
     root = datasets.DATA_ROOT / "quick" if quick else None
     folder = datasets.prepare(name, root, **({"num_train": 8, "num_val": 4} if quick else {}))
     overrides = {key: value for key, value in config["model_overrides"].items() if key not in SHAPES_SIZE_FIELDS}
-    overrides["max_size"] = max(spec.width, spec.height)
+    shorter, longer = min(spec.width, spec.height), max(spec.width, spec.height)
+    size = image_size or shorter
+    overrides["max_size"] = round(longer * size / shorter)
     return {**config, "model_overrides": overrides, "train": str(folder / "train.json"),
-            "val": str(folder / "val.json"), "image_size": min(spec.width, spec.height)}
+            "val": str(folder / "val.json"), "image_size": size}
 
 
 def run_one(config: dict, out: Path, minutes: float, seed: int, threads: int | None, max_steps: int | None) -> dict:
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query-groups", type=int, default=ACCELERATORS["query_groups"])
     parser.add_argument("--denoising-groups", type=int, default=ACCELERATORS["denoising_groups"])
     parser.add_argument("--threads", type=int, default=None, help="OMP / torch threads per run")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="learnability sets: train and evaluate at this shorter side (default: the set's own)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "detr_accelerators.json"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "detr_accelerators"), help="run folders")
     parser.add_argument("--quick", action="store_true",
@@ -175,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": "python benchmarks/detr_accelerators.py " + " ".join(arguments),
               "minutes": args.minutes, "query_groups": args.query_groups, "denoising_groups": args.denoising_groups,
               "base_config": str(BASE_CONFIG.relative_to(REPO)), "machine": processor_info(),
-              "cpu_count": os.cpu_count(), "threads": args.threads, "load_average_start": os.getloadavg(), "runs": []}
+              "cpu_count": os.cpu_count(), "threads": args.threads, "image_size": args.image_size,
+              "load_average_start": os.getloadavg(), "runs": []}
     for name in args.sets:
-        base = set_config(name, args.quick)
+        if args.image_size and name == "shapes":
+            parser.error("--image-size is for the learnability sets (shapes has its own 128 px config)")
+        base = set_config(name, args.quick, args.image_size)
         for seed in args.seeds:
             for arm in args.arms:
                 config = {**base, "model_overrides": {**base["model_overrides"],
