@@ -24,6 +24,7 @@ what it measured. Run folders: ``runs/detr_accelerators/<set>/<arm>_seed<K>/``.
 
     python benchmarks/detr_accelerators.py                                # shapes + fewshot, plain vs both, 3 seeds x 15 min
     python benchmarks/detr_accelerators.py --sets shapes --arms plain groups denoising both --minutes 15
+    python benchmarks/detr_accelerators.py --sets scenes --image-size 128  # scenes at half its side: ~3x the steps
     python benchmarks/detr_accelerators.py --quick                         # smoke test: 2 steps per run, tiny sets
 
 Cost: sets x arms x seeds x minutes (default 2 x 2 x 3 x 15 = 3 hours) plus evaluation. Time it on
