@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny sets, 2 steps per run, seed 0, results under runs/ only")
     args = parser.parse_args(argv)
+    if args.image_size and "shapes" in args.sets:
+        parser.error("--image-size is for the learnability sets (shapes has its own 128 px config)")
     max_steps = None
     if args.quick:
         args.seeds, args.minutes, max_steps = args.seeds[:1], min(args.minutes, 1.0), 2
@@ -184,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
               "cpu_count": os.cpu_count(), "threads": args.threads, "image_size": args.image_size,
               "load_average_start": os.getloadavg(), "runs": []}
     for name in args.sets:
-        if args.image_size and name == "shapes":
-            parser.error("--image-size is for the learnability sets (shapes has its own 128 px config)")
         base = set_config(name, args.quick, args.image_size)
         for seed in args.seeds:
             for arm in args.arms:
