@@ -27,6 +27,14 @@ def results_file(out: Path, suffix: str) -> Path:
     return out.parent / (out.name + suffix)
 
 
+def write_results(out: Path, record: dict, markdown: str) -> None:
+    """``record`` as ``out.json`` and ``markdown`` as ``out.md`` (``out`` without suffix, see
+    :func:`results_file`), creating the folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results_file(out, ".json").write_text(json.dumps(record, indent=2) + "\n")
+    results_file(out, ".md").write_text(markdown)
+
+
 def record_run(arguments: list[str], out: str, json_path: str, target: dict[str, float]) -> int:
     """Run ``python -m scaledet ARGUMENTS`` (which writes ``out/metrics.json``), write the record to
     ``json_path``; ``target`` maps ``wall_time_s`` (upper bound) and stat names (lower bounds)."""

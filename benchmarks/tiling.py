@@ -40,7 +40,7 @@ from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.run import (  # noqa: E402
     QUICK_DIR, REPO, RESULTS, _run, _scaledet_command, _tail, machine_info, machine_summary,
 )
-from benchmarks.record import results_file  # noqa: E402
+from benchmarks.record import results_file, write_results  # noqa: E402
 
 SET_NAME = "aerial"
 #: both paths keep up to this many detections per image (the images hold up to 300 objects)
@@ -177,7 +177,7 @@ def learnability(seeds: Sequence[int], minutes: float, tile: int, image_size: in
                   f"steps {result['steps']}", flush=True)
             record["runs"].append(result)
             record["summary"] = summarise(record["runs"])
-            _write(record, out, learnability_markdown)
+            write_results(out, record, learnability_markdown(record))
     return record
 
 
@@ -258,12 +258,6 @@ def picture(out: Path, weights: str | None, tile: int, overlap: float, crop: tup
 # ---- main ------------------------------------------------------------------------------------
 
 
-def _write(record: dict, out: Path, markdown) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results_file(out, ".json").write_text(json.dumps(record, indent=2) + "\n")
-    results_file(out, ".md").write_text(markdown(record))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -299,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "throughput":
         record = throughput(args.model, args.size, args.tile, args.overlap, args.batch_sizes, args.repeats,
                             args.threads)
-        _write(record, Path(args.out), throughput_markdown)
+        write_results(Path(args.out), record, throughput_markdown(record))
         print(throughput_markdown(record))
     elif args.command == "learnability":
         seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])

@@ -14,7 +14,6 @@ images, first epoch and cached). Prints a markdown table; writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.learnability.effdet_baseline import effdet_targets  # noqa: E402
 from benchmarks.learnability.run import machine_info  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
-from benchmarks.record import results_file  # noqa: E402
+from benchmarks.record import write_results  # noqa: E402
 from tests.fixtures import RectangleDataset  # noqa: E402
 
 NUM_CLASSES = 10
@@ -148,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['x_effdet_img_s']} | {data} |")
     table = "\n".join(lines)
     print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results_file(out, ".md").write_text(table + "\n")
-    results_file(out, ".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    write_results(Path(args.out), {"machine": machine, "rows": rows}, table + "\n")
     return 0
 
 

@@ -54,7 +54,7 @@ if __package__ in (None, ""):
 from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.effdet_baseline import SWEEP_LRS  # noqa: E402
 from benchmarks.machine import processor_info  # noqa: E402
-from benchmarks.record import results_file  # noqa: E402
+from benchmarks.record import results_file, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
@@ -307,10 +307,8 @@ def markdown(record: dict) -> str:
 
 
 def _write(record: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     record["machine"]["load_average_now"] = [round(v, 2) for v in os.getloadavg()]
-    results_file(out, ".json").write_text(json.dumps(record, indent=2) + "\n")
-    results_file(out, ".md").write_text(markdown(record))
+    write_results(out, record, markdown(record))
 
 
 # ---- main ------------------------------------------------------------------------------------
