@@ -293,8 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "throughput":
         record = throughput(args.model, args.size, args.tile, args.overlap, args.batch_sizes, args.repeats,
                             args.threads)
-        write_results(Path(args.out), record, throughput_markdown(record))
-        print(throughput_markdown(record))
+        table = throughput_markdown(record)
+        write_results(Path(args.out), record, table)
+        print(table)
     elif args.command == "learnability":
         seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
         minutes = args.minutes if args.minutes is not None else (0.3 if args.quick else 8.0)
