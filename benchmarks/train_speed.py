@@ -1,19 +1,24 @@
 """Training throughput: scaledet's training step against effdet 0.4.1's ``DetBenchTrain``, same run.
 
-    python benchmarks/train_speed.py [--sizes 256 384] [--batch 8] [--steps 6] [--threads 2]
+    python benchmarks/train_speed.py [--sizes 256 384] [--batch 8] [--steps 6] [--threads 2] [--processes 2]
 
 For each input size: a from-scratch EfficientDet-D0 (10 classes) in both projects, the same batch of
 8 images with 1-4 boxes each, timed alternately (interleaved, median of ``--steps`` after 2 warm-up
 steps): forward + loss (anchor labelling included) + backward + optimizer step. scaledet runs as
 its trainer runs it on a CPU by default (channels_last); effdet as its ``train.py`` runs it (its
 default NCHW). Also times scaledet's data pipeline (decode + augmentation of the training set's
-images, first epoch and cached). Prints a markdown table; writes
+images, first epoch and cached). With ``--processes K``, also both projects as K processes of
+one thread each under DistributedDataParallel (gloo), each process training on ``batch / K`` of
+the same images (the same global batch), timed after the in-process pair (not interleaved) and
+given relative to the same run's in-process effdet. Prints a markdown table; writes
 ``benchmarks/results/train_speed.json`` and ``.md`` with the processor and its ISA flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import statistics
 import sys
 import time
@@ -50,15 +55,18 @@ def make_batch(size: int, batch: int, seed: int = 0) -> tuple[list[torch.Tensor]
 def scaledet_step(size: int, images, targets):
     import scaledet
     from scaledet.engine import Trainer, TrainConfig
+    from scaledet.engine import distributed as dist_utils
 
     model = scaledet.create_model("efficientdet_d0", num_classes=NUM_CLASSES, image_size=size)
     config = TrainConfig.for_model("efficientdet_d0", max_steps=1, out="/tmp/scaledet-train-speed", progress=False,
                                    threads=torch.get_num_threads(), image_cache_gb=0)
-    trainer = Trainer(config, model, RectangleDataset(config.batch_size), None)  # model prepared as the trainer does
+    # the model prepared as the trainer does (wrapped in DDP under a process group)
+    trainer = Trainer(config, model, RectangleDataset(config.batch_size * dist_utils.world_size()), None)
     model, optimizer = trainer.model.train(), trainer.optimizer
+    forward = trainer.ddp_model
 
     def step():
-        losses = model(images, targets)
+        losses = forward(images, targets)
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -74,16 +82,67 @@ def effdet_step(size: int, images, targets):
     bench = create_bench(NUM_CLASSES, size).train()
     optimizer = torch.optim.SGD(bench.parameters(), lr=1e-3, momentum=0.9)  # as scaledet's default
     batch, target = _normalise(images), effdet_targets(targets)
+    forward = torch.nn.parallel.DistributedDataParallel(bench) if torch.distributed.is_initialized() else bench
 
     def step():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            losses = bench(batch, target)
+            losses = forward(batch, target)
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, engine: str, size: int, batch: int, steps: int, out) -> None:
+    """One DDP process (1 thread): its ``batch / world`` share of :func:`make_batch`'s images;
+    puts the median step time (steps fenced by barriers, so it is the slowest rank's) on ``out``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if engine.startswith("effdet"):  # scaledet's Trainer starts the process group itself
+        torch.distributed.init_process_group("gloo")
+    images, targets = make_batch(size, batch)
+    share = batch // world
+    images, targets = images[rank * share:(rank + 1) * share], targets[rank * share:(rank + 1) * share]
+    step = (effdet_step if engine.startswith("effdet") else scaledet_step)(size, images, targets)
+    times = []
+    for repeat in range(steps + 2):
+        torch.distributed.barrier()
+        start = time.perf_counter()
+        step()
+        torch.distributed.barrier()
+        if repeat >= 2:
+            times.append(time.perf_counter() - start)
+    if rank == 0:
+        out.put(statistics.median(times))
+    torch.distributed.destroy_process_group()
+
+
+def ddp_step_time(engine: str, size: int, batch: int, steps: int, processes: int) -> float:
+    """Median seconds per step of ``engine`` ("effdet..." or "scaledet...") as ``processes``
+    one-thread DDP processes sharing a global batch of ``batch`` images."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    out = context.SimpleQueue()
+    port = _free_port()
+    workers = [context.Process(target=_ddp_worker, args=(rank, processes, port, engine, size, batch, steps, out))
+               for rank in range(processes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if any(worker.exitcode for worker in workers):
+        raise RuntimeError(f"a DDP worker of {engine} failed (exit codes {[w.exitcode for w in workers]})")
+    return out.get()
 
 
 def data_pipeline(size: int, count: int = 32) -> dict[str, float]:
@@ -113,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per engine (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also time both projects as this many 1-thread DDP processes (0: not)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_speed"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -136,8 +197,19 @@ def main(argv: list[str] | None = None) -> int:
                          "img_s": round(args.batch / median, 2), "x_effdet_img_s": round(reference / median, 2)})
             print(f"{size}px {name}: {median:.3f} s/step, {args.batch / median:.2f} img/s", flush=True)
         rows[-1].update(data_pipeline(size))
+        if args.processes > 1:
+            if args.batch % args.processes:
+                parser.error(f"--batch {args.batch} does not split over --processes {args.processes}")
+            for name in ("effdet DetBenchTrain", "scaledet (trainer defaults)"):
+                median = ddp_step_time(name, size, args.batch, args.steps, args.processes)
+                label = f"{name}, DDP {args.processes} processes x 1 thread"
+                rows.append({"size": size, "batch": args.batch, "engine": label, "median_step_s": round(median, 3),
+                             "img_s": round(args.batch / median, 2), "x_effdet_img_s": round(reference / median, 2)})
+                print(f"{size}px {label}: {median:.3f} s/step, {args.batch / median:.2f} img/s", flush=True)
+    ddp = (f" DDP rows: {args.processes} processes x 1 thread, batch {args.batch // args.processes} each, timed after "
+           f"the interleaved in-process pair; x effdet is against the in-process effdet." if args.processes > 1 else "")
     lines = [f"Training throughput, EfficientDet-D0 from scratch, batch {args.batch}, {args.threads} threads, "
-             f"{machine['date_utc']}, {describe(machine)}, torch {machine['torch']}.", "",
+             f"{machine['date_utc']}, {describe(machine)}, torch {machine['torch']}.{ddp}", "",
              "| input | engine | s / step | img/s | x effdet img/s | scaledet data: decode+augment / cached img/s |",
              "|---|---|---:|---:|---:|---|"]
     for row in rows:

@@ -12,6 +12,18 @@ from scaledet.engine.schedule import LRSchedule
 from tests.fixtures import RectangleDataset, TinyDetector
 
 
+def test_lr_follows_the_global_batch_under_torchrun(monkeypatch):
+    """``batch_size`` is per process: under torchrun (WORLD_SIZE, read before the process group
+    exists) the row's lr is scaled to ``batch_size * grad_accum * processes``; an explicit lr stays."""
+    single = TrainConfig.for_model("efficientdet_d0", epochs=1)  # AdamW row: 1.2e-2 at batch 8
+    paper = TrainConfig.for_model("efficientdet_d0", epochs=1, recipe="paper")  # SGD: 0.16 at batch 128
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1).lr == pytest.approx(1.2e-2)  # 4 x 2 = 8
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1).lr == pytest.approx(single.lr * 2**0.5)
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1, recipe="paper").lr == pytest.approx(2 * paper.lr)
+    assert TrainConfig.for_model("efficientdet_d0", epochs=1, lr=3e-3).lr == 3e-3
+
+
 def test_family_recipes():
     effdet = TrainConfig.for_model("efficientdet_d0", epochs=1, recipe="paper")
     assert (effdet.optimizer, effdet.schedule, effdet.momentum, effdet.weight_decay) == ("sgd", "cosine", 0.9, 4e-5)

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from scaledet.errors import UserError
+from scaledet.engine import distributed as dist_utils
 from scaledet.engine.recipe import RECIPES, family_recipe, from_scratch_changes, scaled_lr
+from scaledet.errors import UserError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -99,8 +100,9 @@ class TrainConfig:
         """A config for ``model`` with the recipe's row filling every unset recipe field.
 
         ``values`` may name the recipe (``recipe="paper"``); unset it is ``"auto"``. When the
-        learning rate is not given, the row's lr is scaled from its ``reference_batch`` to
-        ``batch_size * grad_accum`` (:func:`~scaledet.engine.recipe.scaled_lr`). The row's
+        learning rate is not given, the row's lr is scaled from its ``reference_batch`` to the global
+        batch ``batch_size * grad_accum * processes`` (:func:`~scaledet.engine.recipe.scaled_lr`;
+        processes: torchrun's ``WORLD_SIZE``, ``batch_size`` being per process). The row's
         ``model_overrides`` are defaults under the user's; so, under the auto recipe without
         ``pretrained`` weights, are the family's from-scratch changes
         (:func:`~scaledet.engine.recipe.from_scratch_changes`: a backbone published for fine-tuning
@@ -118,7 +120,7 @@ class TrainConfig:
         merged["model_overrides"] = {**row.get("model_overrides", {}), **scratch.get("model_overrides", {}),
                                      **given.get("model_overrides", {})}
         if "lr" not in given:
-            merged["lr"] = scaled_lr(row, merged["batch_size"], merged.get("grad_accum", 1))
+            merged["lr"] = scaled_lr(row, merged["batch_size"], merged.get("grad_accum", 1), dist_utils.world_size())
         if scratch.get("backbone_at_lr") and "backbone_lr" not in given:
             merged["backbone_lr"] = merged["lr"]
         config = cls(model=model, **merged)

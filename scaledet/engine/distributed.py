@@ -26,7 +26,11 @@ def rank() -> int:
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    """The number of processes: the process group's, else torchrun's ``WORLD_SIZE`` (before
+    set-up), else 1."""
+    if is_distributed():
+        return dist.get_world_size()
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def is_main() -> bool:

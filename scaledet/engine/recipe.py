@@ -19,9 +19,9 @@ known (from ``--epochs`` / ``--max-steps``, or measured from the step time for `
   small objects further;
 * evaluation: at most ~4 intermediate evaluations per run.
 
-The learning rate of a row is given at the row's ``reference_batch`` and scaled to
-``batch_size * grad_accum`` (linearly for SGD, by the square root for AdamW) when the user sets
-the batch but not the lr. Why each value: see
+The learning rate of a row is given at the row's ``reference_batch`` and scaled to the global
+batch ``batch_size * grad_accum * processes`` (linearly for SGD, by the square root for AdamW)
+when the user sets the batch or runs several processes (torchrun) but does not set the lr. Why each value: see
 docs/training.md ("The default recipe").
 """
 
@@ -77,11 +77,12 @@ def from_scratch_changes(model: str) -> dict[str, Any]:
     return hook(model) if hook is not None else {}
 
 
-def scaled_lr(row: dict[str, Any], batch_size: int, grad_accum: int = 1) -> float:
-    """The row's lr scaled from its ``reference_batch`` to ``batch_size * grad_accum``: linearly for
-    SGD (Goyal et al. 2017), by the square root for AdamW (whose update size does not grow with the
-    gradient's: the square-root rule keeps the noise scale, Malladi et al. 2022)."""
-    ratio = batch_size * grad_accum / row["reference_batch"]
+def scaled_lr(row: dict[str, Any], batch_size: int, grad_accum: int = 1, world_size: int = 1) -> float:
+    """The row's lr scaled from its ``reference_batch`` to the global batch ``batch_size *
+    grad_accum * world_size`` (``batch_size`` is per process): linearly for SGD (Goyal et al.
+    2017), by the square root for AdamW (whose update size does not grow with the gradient's: the
+    square-root rule keeps the noise scale, Malladi et al. 2022)."""
+    ratio = batch_size * grad_accum * world_size / row["reference_batch"]
     return row["lr"] * (ratio if row["optimizer"] == "sgd" else math.sqrt(ratio))
 
 

@@ -214,9 +214,10 @@ class Trainer:
             callback(self, self.plan)
         if self.is_main:
             ema = getattr(getattr(self.ema, "multi_avg_fn", None), "decay", 0.0) if self.ema is not None else 0.0
+            batch = self.config.batch_size * self.config.grad_accum * dist_utils.world_size()
             print(f"plan: {self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
-                  f"{self.steps_per_epoch}), lr {self.config.lr:g}, EMA decay {ema:.4f}, evaluation every "
-                  f"{self.eval_every} epoch(s)")
+                  f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, EMA decay {ema:.4f}, "
+                  f"evaluation every {self.eval_every} epoch(s)")
 
     def planned_epochs(self) -> float | None:
         """The run's planned length in epochs (``None`` until known)."""
