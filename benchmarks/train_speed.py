@@ -21,6 +21,7 @@ import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -58,7 +59,7 @@ def scaledet_step(size: int, images, targets):
     from scaledet.engine import distributed as dist_utils
 
     model = scaledet.create_model("efficientdet_d0", num_classes=NUM_CLASSES, image_size=size)
-    config = TrainConfig.for_model("efficientdet_d0", max_steps=1, out="/tmp/scaledet-train-speed", progress=False,
+    config = TrainConfig.for_model("efficientdet_d0", max_steps=1, out=tempfile.mkdtemp(prefix="scaledet-train-speed-"), progress=False,
                                    threads=torch.get_num_threads(), image_cache_gb=0)
     # the model prepared as the trainer does (wrapped in DDP under a process group)
     trainer = Trainer(config, model, RectangleDataset(config.batch_size * dist_utils.world_size()), None)
@@ -147,8 +148,6 @@ def ddp_step_time(engine: str, size: int, batch: int, steps: int, processes: int
 
 def data_pipeline(size: int, count: int = 32) -> dict[str, float]:
     """Images/s of the training set's decode + augmentation (shapes written as PNG files)."""
-    import tempfile
-
     from scaledet.data import open_dataset, train_transforms, write_shapes_coco
     from scaledet.engine.recipe import augmentation_for
 
