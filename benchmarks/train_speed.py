@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from benchmarks.learnability.effdet_baseline import effdet_targets  # noqa: E402
 from benchmarks.learnability.run import machine_info  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from benchmarks.record import write_results  # noqa: E402
-from tests.fixtures import RectangleDataset  # noqa: E402
+from tests.fixtures import RectangleDataset, free_port  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -59,7 +58,8 @@ def scaledet_step(size: int, images, targets):
     from scaledet.engine import distributed as dist_utils
 
     model = scaledet.create_model("efficientdet_d0", num_classes=NUM_CLASSES, image_size=size)
-    config = TrainConfig.for_model("efficientdet_d0", max_steps=1, out=tempfile.mkdtemp(prefix="scaledet-train-speed-"), progress=False,
+    out = tempfile.mkdtemp(prefix="scaledet-train-speed-")  # one per trainer: each holds its folder's lock
+    config = TrainConfig.for_model("efficientdet_d0", max_steps=1, out=out, progress=False,
                                    threads=torch.get_num_threads(), image_cache_gb=0)
     # the model prepared as the trainer does (wrapped in DDP under a process group)
     trainer = Trainer(config, model, RectangleDataset(config.batch_size * dist_utils.world_size()), None)
@@ -96,24 +96,19 @@ def effdet_step(size: int, images, targets):
     return step
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, engine: str, size: int, batch: int, steps: int, out) -> None:
     """One DDP process (1 thread): its ``batch / world`` share of :func:`make_batch`'s images;
     puts the median step time (steps fenced by barriers, so it is the slowest rank's) on ``out``."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    if engine.startswith("effdet"):  # scaledet's Trainer starts the process group itself
+    is_effdet = engine.startswith("effdet")
+    if is_effdet:  # scaledet's Trainer starts the process group itself
         torch.distributed.init_process_group("gloo")
     images, targets = make_batch(size, batch)
     share = batch // world
     images, targets = images[rank * share:(rank + 1) * share], targets[rank * share:(rank + 1) * share]
-    step = (effdet_step if engine.startswith("effdet") else scaledet_step)(size, images, targets)
+    step = (effdet_step if is_effdet else scaledet_step)(size, images, targets)
     times = []
     for repeat in range(steps + 2):
         torch.distributed.barrier()
@@ -134,7 +129,7 @@ def ddp_step_time(engine: str, size: int, batch: int, steps: int, processes: int
 
     context = mp.get_context("spawn")
     out = context.SimpleQueue()
-    port = _free_port()
+    port = free_port()
     workers = [context.Process(target=_ddp_worker, args=(rank, processes, port, engine, size, batch, steps, out))
                for rank in range(processes)]
     for worker in workers:

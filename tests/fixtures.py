@@ -11,6 +11,8 @@ Neither is meant for real detection.
 
 from __future__ import annotations
 
+import socket
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -94,3 +96,10 @@ class RectangleDataset(torch.utils.data.Dataset):
             boxes = torch.stack([s - boxes[:, 2], boxes[:, 1], s - boxes[:, 0], boxes[:, 3]], -1)
         target = {"boxes": boxes, "labels": torch.tensor([label]), "image_id": index, "orig_size": (s, s)}
         return image, target
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a process group's MASTER_PORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

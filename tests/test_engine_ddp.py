@@ -2,19 +2,12 @@
 
 import json
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
 
 from scaledet.engine import Trainer, TrainConfig
-from tests.fixtures import RectangleDataset, TinyDetector
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures import RectangleDataset, TinyDetector, free_port
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -41,7 +34,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_gloo_ranks_stay_identical_and_learn(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for result in results:
         assert result["metrics"]["world_size"] == 2
