@@ -136,6 +136,22 @@ def test_nan_batch_is_skipped_and_counted(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.ema.parameters())
 
 
+def test_fp16_loss_scaler_overflow_backs_off_and_trains(tmp_path):
+    """fp16 AMP (CUDA) starts with a loss scale that overflows; those steps are the scaler's to skip
+    (scale halved), not bad batches, and training goes on. A scaler on the CPU plays the GPU's here:
+    its first scale (2**127) overflows the gradients, the next ones do not."""
+    config = TrainConfig.for_model("tiny", epochs=2, batch_size=4, lr=0.05, optimizer="sgd", out=str(tmp_path),
+                                   progress=False, ema_decay=0.5)
+    trainer = Trainer(config, TinyDetector(), RectangleDataset(16))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.fit()
+    assert metrics["steps"] == 8 and metrics["bad_batches"] == 0
+    assert trainer.scaler.get_scale() < 2.0**127  # backed off
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # and stepped
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
 def test_max_minutes_stops_and_still_saves(tmp_path):
     config = TrainConfig.for_model("tiny", epochs=10_000, max_minutes=0.01, batch_size=4, lr=0.05, optimizer="sgd",
                                    out=str(tmp_path), progress=False)
