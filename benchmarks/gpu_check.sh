@@ -8,6 +8,9 @@
 # Each stage has its own time cap and the next one runs whatever happens; logs and tables go to OUT.
 #   bash benchmarks/gpu_check.sh OUT          (PYTHON=... picks the interpreter; default python3)
 # Scale it down on a CPU to try the script itself: GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/x
+# All stages take longer than one 10-minute device call (2026-12-04 on an H200: the tests reached 10 of
+# ~125 in 120 s with -n 8, the D0-D4 table took 122 s, D5-D7x did not finish in 160 s): pick stages with
+# GPU_CHECK_STAGES (default "tests train bench compile"; "bench_large" adds D5-D7x).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_check.sh OUT}
@@ -18,6 +21,9 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 work=$(mktemp -d)
 if [ "$device" = cuda ]; then precisions="fp16 bf16"; batches="1 32"; minutes=0.75; tests_n=8
 else precisions="bf16"; batches="1"; minutes=0.1; tests_n=2; fi
+
+stages=" ${GPU_CHECK_STAGES:-tests train bench compile} "
+wants() { [[ $stages == *" $1 "* ]]; }
 
 stage() {  # stage NAME CAP_SECONDS COMMAND...: run with a time cap, log to OUT/NAME.log, say how it ended
     local name=$1 cap=$2 start=$SECONDS
@@ -32,9 +38,10 @@ stage() {  # stage NAME CAP_SECONDS COMMAND...: run with a time cap, log to OUT/
 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"; } > "$out/env.log" 2>&1
 cat "$out/env.log"
 
-stage tests 120 "$py" -m pytest -q -p no:cacheprovider -n "$tests_n" tests/test_cuda.py tests/test_optimize.py -k cuda
+wants tests && stage tests 300 "$py" -m pytest -q -p no:cacheprovider -n "$tests_n" tests/test_cuda.py tests/test_optimize.py -k cuda
 
 for arm in fp32 amp; do
+    wants train || break
     flag=$([ $arm = amp ] && echo --amp || echo --no-amp)
     stage "train_$arm" 110 "$py" -m scaledet train --model efficientdet_d0 --train shapes:train --val shapes:val \
         --image-size 128 --epochs 6 --max-minutes "$minutes" --device "$device" "$flag" --out "$work/$arm" --no-progress
@@ -43,14 +50,15 @@ done
 
 # two runs (D0-D4, D5-D7x), each writing its JSON when done, so a cut-off keeps the first table
 for group in "d0 d1 d2 d3 d4" "d5 d6 d7 d7x"; do
+    if [ "$group" = "d0 d1 d2 d3 d4" ]; then wants bench || continue; else wants bench_large || continue; fi
     [ "$device" = cuda ] || { [ "$group" = "d0 d1 d2 d3 d4" ] && group=d0 || continue; }
     models=$(for m in $group; do printf "efficientdet_%s " "$m"; done)
     # shellcheck disable=SC2086
-    stage bench 160 "$py" -m benchmarks.bench_reference --device "$device" --models $models \
+    stage bench 300 "$py" -m benchmarks.bench_reference --device "$device" --models $models \
         --batch-sizes $batches --precision $precisions --no-onnx --runs 10 --warmup 3 \
         --json "$out/gpu_efficientdet_${group// /_}.json"
 done
 # shellcheck disable=SC2086
-stage compile 100 "$py" -m benchmarks.bench_reference --device "$device" --models efficientdet_d0 \
+wants compile && stage compile 100 "$py" -m benchmarks.bench_reference --device "$device" --models efficientdet_d0 \
     --batch-sizes $batches --precision $precisions --compile --no-onnx --runs 10 --warmup 3
 rm -rf "$work"
