@@ -46,3 +46,39 @@ def test_two_gloo_ranks_stay_identical_and_learn(tmp_path):
         assert last < 0.7 * first, (first, last)
     # losses are averaged over ranks, so both ranks log the same numbers
     assert [h["loss"] for h in results[0]["history"]] == [h["loss"] for h in results[1]["history"]]
+
+
+def test_processes_flag_passes_every_option_to_its_processes():
+    from scaledet.cli import build_parser
+    from scaledet.commands.train import command_line
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--train", "a.json", "--val", "b.json", "--lr", "0.012", "--image-size", "256",
+                              "--no-amp", "--channels-last", "--resume", "--processes", "2", "--threads", "1"])
+    again = parser.parse_args(["train", *command_line(args)])
+    assert {**vars(again), "processes": 2} == vars(args)
+
+
+def test_train_command_with_two_processes(tmp_path, capsys):
+    """``scaledet train --processes 2`` trains with two DDP ranks (one thread each) and evaluates once;
+    a user's mistake fails both processes with the one-line message and a non-zero status, no hang."""
+    import yaml
+
+    from scaledet.cli import main
+    from scaledet.data import write_shapes_coco
+    from tests.test_train_cli import TINY_EFFICIENTDET
+
+    options = dict(num_images=8, image_size=64, max_objects=2)
+    train_json = write_shapes_coco(tmp_path / "train", "train", **options)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": "efficientdet_d0", "image_size": 64,
+                                      "model_overrides": TINY_EFFICIENTDET}))
+    common = ["train", "--config", str(config), "--batch-size", "2", "--epochs", "2", "--no-progress",
+              "--processes", "2", "--threads", "1"]
+    out = tmp_path / "run"
+    assert main([*common, "--train", str(train_json), "--val", str(train_json), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4  # 8 images / (2 ranks x batch 2) x 2 epochs
+    assert (out / "weights.safetensors").is_file()
+
+    assert main([*common, "--train", str(tmp_path / "missing.json"), "--out", str(tmp_path / "bad")]) != 0

@@ -2,8 +2,9 @@
 
 Options come from an optional YAML file (``--config``, keys = the long flag names with ``_``) and
 are overridden by flags. Unset recipe options take the recipe's defaults for the model family
-(:mod:`scaledet.engine.recipe`: ``--recipe auto``, the default, adapts to the run's length and data). Run on K processes with
-``torchrun --nproc_per_node=K -m scaledet train ...``.
+(:mod:`scaledet.engine.recipe`: ``--recipe auto``, the default, adapts to the run's length and data).
+``--processes K`` trains with K DDP processes on this machine (the same as ``torchrun --standalone
+--nproc_per_node=K -m scaledet train ...``; ``--batch-size`` is then per process).
 """
 
 from __future__ import annotations
@@ -74,15 +75,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             default=None, help=help_text)
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="continue from a checkpoint (default OUT/last.pt)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="DDP processes on this machine, as torchrun --standalone --nproc_per_node=K "
+                             "(default 1; on a CPU each gets the idle cores / K threads, --batch-size is per process)")
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The options of parsed ``args`` as ``scaledet train`` flags (what each ``--processes`` process
+    runs; ``--processes`` itself left out). Parsing them again gives the same options."""
+    line = ["--config", args.config] if args.config else []
+    for name in _VALUE_FLAGS:
+        if getattr(args, name) is not None:
+            line += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    for name in _BOOL_FLAGS:
+        if getattr(args, name) is not None:
+            line.append(("--" if getattr(args, name) else "--no-") + name.replace("_", "-"))
+    if args.resume is not None:
+        line += ["--resume", args.resume]
+    return line
 
 
 def run(args: argparse.Namespace) -> int:
     from scaledet.engine.config import TrainConfig
+    from scaledet.engine.distributed import launch_local, world_size
     from scaledet.engine.run import train_from_config
 
+    if args.processes < 1:
+        raise SystemExit(f"scaledet train: --processes must be 1 or more, got {args.processes}")
     flags = {name: getattr(args, name) for name in (*_VALUE_FLAGS, *_BOOL_FLAGS, "resume")}
     config = TrainConfig.from_sources(args.config, **flags)
     if config.train is None:
         raise SystemExit("scaledet train: give --train DATA (or 'train:' in the --config file)")
+    if args.processes > 1 and world_size() == 1:  # not yet inside the processes it launches
+        return launch_local(args.processes, ["train", *command_line(args)], threads=args.threads)
     train_from_config(config)
     return 0

@@ -1,6 +1,7 @@
 """torch.distributed helpers: set-up from torchrun's environment, rank queries, reductions.
 
-``torchrun --nproc_per_node=K -m scaledet train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+``torchrun --nproc_per_node=K -m scaledet train ...`` (or ``scaledet train --processes K``, whose
+:func:`launch_local` starts the K processes itself) sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 :func:`init_from_env` then starts a process group (gloo on CPU, NCCL on CUDA). Without those
 variables everything runs in one process and the helpers are no-ops.
 """
@@ -8,6 +9,10 @@ variables everything runs in one process and the helpers are no-ops.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from typing import Any
 
 import torch
@@ -37,6 +42,48 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_local(processes: int, scaledet_args: list[str], threads: int | None = None) -> int:
+    """Run ``python -m scaledet *scaledet_args`` as ``processes`` DDP processes on this machine (what
+    ``torchrun --standalone --nproc-per-node=processes`` does, without its error dumps); returns 0
+    when every process succeeded, else the first failure's exit status (the others are stopped).
+
+    Each process runs ``threads`` torch threads; by default ``OMP_NUM_THREADS`` if set, else this
+    machine's idle cores divided among the processes (at least 1 each), so K processes do not
+    oversubscribe the cores one process would have used.
+    """
+    from scaledet.engine.recipe import idle_threads
+
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if threads is None:
+        threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() \
+            else max(1, idle_threads() // processes)
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(processes),
+                  "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(threads)}
+    children = [subprocess.Popen([sys.executable, "-m", "scaledet", *scaledet_args],
+                                 env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                for rank in range(processes)]
+    try:
+        while True:
+            codes = [child.poll() for child in children]
+            failed = [code for code in codes if code not in (None, 0)]
+            if failed or all(code == 0 for code in codes):
+                return failed[0] if failed else 0
+            time.sleep(0.2)
+    finally:  # a failed rank (or Ctrl-C here) must not leave the others waiting in a collective
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            child.wait()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def init_from_env(device: torch.device) -> bool:
     """Start the process group if launched by torchrun; returns whether it is distributed."""
     if is_distributed():
@@ -45,7 +92,11 @@ def init_from_env(device: torch.device) -> bool:
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise SystemExit(f"scaledet train: process {local_rank} has no GPU of its own ({gpus} visible): "
+                             f"run at most {gpus} processes per machine on CUDA, or train on --device cpu")
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend)
     return True
 
