@@ -3,9 +3,9 @@
 For each registered model (the reduced sizes of tests/test_contract.py): the raw network outputs on
 the GPU equal the CPU's (TF32 off, so both run true fp32) and so do the detections, and a
 mixed-precision training step (fp16 autocast + GradScaler, what ``--amp`` does on CUDA) gives finite
-losses and a finite gradient on every trainable parameter. Then ``scaledet train --device cuda --amp`` end to end for one EfficientDet and one DETR:
-it trains, writes weights that reload, and evaluates. CI machines have no GPU; these run where a
-session is lent one (docs/inference.md, "GPU").
+losses and a finite gradient on every trainable parameter. Then ``scaledet train --device cuda
+--amp`` end to end for one EfficientDet and one DETR: it trains, writes weights that reload, and
+evaluates. CI machines have no GPU; these run where a session is lent one (docs/inference.md, "GPU").
 """
 
 from __future__ import annotations
