@@ -8,9 +8,9 @@
 # Each stage has its own time cap and the next one runs whatever happens; logs and tables go to OUT.
 #   bash benchmarks/gpu_check.sh OUT          (PYTHON=... picks the interpreter; default python3)
 # Scale it down on a CPU to try the script itself: GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh /tmp/x
-# All stages take longer than one 10-minute device call (2026-12-04 on an H200: the tests reached 10 of
-# ~125 in 120 s with -n 8, the D0-D4 table took 122 s, D5-D7x did not finish in 160 s): pick stages with
-# GPU_CHECK_STAGES (default "tests train bench compile"; "bench_large" adds D5-D7x).
+# All stages take longer than one 10-minute device call (2026-12-04 on an H200: tests/test_cuda.py alone,
+# 60 tests, took 309 s with -n 8, the D0-D4 table 122 s, D5 alone 61 s, D5-D7x did not finish in 160 s):
+# pick stages with GPU_CHECK_STAGES (default "tests train bench compile"; "bench_large" adds D5-D7x).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_check.sh OUT}
@@ -49,15 +49,19 @@ for arm in fp32 amp; do
 done
 
 # two runs (D0-D4, D5-D7x), each writing its JSON when done, so a cut-off keeps the first table
-for group in "d0 d1 d2 d3 d4" "d5 d6 d7 d7x"; do
-    if [ "$group" = "d0 d1 d2 d3 d4" ]; then wants bench || continue; else wants bench_large || continue; fi
-    [ "$device" = cuda ] || { [ "$group" = "d0 d1 d2 d3 d4" ] && group=d0 || continue; }
-    models=$(for m in $group; do printf "efficientdet_%s " "$m"; done)
+bench() {  # bench NAME MODELS...: the latency table of these models, JSON in OUT/gpu_NAME.json
+    local name=$1
+    shift
     # shellcheck disable=SC2086
-    stage bench 300 "$py" -m benchmarks.bench_reference --device "$device" --models $models \
-        --batch-sizes $batches --precision $precisions --no-onnx --runs 10 --warmup 3 \
-        --json "$out/gpu_efficientdet_${group// /_}.json"
-done
+    stage bench 300 "$py" -m benchmarks.bench_reference --device "$device" --models "$@" \
+        --batch-sizes $batches --precision $precisions --no-onnx --runs 10 --warmup 3 --json "$out/gpu_$name.json"
+}
+if [ "$device" = cuda ]; then
+    wants bench && bench efficientdet_d0_d4 efficientdet_d0 efficientdet_d1 efficientdet_d2 efficientdet_d3 efficientdet_d4
+    wants bench_large && bench efficientdet_d5_d7x efficientdet_d5 efficientdet_d6 efficientdet_d7 efficientdet_d7x
+else
+    wants bench && bench efficientdet_d0 efficientdet_d0  # scaled down: the script itself, not a table
+fi
 # shellcheck disable=SC2086
 wants compile && stage compile 100 "$py" -m benchmarks.bench_reference --device "$device" --models efficientdet_d0 \
     --batch-sizes $batches --precision $precisions --compile --no-onnx --runs 10 --warmup 3
