@@ -34,7 +34,8 @@ from benchmarks.learnability.effdet_baseline import effdet_targets  # noqa: E402
 from benchmarks.learnability.run import machine_info  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from benchmarks.record import write_results  # noqa: E402
-from tests.fixtures import RectangleDataset, free_port  # noqa: E402
+from scaledet.engine.distributed import free_port  # noqa: E402
+from tests.fixtures import RectangleDataset  # noqa: E402
 
 NUM_CLASSES = 10
 

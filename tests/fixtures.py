@@ -11,8 +11,6 @@ Neither is meant for real detection.
 
 from __future__ import annotations
 
-import socket
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -98,8 +96,3 @@ class RectangleDataset(torch.utils.data.Dataset):
         return image, target
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for a process group's MASTER_PORT)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

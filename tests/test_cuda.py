@@ -17,11 +17,10 @@ import torch
 
 import scaledet
 from scaledet.cli import main
-from scaledet.data import write_shapes_coco
 from scaledet.inference.compare import compare_detection_sets
 
 from tests.test_contract import NUM_CLASSES, TARGETS, build, check_detections, images, small_options
-from tests.test_train_cli import TINY_EFFICIENTDET
+from tests.test_train_cli import TINY_EFFICIENTDET, write_tiny_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -108,11 +107,8 @@ def test_cuda_mixed_precision_training_step(name):
                   "dec_layers": 2, "num_queries": 12}, 64),
 ])
 def test_train_command_on_cuda_with_amp(model_name, overrides, image_size, tmp_path, capsys):
-    options = dict(num_images=8, image_size=64, max_objects=2)
-    train_json = write_shapes_coco(tmp_path / "train", "train", **options)
-    val_json = write_shapes_coco(tmp_path / "val", "val", **options)
-    config = tmp_path / "run.yaml"
-    config.write_text(json.dumps({"model": model_name, "image_size": image_size, "model_overrides": overrides}))
+    config, train_json, val_json = write_tiny_run(tmp_path, {"model": model_name, "image_size": image_size,
+                                                             "model_overrides": overrides})
     out = tmp_path / "run"
     code = main(["train", "--config", str(config), "--train", str(train_json), "--val", str(val_json),
                  "--batch-size", "4", "--epochs", "2", "--device", "cuda", "--amp", "--out", str(out),

@@ -7,7 +7,8 @@ import torch
 import torch.multiprocessing as mp
 
 from scaledet.engine import Trainer, TrainConfig
-from tests.fixtures import RectangleDataset, TinyDetector, free_port
+from scaledet.engine.distributed import free_port
+from tests.fixtures import RectangleDataset, TinyDetector
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -62,21 +63,15 @@ def test_processes_flag_passes_every_option_to_its_processes():
 def test_train_command_with_two_processes(tmp_path, capsys):
     """``scaledet train --processes 2`` trains with two DDP ranks (one thread each) and evaluates once;
     a user's mistake fails both processes with the one-line message and a non-zero status, no hang."""
-    import yaml
-
     from scaledet.cli import main
-    from scaledet.data import write_shapes_coco
-    from tests.test_train_cli import TINY_EFFICIENTDET
+    from tests.test_train_cli import TINY_EFFICIENTDET, write_tiny_run
 
-    options = dict(num_images=8, image_size=64, max_objects=2)
-    train_json = write_shapes_coco(tmp_path / "train", "train", **options)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"model": "efficientdet_d0", "image_size": 64,
-                                      "model_overrides": TINY_EFFICIENTDET}))
+    config, train_json, val_json = write_tiny_run(tmp_path, {"model": "efficientdet_d0", "image_size": 64,
+                                                             "model_overrides": TINY_EFFICIENTDET})
     common = ["train", "--config", str(config), "--batch-size", "2", "--epochs", "2", "--no-progress",
               "--processes", "2", "--threads", "1"]
     out = tmp_path / "run"
-    assert main([*common, "--train", str(train_json), "--val", str(train_json), "--out", str(out)]) == 0
+    assert main([*common, "--train", str(train_json), "--val", str(val_json), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 4  # 8 images / (2 ranks x batch 2) x 2 epochs
     assert (out / "weights.safetensors").is_file()

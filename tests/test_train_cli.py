@@ -1,6 +1,7 @@
 """`scaledet train` end to end with a tiny EfficientDet on a tiny shapes set written as COCO JSON."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +15,21 @@ TINY_EFFICIENTDET = {"backbone": "mobilenetv3_small_050", "fpn_channels": 16, "f
                      "head_repeats": 1, "anchor_scale": 3.0, "backbone_drop_path_rate": 0.0}
 
 
-def test_train_command_writes_every_output(tmp_path, capsys):
+def write_tiny_run(folder: Path, settings: dict) -> tuple[Path, Path, Path]:
+    """A tiny shapes train and val set (8 images of 64 px each, COCO JSON) and a run YAML holding
+    ``settings``, all in ``folder``: ``(config, train_json, val_json)``."""
     options = dict(num_images=8, image_size=64, max_objects=2)
-    train_json = write_shapes_coco(tmp_path / "train", "train", **options)
-    val_json = write_shapes_coco(tmp_path / "val", "val", **options)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"model": "efficientdet_d0", "image_size": 64, "epochs": 5,
-                                      "model_overrides": TINY_EFFICIENTDET, "augment": {"scale_range": [0.8, 1.25]}}))
+    train_json = write_shapes_coco(folder / "train", "train", **options)
+    val_json = write_shapes_coco(folder / "val", "val", **options)
+    config = folder / "run.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return config, train_json, val_json
+
+
+def test_train_command_writes_every_output(tmp_path, capsys):
+    config, train_json, val_json = write_tiny_run(tmp_path, {
+        "model": "efficientdet_d0", "image_size": 64, "epochs": 5, "model_overrides": TINY_EFFICIENTDET,
+        "augment": {"scale_range": [0.8, 1.25]}})
     out = tmp_path / "run"
     code = main(["train", "--config", str(config), "--train", str(train_json), "--val", str(val_json),
                  "--batch-size", "4", "--epochs", "2", "--out", str(out), "--no-progress", "--lr", "0.01"])

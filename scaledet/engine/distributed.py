@@ -58,7 +58,7 @@ def launch_local(processes: int, scaledet_args: list[str], threads: int | None =
     if threads is None:
         threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() \
             else max(1, idle_threads() // processes)
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(processes),
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(processes),
                   "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(threads)}
     children = [subprocess.Popen([sys.executable, "-m", "scaledet", *scaledet_args],
                                  env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
@@ -78,8 +78,9 @@ def launch_local(processes: int, scaledet_args: list[str], threads: int | None =
             child.wait()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a process group's ``MASTER_PORT``)."""
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 

@@ -451,17 +451,17 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad or float("inf"))
-        if accumulated and torch.isfinite(norm):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-        elif accumulated and self.scaler.is_enabled():
-            # fp16 AMP: an overflowing loss scale is how the scale is found, not bad data. Skip the step
-            # (the optimizer never sees the gradients) and halve the scale: update() must follow unscale_().
-            self.scaler.update()
-        elif accumulated:
-            self._skip_bad_batch("non-finite gradient")
+            if torch.isfinite(norm):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+            elif self.scaler.is_enabled():
+                # fp16 AMP: an overflowing loss scale is how the scale is found, not bad data. Skip the step
+                # (the optimizer never sees the gradients) and halve the scale: update() must follow unscale_().
+                self.scaler.update()
+            else:
+                self._skip_bad_batch("non-finite gradient")
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._calibrate()
