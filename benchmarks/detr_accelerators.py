@@ -20,11 +20,15 @@ in 15 minutes, where on ``wide`` even EfficientDet-D0 reaches only AP 0.02 in 8)
 
 Prints a table (AP and AP50 mean +- std over seeds, steps) and writes it to ``--json`` (default
 ``benchmarks/results/detr_accelerators.json``) after every run, so an interrupted benchmark keeps
-what it measured. Run folders: ``runs/detr_accelerators/<set>/<arm>_seed<K>/``.
+what it measured; ``--reuse`` keeps the runs an earlier invocation wrote to the same ``--json`` with
+the same settings (minutes, image size, accelerator settings, base config) and trains only the missing
+(set, arm, seed) runs, so a long comparison can be spread over sessions (each run records its own
+processor and date). Run folders: ``runs/detr_accelerators/<set>/<arm>_seed<K>/``.
 
     python benchmarks/detr_accelerators.py                                # shapes + fewshot, plain vs both, 3 seeds x 15 min
     python benchmarks/detr_accelerators.py --sets shapes --arms plain groups denoising both --minutes 15
     python benchmarks/detr_accelerators.py --sets scenes --image-size 128  # scenes at half its side: ~3x the steps
+    python benchmarks/detr_accelerators.py --sets scenes --image-size 128 --minutes 30 --seeds 0 1 2 --reuse --json J
     python benchmarks/detr_accelerators.py --quick                         # smoke test: 2 steps per run, tiny sets
 
 Cost: sets x arms x seeds x minutes (default 2 x 2 x 3 x 15 = 3 hours) plus evaluation. Time it on
@@ -40,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -155,6 +160,24 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: what must match for ``--reuse`` to keep an earlier record's runs
+REUSE_KEYS = ("minutes", "query_groups", "denoising_groups", "base_config", "image_size")
+
+
+def reusable_runs(path: Path, record: dict) -> list[dict]:
+    """The finished runs of the record at ``path`` when its settings (:data:`REUSE_KEYS`) equal
+    ``record``'s; exits with a one-line message when they differ."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    differ = [key for key in REUSE_KEYS if earlier.get(key) != record[key]]
+    if differ:
+        sys.exit(f"--reuse: {path} was measured with other settings ("
+                 + ", ".join(f"{key} {earlier.get(key)!r} vs {record[key]!r}" for key in differ)
+                 + "); pass another --json or the same settings")
+    return [run for run in earlier.get("runs", []) if run.get("AP") is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=["shapes", "fewshot"],
@@ -169,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="learnability sets: train and evaluate at this shorter side (default: the set's own)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "detr_accelerators.json"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "detr_accelerators"), help="run folders")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the finished runs already in --json (same settings) and train only the missing ones")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny sets, 2 steps per run, seed 0, results under runs/ only")
     args = parser.parse_args(argv)
@@ -185,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
               "base_config": str(BASE_CONFIG.relative_to(REPO)), "machine": processor_info(),
               "cpu_count": os.cpu_count(), "threads": args.threads, "image_size": args.image_size,
               "load_average_start": os.getloadavg(), "runs": []}
+    if args.reuse:
+        record["runs"] = reusable_runs(Path(args.json), record)
+    done = {(run["set"], run["arm"], run["seed"]) for run in record["runs"]}
     for name in args.sets:
         base = set_config(name, args.quick, args.image_size)
         for seed in args.seeds:
@@ -192,13 +220,22 @@ def main(argv: list[str] | None = None) -> int:
                 config = {**base, "model_overrides": {**base["model_overrides"],
                                                       **arm_overrides(arm, args.query_groups, args.denoising_groups)}}
                 out = Path(args.runs) / name / f"{arm}_seed{seed}"
+                if (name, arm, seed) in done:
+                    print(f"{name} {arm} seed {seed}: kept from {args.json}", flush=True)
+                    continue
                 print(f"{name} {arm} seed {seed}: {args.minutes:g} min -> {out}", flush=True)
                 result = run_one(config, out, args.minutes, seed, args.threads, max_steps)
-                record["runs"].append({"set": name, "arm": arm, "seed": seed, **result})
+                machine = processor_info()
+                record["runs"].append({"set": name, "arm": arm, "seed": seed, **result,
+                                       "processor": f"{machine['processor']} [{machine['kind']}]",
+                                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
                 record["summary"] = summarise(record["runs"])
                 record["load_average_now"] = os.getloadavg()
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    record["summary"] = summarise(record["runs"])  # also when every run was kept
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     print(format_table(record["summary"]))
     print(f"wrote {args.json}")
     return 0 if all(run["returncode"] == 0 for run in record["runs"]) else 1
