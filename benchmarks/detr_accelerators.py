@@ -178,6 +178,14 @@ def reusable_runs(path: Path, record: dict) -> list[dict]:
     return [run for run in earlier.get("runs", []) if run.get("AP") is not None]
 
 
+def write_record(record: dict, path: Path) -> None:
+    """``record`` with its summary and the load average now, as JSON at ``path``."""
+    record["summary"] = summarise(record["runs"])
+    record["load_average_now"] = os.getloadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=["shapes", "fewshot"],
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse:
         record["runs"] = reusable_runs(Path(args.json), record)
     done = {(run["set"], run["arm"], run["seed"]) for run in record["runs"]}
+    processor = f"{record['machine']['processor']} [{record['machine']['kind']}]"
     for name in args.sets:
         base = set_config(name, args.quick, args.image_size)
         for seed in args.seeds:
@@ -225,17 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"{name} {arm} seed {seed}: {args.minutes:g} min -> {out}", flush=True)
                 result = run_one(config, out, args.minutes, seed, args.threads, max_steps)
-                machine = processor_info()
-                record["runs"].append({"set": name, "arm": arm, "seed": seed, **result,
-                                       "processor": f"{machine['processor']} [{machine['kind']}]",
+                record["runs"].append({"set": name, "arm": arm, "seed": seed, **result, "processor": processor,
                                        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-                record["summary"] = summarise(record["runs"])
-                record["load_average_now"] = os.getloadavg()
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    record["summary"] = summarise(record["runs"])  # also when every run was kept
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+                write_record(record, Path(args.json))
+    write_record(record, Path(args.json))  # also when every run was kept
     print(format_table(record["summary"]))
     print(f"wrote {args.json}")
     return 0 if all(run["returncode"] == 0 for run in record["runs"]) else 1
