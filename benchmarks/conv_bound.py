@@ -1,8 +1,8 @@
 """How close an optimised model's convolutions run to the CPU's convolution ceiling.
 
 For one registered model at its native input size, batch 1: the optimised fp32 model
-(:func:`scaledet.optimize`) is run once with forward hooks that count every convolution's FLOPs
-(2 x output elements x input channels per group x kernel area), then three times under the profiler,
+(:func:`scaledet.optimize`) is run once under ``FlopCounterMode`` for its convolution FLOPs (as
+:mod:`scaledet.profiling` counts MACs), then three times under the profiler,
 and the time spent in ATen's convolution ops gives the achieved GFLOP/s. Beside it, one large
 isolated 3x3 convolution (256 -> 256 channels at 50x67, channels_last, the shape of ResNet's fourth
 stage at DETR's input) gives the rate the same kernels reach on their best case. When the model's
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,20 +41,14 @@ from benchmarks.machine import describe, processor_info  # noqa: E402
 
 
 def conv_flops(model: nn.Module, run) -> tuple[float, int]:
-    """FLOPs of every ``nn.Conv2d`` under ``model`` during ``run()`` (and how many calls)."""
-    counts: list[int] = []
-
-    def hook(conv: nn.Conv2d, inputs, output: torch.Tensor) -> None:
-        kernel = conv.weight.shape  # [out, in / groups, kh, kw]
-        counts.append(2 * output.numel() * kernel[1] * kernel[2] * kernel[3])
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
+    """FLOPs of the convolutions during ``run()`` (:class:`~torch.utils.flop_counter.FlopCounterMode`,
+    as :mod:`scaledet.profiling` counts) and how many ``nn.Conv2d`` modules ``model`` (an inference-only
+    copy: its parameters are frozen here) has."""
+    model.requires_grad_(False)  # as count_macs: the module tracker trips over trainable weights in no_grad
+    with FlopCounterMode(display=False) as counter:
         run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return float(sum(counts)), len(counts)
+    flops = counter.get_flop_counts()["Global"].get(torch.ops.aten.convolution, 0)
+    return float(flops), sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def isolated_conv_rate(repeats: int = 7) -> float:
@@ -99,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{args.model} at {tuple(figures['input'])}, batch 1, optimised fp32, {args.threads} thread(s); "
           f"{describe(figures['processor'])}")
-    print(f"  convolutions: {figures['conv_gflop']} GFLOP in {calls} calls, {figures['conv_ms']} ms of "
+    print(f"  convolutions: {figures['conv_gflop']} GFLOP in {calls} convs, {figures['conv_ms']} ms of "
           f"{figures['total_ms']} ms (profiled) -> {figures['conv_gflops_per_s']} GFLOP/s")
     print(f"  one isolated 3x3 conv 256->256 at 50x67: {figures['isolated_conv_gflops_per_s']} GFLOP/s")
     if args.json:
