@@ -97,6 +97,36 @@ def test_float_rules_on_a_small_graph():
     assert rules["non-conv+first-conv+last-convs"] == rules["non-conv"] | {"conv1", "conv3"}
 
 
+class Means(torch.nn.Module):
+    """Squeeze-excitation's spatial means (two) and a mean over channels."""
+
+    def forward(self, x):
+        return x * x.mean((2, 3), keepdim=True) + x.mean(1, keepdim=True) + x.mean((-2, -1), keepdim=True).sigmoid()
+
+
+def test_pre_process_falls_back_to_onnx_shape_inference(tmp_path, monkeypatch):
+    """onnxruntime 1.30's symbolic shape inference asserted on torch 2.11's export of D0: the INT8
+    preparation then uses ONNX's shape inference alone, says so, and still finds the spatial means."""
+    from onnxruntime.quantization import shape_inference
+
+    from scaledet.inference.quantize import _pre_process
+
+    real, calls = shape_inference.quant_pre_process, []
+
+    def failing_symbolic(*args, **kwargs):
+        calls.append(kwargs.get("skip_symbolic_shape", False))
+        if not kwargs.get("skip_symbolic_shape"):
+            raise AssertionError
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", failing_symbolic)
+    torch.onnx.export(Means().eval(), (torch.randn(1, 3, 8, 8),), tmp_path / "means.onnx", dynamo=True)
+    lines, prepared = [], tmp_path / "prepared.onnx"
+    _pre_process(tmp_path / "means.onnx", prepared, lines.append)
+    assert calls == [False, True] and "symbolic shape inference failed (AssertionError" in lines[-1]
+    assert spatial_means_as_global_pools(onnx.load(str(prepared)).graph) == 2
+
+
 def test_spatial_means_become_global_pools_with_the_same_values(tmp_path):
     """Squeeze-excitation's mean over (H, W) keeping them becomes GlobalAveragePool (int8 in onnxruntime);
     a mean over channels stays a ReduceMean, and the graph's output is unchanged."""
@@ -104,11 +134,7 @@ def test_spatial_means_become_global_pools_with_the_same_values(tmp_path):
     import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Means(torch.nn.Module):
-        def forward(self, x):
-            return x * x.mean((2, 3), keepdim=True) + x.mean(1, keepdim=True) + x.mean((-2, -1), keepdim=True).sigmoid()
-
-    torch.onnx.export(Means(), (torch.randn(1, 3, 8, 8),), tmp_path / "means.onnx", dynamo=True)
+    torch.onnx.export(Means().eval(), (torch.randn(1, 3, 8, 8),), tmp_path / "means.onnx", dynamo=True)
     quant_pre_process(str(tmp_path / "means.onnx"), str(tmp_path / "pools.onnx"))
     model = onnx.load(str(tmp_path / "pools.onnx"))
     assert spatial_means_as_global_pools(model.graph) == 2

@@ -41,6 +41,24 @@ def test_bench_rejects_fp16_on_cpu(capsys):
     assert "fp16 needs --device cuda" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_bench_int8_engine_is_timed_beside_the_others(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--models", "efficientdet_lite0", "--image-size", "64", "64", "--batch-sizes", "1",
+                 "--runs", "1", "--warmup", "0", "--no-onnx", "--precision", "fp32", "int8", "--json", str(out)])
+    assert code == 0
+    result = this_processor_table(out)["results"][0]
+    assert [r["engine"] for r in result["rows"]] == ["ours-eager", "ours-opt-fp32", "ours-int8"]
+    assert result["rows"][2]["median_ms"] > 0 and "ours-int8@b1" in result["vs_eager_detections"]
+
+
+def test_bench_int8_is_cpu_only(capsys):
+    assert main(["bench", "--precision", "int8", "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda but no CUDA device" in err or "int8 runs in onnxruntime on the CPU" in err
+
+
 def test_bench_reference_adds_effdet_with_the_same_weights(tmp_path, capsys):
     pytest.importorskip("effdet")
     out = tmp_path / "bench.json"

@@ -14,12 +14,17 @@ import argparse
 import sys
 from pathlib import Path
 
+#: random images calibrating ``--precision int8``'s file (latency only: ``scaledet export --int8
+#: --calibration DATA`` makes the file whose accuracy counts)
+INT8_BENCH_CALIBRATION = 4
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=["efficientdet_d0"], help="model names")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
-                        help="precisions of the optimised engine")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16", "int8"],
+                        help="precisions of the optimised engine (int8: onnxruntime, CPU, calibrated on "
+                             f"{INT8_BENCH_CALIBRATION} random images: a latency figure, not an accuracy one)")
     parser.add_argument("--compile", action="store_true", help="also time optimised + torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engine")
     parser.add_argument("--device", default="cpu")
@@ -48,6 +53,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--device cuda but no CUDA device is available")
     if "fp16" in args.precision and not args.device.startswith("cuda"):
         raise ValueError("fp16 needs --device cuda (use bf16 on CPU)")
+    if "int8" in args.precision and args.device != "cpu":
+        raise ValueError("int8 runs in onnxruntime on the CPU: use --device cpu")
 
 
 def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) -> dict:
@@ -60,7 +67,8 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) 
     from scaledet.inference.compare import detection_differences
 
     engines, model = build_engines(name, args.device, args.precision, args.compile, not args.no_onnx, tmp,
-                                   reference=reference)
+                                   reference=reference, image_size=tuple(args.image_size) if args.image_size else None,
+                                   int8_calibration=INT8_BENCH_CALIBRATION)
     size = _image_size(model, args)
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(3, *size, generator=generator) for _ in range(max(args.batch_sizes))]

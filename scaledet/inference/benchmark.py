@@ -92,16 +92,27 @@ def machine_info(device: str) -> dict:
 
 
 def build_engines(name: str, device: str, precisions: list[str], compile: bool, onnx: bool, tmp: Path,
-                  reference: ReferenceFactory | None = None) -> tuple[list[Engine], nn.Module]:
+                  reference: ReferenceFactory | None = None, image_size: tuple[int, int] | None = None,
+                  int8_calibration: int = 4) -> tuple[list[Engine], nn.Module]:
     """All engines for model ``name``: the reference first when ``reference`` gives one (our engines
     then share its weights), ``ours-eager``, ``ours-opt-<precision>`` [``+compile``], and
-    ``ours-onnxrt`` (CPU, ``onnx``). Returns ``(engines, our eager model)``."""
+    ``ours-onnxrt`` (CPU, ``onnx``). Precision ``"int8"`` is ``ours-int8`` (onnxruntime, CPU, no compile
+    variant), calibrated on ``int8_calibration`` random images of ``image_size`` (default
+    ``model.input_size()``): its latency is real, its accuracy says nothing. Returns ``(engines, our
+    eager model)``."""
     found = reference(name, device, tmp) if reference is not None else None
     reference_engine, model = found if found is not None else (None, create_model(name))
     model = model.eval().to(device)
     engines = [reference_engine] if reference_engine is not None else []
     engines.append(Engine("ours-eager", model, detections=_same))
     for precision in precisions:
+        if precision == "int8":
+            size = image_size or tuple(model.input_size())
+            generator = torch.Generator().manual_seed(1)
+            calibration = [torch.rand(3, *size, generator=generator) for _ in range(int8_calibration)]
+            engines.append(Engine("ours-int8", optimize(model.cpu(), precision="int8", calibration=calibration),
+                                  detections=_same, note=f"onnxruntime, calibrated on {int8_calibration} random images"))
+            continue
         for compiled in ([False, True] if compile else [False]):
             label = f"ours-opt-{precision}" + ("+compile" if compiled else "")
             engines.append(Engine(label, optimize(model, precision=precision, compile=compiled), detections=_same))

@@ -457,7 +457,6 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
     if percentile == 100:
         percentile = None  # the whole range: min / max, without the histogram pass
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     images, targets = check_calibration(calibration)
     say = progress or (lambda line: None)
@@ -469,8 +468,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
     output = Path(output)
     with tempfile.TemporaryDirectory(prefix="scaledet-int8-") as tmp:
         prepared, cache = Path(tmp) / "prepared.onnx", Path(tmp) / "calibration.json"
-        say("int8: shape inference and graph optimisation (onnxruntime quant_pre_process)")
-        quant_pre_process(str(float_path), str(prepared))
+        _pre_process(float_path, prepared, say)
         prepared_model = onnx.load(str(prepared))
         graph = prepared_model.graph
         if spatial_means_as_global_pools(graph):
@@ -539,6 +537,22 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
                                 max_ap_drop if float_ap is not None else None, percentile)
     _write_metadata(output, float_detector.config, report)
     return report
+
+
+def _pre_process(float_path: Path, prepared: Path, say: Callable[[str], None]) -> None:
+    """onnxruntime's ``quant_pre_process`` (shape inference, graph optimisation) of ``float_path`` into
+    ``prepared``. Where its symbolic shape inference fails on the graph (seen with onnxruntime 1.30 on
+    torch 2.11's export: an assertion on a convolution's rank), ONNX's own shape inference alone; a
+    tensor whose rank that leaves unknown then misses :func:`spatial_means_as_global_pools`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    say("int8: shape inference and graph optimisation (onnxruntime quant_pre_process)")
+    try:
+        quant_pre_process(str(float_path), str(prepared))
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises bare Exception / AssertionError here
+        say(f"int8: onnxruntime's symbolic shape inference failed ({type(error).__name__}: {error}); "
+            "using ONNX's shape inference only")
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
 
 
 def _kept_rule(tried: list[dict], choose: str) -> dict:

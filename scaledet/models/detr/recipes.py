@@ -14,8 +14,8 @@ are model options, so a recipe row turns them on with ``model_overrides`` (user 
 ``"auto": dict(..., model_overrides=ACCELERATORS)``. Both rows leave them off:
 ``benchmarks/detr_accelerators.py`` (3 seeds x 15 CPU-minutes) measured +0.048 AP on shapes (a tune
 set) but +0.002, inside the seed spread, on the held-out ``fewshot`` set; on the tune set ``scenes``
-both arms sat at the floor in 15 minutes and at 30 minutes the accelerated arm led 0.070 vs 0.006 AP
-(2 seeds); no held-out set has shown a gain yet (docs/detr.md);
+both arms sat at the floor in 15 minutes and at 30 minutes the accelerated arm led 0.073 vs 0.006 AP
+(3 seeds); no held-out set has shown a gain yet (docs/detr.md);
 ``--recipe paper`` stays the published DETR either way.
 """
 
