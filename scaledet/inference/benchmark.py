@@ -107,10 +107,12 @@ def build_engines(name: str, device: str, precisions: list[str], compile: bool, 
     engines.append(Engine("ours-eager", model, detections=_same))
     for precision in precisions:
         if precision == "int8":
+            if device != "cpu":
+                raise ValueError(f"precision 'int8' runs in onnxruntime on the CPU (got device {device!r})")
             size = image_size or tuple(model.input_size())
             generator = torch.Generator().manual_seed(1)
             calibration = [torch.rand(3, *size, generator=generator) for _ in range(int8_calibration)]
-            engines.append(Engine("ours-int8", optimize(model.cpu(), precision="int8", calibration=calibration),
+            engines.append(Engine("ours-int8", optimize(model, precision="int8", calibration=calibration),
                                   detections=_same, note=f"onnxruntime, calibrated on {int8_calibration} random images"))
             continue
         for compiled in ([False, True] if compile else [False]):

@@ -542,8 +542,9 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
 def _pre_process(float_path: Path, prepared: Path, say: Callable[[str], None]) -> None:
     """onnxruntime's ``quant_pre_process`` (shape inference, graph optimisation) of ``float_path`` into
     ``prepared``. Where its symbolic shape inference fails on the graph (seen with onnxruntime 1.30 on
-    torch 2.11's export: an assertion on a convolution's rank), ONNX's own shape inference alone; a
-    tensor whose rank that leaves unknown then misses :func:`spatial_means_as_global_pools`."""
+    torch 2.11's export: an assertion on a convolution's rank), ONNX's own shape inference alone (a
+    spatial mean whose input rank it leaves unknown is then not rewritten by
+    :func:`spatial_means_as_global_pools`; D0's 16 all are)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     say("int8: shape inference and graph optimisation (onnxruntime quant_pre_process)")
