@@ -273,19 +273,21 @@ def test_bad_accelerator_settings_name_the_field():
 
 
 
-def test_the_recipe_switches_them_on_and_user_overrides_win(monkeypatch):
-    """Both recipe rows leave the accelerators off; a row's model_overrides turn them on (how the
-    auto recipe would), and the user's own overrides win."""
+def test_the_auto_recipe_switches_them_on_from_scratch_and_user_overrides_win():
+    """From scratch (where they were measured: docs/detr.md) the auto recipe turns the accelerators on;
+    with pretrained weights, under --recipe paper and for Deformable DETR they stay off; the user's
+    overrides win."""
     from scaledet.engine import TrainConfig
     from scaledet.models.detr.recipes import ACCELERATORS, RECIPES
 
     scratch = {"backbone_norm": "batch", "backbone_trainable_layers": 5}  # no pretrained weights: see from_scratch
     assert all("model_overrides" not in row for row in RECIPES.values())
-    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == scratch
-    monkeypatch.setitem(RECIPES["auto"], "model_overrides", ACCELERATORS)
-    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == {**ACCELERATORS, **scratch}
-    config = TrainConfig.for_model("detr_r50", max_steps=1, model_overrides={"query_groups": 1})
-    assert config.model_overrides == {**ACCELERATORS, **scratch, "query_groups": 1}
+    assert TrainConfig.for_model("detr_r50", max_steps=1).model_overrides == {**scratch, **ACCELERATORS}
+    assert TrainConfig.for_model("detr_r50", max_steps=1, pretrained="w.safetensors").model_overrides == {}
+    assert TrainConfig.for_model("detr_r50", max_steps=1, recipe="paper").model_overrides == {}
+    assert TrainConfig.for_model("deformable_detr_r50", max_steps=1).model_overrides == scratch
+    plain = {"query_groups": 1, "denoising_groups": 0}
+    assert TrainConfig.for_model("detr_r50", max_steps=1, model_overrides=plain).model_overrides == {**scratch, **plain}
 
 
 def test_training_engine_trains_and_saves_an_accelerated_detr(tmp_path):

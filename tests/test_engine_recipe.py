@@ -58,6 +58,7 @@ def test_yaml_then_flags(tmp_path):
     config = TrainConfig.from_sources(path, lr=0.002, epochs=None)
     assert (config.model, config.epochs, config.batch_size, config.lr) == ("detr_r50", 3, 2, 0.002)
     assert config.model_overrides == {"backbone_norm": "batch", "backbone_trainable_layers": 5,  # from scratch
+                                      "query_groups": 4, "denoising_groups": 5,
                                       "num_queries": 10} and config.optimizer == "adamw"
 
 
@@ -210,7 +211,7 @@ def test_detr_plugs_in_with_its_recipe(tmp_path):
 
 
 @pytest.mark.parametrize("model, overrides", [
-    ("detr_r50", {"backbone_norm": "batch", "backbone_trainable_layers": 5}),
+    ("detr_r50", {"backbone_norm": "batch", "backbone_trainable_layers": 5, "query_groups": 4, "denoising_groups": 5}),
     ("deformable_detr_r50", {"backbone_norm": "batch", "backbone_trainable_layers": 5}),
     ("rtdetr_r50vd", {"backbone_norm": "batch", "freeze_stem": False}),
     ("rtdetr_r18vd", {}), ("efficientdet_d0", {}),

@@ -127,7 +127,7 @@ def test_detr_train_command_without_yaml_feeds_detr_its_own_resize_and_padding_m
         seen.append(([tuple(image.shape[-2:]) for image in batch_images], batch, training))
         return batch
 
-    def stop(self, batch, mask):
+    def stop(self, *inputs, **training_extras):  # from scratch the accelerators pass the denoising queries too
         raise _FirstTrainingBatchSeen
 
     monkeypatch.setattr(DETR, "preprocess", recording_preprocess)

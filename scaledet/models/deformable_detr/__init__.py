@@ -21,7 +21,7 @@ from scaledet.models.deformable_detr.convert import to_scaledet
 from scaledet.models.deformable_detr.criterion import FocalHungarianMatcher, FocalSetCriterion
 from scaledet.models.deformable_detr.model import DeformableDETR
 from scaledet.models.deformable_detr.recipes import RECIPES
-from scaledet.models.detr.recipes import from_scratch  # the same backbone fields as DETR's
+from scaledet.models.detr.recipes import backbone_from_scratch as from_scratch  # DETR's backbone fields
 from scaledet.models.deformable_detr.transformer import DeformableTransformer
 from scaledet.models.deformable_detr.variants import VARIANTS, DeformableDetrVariant
 from scaledet.models.detr import default_class_names, size_fields
