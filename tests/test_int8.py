@@ -321,3 +321,21 @@ def test_percentile_100_means_min_max_and_a_percentile_outside_50_100_is_refused
     assert report.percentile is None and "min / max ranges" in report.summary()
     with pytest.raises(ValueError, match=r"percentile must be in \(50, 100\], got 40"):
         quantize_onnx(path, tmp_path / "x.onnx", tiny_images(2), percentile=40)
+
+
+def test_onnx_int8_agrees_with_a_pytorch_int8_model_of_the_same_weights(float_file, tmp_path):
+    """scaledet's ONNX INT8 (onnxruntime) and an independent PyTorch INT8 model (benchmarks/int8_pt2e.py:
+    PT2E with torchao's x86 quantizer, reference representation), calibrated on the same images, find the
+    same detections on other images; a quantizer with a wrong scale or a saturating kernel would not."""
+    pytest.importorskip("torchao")
+    from benchmarks.int8_pt2e import pt2e_int8
+
+    model, path = float_file
+    calibration = tiny_images(8)
+    quantize_onnx(path, tmp_path / "int8.onnx", calibration, rules=["none"], threads=1)
+    onnx_int8, torch_int8 = QuantizedDetector(tmp_path / "int8.onnx", threads=1), pt2e_int8(model, calibration)
+    images = tiny_images(3, seed=1)  # not the calibration images
+    reference, result = torch_int8(images), onnx_int8(images)
+    assert all(d["boxes"].shape[1] == 4 and d["labels"].dtype == torch.int64 for d in reference)
+    agreement = detection_agreement(reference, result, TINY_TOLERANCE)
+    assert agreement.reference >= 3 and agreement.passes(TINY_TOLERANCE), agreement.summary()
