@@ -140,6 +140,22 @@ def markdown(kind: str, results: list[dict], machine_line: str, command: str) ->
     return "\n".join(lines) + f"\n\n{note}\n\nMachine: {machine_line}\n\nCommand: `{command}`\n"
 
 
+def write_record(results: list[dict], table_of, command: str, args: argparse.Namespace, **extra) -> None:
+    """Print ``table_of(kind, results, machine line, command)`` and merge it, and a JSON entry with
+    ``extra`` fields, into ``args.markdown`` / ``args.json`` under this processor's kind (one table per
+    kind; ``-smoke`` runs apart)."""
+    machine = machine_info("cpu")
+    machine_line = (f"{machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s), load average "
+                    f"{machine['load_average']} at the end, {machine['time_utc']} UTC")
+    kind = current_processor().kind + ("-smoke" if args.smoke else "")
+    table = table_of(kind, results, machine_line, command)
+    print(table)
+    entry = {"processor": current_processor().as_dict(), "machine": machine, "command": command, **extra,
+             "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}, "results": results}
+    merge_json_results(Path(args.json), kind, entry)
+    merge_markdown_results(Path(args.markdown), kind, table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["efficientdet_d0", "efficientdet_lite0"])
@@ -175,17 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          Path(tmp) / "latency")
         results.append({"model": name, "weights": args.weights_used, "accuracy": quality, "latency": speed})
         print(json.dumps(speed), flush=True)
-    machine = machine_info("cpu")
-    machine_line = (f"{machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s), load average "
-                    f"{machine['load_average']} at the end, {machine['time_utc']} UTC")
-    command = "python benchmarks/int8.py " + " ".join(argv)
-    kind = current_processor().kind + ("-smoke" if args.smoke else "")
-    table = markdown(kind, results, machine_line, command)
-    print(table)
-    entry = {"processor": current_processor().as_dict(), "machine": machine, "command": command,
-             "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}, "results": results}
-    merge_json_results(Path(args.json), kind, entry)
-    merge_markdown_results(Path(args.markdown), kind, table)
+    write_record(results, markdown, "python benchmarks/int8.py " + " ".join(argv), args)
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import pydoc
 import sys
 import tempfile
@@ -39,11 +38,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from benchmarks.int8 import demo_model
+from benchmarks.int8 import demo_model, write_record
 from scaledet.data import shapes_split
 from scaledet.evaluation.runner import predict_dataset, score_predictions
 from scaledet.export import export_onnx
-from scaledet.inference.benchmark import machine_info, merge_json_results, merge_markdown_results
 from scaledet.inference.processor import current_processor
 from scaledet.inference.quantize import DEFAULT_TOLERANCE, QuantizedDetector, detection_agreement, quantize_onnx
 from scaledet.models.base import Detections, Detector
@@ -216,20 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         if model is None:
             return 1
         results.append({**compare(name, model, args), "weights": weights})
-    machine = machine_info("cpu")
-    machine_line = (f"{machine['cpu']}, {machine['cores']} cores, {args.threads} thread(s), load average "
-                    f"{machine['load_average']} at the end, {machine['time_utc']} UTC")
-    command = "python -m benchmarks.int8_pt2e " + " ".join(argv)
-    kind = current_processor().kind + ("-smoke" if args.smoke else "")
-    table = markdown(kind, results, machine_line, command)
-    print(table)
     import torchao
 
-    entry = {"processor": current_processor().as_dict(), "machine": machine, "command": command,
-             "versions": {"torch": torch.__version__, "torchao": torchao.__version__},
-             "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}, "results": results}
-    merge_json_results(Path(args.json), kind, entry)
-    merge_markdown_results(Path(args.markdown), kind, table)
+    write_record(results, markdown, "python -m benchmarks.int8_pt2e " + " ".join(argv), args,
+                 versions={"torch": torch.__version__, "torchao": torchao.__version__})
     return 0
 
 
