@@ -339,3 +339,34 @@ def test_onnx_int8_agrees_with_a_pytorch_int8_model_of_the_same_weights(float_fi
     assert all(d["boxes"].shape[1] == 4 and d["labels"].dtype == torch.int64 for d in reference)
     agreement = detection_agreement(reference, result, TINY_TOLERANCE)
     assert agreement.reference >= 3 and agreement.passes(TINY_TOLERANCE), agreement.summary()
+
+
+def test_pt2e_folds_the_batchnorm_of_every_call_of_a_shared_convolution():
+    """EfficientDet's heads run one convolution on every level, each call with its own BatchNorm. torchao's
+    PT2E folds only the first call's BatchNorm into a shared weight tensor; benchmarks/int8_pt2e.py unties
+    the tensors first, so the PyTorch INT8 model it compares against computes every level right."""
+    pytest.importorskip("torchao")
+    from benchmarks.int8_pt2e import quantize_network
+
+    class SharedHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.norms = torch.nn.ModuleList(torch.nn.BatchNorm2d(8) for _ in range(2))
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.norms[0](self.conv(a)), self.norms[1](self.conv(b))
+
+    torch.manual_seed(0)
+    head = SharedHead().eval()
+    for shift, norm in zip((-2.0, 3.0), head.norms):  # two very different sets of statistics
+        norm.running_mean.uniform_(shift - 0.5, shift + 0.5)
+        norm.running_var.uniform_(0.5, 4.0)
+        norm.bias.data.uniform_(-1.0, 1.0)
+    calibration = [(torch.rand(1, 8, 6, 6), torch.rand(1, 8, 6, 6)) for _ in range(8)]
+    quantized = quantize_network(head, calibration)
+    inputs = (torch.rand(1, 8, 6, 6), torch.rand(1, 8, 6, 6))
+    with torch.no_grad():
+        for expected, got in zip(head(*inputs), quantized(*inputs)):
+            error = (expected - got).abs().max().item()
+            assert error < 0.1 * expected.abs().max().item(), error
