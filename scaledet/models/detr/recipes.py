@@ -14,9 +14,9 @@ are model options, so a recipe turns them on with ``model_overrides`` (user over
 recipe turns them on when DETR trains **from scratch** (:func:`from_scratch`), where they were measured
 (``benchmarks/detr_accelerators.py``, a small DETR, 3 seeds each, docs/detr.md): held-out ``fewshot``
 at 30 CPU-minutes +0.012 AP (0.042 +- 0.010 vs 0.030 +- 0.004, just beyond the spread; at 15 minutes
-+0.002 / +0.004, inside it), tune sets shapes +0.048 (15 minutes) and scenes +0.067 (30 minutes;
-+0.009 at 15 minutes, plain DETR still at the floor),
-with ~30% fewer steps per minute. Fine-tuning published weights keeps them off (not measured), and
++0.004 on an AVX2-only and +0.010 on an AVX-512 machine, inside it), tune sets shapes +0.048 (15
+minutes) and scenes +0.067 (30 minutes; +0.009 at 15 minutes, plain DETR still at the floor), with
+~30% fewer steps per minute. Fine-tuning published weights keeps them off (not measured), and
 ``--recipe paper`` stays the published DETR.
 """
 
