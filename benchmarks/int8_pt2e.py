@@ -257,7 +257,7 @@ def markdown(kind: str, results: list[dict], machine_line: str, command: str) ->
              "| PyTorch int8 matches fp32 |", "|---" * 10 + "|"]
     for r in results:
         ap = r["AP"]
-        lines.append(f"| {r['model']} | {r.get('pt2e_activation_ranges', 'histogram')} "
+        lines.append(f"| {r['model']} | {r['pt2e_activation_ranges']} "
                      f"| {ap['fp32']['AP']:.4f} | {ap['onnx-int8']['AP']:.4f} "
                      f"| {ap['pytorch-int8']['AP']:.4f} | {r['onnx_float_rule']} "
                      f"| {cell(r, 'pytorch-int8 vs onnx-int8')} | {cell(r, 'onnx-int8 vs pytorch-int8')} "
