@@ -29,7 +29,7 @@ def test_bench_cli_tiny(tmp_path, capsys):
     assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in rows)
     assert rows[0]["vs_eager"] == 1.0 and rows[0]["vs_reference"] is None
     equal = payload["results"][0]["vs_eager_detections"]["ours-opt-fp32@b2"]
-    assert equal["count_diff"] == 0 and equal["max_score_diff"] < 1e-4
+    assert equal["count_diff"] == 0 and equal["max_score_diff"] < 1e-4 and equal["equal_as_sets"] is True
     share = payload["results"][0]["postprocess_batch1"]
     assert 0 < share["postprocess_ms"] < share["total_ms"]
     assert payload["machine"]["cores"] >= 1 and "Machine:" in md.read_text()
@@ -51,6 +51,7 @@ def test_bench_int8_engine_is_timed_beside_the_others(tmp_path):
     result = this_processor_table(out)["results"][0]
     assert [r["engine"] for r in result["rows"]] == ["ours-eager", "ours-opt-fp32", "ours-int8"]
     assert result["rows"][2]["median_ms"] > 0 and "ours-int8@b1" in result["vs_eager_detections"]
+    assert "float-kept rule" in result["rows"][2]["note"]
 
 
 def test_bench_int8_is_cpu_only(capsys):

@@ -64,7 +64,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) 
     from tqdm import tqdm
 
     from scaledet.inference.benchmark import build_engines, postprocess_share, summarise, time_engines
-    from scaledet.inference.compare import detection_differences
+    from scaledet.inference.compare import compare_detection_sets, detection_differences
 
     engines, model = build_engines(name, args.device, args.precision, args.compile, not args.no_onnx, tmp,
                                    reference=reference, image_size=tuple(args.image_size) if args.image_size else None,
@@ -80,8 +80,10 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) 
         rows += summarise(name, engines, batch_size)
         for engine in engines:
             if engine.detections is not None and engine.name != "ours-eager":
-                diff = detection_differences(outputs["ours-eager"], engine.detections(outputs[engine.name]))
-                equality[f"{engine.name}@b{batch_size}"] = diff
+                eager, other = outputs["ours-eager"], engine.detections(outputs[engine.name])
+                sets = compare_detection_sets(eager, other)  # the verdict: near-tied scores may swap boxes
+                equality[f"{engine.name}@b{batch_size}"] = {**detection_differences(eager, other),
+                                                            "equal_as_sets": sets.passed, "tied": sets.tied}
     share = postprocess_share(model, images[:1], args.runs) if args.device == "cpu" else None
     return {"model": name, "input_hw": list(size), "rows": rows, "vs_eager_detections": equality,
             "postprocess_batch1": share}
@@ -120,7 +122,8 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
             print(f"{result['model']} post-processing (batch 1): {p['postprocess_ms']:.1f} ms of "
                   f"{p['total_ms']:.1f} ms = {100 * p['share']:.1f}%")
         for key, diff in result["vs_eager_detections"].items():
-            print(f"{result['model']} {key} vs ours-eager: " + ", ".join(f"{k}={v:.3g}" for k, v in diff.items()))
+            print(f"{result['model']} {key} vs ours-eager: "
+                  + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in diff.items()))
     machine_line = (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
                     f"{machine['torch_threads']} thread(s), load average {machine['load_average_end']} at the end, "
                     f"{machine['time_utc']} UTC" + (f", GPU {machine['gpu']}" if "gpu" in machine else ""))
