@@ -97,7 +97,9 @@ def top_candidates(cls_logits: Tensor, k: int, fast: bool = False,
     if not fast or num_anchors <= k:
         logits, flat = cls_logits.reshape(batch, -1).topk(k, dim=1)
         return logits, flat // num_classes, flat % num_classes
-    maxima = cls_logits.amax(dim=-1) if static_shapes else max_over_classes(cls_logits)  # [B, A]
+    # [B, A]; exported, the two-halves trick of max_over_classes becomes Split + Max + ReduceMax, which
+    # onnxruntime runs slower than one ReduceMax (D0 512: 3.5 vs 1.1 ms)
+    maxima = cls_logits.amax(dim=-1) if static_shapes else max_over_classes(cls_logits)
     anchors = maxima.topk(k, dim=1).indices  # [B, k] anchors holding the top-k pairs
     rows = (anchors + torch.arange(batch, device=anchors.device)[:, None] * num_anchors).reshape(-1)
     sub = cls_logits.reshape(-1, num_classes).index_select(0, rows).reshape(batch, k, num_classes)
