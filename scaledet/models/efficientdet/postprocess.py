@@ -7,8 +7,7 @@ path takes two exact shortcuts (same detections):
 
 * top-k without scanning every (anchor, class) pair twice: the ``k`` best pairs all lie in the ``k``
   anchors with the best per-anchor maximum, so one ``amax`` over classes and a top-k over anchors
-  shrink the search from ``A*K`` to ``k*K`` values before the final top-k (the export graph takes
-  this shortcut too, with static shapes: ``top_candidates(..., static_shapes=True)``);
+  shrink the search from ``A*K`` to ``k*K`` values before the final top-k;
 * greedy NMS is prefix-consistent (a box's fate depends only on higher-scored boxes), so NMS runs
   on the best ``chunk`` candidates first and only widens when fewer than ``max_detections``
   survive. Small prefixes also take torchvision's single-call coordinate-offset path.
@@ -75,18 +74,14 @@ def max_over_classes(cls_logits: Tensor) -> Tensor:
     return cls_logits[..., :half].maximum(cls_logits[..., num_classes - half:]).amax(dim=-1)
 
 
-def top_candidates(cls_logits: Tensor, k: int, fast: bool = False,
-                   static_shapes: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def top_candidates(cls_logits: Tensor, k: int, fast: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` best (anchor, class) pairs of each image.
 
     Args:
         cls_logits: ``[B, A, K]`` class logits.
         k: candidates per image (capped at ``A*K``).
-        fast: search only the ``k`` anchors with the best maxima (exact, see the module docstring),
-            then filter their logits by a threshold (data-dependent shapes, so not for export).
-        static_shapes: with ``fast``, a plain top-k over the ``k`` anchors' ``k*K`` logits instead of
-            the filter: every shape is fixed by ``B``, ``A``, ``K`` and ``k`` (the export graph's path;
-            D0 in onnxruntime: one top-k over 450k values instead of 4.4M).
+        fast: search only the ``k`` anchors with the best maxima (exact, see the module docstring;
+            data-dependent shapes, so not for export).
 
     Returns:
         (logits ``[B, k]`` descending, anchor index ``[B, k]``, label ``[B, k]`` int64), equal to
@@ -97,17 +92,11 @@ def top_candidates(cls_logits: Tensor, k: int, fast: bool = False,
     if not fast or num_anchors <= k:
         logits, flat = cls_logits.reshape(batch, -1).topk(k, dim=1)
         return logits, flat // num_classes, flat % num_classes
-    # [B, A]; exported, the two-halves trick of max_over_classes becomes Split + Max + ReduceMax, which
-    # onnxruntime runs slower than one ReduceMax (D0 512: 3.5 vs 1.1 ms)
-    maxima = cls_logits.amax(dim=-1) if static_shapes else max_over_classes(cls_logits)
-    anchors = maxima.topk(k, dim=1).indices  # [B, k] anchors holding the top-k pairs
+    anchors = max_over_classes(cls_logits).topk(k, dim=1).indices  # [B, k] anchors holding the top-k pairs
     rows = (anchors + torch.arange(batch, device=anchors.device)[:, None] * num_anchors).reshape(-1)
     sub = cls_logits.reshape(-1, num_classes).index_select(0, rows).reshape(batch, k, num_classes)
-    if static_shapes:
-        logits, flat = sub.reshape(batch, -1).topk(k, dim=1)
-    else:
-        logits, flat = zip(*(_top_in_anchors(image, k) for image in sub))
-        logits, flat = torch.stack(logits), torch.stack(flat)
+    logits, flat = zip(*(_top_in_anchors(image, k) for image in sub))
+    logits, flat = torch.stack(logits), torch.stack(flat)
     return logits, anchors.gather(1, flat // num_classes), flat % num_classes
 
 
