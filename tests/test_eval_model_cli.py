@@ -53,3 +53,23 @@ def test_cli_eval_renders_shapes_at_the_model_size(tmp_path, capsys, monkeypatch
             "--results", str(tmp_path / "r.json")]  # fmt: skip
     assert cli_main(argv) == 0
     assert "shapes(seed=1, n=2, size=48x64): 2 images" in capsys.readouterr().out
+
+
+def test_cli_eval_renders_shapes_for_detr_unscaled_whatever_the_size_flag(tmp_path, capsys, monkeypatch):
+    """DETR's ``image_size`` is (shorter side, longer-side cap): shapes are drawn as the square at the
+    shorter side, so ``--image-size 48`` (cap 80) on weights trained at (48, 48) scores the same images."""
+    import scaledet.data.shapes as shapes
+
+    monkeypatch.setitem(shapes.SHAPES_SPLITS, "val", {"num_images": 2, "seed": 1})
+    torch.manual_seed(0)
+    tiny = dict(backbone="resnet18", hidden_dim=32, num_heads=2, ffn_dim=64, enc_layers=1, dec_layers=1,
+                num_queries=5, class_names=list(shapes.SHAPE_CLASSES))
+    model = create_model("detr_r50", num_classes=4, image_size=(48, 48), **tiny)
+    weights = save_weights(model.state_dict(), tmp_path / "detr.safetensors", model.config)
+    stats = []
+    for extra in ([], ["--image-size", "48"]):
+        out = tmp_path / f"stats{len(extra)}.json"
+        assert cli_main(["eval", "--weights", str(weights), "--data", "shapes:val", "--json", str(out), *extra]) == 0
+        assert "shapes(seed=1, n=2, size=48x48): 2 images" in capsys.readouterr().out
+        stats.append(json.loads(out.read_text()))
+    assert [stats[0][k] for k in STAT_KEYS] == [stats[1][k] for k in STAT_KEYS]

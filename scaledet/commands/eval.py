@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from scaledet.commands.predict import add_tile_arguments
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", help="model name, e.g. efficientdet_d0 (default: from --weights)")
     model.add_argument("--weights", help="our .safetensors, a reference checkpoint (with --model), 'coco' (with "
                        "--model) or an exported .onnx")
-    model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes:val (rendered at the model's size)")
+    model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes:val (drawn at a size the "
+                       "model's eval resize leaves unscaled)")
     model.add_argument("--images", help="image folder for a COCO JSON (default: beside it or images/)")
     model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO)")
     model.add_argument("--allow-empty", action="store_true", help="accept data without any box (AP is then -1)")
@@ -52,13 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 
 
-def open_eval_dataset(data: str, images: str | None, split: str | None, image_size, allow_empty: bool = False):
+def open_eval_dataset(data: str, images: str | None, split: str | None, render_size: Sequence[int],
+                      allow_empty: bool = False):
     """The dataset ``--data`` names, untransformed; YOLO's split defaults to ``val`` and the
-    built-in shapes set is rendered at the model's ``image_size`` (as ``scaledet demo`` does)."""
+    built-in shapes set is rendered at ``render_size`` (h, w), the model's
+    :meth:`~scaledet.models.base.Detector.unresized_size` (as ``scaledet demo`` renders it)."""
     from scaledet.data import open_dataset
 
     split = split or ("val" if str(data).endswith((".yaml", ".yml")) else None)
-    options = {"image_size": tuple(image_size)} if str(data).startswith("shapes") else {}
+    options = {"image_size": tuple(render_size)} if str(data).startswith("shapes") else {}
     return open_dataset(data, images=images, split=split, allow_empty=allow_empty, **options)
 
 
@@ -71,7 +75,7 @@ def _model_stats(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
-    dataset = open_eval_dataset(args.data, args.images, args.split, model.image_size, args.allow_empty)
+    dataset = open_eval_dataset(args.data, args.images, args.split, model.unresized_size(), args.allow_empty)
     print_report(dataset)
     return evaluate_model(model, dataset, args.max_dets, args.batch_size, args.device, args.workers,
                           results_path=args.results, tile=tile_options(args))

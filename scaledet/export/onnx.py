@@ -98,6 +98,9 @@ class OnnxDetector:
         outputs = [torch.from_numpy(x) for x in self.session.run(None, feeds)]
         return self.model.detections_from_export(outputs, batch)
 
+    def unresized_size(self) -> tuple[int, int]:
+        return self.model.unresized_size()
+
 
 def onnxruntime_detector(model: Detector, threads: int | None = None) -> OnnxDetector:
     """``model`` exported (a CPU copy; ``model`` is left untouched) to a temporary file that lives as

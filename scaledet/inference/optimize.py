@@ -154,6 +154,9 @@ class OptimizedDetector(nn.Module):
     def config(self) -> dict:
         return self.model.config
 
+    def unresized_size(self) -> tuple[int, int]:
+        return self.model.unresized_size()
+
     def autocast(self, device: torch.device):
         dtype = PRECISIONS[self.precision]
         if dtype is None:

@@ -129,6 +129,12 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         scale = longest_side_scale(height, width, image_size or self.image_size)
         return scale, scale
 
+    def unresized_size(self) -> tuple[int, int]:
+        """An image (h, w) that the eval resize passes through unscaled: the size the built-in shapes
+        set is rendered at for ``scaledet eval`` / ``predict --data shapes:...``, so the network sees
+        the images as drawn. Default: ``image_size`` (resize-and-pad families)."""
+        return tuple(self.image_size)
+
     def describe_input(self, image_size: Sequence[int] | None = None) -> str:
         """The eval resize at ``image_size`` (default ``self.image_size``) in words, for reports."""
         size = tuple(image_size or self.image_size)

@@ -119,6 +119,11 @@ class DETR(Detector):
         default ``(800, 1333)`` (:func:`~scaledet.models.detr.preprocess.typical_input_size`)."""
         return typical_input_size(*self.image_size)
 
+    def unresized_size(self) -> tuple[int, int]:
+        """The square at the shorter side ``image_size[0]``: DETR's eval resize leaves it unscaled
+        whatever the longer-side cap (``--image-size 128`` and a trained (128, 128) see the same images)."""
+        return (self.image_size[0], self.image_size[0])
+
     def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
         """DETR's eval resize (:func:`~scaledet.models.detr.preprocess.resize_scale`); ``image_size``
         is (shorter side, longer-side cap)."""
