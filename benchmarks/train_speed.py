@@ -12,6 +12,11 @@ one thread each under DistributedDataParallel (gloo), each process training on `
 the same images (the same global batch), timed after the in-process pair (not interleaved) and
 given relative to the same run's in-process effdet. Prints a markdown table; writes
 ``benchmarks/results/train_speed.json`` and ``.md`` with the processor and its ISA flags.
+
+Allocator: scaledet's trainer tells glibc's malloc to keep freed memory (``keep_freed_memory``,
+process-wide), so the in-process effdet runs with that setting too (the conservative ratio). Each
+size also times effdet alone in a fresh process with glibc's defaults, as its ``train.py`` runs
+(not interleaved: right after the pair); the last column is scaledet against that.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -161,6 +167,25 @@ def data_pipeline(size: int, count: int = 32) -> dict[str, float]:
     return {"decode_and_augment_img_s": round(rates[0], 1), "cached_and_augment_img_s": round(rates[1], 1)}
 
 
+def timed_steps(step, steps: int) -> list[float]:
+    """Seconds of ``steps`` calls of ``step`` after 2 untimed warm-up calls."""
+    times = []
+    for repeat in range(steps + 2):
+        start = time.perf_counter()
+        step()
+        if repeat >= 2:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def effdet_with_default_allocator(size: int, batch: int, steps: int, threads: int) -> float:
+    """effdet's median step time in a fresh process that never sets the allocator (glibc defaults)."""
+    command = [sys.executable, __file__, "--effdet-alone", "--sizes", str(size), "--batch", str(batch),
+               "--steps", str(steps), "--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384])
@@ -170,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=0,
                         help="also time both projects as this many 1-thread DDP processes (0: not)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_speed"))
+    parser.add_argument("--effdet-alone", action="store_true", help=argparse.SUPPRESS)  # the fresh-process effdet
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.effdet_alone:
+        images, targets = make_batch(args.sizes[0], args.batch)
+        print(statistics.median(timed_steps(effdet_step(args.sizes[0], images, targets), args.steps)))
+        return 0
     machine = machine_info(args.threads)
     rows = []
     for size in args.sizes:
@@ -186,12 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                 if repeat >= 2:
                     times[name].append(time.perf_counter() - start)
         reference = statistics.median(times["effdet DetBenchTrain"])
-        for name, values in times.items():
-            median = statistics.median(values)
+        alone = effdet_with_default_allocator(size, args.batch, args.steps, args.threads)
+        medians = {**{name: statistics.median(values) for name, values in times.items()},
+                   "effdet DetBenchTrain, glibc defaults (fresh process, as its train.py runs)": alone}
+        for name, median in medians.items():
             rows.append({"size": size, "batch": args.batch, "engine": name, "median_step_s": round(median, 3),
-                         "img_s": round(args.batch / median, 2), "x_effdet_img_s": round(reference / median, 2)})
+                         "img_s": round(args.batch / median, 2), "x_effdet_img_s": round(reference / median, 2),
+                         "x_effdet_default_allocator_img_s": round(alone / median, 2)})
             print(f"{size}px {name}: {median:.3f} s/step, {args.batch / median:.2f} img/s", flush=True)
-        rows[-1].update(data_pipeline(size))
+        next(row for row in rows if row["size"] == size and row["engine"].startswith("scaledet")).update(
+            data_pipeline(size))
         if args.processes > 1:
             if args.batch % args.processes:
                 parser.error(f"--batch {args.batch} does not split over --processes {args.processes}")
@@ -205,13 +239,14 @@ def main(argv: list[str] | None = None) -> int:
            f"the interleaved in-process pair; x effdet is against the in-process effdet." if args.processes > 1 else "")
     lines = [f"Training throughput, EfficientDet-D0 from scratch, batch {args.batch}, {args.threads} threads, "
              f"{machine['date_utc']}, {describe(machine)}, torch {machine['torch']}.{ddp}", "",
-             "| input | engine | s / step | img/s | x effdet img/s | scaledet data: decode+augment / cached img/s |",
-             "|---|---|---:|---:|---:|---|"]
+             "| input | engine | s / step | img/s | x effdet img/s (same run) | x effdet img/s (glibc defaults) "
+             "| scaledet data: decode+augment / cached img/s |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for row in rows:
         data = (f"{row['decode_and_augment_img_s']} / {row['cached_and_augment_img_s']}"
                 if "decode_and_augment_img_s" in row else "")
         lines.append(f"| {row['size']} | {row['engine']} | {row['median_step_s']} | {row['img_s']} | "
-                     f"{row['x_effdet_img_s']} | {data} |")
+                     f"{row['x_effdet_img_s']} | {row.get('x_effdet_default_allocator_img_s', '')} | {data} |")
     table = "\n".join(lines)
     print(table)
     write_results(Path(args.out), {"machine": machine, "rows": rows}, table + "\n")

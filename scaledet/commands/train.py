@@ -58,6 +58,7 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
 _BOOL_FLAGS: dict[str, str] = {
     "amp": "mixed precision (bf16 on CPU, fp16 on CUDA)",
     "channels_last": "channels_last memory format (default: on for CPU fp32 training)",
+    "keep_freed_memory": "CPU: glibc's malloc keeps freed memory for the next step (default on; ~1.3x faster steps)",
     "sync_bn": "SyncBatchNorm across ranks (CUDA)",
     "tensorboard": "also log to OUT/tensorboard (needs the tensorboard package)",
     "deterministic": "torch.use_deterministic_algorithms",

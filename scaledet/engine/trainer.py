@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from scaledet.data.transforms import collate_fn
 from scaledet.engine import distributed as dist_utils
+from scaledet.engine.allocator import keep_freed_memory
 from scaledet.engine.checkpoint import atomic_torch_save, load_training_checkpoint, rng_state, set_rng_state
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.data import EpochSampler, SeededDataset
@@ -142,6 +143,8 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         if self.device.type == "cpu":
             configure_threads(config.threads)
+            if config.keep_freed_memory:
+                keep_freed_memory()
         self._setup_determinism()
         self.model = self._prepare_model(model)
         self.optimizer = build_optimizer(self.model, config)
