@@ -70,10 +70,12 @@ def _model_stats(args: argparse.Namespace) -> dict:
     import scaledet
     from scaledet.commands.predict import tile_options
     from scaledet.data import print_report
+    from scaledet.engine.allocator import keep_freed_memory
     from scaledet.evaluation import evaluate_model
 
     if not args.data:
         raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
+    keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     dataset = open_eval_dataset(args.data, args.images, args.split, model.unresized_size(), args.allow_empty)
     print_report(dataset)

@@ -50,10 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_detector(args: argparse.Namespace):
     """The detector of ``--weights`` / ``--model`` (:func:`scaledet.load`: our file, another
-    project's checkpoint, 'coco', an ONNX file or random weights), optimised when asked."""
+    project's checkpoint, 'coco', an ONNX file or random weights), optimised when asked. The
+    command's process keeps freed memory for reuse (:mod:`scaledet.engine.allocator`)."""
     import scaledet
+    from scaledet.engine.allocator import keep_freed_memory
     from scaledet.export import OnnxDetector
 
+    keep_freed_memory()  # eager D0 at 512 px: 364 -> 255 ms per image (docs/inference.md)
     detector = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     if args.optimize or args.precision != "fp32" or args.engine != "torch":
         if isinstance(detector, OnnxDetector):
