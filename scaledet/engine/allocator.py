@@ -1,4 +1,5 @@
-"""Keep freed CPU memory for reuse during training (glibc's malloc).
+"""Keep freed CPU memory for reuse (glibc's malloc): set by the trainer on CPU and by ``scaledet
+predict`` / ``scaledet eval`` for their own process.
 
 A training step allocates and frees the same large activation and gradient buffers every step
 (EfficientDet-D0 at 256 px, batch 8: 50 MB each in the first stages). glibc's malloc serves any
@@ -9,9 +10,10 @@ backward 4-8x slower per element on fresh pages than on reused ones). Serving ev
 heap and keeping freed memory makes later steps reuse the same pages; the process keeps its peak
 memory instead of returning it (measured: ~10% higher peak RSS).
 
-This is what jemalloc / tcmalloc give when preloaded (Intel's CPU training guides recommend them);
-the two ``mallopt`` calls give it with glibc, the allocator every Linux Python uses by default,
-without an environment variable or a preload. Nothing is changed on other platforms / allocators.
+This is what jemalloc / tcmalloc give when preloaded (the CPU sections of PyTorch's and Intel's
+performance tuning guides recommend them); the two ``mallopt`` calls give it with glibc, the
+allocator every Linux Python uses by default, without an environment variable or a preload.
+Nothing is changed on other platforms / allocators.
 """
 
 from __future__ import annotations
