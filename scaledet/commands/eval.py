@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from scaledet.commands.predict import add_tile_arguments
@@ -54,15 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 
 
-def open_eval_dataset(data: str, images: str | None, split: str | None, render_size: Sequence[int],
-                      allow_empty: bool = False):
+def open_eval_dataset(data: str, images: str | None, split: str | None, detector, allow_empty: bool = False):
     """The dataset ``--data`` names, untransformed; YOLO's split defaults to ``val`` and the
-    built-in shapes set is rendered at ``render_size`` (h, w), the model's
+    built-in shapes set is rendered at ``detector``'s
     :meth:`~scaledet.models.base.Detector.unresized_size` (as ``scaledet demo`` renders it)."""
     from scaledet.data import open_dataset
 
     split = split or ("val" if str(data).endswith((".yaml", ".yml")) else None)
-    options = {"image_size": tuple(render_size)} if str(data).startswith("shapes") else {}
+    options = {"image_size": tuple(detector.unresized_size())} if str(data).startswith("shapes") else {}
     return open_dataset(data, images=images, split=split, allow_empty=allow_empty, **options)
 
 
@@ -77,7 +75,7 @@ def _model_stats(args: argparse.Namespace) -> dict:
         raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
     keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
-    dataset = open_eval_dataset(args.data, args.images, args.split, model.unresized_size(), args.allow_empty)
+    dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty)
     print_report(dataset)
     return evaluate_model(model, dataset, args.max_dets, args.batch_size, args.device, args.workers,
                           results_path=args.results, tile=tile_options(args))
