@@ -25,7 +25,7 @@ import platform
 # glibc's malloc.h parameter numbers
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_KEEP_UP_TO = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB of free heap top before returning any
+_NEVER = -1  # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely"
 
 
 def keep_freed_memory() -> bool:
@@ -40,4 +40,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))
