@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                 step()
                 if repeat >= 2:
                     times[name].append(time.perf_counter() - start)
-        reference = statistics.median(times["effdet DetBenchTrain"])
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        reference = medians["effdet DetBenchTrain"]
         alone = effdet_with_default_allocator(size, args.batch, args.steps, args.threads)
-        medians = {**{name: statistics.median(values) for name, values in times.items()},
-                   "effdet DetBenchTrain, glibc defaults (fresh process, as its train.py runs)": alone}
+        medians["effdet DetBenchTrain, glibc defaults (fresh process, as its train.py runs)"] = alone
         for name, median in medians.items():
             rows.append({"size": size, "batch": args.batch, "engine": name, "median_step_s": round(median, 3),
                          "img_s": round(args.batch / median, 2), "x_effdet_img_s": round(reference / median, 2),
