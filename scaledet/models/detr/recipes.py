@@ -13,11 +13,12 @@ Training accelerators (:mod:`scaledet.models.detr.accelerators`: group queries, 
 are model options, so a recipe turns them on with ``model_overrides`` (user overrides win). The auto
 recipe turns them on when DETR trains **from scratch** (:func:`from_scratch`), where they were measured
 (``benchmarks/detr_accelerators.py``, a small DETR, 3 seeds each, docs/detr.md): held-out ``fewshot``
-at 30 CPU-minutes +0.012 AP (0.042 +- 0.010 vs 0.030 +- 0.004, just beyond the spread; at 15 minutes
-+0.004 on an AVX2-only and +0.010 on an AVX-512 machine, inside it), tune sets shapes +0.048 (15
-minutes) and scenes +0.067 (30 minutes; +0.009 at 15 minutes, plain DETR still at the floor), with
-~30% fewer steps per minute. Fine-tuning published weights keeps them off (not measured), and
-``--recipe paper`` stays the published DETR.
+at 30 CPU-minutes +0.012 AP on an AVX-512 machine (0.042 +- 0.010 vs 0.030 +- 0.004, just beyond the
+spread) and +0.003 on an AVX2-only one (inside it); at 15 minutes +0.004 (AVX2-only) and +0.010
+(AVX-512), inside it; ahead on average in every held-out comparison, never behind. Tune sets:
+shapes +0.048 (15 minutes) and scenes +0.067 (30 minutes; +0.009 at 15 minutes, plain DETR still at
+the floor), with ~30% fewer steps per minute. Fine-tuning published weights keeps them off (not
+measured), and ``--recipe paper`` stays the published DETR.
 """
 
 from __future__ import annotations
