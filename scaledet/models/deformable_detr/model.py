@@ -2,8 +2,8 @@
 
 Box formats: the network predicts normalised ``(cx, cy, w, h)`` in [0, 1] relative to each input
 image; targets and detections are xyxy pixels of the input images. Pre-processing (resize,
-normalise, pad + mask), training pipeline and target conversion are DETR's
-(:mod:`scaledet.models.detr.preprocess`, :mod:`scaledet.models.detr.transforms`); post-processing:
+normalise, pad + mask), training pipeline, export feeds and target conversion are DETR's
+(:class:`scaledet.models.detr.detector_inputs.DetrInputs`, :mod:`scaledet.models.detr.preprocess`); post-processing:
 :mod:`scaledet.models.deformable_detr.postprocess` (shared with the ONNX graph).
 """
 
@@ -19,12 +19,11 @@ from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.deformable_detr import export
 from scaledet.models.deformable_detr.backbone import CenteredSinePositionEncoding, MultiScaleResNet, downsampled_mask
 from scaledet.models.deformable_detr.criterion import FocalSetCriterion
-from scaledet.models.deformable_detr.postprocess import per_image, postprocess
+from scaledet.models.deformable_detr.postprocess import postprocess
 from scaledet.models.deformable_detr.transformer import DeformableTransformer
-from scaledet.models.detr import transforms
+from scaledet.models.detr.detector_inputs import DetrInputs
 from scaledet.models.detr.model import COCO_HEAD_CLASSES
-from scaledet.models.detr.preprocess import (Preprocessor, describe_resize, normalized_targets, resize_scale,
-                                             typical_input_size)
+from scaledet.models.detr.preprocess import Preprocessor, normalized_targets
 from scaledet.models.layers import MLP
 
 #: raw outputs: (logits [B,Q,K], boxes [B,Q,4] normalised cxcywh, aux [(logits, boxes)] of the earlier
@@ -50,7 +49,7 @@ def input_projections(level_channels: Sequence[int], dim: int, num_levels: int) 
     return nn.ModuleList(projections)
 
 
-class DeformableDETR(Detector):
+class DeformableDETR(DetrInputs, Detector):
     """Deformable DETR (Zhu et al. 2021) following the :class:`~scaledet.models.base.Detector` contract.
 
     * ``model(images)`` in eval mode: list of float [3,H,W] RGB in [0,1] -> list of
@@ -119,32 +118,8 @@ class DeformableDETR(Detector):
         """The class head of decoder layer ``layer`` (its own with box refinement, else the shared one)."""
         return self.class_heads[layer if self.box_refine else 0]
 
-    def input_size(self) -> tuple[int, int]:
-        """(h, w) of a typical input: a 480x640 image under the eval resize (800x1066 at (800, 1333))."""
-        return typical_input_size(*self.image_size)
-
-    def unresized_size(self) -> tuple[int, int]:
-        """The square at the shorter side ``image_size[0]``: DETR's eval resize leaves it unscaled
-        whatever the longer-side cap (``--image-size 128`` and a trained (128, 128) see the same images)."""
-        return (self.image_size[0], self.image_size[0])
-
-    def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
-        """DETR's eval resize (:func:`~scaledet.models.detr.preprocess.resize_scale`); ``image_size``
-        is (shorter side, longer-side cap)."""
-        return resize_scale(height, width, *(image_size or self.image_size))
-
-    def describe_input(self, image_size: Sequence[int] | None = None) -> str:
-        return describe_resize(*(image_size or self.image_size))
-
     # ----------------------------------------------------------------------------------------
     # the call chain
-    def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
-        """DETR's resize, ImageNet normalisation and bottom/right zero padding
-        (:class:`~scaledet.models.detr.preprocess.Preprocessor`). ``inputs``: ``(batch [B,3,H,W],
-        mask [B,H,W] bool, True on padding)``."""
-        batch, mask = self.preprocessor(images, training=training)
-        return Batch(inputs=(batch, mask), image_sizes=[(int(i.shape[1]), int(i.shape[2])) for i in images])
-
     def forward_features(self, batch: Tensor, mask: Tensor) -> Outputs:
         """batch [B,3,H,W] ImageNet-normalised, mask [B,H,W] bool (True on padding) -> (logits [B,Q,K],
         boxes [B,Q,4] normalised cxcywh, aux, proposals); ``aux`` (earlier decoder layers, with
@@ -202,24 +177,8 @@ class DeformableDETR(Detector):
         return [{"params": params, "lr": rates[group], "weight_decay": weight_decay}
                 for group, params in groups.items() if params]
 
-    def train_transforms(self, hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0):
-        """DETR's training pipeline (flip and the paper's random crop, :mod:`scaledet.models.detr.transforms`);
-        the multi-scale resize is :meth:`preprocess` with ``training=True``."""
-        return transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
-
     # ----------------------------------------------------------------------------------------
     # export
     def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
         """The ONNX graph of :mod:`scaledet.models.deformable_detr.export` (height and width dynamic)."""
         return export.export_spec(self, tuple(input_size or self.input_size()))
-
-    def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
-        """``images`` and ``mask`` as preprocessed, ``image_sizes [B, 2]`` float (h, w) of the inputs."""
-        images, mask = batch.inputs
-        sizes = torch.tensor([list(size) for size in batch.image_sizes], dtype=torch.float32, device=images.device)
-        return dict(zip(export.INPUT_NAMES, (images, mask, sizes)))
-
-    def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
-        """The graph's ``(boxes [B,k,4], scores [B,k], labels [B,k])``, in input-image pixels, sorted."""
-        boxes, scores, labels = outputs
-        return per_image(boxes, scores, labels)

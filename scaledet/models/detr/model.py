@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
-from scaledet.models.detr import export, transforms
+from scaledet.models.detr import export
 from scaledet.models.detr.accelerators import DenoisingQueries, DenoisingSettings, QueryDenoising, self_attention_mask
 from scaledet.models.detr.backbone import ResNetBackbone, SinePositionEncoding
 from scaledet.models.detr.criterion import SetCriterion
-from scaledet.models.detr.postprocess import per_image, postprocess
-from scaledet.models.detr.preprocess import (Preprocessor, describe_resize, normalized_targets, resize_scale,
-                                             typical_input_size)
+from scaledet.models.detr.detector_inputs import DetrInputs
+from scaledet.models.detr.postprocess import postprocess
+from scaledet.models.detr.preprocess import Preprocessor, normalized_targets
 from scaledet.models.detr.transformer import Transformer
 from scaledet.models.inputs import category_ids_for, check_images, check_targets
 from scaledet.models.layers import MLP
@@ -51,7 +51,7 @@ class BoxHead(MLP):
         return super().forward(x).sigmoid()
 
 
-class DETR(Detector):
+class DETR(DetrInputs, Detector):
     """DETR (Carion et al. 2020) following the :class:`~scaledet.models.base.Detector` contract.
 
     * ``model(images)`` in eval mode: list of float [3,H,W] RGB in [0,1] -> list of
@@ -61,7 +61,8 @@ class DETR(Detector):
     * :meth:`forward_features` is the traceable network: normalised padded batch + mask -> raw outputs.
 
     ``image_size`` (config) is DETR's eval resize ``(shorter side, longest-side cap)``, not an input
-    shape: inputs keep their aspect ratio, so :attr:`input_size_is_free` is False.
+    shape: inputs keep their aspect ratio, so :attr:`input_size_is_free` is False. The resize, the
+    training pipeline and the export feeds are :class:`~scaledet.models.detr.detector_inputs.DetrInputs`'.
 
     Args:
         backbone: ResNet trunk returning layer4 features.
@@ -114,33 +115,8 @@ class DETR(Detector):
         self.extra_query_groups = nn.Embedding((query_groups - 1) * num_queries, dim) if query_groups > 1 else None
         self.denoising = QueryDenoising(dim, num_classes, denoising) if denoising is not None else None
 
-    def input_size(self) -> tuple[int, int]:
-        """(h, w) of a typical input: a 480x640 (4:3) image under the eval resize, 800x1066 at the
-        default ``(800, 1333)`` (:func:`~scaledet.models.detr.preprocess.typical_input_size`)."""
-        return typical_input_size(*self.image_size)
-
-    def unresized_size(self) -> tuple[int, int]:
-        """The square at the shorter side ``image_size[0]``: DETR's eval resize leaves it unscaled
-        whatever the longer-side cap (``--image-size 128`` and a trained (128, 128) see the same images)."""
-        return (self.image_size[0], self.image_size[0])
-
-    def input_scale(self, height: int, width: int, image_size: Sequence[int] | None = None) -> tuple[float, float]:
-        """DETR's eval resize (:func:`~scaledet.models.detr.preprocess.resize_scale`); ``image_size``
-        is (shorter side, longer-side cap)."""
-        return resize_scale(height, width, *(image_size or self.image_size))
-
-    def describe_input(self, image_size: Sequence[int] | None = None) -> str:
-        return describe_resize(*(image_size or self.image_size))
-
     # ----------------------------------------------------------------------------------------
     # the call chain
-    def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
-        """Resize (shorter side ``min_size``, longer at most ``max_size``; with ``training`` the
-        shorter side is drawn per batch from ``train_min_sizes``), ImageNet-normalise and zero-pad
-        bottom/right. ``inputs``: ``(batch [B,3,H,W], mask [B,H,W] bool, True on padding)``."""
-        batch, mask = self.preprocessor(images, training=training)
-        return Batch(inputs=(batch, mask), image_sizes=[(int(i.shape[1]), int(i.shape[2])) for i in images])
-
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None):
         """:meth:`Detector.forward <scaledet.models.base.Detector.forward>`; in training with query
         denoising, the denoising queries are built from ``targets`` and go to the network and the
@@ -227,27 +203,9 @@ class DETR(Detector):
         return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
                 {"params": backbone, "lr": backbone_lr, "weight_decay": weight_decay}]
 
-    def train_transforms(self, hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0):
-        """DETR's own training pipeline (:func:`scaledet.models.detr.transforms.train_transforms`):
-        flip and the paper's random crop, images at their own size. No scale jitter and no fixed
-        size: the multi-scale resize is :meth:`preprocess` with ``training=True``."""
-        return transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
-
     # ----------------------------------------------------------------------------------------
     # export
     def export_spec(self, input_size: tuple[int, int] | None = None) -> ExportSpec:
         """The ONNX graph of :mod:`scaledet.models.detr.export`; example inputs of ``input_size``
         (h, w), default :meth:`input_size` (height and width are dynamic)."""
         return export.export_spec(self, tuple(input_size or self.input_size()))
-
-    def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
-        """``images`` and ``mask`` as preprocessed, ``image_sizes [B, 2]`` float (h, w) of the inputs."""
-        images, mask = batch.inputs
-        sizes = torch.tensor([list(size) for size in batch.image_sizes], dtype=torch.float32, device=images.device)
-        return dict(zip(export.INPUT_NAMES, (images, mask, sizes)))
-
-    def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
-        """The graph's ``(boxes [B,Q,4], scores [B,Q], labels [B,Q])``, already in input-image
-        pixels and sorted -> one dict per image."""
-        boxes, scores, labels = outputs
-        return per_image(boxes, scores, labels)
