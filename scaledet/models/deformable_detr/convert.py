@@ -22,7 +22,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from scaledet.models.detr.convert import Rules, pack_qkv, rename_key, without_counters
+from scaledet.models.detr.convert import HF_LAYER_RULES, Rules, pack_qkv, rename_key, without_counters
 
 _FROM_HF: Rules = [
     (r"^model\.backbone\.(conv_encoder\.)?model\.", "backbone.body."),
@@ -33,13 +33,7 @@ _FROM_HF: Rules = [
      r"transformer.\1"),
     (r"^class_embed\.", "class_heads."),
     (r"^bbox_embed\.", "box_heads."),
-    (r"\.encoder_attn\.", ".cross_attn."),
-    (r"\.(out_proj|o_proj)\.", ".out_proj."),
-    (r"\.(mlp\.)?fc([12])\.", r".ffn.linear\2."),
-    (r"\.self_attn_layer_norm\.", ".norm1."),
-    (r"\.encoder_attn_layer_norm\.", ".norm2."),
-    (r"^(transformer\.encoder\.\d+)\.final_layer_norm\.", r"\1.norm2."),
-    (r"^(transformer\.decoder\.\d+)\.final_layer_norm\.", r"\1.norm3."),
+    *HF_LAYER_RULES,
 ]
 
 #: transformers' tied copies of the detection heads

@@ -44,6 +44,18 @@ _TO_OFFICIAL: Rules = [
     (r"^box_head\.", "bbox_embed."),
 ]
 
+#: transformers' names inside an encoder / decoder layer -> ours (DETR and Deformable DETR), applied
+#: after each family's own rules have moved the layer to ``transformer.{encoder,decoder}.N``
+HF_LAYER_RULES: Rules = [
+    (r"\.encoder_attn\.", ".cross_attn."),
+    (r"\.(out_proj|o_proj)\.", ".out_proj."),
+    (r"\.(mlp\.)?fc([12])\.", r".ffn.linear\2."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"\.encoder_attn_layer_norm\.", ".norm2."),
+    (r"^(transformer\.encoder\.\d+)\.final_layer_norm\.", r"\1.norm2."),
+    (r"^(transformer\.decoder\.\d+)\.final_layer_norm\.", r"\1.norm3."),
+]
+
 _FROM_HF: Rules = [
     (r"^model\.backbone\.(conv_encoder\.)?model\.", "backbone.body."),
     (r"^model\.input_projection\.", "input_proj."),
@@ -52,13 +64,7 @@ _FROM_HF: Rules = [
     (r"^model\.decoder\.layernorm\.", "transformer.decoder_norm."),
     (r"^class_labels_classifier\.", "class_head."),
     (r"^bbox_predictor\.", "box_head."),
-    (r"\.encoder_attn\.", ".cross_attn."),
-    (r"\.(out_proj|o_proj)\.", ".out_proj."),
-    (r"\.(mlp\.)?fc([12])\.", r".ffn.linear\2."),
-    (r"\.self_attn_layer_norm\.", ".norm1."),
-    (r"\.encoder_attn_layer_norm\.", ".norm2."),
-    (r"^(transformer\.encoder\.\d+)\.final_layer_norm\.", r"\1.norm2."),
-    (r"^(transformer\.decoder\.\d+)\.final_layer_norm\.", r"\1.norm3."),
+    *HF_LAYER_RULES,
 ]
 
 _QKV = re.compile(r"^(?P<prefix>.*\.(self_attn|cross_attn))\.(?P<part>[qkv])_proj\.(?P<kind>weight|bias)$")
