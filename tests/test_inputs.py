@@ -1,9 +1,11 @@
 """The shared input checks (scaledet.models.inputs) apply to every family the same way."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from scaledet.models.inputs import check_images, check_targets
+from scaledet.models.inputs import check_images, check_option_names, check_targets, typed_options
 
 
 def test_batch_tensor_and_lists_are_accepted():
@@ -31,3 +33,19 @@ def test_targets_name_the_offending_target():
         check_targets([good, {"boxes": torch.tensor([[0.0, 0, 2, 2]]), "labels": torch.tensor([2])}], 2, 2)
     with pytest.raises(ValueError, match="got 2 images and 1 targets"):
         check_targets([good], 2, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    depth: int = 1
+    sizes: tuple[int, ...] = (1, 2)
+    image_size: tuple[int, int] = (8, 8)
+
+
+def test_option_names_are_checked_against_the_variant_and_json_lists_become_tuples():
+    assert typed_options({"sizes": [3, 4], "depth": 2}, _Variant, "Toy") == {"sizes": (3, 4), "depth": 2}
+    check_option_names(["depth"], _Variant(), "Toy")  # an instance works like the class
+    with pytest.raises(ValueError, match=r"unknown Toy option\(s\) \['colour', 'width'\]; valid: \['depth', 'image_size', 'sizes'\]"):
+        typed_options({"width": 1, "colour": 2, "depth": 3}, _Variant, "Toy")
+    with pytest.raises(ValueError, match=r"unknown Toy option\(s\) \['image_size'\]; valid: \['depth', 'sizes'\]"):
+        check_option_names(["image_size"], _Variant, "Toy", exclude=("image_size",))

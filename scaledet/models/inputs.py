@@ -3,13 +3,16 @@
 Every detector takes ``images``: a list of float ``Tensor[3, H, W]`` RGB in ``[0, 1]`` (sizes may
 differ; a ``[B, 3, H, W]`` batch is accepted too) and, in training, ``targets``: one
 ``dict(boxes=Tensor[M, 4] xyxy pixels, labels=Tensor[M] int64 in [0, num_classes))`` per image.
-Anything else raises ``ValueError`` with a message naming the image/target and the problem.
+Anything else raises ``ValueError`` with a message naming the image/target and the problem; so do
+option names that a family's variant does not have (:func:`check_option_names`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,3 +109,19 @@ def category_ids_of(detector) -> list[int]:
     ``OnnxDetector``): its ``category_ids``, or 1..K for detectors that do not carry them."""
     ids = getattr(detector, "category_ids", None)
     return list(ids) if ids is not None else category_ids_for(None, len(detector.class_names))
+
+
+def check_option_names(options: Iterable[str], variant: Any, family: str, exclude: Iterable[str] = ()) -> None:
+    """ValueError naming every option that is not a field of the dataclass ``variant`` (a class or an
+    instance; less ``exclude``) and the valid ones, e.g. ``unknown DETR option(s) ['hidden']; valid: [...]``."""
+    fields = {field.name for field in dataclasses.fields(variant)} - set(exclude)
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"unknown {family} option(s) {unknown}; valid: {sorted(fields)}")
+
+
+def typed_options(options: dict[str, Any], variant: Any, family: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """:func:`check_option_names`, then JSON lists (a saved config's) back into the tuples the variant
+    dataclasses hold."""
+    check_option_names(options, variant, family, exclude)
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}

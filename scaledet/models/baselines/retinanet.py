@@ -38,6 +38,7 @@ from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.checkpoints import CheckpointSpec
 from scaledet.models.efficientdet.backbone import create_backbone
 from scaledet.models.efficientdet.config import as_size
+from scaledet.models.inputs import check_option_names
 from scaledet.models.ops import split_by_image
 
 from .export import INPUT_NAMES, OUTPUT_NAMES, RetinaNetExport
@@ -226,10 +227,7 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     ``backbone="tf_efficientnet_b3"``)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(VARIANTS)}")
-    fields = {f.name for f in dataclasses.fields(RetinaNetVariant)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown RetinaNet option(s) {unknown}; valid: {sorted(fields)}")
+    check_option_names(overrides, RetinaNetVariant, "RetinaNet")
     if num_classes is not None:
         overrides["num_classes"] = int(num_classes)
     if image_size is not None:

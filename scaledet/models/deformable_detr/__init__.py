@@ -26,6 +26,7 @@ from scaledet.models.deformable_detr.transformer import DeformableTransformer
 from scaledet.models.deformable_detr.variants import VARIANTS, DeformableDetrVariant
 from scaledet.models.detr import default_class_names, size_fields
 from scaledet.models.detr.preprocess import Preprocessor, scaled_train_sizes, typical_input_size
+from scaledet.models.inputs import typed_options
 
 __all__ = ["VARIANTS", "RECIPES", "from_scratch", "DeformableDetrVariant", "DeformableDETR", "build", "assemble", "profile_info",
            "CHECKPOINT"]
@@ -71,15 +72,6 @@ def assemble(variant: DeformableDetrVariant, class_names: list[str] | None = Non
     )
 
 
-def _typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Check override names against :class:`DeformableDetrVariant`; JSON lists back into tuples."""
-    fields = {field.name for field in dataclasses.fields(DeformableDetrVariant)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown Deformable DETR option(s) {unknown}; valid: {sorted(fields)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
-
-
 def build(name: str, num_classes: int | None = None, image_size: int | tuple[int, int] | None = None,
           class_names: list[str] | None = None, category_ids: list[int] | None = None,
           **overrides: Any) -> DeformableDETR:
@@ -91,7 +83,7 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown Deformable DETR model {name!r}; choose one of {sorted(VARIANTS)}")
-    overrides = _typed_overrides(overrides)
+    overrides = typed_options(overrides, DeformableDetrVariant, "Deformable DETR")
     explicit_sizes = {key: overrides.pop(key) for key in _SIZE_FIELDS if key in overrides}
     row = VARIANTS[name]
     variant = dataclasses.replace(row, **overrides, **{**size_fields(image_size), **explicit_sizes})

@@ -28,6 +28,7 @@ from scaledet.models.detr.backbone import ResNetBackbone
 from scaledet.models.detr.transformer import Transformer
 from scaledet.models.detr.recipes import RECIPES, from_scratch
 from scaledet.models.detr.variants import COCO91_CLASS_NAMES, VARIANTS, DetrVariant
+from scaledet.models.inputs import typed_options
 
 __all__ = ["VARIANTS", "RECIPES", "from_scratch", "DetrVariant", "DETR", "build", "assemble", "profile_info", "CHECKPOINT"]
 
@@ -62,15 +63,6 @@ def assemble(variant: DetrVariant, class_names: list[str] | None = None, name: s
     )
 
 
-def _typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Check override names against :class:`DetrVariant` and turn JSON lists back into tuples."""
-    fields = {field.name: field for field in dataclasses.fields(DetrVariant)}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown DETR option(s) {unknown}; valid: {sorted(fields)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
-
-
 def size_fields(image_size: int | tuple[int, int] | list[int] | None) -> dict[str, int]:
     """The variant fields an ``image_size`` argument sets (shorter side, longer-side cap), shared by
     the DETR-family constructors; ``{}`` for ``None``."""
@@ -100,7 +92,7 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown DETR model {name!r}; choose one of {sorted(VARIANTS)}")
-    overrides = _typed_overrides(overrides)
+    overrides = typed_options(overrides, DetrVariant, "DETR")
     explicit_sizes = {key: overrides.pop(key) for key in _SIZE_FIELDS if key in overrides}  # config keeps image_size
     row = VARIANTS[name]
     variant = dataclasses.replace(row, **overrides, **{**size_fields(image_size), **explicit_sizes})

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from scaledet.models.inputs import check_option_names
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FUSIONS = ("fast", "softmax", "sum")
@@ -124,10 +126,7 @@ def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 def with_overrides(variant: EfficientDetVariant, **overrides) -> EfficientDetVariant:
     """A copy of ``variant`` with some fields replaced; unknown names raise ``ValueError``."""
-    names = {f.name for f in dataclasses.fields(variant)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown EfficientDet option(s) {unknown}; valid: {sorted(names)}")
+    check_option_names(overrides, variant, "EfficientDet")
     if "image_size" in overrides:
         overrides["image_size"] = as_size(overrides["image_size"])
     for key in ("mean", "std"):

@@ -24,6 +24,7 @@ from scaledet.models.rtdetr.encoder import HybridEncoder
 from scaledet.models.rtdetr.model import RTDETR
 from scaledet.models.rtdetr.recipes import RECIPES, from_scratch
 from scaledet.models.rtdetr.variants import VARIANTS, RtDetrVariant
+from scaledet.models.inputs import typed_options
 
 __all__ = ["VARIANTS", "RECIPES", "from_scratch", "RtDetrVariant", "RTDETR", "build", "assemble", "profile_info", "CHECKPOINT"]
 
@@ -53,15 +54,6 @@ def assemble(variant: RtDetrVariant, class_names: list[str] | None = None, name:
                   class_names=class_names, name=name, overrides=overrides, category_ids=category_ids)
 
 
-def _typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Check override names against :class:`RtDetrVariant` and turn JSON lists back into tuples."""
-    fields = {field.name for field in dataclasses.fields(RtDetrVariant)} - {"image_size"}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown RT-DETR option(s) {unknown}; valid: {sorted(fields)}")
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
-
-
 def _image_size(image_size: int | tuple[int, int] | list[int] | None, default: tuple[int, int]) -> tuple[int, int]:
     if image_size is None:
         return default
@@ -81,7 +73,7 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown RT-DETR model {name!r}; choose one of {sorted(VARIANTS)}")
-    overrides = _typed_overrides(overrides)
+    overrides = typed_options(overrides, RtDetrVariant, "RT-DETR", exclude=("image_size",))
     row = VARIANTS[name]
     variant = dataclasses.replace(row, **overrides, image_size=_image_size(image_size, row.image_size))
     variant = dataclasses.replace(variant, num_classes=num_classes or variant.num_classes)
