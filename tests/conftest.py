@@ -19,6 +19,7 @@ def _seed_everything():
 
 @pytest.fixture(autouse=True)
 def _isolated_torch_home(tmp_path, monkeypatch):
-    """Downloads (file:// in tests) go to a per-test cache, never the user's."""
+    """Downloads (file:// in tests) and optimize()'s measured choices go to a per-test cache, never the user's."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path / "scaledet_cache"))
     yield

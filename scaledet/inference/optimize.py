@@ -10,6 +10,10 @@ What it does to a deep copy (the original model is left untouched), through the 
 * on CPU, 1x1 convs are routed to oneDNN (:func:`route_pointwise_to_onednn`, output unchanged);
 * conv weights and 4-D inputs use ``torch.channels_last`` (a head's permute to ``[B, H, W, C]``
   becomes free);
+* on CPU at fp32, 3x3 stride-1 convs run NNPACK's Winograd kernels at the input sizes where they
+  measured faster than oneDNN on this processor (:mod:`scaledet.inference.winograd`; timed once on an
+  example input per processor, threads, model config and input size, and cached on disk like the
+  choices below; ``OptimizedDetector(..., winograd=False)`` keeps oneDNN everywhere);
 * ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
   cast back to float32 before post-processing); ``"fp16"`` likewise on CUDA only. On a CPU without
   native bfloat16 (:attr:`Processor.native_bf16 <scaledet.inference.processor.Processor.native_bf16>`:
@@ -47,6 +51,7 @@ from torch import Tensor, nn
 from scaledet.inference.compare import compare_detection_sets
 from scaledet.inference.fold import fold_batchnorm
 from scaledet.inference.processor import current_processor
+from scaledet.inference.winograd import apply_winograd, measure_winograd
 from scaledet.models.base import Detections, Detector
 from scaledet.models.inputs import check_images
 
@@ -123,13 +128,15 @@ class OptimizedDetector(nn.Module):
     optional autocast / compile, fast post-processing; made by :func:`optimize`.
 
     Attributes: ``model`` (the rewritten copy), ``folded`` (conv/BatchNorm pairs folded),
+    ``winograd`` (3x3 convs routed to NNPACK's Winograd kernels, see :func:`winograd_choices`),
     ``precision``, ``engine`` (``"torch"``) and the source's ``class_names``, ``category_ids``,
     ``num_classes``, ``image_size`` and ``config``.
     """
 
     engine = "torch"
 
-    def __init__(self, model: Detector, precision: str = "fp32", compile: bool = False) -> None:
+    def __init__(self, model: Detector, precision: str = "fp32", compile: bool = False,
+                 winograd: bool = True) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -147,6 +154,9 @@ class OptimizedDetector(nn.Module):
         if device.type == "cpu":
             route_pointwise_to_onednn(model)
         model.to(memory_format=torch.channels_last)
+        self.winograd = 0
+        if winograd and device.type == "cpu" and precision == "fp32" and not compile:
+            self.winograd = apply_winograd(model, winograd_choices(model))
         self.features = _compile(model.forward_features) if compile else model.forward_features
         self.training = False  # eval-only from the start (train(True) raises)
 
@@ -321,12 +331,12 @@ def _cache_on(cache: bool) -> bool:
     return cache and os.environ.get(CACHE_ENV, "1") != "0"
 
 
-def _cached_choice(key: dict, choice: str, use_cache: bool) -> str | None:
+def _cached_choice(key: dict, choice: str, use_cache: bool) -> Any:
     path = _cache_file(key, choice)
     return json.loads(path.read_text())[choice] if use_cache and path.exists() else None
 
 
-def _store_choice(key: dict, choice: str, chosen: str, measured: dict, use_cache: bool) -> None:
+def _store_choice(key: dict, choice: str, chosen: Any, measured: dict, use_cache: bool) -> None:
     if use_cache:
         path = _cache_file(key, choice)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,6 +369,25 @@ def choose_precision(model: Detector, compile: bool = False, cache: bool = True,
     chosen = min((p for p in candidates if measured[p]["agrees"]), key=lambda p: measured[p]["median_ms"])
     _store_choice(key, "precision", chosen, measured, use_cache)
     return chosen
+
+
+def winograd_choices(model: Detector, cache: bool = True) -> dict[str, list]:
+    """Which 3x3 convs of ``model`` (a folded, channels_last CPU copy, as :class:`OptimizedDetector` makes)
+    run faster through NNPACK's Winograd kernels, measured on one example image (random, seed 0, the
+    model's input size) by :func:`~scaledet.inference.winograd.measure_winograd`: ``{conv name: [[H*W,
+    NNPACK faster, NNPACK ms, oneDNN ms], ...]}``. Cached in :func:`optimize_cache_dir` under
+    :func:`precision_cache_key` plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``:
+    neither read nor written)."""
+    device = next(model.parameters()).device
+    use_cache = _cache_on(cache)
+    key = {**precision_cache_key(model, device, False), "threads": torch.get_num_threads()}
+    cached = _cached_choice(key, "winograd", use_cache)
+    if cached is not None:
+        return cached
+    inputs = tuple(_channels_last(x) for x in model.preprocess([_example_image(model, device)]).inputs)
+    measured = measure_winograd(model, lambda: model.forward_features(*inputs))
+    _store_choice(key, "winograd", measured, {}, use_cache)
+    return measured
 
 
 def onnxruntime_available() -> bool:
