@@ -1,7 +1,9 @@
 """How close an optimised model's convolutions run to the CPU's convolution ceiling.
 
-For one registered model at its native input size, batch 1: the optimised fp32 model
-(:func:`scaledet.optimize`) is run once under ``FlopCounterMode`` for its convolution FLOPs (as
+For one registered model at its native input size, batch 1: the optimised fp32 model with every
+convolution through oneDNN (:class:`~scaledet.inference.optimize.OptimizedDetector` with
+``winograd=False``; ``benchmarks/winograd.py`` times the Winograd route, the "different algorithm"
+below) is run once under ``FlopCounterMode`` for its convolution FLOPs (as
 :mod:`scaledet.profiling` counts MACs), then three times under the profiler,
 and the time spent in ATen's convolution ops gives the achieved GFLOP/s. Beside it, one large
 isolated 3x3 convolution (256 -> 256 channels at 50x67, channels_last, the shape of ResNet's fourth
@@ -38,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import scaledet  # noqa: E402
 from benchmarks.machine import describe, processor_info  # noqa: E402
+from scaledet.inference.optimize import OptimizedDetector  # noqa: E402
 
 
 def conv_flops(model: nn.Module, run) -> tuple[float, int]:
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = scaledet.create_model(args.model).eval()
-    optimised = scaledet.optimize(model, "fp32", cache=False)
+    optimised = OptimizedDetector(model, "fp32", winograd=False)  # every conv through oneDNN (direct)
     image = torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))
     flops, calls = conv_flops(optimised, lambda: optimised([image]))
     for _ in range(2):  # warm-up

@@ -128,7 +128,9 @@ class OptimizedDetector(nn.Module):
     optional autocast / compile, fast post-processing; made by :func:`optimize`.
 
     Attributes: ``model`` (the rewritten copy), ``folded`` (conv/BatchNorm pairs folded),
-    ``winograd`` (3x3 convs routed to NNPACK's Winograd kernels, see :func:`winograd_choices`),
+    ``winograd`` (3x3 convs routed to NNPACK's Winograd kernels) and ``winograd_timings`` (what
+    :func:`winograd_choices` measured or read from the cache: ``{conv name: [[H*W, NNPACK faster,
+    NNPACK ms, oneDNN ms], ...]}``),
     ``precision``, ``engine`` (``"torch"``) and the source's ``class_names``, ``category_ids``,
     ``num_classes``, ``image_size`` and ``config``.
     """
@@ -154,9 +156,10 @@ class OptimizedDetector(nn.Module):
         if device.type == "cpu":
             route_pointwise_to_onednn(model)
         model.to(memory_format=torch.channels_last)
-        self.winograd = 0
+        self.winograd, self.winograd_timings = 0, {}
         if winograd and device.type == "cpu" and precision == "fp32" and not compile:
-            self.winograd = apply_winograd(model, winograd_choices(model))
+            self.winograd_timings = winograd_choices(model)
+            self.winograd = apply_winograd(model, self.winograd_timings)
         self.features = _compile(model.forward_features) if compile else model.forward_features
         self.training = False  # eval-only from the start (train(True) raises)
 
