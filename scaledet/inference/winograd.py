@@ -3,8 +3,8 @@
 A 3x3, stride-1 convolution computed with Winograd's minimal filtering F(6x6, 3x3) needs about 5x
 fewer multiplications than the direct (im2col / oneDNN) one, at the price of transforms that are
 memory passes and of a float error ~1e-4 relative to the outputs' scale. PyTorch ships NNPACK's
-Winograd kernels (``torch._nnpack_spatial_convolution``; AVX2, no AVX-512) but only uses them for
-batches of 16 or more. Whether they beat oneDNN depends on the processor, the threads and the
+Winograd kernels (``torch._nnpack_spatial_convolution``; AVX2, no AVX-512) but its convolution
+dispatch does not pick them for detection's inputs (at most NCHW batches of 16 or more). Whether they beat oneDNN depends on the processor, the threads and the
 shape: on a 2-core AVX2 AMD EPYC, one thread, ResNet-50's 3x3 convs at 256 channels, 50x67 run in
 20 ms instead of 40 ms, at 64 channels, 200x267 they tie, and at 20x20 and below oneDNN wins
 (docs/inference.md). So nothing is assumed: :func:`route_3x3_to_winograd` times both paths on every
@@ -57,9 +57,23 @@ class WinogradConv2d(nn.Conv2d):
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self.uses_winograd(input):
             return super()._conv_forward(input, weight, bias)
-        output = torch._nnpack_spatial_convolution(input.contiguous(), self.nchw_weight, bias,
-                                                   list(self.padding), list(self.stride))
-        return output.contiguous(memory_format=torch.channels_last)
+        return winograd_conv(input, self.nchw_weight, bias, list(self.padding))
+
+
+def winograd_conv(input: Tensor, weight: Tensor, bias: Tensor | None, padding: list[int]) -> Tensor:
+    """A 3x3, stride-1 conv by NNPACK's Winograd kernels: ``input [B, C, H, W]`` float32 (any memory format),
+    ``weight [O, C, 3, 3]`` contiguous -> ``[B, O, H', W']`` channels_last. One image per call: NNPACK's
+    batched path (``nnp_convolution_output``) measured 1.0-2.3x slower per image than oneDNN at batches of
+    2 and 4 where its single-image path (``nnp_convolution_inference``) was 1.5-1.9x faster
+    (docs/inference.md)."""
+    output = None
+    for index, image in enumerate(input.split(1)):
+        result = torch._nnpack_spatial_convolution(image.contiguous(), weight, bias, padding, [1, 1])
+        if output is None:
+            output = torch.empty((input.shape[0], *result.shape[1:]), dtype=result.dtype, device=result.device,
+                                 memory_format=torch.channels_last)
+        output[index:index + 1].copy_(result)  # NCHW -> channels_last in the same pass
+    return output
 
 
 def winograd_candidates(module: nn.Module) -> dict[str, nn.Conv2d]:
@@ -105,11 +119,9 @@ def measure_winograd(module: nn.Module, run_example: Callable[[], Any], runs: in
     with torch.no_grad():
         for (name, shape), x in inputs.items():
             conv = candidates[name]
-            weight = conv.weight.contiguous()
-            padding, stride = list(conv.padding), list(conv.stride)
+            weight, padding = conv.weight.contiguous(), list(conv.padding)
             usual = _median_ms(lambda: nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias), runs)
-            nnpack = _median_ms(lambda: torch._nnpack_spatial_convolution(
-                x.contiguous(), weight, conv.bias, padding, stride).contiguous(memory_format=torch.channels_last), runs)
+            nnpack = _median_ms(lambda: winograd_conv(x, weight, conv.bias, padding), runs)
             measured.setdefault(name, []).append(
                 [shape[-1] * shape[-2], nnpack <= WINOGRAD_MARGIN * usual, round(nnpack, 3), round(usual, 3)])
     return measured
