@@ -107,3 +107,15 @@ def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, 
         assert_equal_detections(model(images), fast(images), score_tol=1e-4, box_tol=1e-2)
     plain = optimize_module.OptimizedDetector(model, winograd=False)
     assert plain.winograd == 0 and not any(isinstance(m, WinogradConv2d) for m in plain.modules())
+
+
+def test_unreadable_cache_file_is_measured_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path))
+    monkeypatch.delenv("SCALEDET_OPTIMIZE_CACHE", raising=False)
+    model = scaledet.create_model("retinanet_r50_fpn", num_classes=3, image_size=64).eval()
+    scaledet.optimize(model)
+    (path,) = (tmp_path / "optimize").glob("winograd-*.json")
+    path.write_text('{"key": {"proc')  # half a file, as a crashed or concurrent writer could leave
+    again = scaledet.optimize(model)
+    assert json.loads(path.read_text())["winograd"] == again.winograd_timings
+    assert not list((tmp_path / "optimize").glob("*.tmp"))

@@ -335,15 +335,26 @@ def _cache_on(cache: bool) -> bool:
 
 
 def _cached_choice(key: dict, choice: str, use_cache: bool) -> Any:
+    """The cached ``choice`` for ``key``, or ``None`` (not cached, cache off, or a file that does not
+    read as one: measured again and rewritten)."""
     path = _cache_file(key, choice)
-    return json.loads(path.read_text())[choice] if use_cache and path.exists() else None
+    if not use_cache or not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())[choice]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _store_choice(key: dict, choice: str, chosen: Any, measured: dict, use_cache: bool) -> None:
+    """Write the choice atomically (a temporary file renamed over the old one), so that a process
+    reading the cache while another writes it never sees half a file."""
     if use_cache:
         path = _cache_file(key, choice)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, choice: chosen, "measured": measured}, indent=1, default=str))
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"key": key, choice: chosen, "measured": measured}, indent=1, default=str))
+        os.replace(partial, path)
 
 
 def choose_precision(model: Detector, compile: bool = False, cache: bool = True, runs: int = 5) -> str:
