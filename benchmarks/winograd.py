@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import scaledet  # noqa: E402
 from benchmarks.machine import describe, processor_info  # noqa: E402
 from scaledet.inference.compare import compare_detection_sets  # noqa: E402
-from scaledet.inference.optimize import OptimizedDetector  # noqa: E402
+from scaledet.inference.optimize import OptimizedDetector, example_image, time_interleaved  # noqa: E402
 from scaledet.inference.winograd import winograd_candidates  # noqa: E402
 
 MODELS = ("detr_r50", "retinanet_r50_fpn", "rtdetr_r18vd", "efficientdet_d0")
@@ -46,17 +45,8 @@ def compare(name: str, runs: int) -> dict:
     routed = OptimizedDetector(model)
     build_s = time.perf_counter() - start
     plain = OptimizedDetector(model, winograd=False)
-    image = torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))
     detectors = {"onednn": plain, "winograd": routed}
-    times: dict[str, list[float]] = {key: [] for key in detectors}
-    outputs = {}
-    for round_index in range(runs + 1):  # the first round warms up
-        for key, detector in detectors.items():
-            began = time.perf_counter()
-            outputs[key] = detector([image])
-            if round_index:
-                times[key].append(time.perf_counter() - began)
-    medians = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    medians, outputs = time_interleaved(detectors, example_image(model, torch.device("cpu")), runs)
     agreement = compare_detection_sets(outputs["onednn"], outputs["winograd"], 1e-4, 1e-2)
     return {
         "model": name, "input": list(model.input_size()),

@@ -307,12 +307,12 @@ def _cache_file(key: dict, choice: str) -> Path:
     return optimize_cache_dir() / f"{choice}-{digest}.json"
 
 
-def _example_image(model: Detector, device: torch.device) -> Tensor:
+def example_image(model: Detector, device: torch.device) -> Tensor:
     """The input the automatic choices measure on: uniform noise (seed 0) at the model's input size."""
     return torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0)).to(device)
 
 
-def _time_interleaved(detectors: dict[str, Any], image: Tensor, runs: int) -> tuple[dict[str, float], dict]:
+def time_interleaved(detectors: dict[str, Any], image: Tensor, runs: int) -> tuple[dict[str, float], dict]:
     """Median milliseconds of ``runs`` calls of each detector on ``[image]`` (interleaved, after one
     warm-up round) and each one's last detections."""
     times: dict[str, list[float]] = {name: [] for name in detectors}
@@ -375,7 +375,7 @@ def choose_precision(model: Detector, compile: bool = False, cache: bool = True,
     if cached is not None:
         return cached
     detectors = {precision: OptimizedDetector(model, precision, compile) for precision in candidates}
-    medians, outputs = _time_interleaved(detectors, _example_image(model, device), runs)
+    medians, outputs = time_interleaved(detectors, example_image(model, device), runs)
     measured = {}
     for precision in candidates:
         agreement = compare_detection_sets(outputs["fp32"], outputs[precision], AUTO_SCORE_TOL, AUTO_BOX_TOL)
@@ -398,7 +398,7 @@ def winograd_choices(model: Detector, cache: bool = True) -> dict[str, list]:
     cached = _cached_choice(key, "winograd", use_cache)
     if cached is not None:
         return cached
-    inputs = tuple(_channels_last(x) for x in model.preprocess([_example_image(model, device)]).inputs)
+    inputs = tuple(_channels_last(x) for x in model.preprocess([example_image(model, device)]).inputs)
     measured = measure_winograd(model, lambda: model.forward_features(*inputs))
     _store_choice(key, "winograd", measured, {}, use_cache)
     return measured
@@ -443,7 +443,7 @@ def _choose_engine(model: Detector, precision: str, compile: bool, cache: bool, 
     if cached is not None:
         return cached, None
     detectors = {"torch": OptimizedDetector(model, precision), "onnxruntime": onnxruntime_detector(model)}
-    medians, outputs = _time_interleaved(detectors, _example_image(model, device), runs)
+    medians, outputs = time_interleaved(detectors, example_image(model, device), runs)
     agrees = compare_detection_sets(outputs["torch"], outputs["onnxruntime"], AUTO_SCORE_TOL, AUTO_BOX_TOL).passed
     measured = {"torch": {"median_ms": medians["torch"]},
                 "onnxruntime": {"median_ms": medians["onnxruntime"], "agrees": agrees}}
