@@ -13,3 +13,6 @@ uptime
 .venv/bin/python -m benchmarks.bench_reference --models detr_r50 --batch-sizes 1 --runs 20 --warmup 2 --threads 1 \
     --json benchmarks/results/cpu_detr_r50.json --markdown benchmarks/results/cpu_detr_r50.md
 uptime
+# optimize()'s Winograd route for 3x3 convs, with and without, per model (docs/inference.md "Winograd 3x3 convolutions")
+.venv/bin/python benchmarks/winograd.py --threads 1 --json benchmarks/results/winograd.json
+uptime
