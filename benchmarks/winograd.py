@@ -1,9 +1,9 @@
-"""Optimised fp32 with and without NNPACK's Winograd 3x3 convolutions, interleaved, per model.
+"""Optimised fp32 with and without Winograd 3x3 convolutions, interleaved, per model.
 
 For each registered model (random weights, seed 0, its native input size, batch 1): the optimised
-fp32 detector as :func:`scaledet.optimize` builds it (3x3 stride-1 convs routed to NNPACK where this
-machine measured it faster, :mod:`scaledet.inference.winograd`) against the same detector with
-``winograd=False`` (oneDNN everywhere), timed in alternation; their detections are compared as sets
+fp32 detector as :func:`scaledet.optimize` builds it (3x3 stride-1 convs routed to NNPACK's F(6x6, 3x3)
+or our F(2x2, 3x3) where this machine measured one faster, :mod:`scaledet.inference.winograd`) against
+the same detector with ``winograd=False`` (oneDNN everywhere), timed in alternation; their detections are compared as sets
 (:func:`scaledet.inference.compare.compare_detection_sets`, scores within 1e-4, boxes within 1e-2 px).
 The routing is measured afresh (``SCALEDET_OPTIMIZE_CACHE=0`` is set here), so the table says what
 this machine decides at this thread count.
@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -55,6 +56,7 @@ def compare(name: str, runs: int) -> dict:
         "speedup": round(medians["onednn"] / medians["winograd"], 3), "build_s": round(build_s, 1),
         "equal_as_sets": agreement.passed, "max_score_diff": agreement.max_score_diff,
         "max_box_diff": agreement.max_box_diff, "unexplained": agreement.unexplained,
+        "chosen": dict(Counter(row[1] for rows in routed.winograd_timings.values() for row in rows)),
         "measured": routed.winograd_timings,
     }
 
@@ -71,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [compare(name, args.runs) for name in args.models]
     info = processor_info()
     print(f"optimised fp32, batch 1, {args.threads} thread(s), interleaved medians of {args.runs}; {describe(info)}")
-    print("| model | input | 3x3 stride-1 convs | routed to NNPACK | oneDNN only ms | with Winograd ms | speed-up "
-          "| detections equal as sets (max score / box diff) |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("| model | input | 3x3 stride-1 convs | routed | kernels chosen (conv x input size) | oneDNN only ms "
+          "| with Winograd ms | speed-up | detections equal as sets (max score / box diff) |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---|")
     for row in rows:
-        print(f"| {row['model']} | {row['input'][0]}x{row['input'][1]} | {row['candidates']} | {row['routed']} "
+        chosen = ", ".join(f"{kernel} {count}" for kernel, count in sorted(row["chosen"].items()))
+        print(f"| {row['model']} | {row['input'][0]}x{row['input'][1]} | {row['candidates']} | {row['routed']} | {chosen} "
               f"| {row['onednn_ms']} | {row['winograd_ms']} | {row['speedup']:.2f}x | {row['equal_as_sets']} "
               f"({row['max_score_diff']:.1e} / {row['max_box_diff']:.1e} px, {row['unexplained']} unexplained) |")
     if args.json:

@@ -1,5 +1,6 @@
-"""3x3 convs through NNPACK's Winograd kernels: same outputs as the usual conv, verdicts by measured
-input size, measurements cached, and optimised ResNet families equal to eager with every conv routed."""
+"""3x3 convs through Winograd kernels (NNPACK's F(6x6, 3x3), our F(2x2, 3x3)): same outputs as the direct
+conv, kernels by measured input size, measurements cached, and optimised ResNet families equal to eager
+with every conv routed to each kernel."""
 
 import importlib
 import json
@@ -11,50 +12,54 @@ from torchvision.ops import FrozenBatchNorm2d
 
 import scaledet
 from scaledet.inference.winograd import (
+    KERNELS,
     WinogradConv2d,
     apply_winograd,
     measure_winograd,
-    winograd_available,
+    nnpack_available,
     winograd_candidates,
 )
 from tests.test_optimize import assert_equal_detections
 
 optimize_module = importlib.import_module("scaledet.inference.optimize")
-
-pytestmark = pytest.mark.skipif(not winograd_available(), reason="this PyTorch build has no NNPACK")
-
-
-def everywhere(measured: dict[str, list]) -> dict[str, list]:
-    """The measurements with every verdict turned to 'NNPACK faster' (routes every measured size)."""
-    return {name: [[row[0], True, *row[2:]] for row in rows] for name, rows in measured.items()}
+WINOGRAD = [kernel for kernel in KERNELS if kernel != "direct" and (kernel != "nnpack" or nnpack_available())]
 
 
-def test_winograd_conv_equals_usual_conv():
+def everywhere(measured: dict[str, list], kernel: str) -> dict[str, list]:
+    """The measurements with ``kernel`` chosen at every measured size."""
+    return {name: [[row[0], kernel, row[2]] for row in rows] for name, rows in measured.items()}
+
+
+@pytest.mark.parametrize("kernel", WINOGRAD)
+@pytest.mark.parametrize("size", [(20, 24), (19, 25)])  # odd sizes: partial tiles
+def test_winograd_conv_equals_direct_conv(kernel, size):
     conv = nn.Conv2d(32, 48, 3, padding=1)
-    x = torch.randn(2, 32, 20, 24).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, *size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = conv(x)
-        assert apply_winograd(conv, {"": [[20 * 24, True, 1.0, 2.0]]}) == 1
-        assert isinstance(conv, WinogradConv2d) and conv.uses_winograd(x)
+        assert apply_winograd(conv, {"": [[size[0] * size[1], kernel, {}]]}) == 1
+        assert isinstance(conv, WinogradConv2d) and conv.kernel_for(x) == kernel
         got = conv(x)
-    assert got.is_contiguous(memory_format=torch.channels_last)
+        got_nchw = conv(x.contiguous())  # either memory format in
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # Winograd's float error, not exact
-    assert "nchw_weight" not in conv.state_dict()  # same state-dict keys as a plain conv
-    with torch.enable_grad():  # training / autograd: always the usual path
-        assert not conv.uses_winograd(x)
+    torch.testing.assert_close(got_nchw, got, rtol=0, atol=0)
+    assert "nchw_weight" not in conv.state_dict() and "f2x2_weight" not in conv.state_dict()
+    with torch.enable_grad():  # training / autograd: always the direct path
+        assert conv.kernel_for(x) == "direct"
         assert torch.equal(conv(x), nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias))
 
 
-def test_verdict_of_nearest_measured_size():
+def test_kernel_of_nearest_measured_size():
     conv = nn.Conv2d(8, 8, 3, padding=1)
-    apply_winograd(conv, {"": [[80 * 80, True, 1.0, 2.0], [20 * 20, False, 2.0, 1.0]]})
+    apply_winograd(conv, {"": [[80 * 80, "nnpack", {}], [40 * 40, "f2x2", {}], [10 * 10, "direct", {}]]})
     with torch.no_grad():
-        assert conv.uses_winograd(torch.zeros(1, 8, 80, 80))
-        assert conv.uses_winograd(torch.zeros(1, 8, 100, 120))  # larger than any measured: the largest's
-        assert conv.uses_winograd(torch.zeros(1, 8, 45, 45))  # nearer 80x80 than 20x20 (log scale)
-        assert not conv.uses_winograd(torch.zeros(1, 8, 35, 35))
-        assert not conv.uses_winograd(torch.zeros(1, 8, 5, 5))
-        assert not conv.uses_winograd(torch.zeros(1, 8, 80, 80, dtype=torch.bfloat16))
+        assert conv.kernel_for(torch.zeros(1, 8, 80, 80)) == "nnpack"
+        assert conv.kernel_for(torch.zeros(1, 8, 100, 120)) == "nnpack"  # larger than any measured: the largest's
+        assert conv.kernel_for(torch.zeros(1, 8, 60, 60)) == "nnpack"  # nearer 80x80 than 40x40 (log scale)
+        assert conv.kernel_for(torch.zeros(1, 8, 50, 50)) == "f2x2"
+        assert conv.kernel_for(torch.zeros(1, 8, 15, 15)) == "direct"
+        assert conv.kernel_for(torch.zeros(1, 8, 80, 80, dtype=torch.bfloat16)) == "direct"
 
 
 def test_measure_records_each_input_size_and_leaves_outputs_alone():
@@ -68,7 +73,10 @@ def test_measure_records_each_input_size_and_leaves_outputs_alone():
     with torch.no_grad():
         torch.testing.assert_close(outputs[0], shared(levels[0]), rtol=0, atol=0)  # hooks changed nothing
     assert [row[0] for row in measured["shared"]] == [32 * 32, 8 * 8]
-    assert all(isinstance(row[1], bool) and row[2] > 0 and row[3] > 0 for row in measured["shared"])
+    for area, chosen, times in measured["shared"]:
+        timed = {"direct", "f2x2"} | ({"nnpack"} if torch.get_num_threads() == 1 and nnpack_available() else set())
+        assert set(times) == timed and all(ms > 0 for ms in times.values())  # NNPACK only on one thread
+        assert chosen == "direct" or times[chosen] == min(times.values()) <= 0.9 * times["direct"]
 
 
 def test_choices_are_cached(monkeypatch, tmp_path):
@@ -85,8 +93,9 @@ def test_choices_are_cached(monkeypatch, tmp_path):
     assert second.winograd == first.winograd
 
 
+@pytest.mark.parametrize("kernel", WINOGRAD)
 @pytest.mark.parametrize("name", ["retinanet_r50_fpn", "detr_r50"])
-def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, monkeypatch):
+def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, kernel, monkeypatch):
     options = {"num_queries": 20} if name == "detr_r50" else {}
     model = scaledet.create_model(name, num_classes=4, image_size=(96, 128), **options).eval()
     with torch.no_grad():
@@ -97,7 +106,7 @@ def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, 
         if name == "retinanet_r50_fpn":  # random heads score below the threshold: raise some logits
             model.net.head.classification_head.cls_logits.bias.normal_(-2.0, 1.0)
     measure = optimize_module.measure_winograd
-    monkeypatch.setattr(optimize_module, "measure_winograd", lambda *args: everywhere(measure(*args, runs=1)))
+    monkeypatch.setattr(optimize_module, "measure_winograd", lambda *args: everywhere(measure(*args, runs=1), kernel))
     fast = scaledet.optimize(model)
     candidates = winograd_candidates(fast.model)
     assert fast.winograd == len(candidates) > 0

@@ -10,8 +10,8 @@ What it does to a deep copy (the original model is left untouched), through the 
 * on CPU, 1x1 convs are routed to oneDNN (:func:`route_pointwise_to_onednn`, output unchanged);
 * conv weights and 4-D inputs use ``torch.channels_last`` (a head's permute to ``[B, H, W, C]``
   becomes free);
-* on CPU at fp32, 3x3 stride-1 convs run NNPACK's Winograd kernels at the input sizes where they
-  measured faster than oneDNN on this processor (:mod:`scaledet.inference.winograd`; timed once on an
+* on CPU at fp32, 3x3 stride-1 convs run a Winograd kernel (NNPACK's F(6x6, 3x3) or our F(2x2, 3x3)) at
+  the input sizes where it measured faster than oneDNN on this processor (:mod:`scaledet.inference.winograd`; timed once on an
   example input per processor, threads, model config and input size, and cached on disk like the
   choices below; ``OptimizedDetector(..., winograd=False)`` keeps oneDNN everywhere);
 * ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from scaledet.inference.compare import compare_detection_sets
 from scaledet.inference.fold import fold_batchnorm
 from scaledet.inference.processor import current_processor
-from scaledet.inference.winograd import apply_winograd, measure_winograd
+from scaledet.inference.winograd import KERNELS, apply_winograd, measure_winograd
 from scaledet.models.base import Detections, Detector
 from scaledet.models.inputs import check_images
 
@@ -128,9 +128,9 @@ class OptimizedDetector(nn.Module):
     optional autocast / compile, fast post-processing; made by :func:`optimize`.
 
     Attributes: ``model`` (the rewritten copy), ``folded`` (conv/BatchNorm pairs folded),
-    ``winograd`` (3x3 convs routed to NNPACK's Winograd kernels) and ``winograd_timings`` (what
-    :func:`winograd_choices` measured or read from the cache: ``{conv name: [[H*W, NNPACK faster,
-    NNPACK ms, oneDNN ms], ...]}``),
+    ``winograd`` (3x3 convs routed to a Winograd kernel at some input size) and ``winograd_timings``
+    (what :func:`winograd_choices` measured or read from the cache: ``{conv name: [[H*W, kernel,
+    {kernel: ms}], ...]}``),
     ``precision``, ``engine`` (``"torch"``) and the source's ``class_names``, ``category_ids``,
     ``num_classes``, ``image_size`` and ``config``.
     """
@@ -386,15 +386,14 @@ def choose_precision(model: Detector, compile: bool = False, cache: bool = True,
 
 
 def winograd_choices(model: Detector, cache: bool = True) -> dict[str, list]:
-    """Which 3x3 convs of ``model`` (a folded, channels_last CPU copy, as :class:`OptimizedDetector` makes)
-    run faster through NNPACK's Winograd kernels, measured on one example image (random, seed 0, the
+    """Which kernel each 3x3 conv of ``model`` (a folded, channels_last CPU copy, as
+    :class:`OptimizedDetector` makes) runs fastest, measured on one example image (random, seed 0, the
     model's input size) by :func:`~scaledet.inference.winograd.measure_winograd`: ``{conv name: [[H*W,
-    NNPACK faster, NNPACK ms, oneDNN ms], ...]}``. Cached in :func:`optimize_cache_dir` under
-    :func:`precision_cache_key` plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``:
-    neither read nor written)."""
+    kernel, {kernel: ms}], ...]}``. Cached in :func:`optimize_cache_dir` under :func:`precision_cache_key`
+    plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``: neither read nor written)."""
     device = next(model.parameters()).device
     use_cache = _cache_on(cache)
-    key = {**precision_cache_key(model, device, False), "threads": torch.get_num_threads()}
+    key = {**precision_cache_key(model, device, False), "threads": torch.get_num_threads(), "kernels": KERNELS}
     cached = _cached_choice(key, "winograd", use_cache)
     if cached is not None:
         return cached
