@@ -3,8 +3,9 @@
 For each registered model (random weights, seed 0, its native input size, batch 1): the optimised
 fp32 detector as :func:`scaledet.optimize` builds it (3x3 stride-1 convs routed to NNPACK's F(6x6, 3x3)
 or our F(2x2, 3x3) where this machine measured one faster, :mod:`scaledet.inference.winograd`) against
-the same detector with ``winograd=False`` (oneDNN everywhere), timed in alternation; their detections are compared as sets
-(:func:`scaledet.inference.compare.compare_detection_sets`, scores within 1e-4, boxes within 1e-2 px).
+the same detector with ``winograd=False`` (oneDNN everywhere), timed in alternation; their detections
+are compared as sets (:func:`scaledet.inference.compare.compare_detection_sets`, scores within 1e-4,
+boxes within 1e-2 px).
 The routing is measured afresh (``SCALEDET_OPTIMIZE_CACHE=0`` is set here), so the table says what
 this machine decides at this thread count.
 
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---|---:|---:|---:|---|")
     for row in rows:
         chosen = ", ".join(f"{kernel} {count}" for kernel, count in sorted(row["chosen"].items()))
-        print(f"| {row['model']} | {row['input'][0]}x{row['input'][1]} | {row['candidates']} | {row['routed']} | {chosen} "
+        print(f"| {row['model']} | {row['input'][0]}x{row['input'][1]} | {row['candidates']} | {row['routed']} "
+              f"| {chosen} "
               f"| {row['onednn_ms']} | {row['winograd_ms']} | {row['speedup']:.2f}x | {row['equal_as_sets']} "
               f"({row['max_score_diff']:.1e} / {row['max_box_diff']:.1e} px, {row['unexplained']} unexplained) |")
     if args.json:

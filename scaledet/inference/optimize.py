@@ -10,10 +10,11 @@ What it does to a deep copy (the original model is left untouched), through the 
 * on CPU, 1x1 convs are routed to oneDNN (:func:`route_pointwise_to_onednn`, output unchanged);
 * conv weights and 4-D inputs use ``torch.channels_last`` (a head's permute to ``[B, H, W, C]``
   becomes free);
-* on CPU at fp32, 3x3 stride-1 convs run a Winograd kernel (NNPACK's F(6x6, 3x3) or our F(2x2, 3x3)) at
-  the input sizes where it measured faster than oneDNN on this processor (:mod:`scaledet.inference.winograd`; timed once on an
-  example input per processor, threads, model config and input size, and cached on disk like the
-  choices below; ``OptimizedDetector(..., winograd=False)`` keeps oneDNN everywhere);
+* on CPU at fp32, 3x3 stride-1 convs run a Winograd kernel (NNPACK's F(6x6, 3x3) or our F(2x2, 3x3))
+  at the input sizes where it measured faster than oneDNN on this processor
+  (:mod:`scaledet.inference.winograd`; timed once on an example input per processor, threads, model
+  config and input size, and cached on disk like the choices below;
+  ``OptimizedDetector(..., winograd=False)`` keeps oneDNN everywhere);
 * ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
   cast back to float32 before post-processing); ``"fp16"`` likewise on CUDA only. On a CPU without
   native bfloat16 (:attr:`Processor.native_bf16 <scaledet.inference.processor.Processor.native_bf16>`:

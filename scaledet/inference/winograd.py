@@ -67,7 +67,8 @@ def nnpack_conv(input: Tensor, weight: Tensor, bias: Tensor | None, padding: lis
 
 
 def f2x2_weight(weight: Tensor) -> Tensor:
-    """``weight [O, C, 3, 3]`` -> its F(2x2, 3x3) transform ``G g G^T`` as ``[16, C, O]`` (for :func:`winograd_f2x2_conv`)."""
+    """``weight [O, C, 3, 3]`` -> its F(2x2, 3x3) transform ``G g G^T`` as ``[16, C, O]`` (the weight
+    :func:`winograd_f2x2_conv` takes)."""
     g = torch.tensor(_F2X2_G, dtype=weight.dtype, device=weight.device)
     transformed = torch.einsum("ki,ocij,lj->klco", g, weight.detach(), g)  # [4, 4, C, O]
     return transformed.reshape(16, weight.shape[1], weight.shape[0]).contiguous()
