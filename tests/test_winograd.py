@@ -30,9 +30,18 @@ def everywhere(measured: dict[str, list], kernel: str) -> dict[str, list]:
     return {name: [[row[0], kernel, row[2]] for row in rows] for name, rows in measured.items()}
 
 
+@pytest.fixture
+def one_thread():
+    """NNPACK runs only where PyTorch runs one thread (:meth:`WinogradConv2d.kernel_for`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kernel", WINOGRAD)
 @pytest.mark.parametrize("size", [(20, 24), (19, 25)])  # odd sizes: partial tiles
-def test_winograd_conv_equals_direct_conv(kernel, size):
+def test_winograd_conv_equals_direct_conv(kernel, size, one_thread):
     conv = nn.Conv2d(32, 48, 3, padding=1)
     x = torch.randn(2, 32, *size).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -50,7 +59,7 @@ def test_winograd_conv_equals_direct_conv(kernel, size):
         assert torch.equal(conv(x), nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias))
 
 
-def test_kernel_of_nearest_measured_size():
+def test_kernel_of_nearest_measured_size(one_thread):
     conv = nn.Conv2d(8, 8, 3, padding=1)
     apply_winograd(conv, {"": [[80 * 80, "nnpack", {}], [40 * 40, "f2x2", {}], [10 * 10, "direct", {}]]})
     with torch.no_grad():
@@ -60,6 +69,9 @@ def test_kernel_of_nearest_measured_size():
         assert conv.kernel_for(torch.zeros(1, 8, 50, 50)) == "f2x2"
         assert conv.kernel_for(torch.zeros(1, 8, 15, 15)) == "direct"
         assert conv.kernel_for(torch.zeros(1, 8, 80, 80, dtype=torch.bfloat16)) == "direct"
+        torch.set_num_threads(2)  # threads raised after optimising: NNPACK would compete with OpenMP
+        assert conv.kernel_for(torch.zeros(1, 8, 80, 80)) == "direct"
+        assert conv.kernel_for(torch.zeros(1, 8, 50, 50)) == "f2x2"
 
 
 def test_measure_records_each_input_size_and_leaves_outputs_alone():
@@ -95,7 +107,7 @@ def test_choices_are_cached(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("kernel", WINOGRAD)
 @pytest.mark.parametrize("name", ["retinanet_r50_fpn", "detr_r50"])
-def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, kernel, monkeypatch):
+def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, kernel, monkeypatch, one_thread):
     options = {"num_queries": 20} if name == "detr_r50" else {}
     model = scaledet.create_model(name, num_classes=4, image_size=(96, 128), **options).eval()
     with torch.no_grad():

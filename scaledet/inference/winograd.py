@@ -125,7 +125,9 @@ class WinogradConv2d(nn.Conv2d):
                 or torch.is_grad_enabled():
             return "direct"
         log_area = math.log(max(input.shape[-1] * input.shape[-2], 1))
-        return min(self.winograd_verdicts, key=lambda verdict: abs(math.log(verdict[0]) - log_area))[1]
+        kernel = min(self.winograd_verdicts, key=lambda verdict: abs(math.log(verdict[0]) - log_area))[1]
+        # measured on one thread; with more (set after optimising) NNPACK's pool would compete with OpenMP's
+        return "direct" if kernel == "nnpack" and torch.get_num_threads() != 1 else kernel
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         kernel = self.kernel_for(input)
