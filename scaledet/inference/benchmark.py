@@ -122,8 +122,8 @@ def build_engines(name: str, device: str, precisions: list[str], compile: bool, 
         for compiled in ([False, True] if compile else [False]):
             label = f"ours-opt-{precision}" + ("+compile" if compiled else "")
             optimised = optimize(model, precision=precision, compile=compiled)
-            routed = getattr(optimised, "winograd", 0)
-            note = f"{routed} 3x3 convs on NNPACK's Winograd kernels (measured faster here)" if routed else ""
+            routed = optimised.winograd
+            note = f"{routed} 3x3 convs on Winograd kernels (measured faster here)" if routed else ""
             engines.append(Engine(label, optimised, detections=_same, note=note))
     if onnx and device == "cpu":
         path = export_onnx(model.cpu(), tmp / f"{name}.onnx", input_size=None)

@@ -191,10 +191,12 @@ def measure_winograd(module: nn.Module, run_example: Callable[[], Any], runs: in
         for hook in hooks:
             hook.remove()
     measured: dict[str, list] = {}
+    kernels: dict[str, dict[str, Callable[[Tensor], Tensor]]] = {}  # per conv, not per input size
     with torch.no_grad():
         for (name, shape), x in inputs.items():
-            times = {kernel: round(_median_ms(lambda: run(x), runs), 3)
-                     for kernel, run in _kernels(candidates[name]).items()}
+            if name not in kernels:
+                kernels[name] = _kernels(candidates[name])
+            times = {kernel: round(_median_ms(lambda: run(x), runs), 3) for kernel, run in kernels[name].items()}
             fastest = min(times, key=times.get)
             chosen = fastest if times[fastest] <= WINOGRAD_MARGIN * times["direct"] else "direct"
             measured.setdefault(name, []).append([shape[-1] * shape[-2], chosen, times])
