@@ -15,6 +15,9 @@ What it does to a deep copy (the original model is left untouched), through the 
   (:mod:`scaledet.inference.winograd`; timed once on an example input per processor, threads, model
   config and input size, and cached on disk like the choices below;
   ``OptimizedDetector(..., winograd=False)`` keeps oneDNN everywhere);
+* on CPU at fp32, torchvision ResNet blocks run with their ReLUs and residual add fused into oneDNN's
+  convolutions, the sum written into the identity tensor in place (:mod:`scaledet.inference.residual`;
+  ``OptimizedDetector(..., fuse_residual=False)`` keeps the eager blocks);
 * ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
   cast back to float32 before post-processing); ``"fp16"`` likewise on CUDA only. On a CPU without
   native bfloat16 (:attr:`Processor.native_bf16 <scaledet.inference.processor.Processor.native_bf16>`:
@@ -52,6 +55,7 @@ from torch import Tensor, nn
 from scaledet.inference.compare import compare_detection_sets
 from scaledet.inference.fold import fold_batchnorm
 from scaledet.inference.processor import current_processor
+from scaledet.inference.residual import fuse_residual_blocks
 from scaledet.inference.winograd import KERNELS, apply_winograd, measure_winograd
 from scaledet.models.base import Detections, Detector
 from scaledet.models.inputs import check_images
@@ -131,7 +135,7 @@ class OptimizedDetector(nn.Module):
     Attributes: ``model`` (the rewritten copy), ``folded`` (conv/BatchNorm pairs folded),
     ``winograd`` (3x3 convs routed to a Winograd kernel at some input size) and ``winograd_timings``
     (what :func:`winograd_choices` measured or read from the cache: ``{conv name: [[H*W, kernel,
-    {kernel: ms}], ...]}``),
+    {kernel: ms}], ...]}``), ``fused_blocks`` (ResNet blocks with fused add / ReLUs),
     ``precision``, ``engine`` (``"torch"``) and the source's ``class_names``, ``category_ids``,
     ``num_classes``, ``image_size`` and ``config``.
     """
@@ -139,7 +143,7 @@ class OptimizedDetector(nn.Module):
     engine = "torch"
 
     def __init__(self, model: Detector, precision: str = "fp32", compile: bool = False,
-                 winograd: bool = True) -> None:
+                 winograd: bool = True, fuse_residual: bool = True) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -161,6 +165,9 @@ class OptimizedDetector(nn.Module):
         if winograd and device.type == "cpu" and precision == "fp32" and not compile:
             self.winograd_timings = winograd_choices(model)
             self.winograd = apply_winograd(model, self.winograd_timings)
+        self.fused_blocks = 0
+        if fuse_residual and device.type == "cpu" and precision == "fp32" and not compile:  # after the Winograd routing
+            self.fused_blocks = fuse_residual_blocks(model)
         self.features = _compile(model.forward_features) if compile else model.forward_features
         self.training = False  # eval-only from the start (train(True) raises)
 
