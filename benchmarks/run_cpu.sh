@@ -16,3 +16,7 @@ uptime
 # optimize()'s Winograd route for 3x3 convs, with and without, per model (docs/inference.md "Winograd 3x3 convolutions")
 .venv/bin/python benchmarks/winograd.py --threads 1 --json benchmarks/results/winograd.json
 uptime
+# optimize()'s fused ResNet blocks, with and without (docs/inference.md "Fused residual blocks")
+.venv/bin/python benchmarks/optimize_steps.py --step fuse_residual --models detr_r50 retinanet_r50_fpn --threads 1 \
+    --json benchmarks/results/fuse_residual.json
+uptime
