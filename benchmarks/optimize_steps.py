@@ -50,8 +50,10 @@ def step_details(step: str, with_step: OptimizedDetector, without: OptimizedDete
     if step == "winograd":
         chosen = dict(Counter(row[1] for rows in with_step.winograd_timings.values() for row in rows))
         candidates = len(winograd_candidates(without.model))
-        summary = (f"{candidates} 3x3 stride-1 convs, {with_step.winograd} routed; kernels chosen (conv x input size): "
-                   + ", ".join(f"{kernel} {count}" for kernel, count in sorted(chosen.items())))
+        summary = f"{candidates} 3x3 stride-1 convs, {with_step.winograd} routed"
+        if candidates:
+            summary += "; kernels chosen (conv x input size): " + ", ".join(
+                f"{kernel} {count}" for kernel, count in sorted(chosen.items()))
         return {"summary": summary, "candidates": candidates, "routed": with_step.winograd, "chosen": chosen,
                 "measured": with_step.winograd_timings}
     return {"summary": f"{with_step.fused_blocks} ResNet blocks fused", "fused_blocks": with_step.fused_blocks}
