@@ -122,8 +122,11 @@ def build_engines(name: str, device: str, precisions: list[str], compile: bool, 
         for compiled in ([False, True] if compile else [False]):
             label = f"ours-opt-{precision}" + ("+compile" if compiled else "")
             optimised = optimize(model, precision=precision, compile=compiled)
-            notes = [f"{optimised.winograd} 3x3 convs on Winograd kernels (measured faster here)"] if optimised.winograd else []
-            notes += [f"{optimised.fused_blocks} ResNet blocks with add / ReLUs fused"] if optimised.fused_blocks else []
+            notes = []
+            if optimised.winograd:
+                notes.append(f"{optimised.winograd} 3x3 convs on Winograd kernels (measured faster here)")
+            if optimised.fused_blocks:
+                notes.append(f"{optimised.fused_blocks} ResNet blocks with add / ReLUs fused")
             note = "; ".join(notes)
             engines.append(Engine(label, optimised, detections=_same, note=note))
     if onnx and device == "cpu":

@@ -50,6 +50,10 @@ def _onednn_conv(conv: nn.Conv2d, x: Tensor) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
+# the fused ops' post-op arguments: binary op "add" (the in-place op refuses "sum") with scale 1, then ReLU
+_ADD_RELU = ("add", 1.0, "relu", [], "")
+
+
 def _args(conv: nn.Conv2d) -> tuple:
     return conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
 
@@ -65,8 +69,8 @@ def conv_add_relu(conv: nn.Conv2d, x: Tensor, residual: Tensor, in_place: bool) 
     """``relu(conv(x) + residual)``; written into ``residual`` when ``in_place`` (else a new tensor)."""
     if _onednn_conv(conv, x):
         if in_place:
-            return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *_args(conv), "add", 1.0, "relu", [], "")
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *_args(conv), "add", 1.0, "relu", [], "")
+            return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *_args(conv), *_ADD_RELU)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *_args(conv), *_ADD_RELU)
     out = conv(x)
     return torch.relu_(out.add_(residual))
 
