@@ -1,6 +1,6 @@
 """ResNet blocks with the residual add and ReLUs fused into oneDNN's convolutions: same outputs as the
 eager blocks, the sum written in place only into tensors nothing else holds, eager fallbacks, and the
-optimised detectors using them."""
+optimised detectors using them (torchvision's blocks in DETR / RetinaNet, RT-DETR's own ResNet-vd blocks)."""
 
 import copy
 
@@ -12,12 +12,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 import scaledet
 from scaledet.inference.optimize import OptimizedDetector
-from scaledet.inference.residual import (
-    FusedBasicBlock,
-    FusedBottleneck,
-    fuse_residual_blocks,
-    fused_ops_available,
-)
+from scaledet.inference.residual import FusedResidualBlock, fuse_residual_blocks, fused_class, fused_ops_available
 from scaledet.inference.winograd import WinogradConv2d, f2x2_weight
 from tests.test_optimize import assert_equal_detections
 
@@ -49,8 +44,7 @@ def test_fused_stage_equals_eager_and_leaves_its_input_alone(block_class, first_
     eager = stage(block_class, 64, first_downsample)
     fused = copy.deepcopy(eager)
     assert fuse_residual_blocks(fused) == 3
-    fused_class = FusedBottleneck if block_class is Bottleneck else FusedBasicBlock
-    assert all(type(block) is fused_class for block in fused)
+    assert all(type(block) is fused_class(block_class) and isinstance(block, block_class) for block in fused)
     # only blocks fed by the previous fused block write into their input
     assert [block.owns_input for block in fused] == [False, True, True]
     assert fused.state_dict().keys() == eager.state_dict().keys()
@@ -107,8 +101,16 @@ def test_unfolded_blocks_are_left_alone():
     assert fuse_residual_blocks(nn.Sequential(block)) == 0 and type(block) is Bottleneck
 
 
-@pytest.mark.parametrize("name", ["detr_r50", "retinanet_r50_fpn"])
-def test_optimized_resnet_detectors_fuse_their_blocks_and_equal_eager(name):
+def test_fusing_twice_changes_nothing_more():
+    fused = stage(Bottleneck, 64, True)
+    assert fuse_residual_blocks(fused) == 3
+    assert fuse_residual_blocks(fused) == 0
+    assert [block.owns_input for block in fused] == [False, True, True]
+    assert all(isinstance(block, FusedResidualBlock) for block in fused)
+
+
+@pytest.mark.parametrize("name, blocks", [("detr_r50", 16), ("retinanet_r50_fpn", 16), ("rtdetr_r18vd", 8)])
+def test_optimized_resnet_detectors_fuse_their_blocks_and_equal_eager(name, blocks):
     options = {"num_queries": 20} if name == "detr_r50" else {}
     model = scaledet.create_model(name, num_classes=4, image_size=(128, 160), **options).eval()
     with torch.no_grad():
@@ -119,7 +121,7 @@ def test_optimized_resnet_detectors_fuse_their_blocks_and_equal_eager(name):
         if name == "retinanet_r50_fpn":  # random heads score below the threshold: raise some logits
             model.net.head.classification_head.cls_logits.bias.normal_(-2.0, 1.0)
     fast = OptimizedDetector(model, winograd=False)
-    assert fast.fused_blocks == 16  # ResNet-50: 3 + 4 + 6 + 3 bottlenecks
+    assert fast.fused_blocks == blocks  # ResNet-50: 3 + 4 + 6 + 3 bottlenecks; R18-vd: 4 x 2 basic blocks
     assert OptimizedDetector(model, winograd=False, fuse_residual=False).fused_blocks == 0
     images = [torch.rand(3, 120, 150), torch.rand(3, 128, 100)]
     with torch.no_grad():

@@ -14,13 +14,17 @@ above glibc's largest ``mmap`` threshold (32 MB), so each comes fresh from the k
 On a 2-core AVX2 AMD EPYC (1 thread) one such 64 -> 256 1x1 conv with its add and ReLU took 72-91 ms
 eagerly and 27 ms fused (docs/inference.md "Fused residual blocks").
 
-Which tensor is written in place: the ``downsample`` output when the block has one (made for this
+The blocks: torchvision's ``Bottleneck`` / ``BasicBlock`` (DETR, RetinaNet) and any block whose class
+says how it computes ``relu(main(x) + shortcut(x))`` with a ``residual_parts()`` method (RT-DETR's
+ResNet-vd blocks), see :func:`residual_parts`.
+
+Which tensor is written in place: the shortcut's output when the block has a projection (made for this
 block alone), else the block's input, but only when that input is the output of the previous fused
 block of the same ``nn.Sequential`` (a ResNet stage: nothing else holds it). Otherwise (the first
 block of a stage without a downsample, e.g. ResNet18's layer1) the sum goes to a new tensor
 (``_convolution_pointwise.binary``), still with the add and ReLU fused. A conv that runs a Winograd
 kernel at this input size (:class:`~scaledet.inference.winograd.WinogradConv2d`) keeps it and takes
-its ReLU / add separately. Autograd, other dtypes and devices, and small inputs take torchvision's own
+its ReLU / add separately. Autograd, other dtypes and devices, and small inputs take the block's own
 forward.
 """
 
@@ -75,64 +79,75 @@ def conv_add_relu(conv: nn.Conv2d, x: Tensor, residual: Tensor, in_place: bool) 
     return torch.relu_(out.add_(residual))
 
 
-class _FusedResidual:
-    """The shared part of the fused blocks: when to fuse and which tensor takes the sum."""
+class FusedResidualBlock:
+    """Mixin put in front of a residual block's class by :func:`fuse_residual_blocks`: the same block with
+    its ReLUs and residual add fused (:func:`conv_relu`, :func:`conv_add_relu`). ``fused_convs``: the
+    main path's convs by name, each but the last followed by a ReLU; ``fused_shortcut``: the shortcut's
+    name (``None``: identity); ``owns_input``: the input is the previous fused block's output."""
 
-    owns_input = False  # set by fuse_residual_blocks: the input is the previous fused block's output
+    fused_convs: tuple[str, ...] = ()
+    fused_shortcut: str | None = None
+    owns_input = False
 
     def _fusable(self, x: Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not torch.is_grad_enabled()
                 and x.numel() > FUSED_MIN_NUMEL)
 
-    def _residual(self, x: Tensor) -> tuple[Tensor, bool]:
-        """The identity branch and whether the sum may be written into it."""
-        if self.downsample is not None:
-            return self.downsample(x), True
-        return x, self.owns_input
-
-
-class FusedBottleneck(_FusedResidual, Bottleneck):
-    """torchvision's ``Bottleneck`` (BatchNorm folded) with fused ReLUs and residual add."""
-
     def forward(self, x: Tensor) -> Tensor:
         if not self._fusable(x):
             return super().forward(x)
-        out = conv_relu(self.conv1, x)
-        out = conv_relu(self.conv2, out)
-        residual, in_place = self._residual(x)
-        return conv_add_relu(self.conv3, out, residual, in_place)
+        *inner, last = (self.get_submodule(name) for name in self.fused_convs)
+        out = x
+        for conv in inner:
+            out = conv_relu(conv, out)
+        if self.fused_shortcut is not None:  # a projection: a new tensor made for this block alone
+            return conv_add_relu(last, out, self.get_submodule(self.fused_shortcut)(x), in_place=True)
+        return conv_add_relu(last, out, x, in_place=self.owns_input)
 
 
-class FusedBasicBlock(_FusedResidual, BasicBlock):
-    """torchvision's ``BasicBlock`` (BatchNorm folded) with fused ReLUs and residual add."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self._fusable(x):
-            return super().forward(x)
-        out = conv_relu(self.conv1, x)
-        residual, in_place = self._residual(x)
-        return conv_add_relu(self.conv2, out, residual, in_place)
-
-
-_FUSED = {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock}
-
-
-def _folded(block: nn.Module) -> bool:
-    """Every BatchNorm of ``block`` folded into its conv (``Identity``), the downsample a conv alone or a
-    conv followed by an ``Identity``, and the ReLU plain."""
-    norms = [getattr(block, name) for name in ("bn1", "bn2", "bn3") if hasattr(block, name)]
+def _torchvision_parts(block: Bottleneck | BasicBlock) -> tuple[tuple[str, ...], str | None] | None:
+    """torchvision's blocks as :func:`residual_parts` describes them, when every BatchNorm is folded
+    (``Identity``), the downsample (if any) is a conv alone or followed by ``Identity`` and the ReLU plain."""
+    names = ("conv1", "conv2", "conv3") if isinstance(block, Bottleneck) else ("conv1", "conv2")
+    norms = [getattr(block, f"bn{index}") for index in range(1, len(names) + 1)]
     downsample = block.downsample
     plain_downsample = downsample is None or (
         isinstance(downsample, nn.Sequential) and isinstance(downsample[0], nn.Conv2d)
         and all(isinstance(part, nn.Identity) for part in list(downsample)[1:]))
-    return all(isinstance(norm, nn.Identity) for norm in norms) and plain_downsample and type(block.relu) is nn.ReLU
+    if not (all(isinstance(norm, nn.Identity) for norm in norms) and plain_downsample and type(block.relu) is nn.ReLU):
+        return None
+    return names, None if downsample is None else "downsample"
+
+
+def residual_parts(block: nn.Module) -> tuple[tuple[str, ...], str | None] | None:
+    """How ``block`` computes ``relu(main(x) + shortcut(x))``, for fusing: the names of the main path's
+    convs (each but the last followed by a ReLU) and of the shortcut (``None``: identity), or ``None``
+    when ``block`` is not such a block (or its BatchNorms are not folded). torchvision's ``Bottleneck`` /
+    ``BasicBlock`` are known here; a family's own block says it with a ``residual_parts()`` method."""
+    own = getattr(block, "residual_parts", None)
+    if callable(own):
+        return own()
+    if type(block) in (Bottleneck, BasicBlock):
+        return _torchvision_parts(block)
+    return None
+
+
+_fused_classes: dict[type, type] = {}
+
+
+def fused_class(block_class: type) -> type:
+    """``block_class`` with :class:`FusedResidualBlock` in front (made once per class)."""
+    if block_class not in _fused_classes:
+        _fused_classes[block_class] = type(f"Fused{block_class.__name__}", (FusedResidualBlock, block_class),
+                                           {"__doc__": f"{block_class.__name__} with its add and ReLUs fused."})
+    return _fused_classes[block_class]
 
 
 def fuse_residual_blocks(module: nn.Module) -> int:
-    """Turn every torchvision ``Bottleneck`` / ``BasicBlock`` under ``module`` whose BatchNorms are folded
-    into a :class:`FusedBottleneck` / :class:`FusedBasicBlock` in place (same parameters and state-dict
-    keys; outputs equal up to float rounding). Returns the number changed (0 where the fused ops are
-    missing)."""
+    """Turn every residual block under ``module`` that :func:`residual_parts` recognises (torchvision's
+    ``Bottleneck`` / ``BasicBlock``, RT-DETR's ResNet-vd blocks; BatchNorms folded) into its
+    :func:`fused_class` in place (same parameters and state-dict keys; outputs equal up to float
+    rounding). Returns the number changed (0 where the fused ops are missing)."""
     if not fused_ops_available():
         return 0
     changed = 0
@@ -141,11 +156,12 @@ def fuse_residual_blocks(module: nn.Module) -> int:
             continue
         previous_fused = False
         for child in parent:
-            fused_class = _FUSED.get(type(child))
-            if fused_class is None or not _folded(child):
-                previous_fused = False
+            parts = None if isinstance(child, FusedResidualBlock) else residual_parts(child)
+            if parts is None:
+                previous_fused = isinstance(child, FusedResidualBlock)
                 continue
-            child.__class__ = fused_class
+            child.__class__ = fused_class(type(child))
+            child.fused_convs, child.fused_shortcut = parts
             child.owns_input = previous_fused
             previous_fused = True
             changed += 1

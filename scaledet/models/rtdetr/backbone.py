@@ -45,6 +45,19 @@ def _projection(in_channels: int, out_channels: int, stride: int, norm) -> nn.Se
     return nn.Sequential(layers)
 
 
+def _residual_parts(block: nn.Module, layers: tuple[str, ...]) -> tuple[tuple[str, ...], str | None] | None:
+    """``residual_parts()`` of the blocks below, for ``scaledet.inference.residual`` (fusing the add and
+    ReLUs into the convs at inference): the main path's convs and the shortcut's name (``None``:
+    identity), once every norm is folded into its conv (``Identity``); else ``None``."""
+    steps = [getattr(block, name) for name in layers]
+    shortcut = block.shortcut if isinstance(block.shortcut, nn.Sequential) else None
+    norms = [step.norm for step in steps] + ([shortcut.norm] if shortcut is not None else [])
+    acts_fit = all(type(step.act) is nn.ReLU for step in steps[:-1]) and isinstance(steps[-1].act, nn.Identity)
+    if not (acts_fit and all(isinstance(norm, nn.Identity) for norm in norms)):
+        return None
+    return tuple(f"{name}.conv" for name in layers), None if shortcut is None else "shortcut"
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (R18 / R34); the first block of a stage always has a projection shortcut."""
 
@@ -56,6 +69,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (self.conv2(self.conv1(x)) + self.shortcut(x)).relu()
+
+    def residual_parts(self) -> tuple[tuple[str, ...], str | None] | None:
+        return _residual_parts(self, ("conv1", "conv2"))
 
 
 class Bottleneck(nn.Module):
@@ -71,6 +87,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x)).relu()
+
+    def residual_parts(self) -> tuple[tuple[str, ...], str | None] | None:
+        return _residual_parts(self, ("conv1", "conv2", "conv3"))
 
 
 class PResNet(nn.Module):
