@@ -17,6 +17,6 @@ uptime
 .venv/bin/python benchmarks/winograd.py --threads 1 --json benchmarks/results/winograd.json
 uptime
 # optimize()'s fused ResNet blocks, with and without (docs/inference.md "Fused residual blocks")
-.venv/bin/python benchmarks/optimize_steps.py --step fuse_residual --models detr_r50 retinanet_r50_fpn --threads 1 \
+.venv/bin/python benchmarks/optimize_steps.py --step fuse_residual --models detr_r50 retinanet_r50_fpn rtdetr_r18vd --threads 1 \
     --json benchmarks/results/fuse_residual.json
 uptime
