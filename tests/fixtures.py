@@ -96,3 +96,22 @@ class RectangleDataset(torch.utils.data.Dataset):
         return image, target
 
 
+
+
+def resnet_detector(name: str, image_size: tuple[int, int]) -> nn.Module:
+    """A registered ResNet-backbone detector (``detr_r50``, ``retinanet_r50_fpn``, ``rtdetr_r18vd``...) in
+    eval mode, 4 classes, with non-trivial BatchNorm statistics (so that folding them is tested) and,
+    for RetinaNet, class biases that let random heads score above the detection threshold."""
+    import scaledet
+    from torchvision.ops import FrozenBatchNorm2d
+
+    options = {"num_queries": 20} if name.startswith("detr") else {}
+    model = scaledet.create_model(name, num_classes=4, image_size=image_size, **options).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.8, 1.2)
+        if name.startswith("retinanet"):
+            model.net.head.classification_head.cls_logits.bias.normal_(-2.0, 1.0)
+    return model

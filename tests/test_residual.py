@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FrozenBatchNorm2d
 
-import scaledet
 from scaledet.inference.optimize import OptimizedDetector
 from scaledet.inference.residual import FusedResidualBlock, fuse_residual_blocks, fused_class, fused_ops_available
 from scaledet.inference.winograd import WinogradConv2d, f2x2_weight
+from tests.fixtures import resnet_detector
 from tests.test_optimize import assert_equal_detections
 
 pytestmark = pytest.mark.skipif(not fused_ops_available(), reason="this PyTorch build has no oneDNN fused convolutions")
@@ -111,15 +110,7 @@ def test_fusing_twice_changes_nothing_more():
 
 @pytest.mark.parametrize("name, blocks", [("detr_r50", 16), ("retinanet_r50_fpn", 16), ("rtdetr_r18vd", 8)])
 def test_optimized_resnet_detectors_fuse_their_blocks_and_equal_eager(name, blocks):
-    options = {"num_queries": 20} if name == "detr_r50" else {}
-    model = scaledet.create_model(name, num_classes=4, image_size=(128, 160), **options).eval()
-    with torch.no_grad():
-        for module in model.modules():  # non-trivial frozen statistics
-            if isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.8, 1.2)
-        if name == "retinanet_r50_fpn":  # random heads score below the threshold: raise some logits
-            model.net.head.classification_head.cls_logits.bias.normal_(-2.0, 1.0)
+    model = resnet_detector(name, (128, 160))
     fast = OptimizedDetector(model, winograd=False)
     assert fast.fused_blocks == blocks  # ResNet-50: 3 + 4 + 6 + 3 bottlenecks; R18-vd: 4 x 2 basic blocks
     assert OptimizedDetector(model, winograd=False, fuse_residual=False).fused_blocks == 0

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
 import scaledet
 from scaledet.inference.winograd import (
@@ -19,6 +18,7 @@ from scaledet.inference.winograd import (
     nnpack_available,
     winograd_candidates,
 )
+from tests.fixtures import resnet_detector
 from tests.test_optimize import assert_equal_detections
 
 optimize_module = importlib.import_module("scaledet.inference.optimize")
@@ -108,15 +108,7 @@ def test_choices_are_cached(monkeypatch, tmp_path):
 @pytest.mark.parametrize("kernel", WINOGRAD)
 @pytest.mark.parametrize("name", ["retinanet_r50_fpn", "detr_r50"])
 def test_optimized_resnet_families_with_every_3x3_conv_routed_equal_eager(name, kernel, monkeypatch, one_thread):
-    options = {"num_queries": 20} if name == "detr_r50" else {}
-    model = scaledet.create_model(name, num_classes=4, image_size=(96, 128), **options).eval()
-    with torch.no_grad():
-        for module in model.modules():  # non-trivial frozen statistics
-            if isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.8, 1.2)
-        if name == "retinanet_r50_fpn":  # random heads score below the threshold: raise some logits
-            model.net.head.classification_head.cls_logits.bias.normal_(-2.0, 1.0)
+    model = resnet_detector(name, (96, 128))
     measure = optimize_module.measure_winograd
     monkeypatch.setattr(optimize_module, "measure_winograd", lambda *args: everywhere(measure(*args, runs=1), kernel))
     fast = scaledet.optimize(model)
