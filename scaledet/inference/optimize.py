@@ -90,6 +90,8 @@ class OneDnnPointwiseConv2d(nn.Conv2d):
     falls back to a slow per-channel path instead, so those keep dilation 1.
     """
 
+    plain_conv2d = True  # computes exactly nn.Conv2d: scaledet.inference.residual may run it as a fused oneDNN conv
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         dilation = 2 if input.numel() > ONEDNN_POINTWISE_MIN_NUMEL else 1
         return nn.functional.conv2d(input, weight, bias, self.stride, self.padding, dilation, self.groups)

@@ -47,11 +47,13 @@ def fused_ops_available() -> bool:
 
 
 def _onednn_conv(conv: nn.Conv2d, x: Tensor) -> bool:
-    """Whether ``conv`` on ``x`` can run as a fused oneDNN convolution: a plain (or 1x1-routed) conv with
+    """Whether ``conv`` on ``x`` can run as a fused oneDNN convolution: a plain ``nn.Conv2d`` (or a subclass
+    that computes exactly what it does: class attribute ``plain_conv2d``, e.g. the 1x1-routed one) with
     numeric zero padding, or a Winograd-routed one whose kernel at this input size is the direct one."""
     if isinstance(conv, WinogradConv2d):
         return conv.kernel_for(x) == "direct"
-    return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    plain = type(conv) is nn.Conv2d or getattr(conv, "plain_conv2d", False)
+    return plain and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
 # the fused ops' post-op arguments: binary op "add" (the in-place op refuses "sum") with scale 1, then ReLU
