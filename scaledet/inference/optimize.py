@@ -15,7 +15,8 @@ What it does to a deep copy (the original model is left untouched), through the 
   (:mod:`scaledet.inference.winograd`; timed once on an example input per processor, threads, model
   config and input size, and cached on disk like the choices below;
   ``OptimizedDetector(..., winograd=False)`` keeps oneDNN everywhere);
-* on CPU at fp32, torchvision ResNet blocks run with their ReLUs and residual add fused into oneDNN's
+* on CPU at fp32, ResNet blocks (torchvision's, and a family's own that describe themselves with
+  ``residual_parts()``, e.g. RT-DETR's) run with their ReLUs and residual add fused into oneDNN's
   convolutions, the sum written into the identity tensor in place (:mod:`scaledet.inference.residual`;
   ``OptimizedDetector(..., fuse_residual=False)`` keeps the eager blocks);
 * ``precision="bf16"``: ``forward_features`` runs under ``torch.autocast`` with bfloat16 (outputs
