@@ -8,8 +8,9 @@ The steps (``--step``):
 
 * ``winograd``: 3x3 stride-1 convs routed to NNPACK's F(6x6, 3x3) or our F(2x2, 3x3) where this machine
   measured one faster (:mod:`scaledet.inference.winograd`); off = ``winograd=False`` (oneDNN everywhere).
-  The routing is measured afresh (``SCALEDET_OPTIMIZE_CACHE=0`` is set here), so the table says what
-  this machine decides at this thread count.
+  The routing is measured afresh (``SCALEDET_CACHE`` points to a new temporary folder here), so the
+  table says what this machine decides at this thread count; with any other step off, both detectors
+  read that one measurement, so they route the same convs.
 * ``fuse_residual``: torchvision ResNet blocks with their add and ReLUs fused into oneDNN's convolutions
   (:mod:`scaledet.inference.residual`); off = ``fuse_residual=False``.
 
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -87,9 +89,10 @@ def main(argv: list[str] | None = None, prog: str = "python benchmarks/optimize_
     parser.add_argument("--runs", type=int, default=8, help="timed rounds per detector (median reported)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
-    os.environ["SCALEDET_OPTIMIZE_CACHE"] = "0"  # measure the Winograd routing afresh
     torch.set_num_threads(args.threads)
-    rows = [compare(name, args.step, args.runs) for name in args.models]
+    with tempfile.TemporaryDirectory() as cache:  # the Winograd routing measured afresh, once per model
+        os.environ["SCALEDET_CACHE"] = cache
+        rows = [compare(name, args.step, args.runs) for name in args.models]
     info = processor_info()
     print(f"optimised fp32 with and without {args.step!r}, batch 1, {args.threads} thread(s), interleaved medians "
           f"of {args.runs}; {describe(info)}")

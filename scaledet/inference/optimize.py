@@ -164,12 +164,13 @@ class OptimizedDetector(nn.Module):
         if device.type == "cpu":
             route_pointwise_to_onednn(model)
         model.to(memory_format=torch.channels_last)
+        cpu_fp32_eager = device.type == "cpu" and precision == "fp32" and not compile  # the CPU kernel rewrites
         self.winograd, self.winograd_timings = 0, {}
-        if winograd and device.type == "cpu" and precision == "fp32" and not compile:
+        if winograd and cpu_fp32_eager:
             self.winograd_timings = winograd_choices(model)
             self.winograd = apply_winograd(model, self.winograd_timings)
         self.fused_blocks = 0
-        if fuse_residual and device.type == "cpu" and precision == "fp32" and not compile:  # after the Winograd routing
+        if fuse_residual and cpu_fp32_eager:  # after the Winograd routing
             self.fused_blocks = fuse_residual_blocks(model)
         self.features = _compile(model.forward_features) if compile else model.forward_features
         self.training = False  # eval-only from the start (train(True) raises)
