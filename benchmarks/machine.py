@@ -10,7 +10,8 @@ from scaledet.inference.processor import current_processor
 
 
 def processor_info() -> dict:
-    """``{"processor", "kind", "flags": {flag: bool}, "kernel_caps": {var: value}, "torch_cpu_capability"}``."""
+    """``{"processor", "generation", "kind", "flags": {flag: bool}, "kernel_caps": {var: value},
+    "torch_cpu_capability"}``."""
     return current_processor().as_dict()
 
 
@@ -20,4 +21,5 @@ def describe(info: dict) -> str:
     flags = ", ".join(flag for flag, present in info["flags"].items() if present) or "no AVX2"
     caps = "; ".join(f"{k}={v}" for k, v in info.get("kernel_caps", {}).items())
     kind = f" [{info['kind']}]" if "kind" in info else ""
-    return f"{info['processor']}{kind} ({flags})" + (f", kernels capped: {caps}" if caps else "")
+    generation = f" ({info['generation']})" if info.get("generation") else ""
+    return f"{info['processor']}{generation}{kind} ({flags})" + (f", kernels capped: {caps}" if caps else "")

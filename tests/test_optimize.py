@@ -1,5 +1,6 @@
 """scaledet.optimize: folded BatchNorm, channels_last and fast post-processing give eager's detections."""
 
+import dataclasses
 import importlib
 import json
 import time
@@ -247,6 +248,11 @@ def test_auto_precision_key_and_disk_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(optimize_module, "current_processor", lambda: _processor(native_bf16=True))
     key = optimize_module.precision_cache_key(model, cpu, compile=False)
     assert key != key_avx512 and key["processor"]["kind"] == "avx512-bf16-vnni"
+    # another generation with the same flags (an AMD family 25 and a family 26 EPYC) measures its own choice
+    next_generation = dataclasses.replace(_processor(native_bf16=True), generation="family 26 model 2")
+    with monkeypatch.context() as patched:
+        patched.setattr(optimize_module, "current_processor", lambda: next_generation)
+        assert optimize_module.precision_cache_key(model, cpu, compile=False) != key
     other_size = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=96)
     assert optimize_module.precision_cache_key(other_size, cpu, False)["input_size"] == [96, 96]
     assert optimize_module.precision_cache_key(model, cpu, True) != key

@@ -29,9 +29,13 @@ def test_kind_and_native_bf16_follow_flags_and_kernel_caps():
 
 
 def test_cpuinfo_parsing_and_this_machine():
-    text = "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n" \
-           "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n"
-    assert _cpuinfo(text) == ("Test CPU 9000", {"fpu", "avx2", "avx512f", "avx512_bf16"})
+    text = "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: Test CPU 9000\n" \
+           "flags\t\t: fpu avx2 avx512f avx512_bf16\n\n" \
+           "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: Other CPU\nflags\t\t: fpu\n"
+    assert _cpuinfo(text) == ("Test CPU 9000", {"fpu", "avx2", "avx512f", "avx512_bf16"}, "family 26 model 2")
+    assert _cpuinfo("model name\t: Arm thing\nFeatures\t: fp asimd\n") == ("Arm thing", set(), "")
+    assert "(family 26 model 2) [avx512" in Processor("AMD EPYC", frozenset({"avx2", "avx512f"}), "AVX512",
+                                                      generation="family 26 model 2").describe()
     here = current_processor()
     assert here.model and here.kind and here.aten_capability
     assert json.loads(json.dumps(here.as_dict()))["kind"] == here.kind

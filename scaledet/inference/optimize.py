@@ -303,13 +303,13 @@ def optimize_cache_dir() -> Path:
 
 
 def precision_cache_key(model: Detector, device: torch.device, compile: bool) -> dict:
-    """What a ``precision="auto"`` choice depends on: the processor (kind and kernel caps; the GPU's
-    name on CUDA), the model's config, its input size, compile, and the torch version."""
+    """What a ``precision="auto"`` choice depends on: the processor (kind, generation and kernel caps; the
+    GPU's name on CUDA), the model's config, its input size, compile, and the torch version."""
     if device.type == "cuda":
         processor = torch.cuda.get_device_name(device)
     else:
         here = current_processor()
-        processor = {"kind": here.kind, "kernel_caps": here.kernel_caps}
+        processor = {"kind": here.kind, "generation": here.generation, "kernel_caps": here.kernel_caps}
     return {"processor": processor, "config": model.config, "input_size": list(model.input_size()),
             "compile": compile, "torch": torch.__version__}
 

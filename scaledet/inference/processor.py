@@ -38,12 +38,16 @@ class Processor:
         flags: the subset of :data:`ISA_FLAGS` the hardware reports.
         aten_capability: the kernel family ATen dispatches to (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``).
         kernel_caps: the :data:`KERNEL_CAP_VARIABLES` set in the environment, ``{name: value}``.
+        generation: ``"family F model M"`` from ``/proc/cpuinfo`` (``""`` where unknown): virtual machines
+            often hide the model number (``"AMD EPYC"``), and two generations with the same flags run the
+            same kernels at different speeds (an AMD family 25 and a family 26 EPYC, say).
     """
 
     model: str
     flags: frozenset[str]
     aten_capability: str
     kernel_caps: dict[str, str] = field(default_factory=dict)
+    generation: str = ""
 
     @property
     def avx512(self) -> bool:
@@ -75,37 +79,41 @@ class Processor:
         return self.aten_capability.lower().replace(" ", "-")
 
     def describe(self) -> str:
-        """One line: ``"<model> [<kind>] (avx2, avx512f, ...), ATen kernels AVX512[, capped: VAR=value]"``."""
+        """One line: ``"<model> (family F model M) [<kind>] (avx2, avx512f, ...), ATen kernels AVX512[, capped:
+        VAR=value]"``."""
         flags = ", ".join(flag for flag in ISA_FLAGS if flag in self.flags) or "no AVX2"
         caps = "; ".join(f"{name}={value}" for name, value in self.kernel_caps.items())
-        return (f"{self.model} [{self.kind}] ({flags}), ATen kernels {self.aten_capability}"
+        generation = f" ({self.generation})" if self.generation else ""
+        return (f"{self.model}{generation} [{self.kind}] ({flags}), ATen kernels {self.aten_capability}"
                 + (f", capped: {caps}" if caps else ""))
 
     def as_dict(self) -> dict:
-        """JSON-able: ``{"processor", "kind", "flags": {flag: bool}, "kernel_caps", "torch_cpu_capability"}``."""
-        return {"processor": self.model, "kind": self.kind, "flags": {flag: flag in self.flags for flag in ISA_FLAGS},
-                "kernel_caps": dict(self.kernel_caps), "torch_cpu_capability": self.aten_capability}
+        """JSON-able: ``{"processor", "generation", "kind", "flags": {flag: bool}, "kernel_caps",
+        "torch_cpu_capability"}``."""
+        return {"processor": self.model, "generation": self.generation, "kind": self.kind,
+                "flags": {flag: flag in self.flags for flag in ISA_FLAGS}, "kernel_caps": dict(self.kernel_caps),
+                "torch_cpu_capability": self.aten_capability}
 
 
-def _cpuinfo(text: str) -> tuple[str | None, set[str]]:
-    """``(model name, flags)`` of the first processor in ``/proc/cpuinfo`` text."""
-    model, flags = None, set()
+def _cpuinfo(text: str) -> tuple[str | None, set[str], str]:
+    """``(model name, flags, "family F model M" or "")`` of the first processor in ``/proc/cpuinfo`` text."""
+    fields: dict[str, str] = {}
     for line in text.splitlines():
+        if not line.strip() and fields:
+            break  # the first processor's block ends
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
+        fields.setdefault(key.strip(), value.strip())
+    family, number = fields.get("cpu family"), fields.get("model")
+    generation = f"family {family} model {number}" if family and number else ""
+    return fields.get("model name"), set(fields.get("flags", "").split()), generation
 
 
 @functools.lru_cache(maxsize=1)
 def current_processor() -> Processor:
     """This machine's :class:`Processor` (read once per process)."""
-    model, flags = None, set()
+    model, flags, generation = None, set(), ""
     try:
-        model, flags = _cpuinfo(Path("/proc/cpuinfo").read_text())
+        model, flags, generation = _cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         pass
     try:
@@ -114,4 +122,4 @@ def current_processor() -> Processor:
         capability = "unknown"
     caps = {name: os.environ[name] for name in KERNEL_CAP_VARIABLES if name in os.environ}
     return Processor(model or platform.processor() or platform.machine(), frozenset(flags & set(ISA_FLAGS)),
-                     capability, caps)
+                     capability, caps, generation)

@@ -1,0 +1,96 @@
+"""The reference and our optimised engine each timed alone, in fresh processes, alternated.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.alone --model detr_r50 --rounds 2 --runs 8 --json OUT.json
+
+``python -m benchmarks.bench_reference`` times all engines interleaved in one process, which is
+fair to slow drift but not to process state: what the other engines did before (an ONNX export,
+onnxruntime's arena, large freed blocks) changes how fast the eager reference runs in the same
+process (on an AVX-512 EPYC, 2026-12-06, transformers' DETR R50 took 1401-1998 ms in the same
+command with different engines beside it, ours optimised 819-955 ms). Here each engine runs in its own
+fresh interpreter, as a user runs it: ``--rounds`` rounds of (reference, ours), each process
+building the same random weights (seed 0), warming up twice and timing ``--runs`` calls on one
+random image at the model's input size. Prints each process's median and the ratio of the
+medians over rounds; ``--json`` writes them with the processor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ENGINES = ("reference", "optimized")
+
+
+def time_one(model_name: str, engine_name: str, runs: int) -> list[float]:
+    """Milliseconds of ``runs`` calls of one engine, built in this process (after 2 warm-up calls)."""
+    import scaledet
+    from benchmarks.reference import reference_engine
+
+    torch.manual_seed(0)
+    engine, model = reference_engine(model_name, "cpu", Path(tempfile.mkdtemp()))
+    model = model.eval()
+    images = [torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))]
+    if engine_name == "reference":
+        inputs = engine.prepare(images)
+        call = lambda: engine.run(inputs)  # noqa: E731
+    else:
+        fast = scaledet.optimize(model, precision="fp32")
+        call = lambda: fast(images)  # noqa: E731
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            call()
+        for _ in range(runs):
+            start = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="detr_r50")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.child:
+        print(json.dumps(time_one(args.model, args.child, args.runs)))
+        return 0
+
+    from benchmarks.machine import describe, processor_info
+
+    medians: dict[str, list[float]] = {name: [] for name in ENGINES}
+    for round_index in range(args.rounds):
+        for name in ENGINES:
+            command = [sys.executable, "-m", "benchmarks.alone", "--model", args.model, "--runs", str(args.runs),
+                       "--child", name]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            median = statistics.median(json.loads(output.strip().splitlines()[-1]))
+            medians[name].append(median)
+            print(f"round {round_index + 1}: {name} {median:.1f} ms", flush=True)
+    ratio = statistics.median(medians["optimized"]) / statistics.median(medians["reference"])
+    info = processor_info()
+    print(f"{args.model}, each engine alone in fresh processes, {torch.get_num_threads()} thread(s), "
+          f"{describe(info)}: optimised fp32 / reference = {ratio:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "threads": torch.get_num_threads(),
+                                         "processor": info, "medians_ms": medians, "ratio": ratio,
+                                         "command": " ".join(["python -m benchmarks.alone", *(argv or sys.argv[1:])]),
+                                         "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
