@@ -9,8 +9,8 @@ process (on an AVX-512 EPYC, 2026-12-06, transformers' DETR R50 took 1401-1998 m
 command with different engines beside it, ours optimised 819-955 ms). Here each engine runs in its own
 fresh interpreter, as a user runs it: ``--rounds`` rounds of (reference, ours), each process
 building the same random weights (seed 0), warming up twice and timing ``--runs`` calls on one
-random image at the model's input size. Prints each process's median and the ratio of the
-medians over rounds; ``--json`` writes them with the processor.
+random image at the model's input size, with ``OMP_NUM_THREADS`` threads (default 1). Prints each
+process's median and the ratio of the medians over rounds; ``--json`` writes them with the processor.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def time_one(model_name: str, engine_name: str, runs: int) -> list[float]:
     from benchmarks.reference import reference_engine
 
     torch.manual_seed(0)
-    engine, model = reference_engine(model_name, "cpu", Path(tempfile.mkdtemp()))
+    found = reference_engine(model_name, "cpu", Path(tempfile.mkdtemp()))
+    if found is None:
+        raise SystemExit(f"{model_name}: no reference engine to time (the note above says why)")
+    engine, model = found
     model = model.eval()
     images = [torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))]
     if engine_name == "reference":
