@@ -4,8 +4,8 @@
 
 ``python -m benchmarks.bench_reference`` times all engines interleaved in one process, which is
 fair to slow drift but not to process state: what the other engines did before (an ONNX export,
-onnxruntime's arena, large freed blocks) changes how fast the eager reference runs in the same
-process (on an AVX-512 EPYC, 2026-12-06, transformers' DETR R50 took 1401-1998 ms in the same
+an onnxruntime session, freed memory; which of them matters is not pinned down) changes how fast the
+eager reference runs in the same process (on an AVX-512 EPYC, 2026-12-06, transformers' DETR R50 took 1401-1998 ms in the same
 command with different engines beside it, ours optimised 819-955 ms). Here each engine runs in its own
 fresh interpreter, as a user runs it: ``--rounds`` rounds of (reference, ours), each process
 building the same random weights (seed 0), warming up twice and timing ``--runs`` calls on one
