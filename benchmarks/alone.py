@@ -34,6 +34,7 @@ def time_one(model_name: str, engine_name: str, runs: int) -> list[float]:
     """Milliseconds of ``runs`` calls of one engine, built in this process (after 2 warm-up calls)."""
     import scaledet
     from benchmarks.reference import reference_engine
+    from scaledet.inference.benchmark import Engine, time_engines
 
     torch.manual_seed(0)
     found = reference_engine(model_name, "cpu", Path(tempfile.mkdtemp()))
@@ -41,22 +42,11 @@ def time_one(model_name: str, engine_name: str, runs: int) -> list[float]:
         raise SystemExit(f"{model_name}: no reference engine to time (the note above says why)")
     engine, model = found
     model = model.eval()
+    if engine_name == "optimized":
+        engine = Engine("ours-opt-fp32", scaledet.optimize(model, precision="fp32"))
     images = [torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))]
-    if engine_name == "reference":
-        inputs = engine.prepare(images)
-        call = lambda: engine.run(inputs)  # noqa: E731
-    else:
-        fast = scaledet.optimize(model, precision="fp32")
-        call = lambda: fast(images)  # noqa: E731
-    times = []
-    with torch.inference_mode():
-        for _ in range(2):
-            call()
-        for _ in range(runs):
-            start = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start) * 1000)
-    return times
+    time_engines([engine], images, batch_size=1, runs=runs, warmup=2, device="cpu")
+    return [seconds * 1000 for seconds in engine.times[1]]
 
 
 def main(argv: list[str] | None = None) -> int:
