@@ -37,15 +37,16 @@ def time_one(model_name: str, engine_name: str, runs: int) -> list[float]:
     from scaledet.inference.benchmark import Engine, time_engines
 
     torch.manual_seed(0)
-    found = reference_engine(model_name, "cpu", Path(tempfile.mkdtemp()))
-    if found is None:
-        raise SystemExit(f"{model_name}: no reference engine to time (the note above says why)")
-    engine, model = found
-    model = model.eval()
-    if engine_name == "optimized":
-        engine = Engine("ours-opt-fp32", scaledet.optimize(model, precision="fp32"))
-    images = [torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))]
-    time_engines([engine], images, batch_size=1, runs=runs, warmup=2, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="scaledet-alone-") as folder:  # the reference's files, removed after
+        found = reference_engine(model_name, "cpu", Path(folder))
+        if found is None:
+            raise SystemExit(f"{model_name}: no reference engine to time (the note above says why)")
+        engine, model = found
+        model = model.eval()
+        if engine_name == "optimized":
+            engine = Engine("ours-opt-fp32", scaledet.optimize(model, precision="fp32"))
+        images = [torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0))]
+        time_engines([engine], images, batch_size=1, runs=runs, warmup=2, device="cpu")
     return [seconds * 1000 for seconds in engine.times[1]]
 
 
