@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from scaledet.inference.optimize import ENGINES as OPTIMIZE_ENGINES
+
 ENGINES = ("reference", "optimized")
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="detr_r50")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--runs", type=int, default=8)
-    parser.add_argument("--engine", default="torch", choices=["torch", "auto", "onnxruntime"],
+    parser.add_argument("--engine", default="torch", choices=OPTIMIZE_ENGINES,
                         help="ours: scaledet.optimize(..., engine=...) (default torch)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
