@@ -22,7 +22,7 @@ from scaledet.data import open_dataset  # noqa: E402
 
 def test_roles_cover_every_set():
     assert set(datasets.TUNE_SETS) == {"cells", "scenes"}
-    assert set(datasets.HELD_OUT_SETS) == {"fewshot", "dense", "wide"}
+    assert set(datasets.HELD_OUT_SETS) == {"fewshot", "dense", "wide", "slender"}
     assert set(datasets.SET_NAMES) == set(datasets.SPECS)
     assert "shapes" not in datasets.SPECS
 

@@ -1,4 +1,4 @@
-"""The learnability sets: five deterministic COCO detection sets built from scikit-image's images.
+"""The learnability sets: six deterministic COCO detection sets built from scikit-image's images.
 
 Every set is rendered from the images that ship inside the scikit-image wheel (nothing is
 downloaded), written once as ``DATA_ROOT/<name>/{train.json, val.json, images/}`` (JPEG) and
@@ -23,6 +23,9 @@ fewshot    held-out  60 training images of 4 cut-out classes (cup, horse, clock,
 dense      held-out  20-80 coins and faces (lfw_subset) of 8-24 px per image; 384 px
 wide       held-out  384x224 images, 18 classes, strong colour / texture variation of the
                      cut-outs (hue rotation, grey, texture modulation)
+slender    held-out  320 px, 1-5 cut-outs of 4 classes (rocket, tower, and a wheel and a logo
+                     stretched) at long:short 3:1-7:1, 35% of them turned 90 degrees: aspect
+                     ratios far outside the published anchors' 1:2-2:1 (added 2026-12-06)
 aerial     tiling    large images (1024 px) holding 100-300 coins and faces of 8-20 px on
                      low-contrast textures: the tiled-vs-resize comparison of benchmarks/tiling.py
                      (not in SET_NAMES: the scaledet-vs-effdet runs above do not include it)
@@ -54,7 +57,7 @@ GENERATOR_VERSION = 1
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 #: sets used to choose defaults (tuning) and sets that are only reported (held out)
 TUNE_SETS = ("cells", "scenes")
-HELD_OUT_SETS = ("fewshot", "dense", "wide")
+HELD_OUT_SETS = ("fewshot", "dense", "wide", "slender")
 SET_NAMES = TUNE_SETS + HELD_OUT_SETS
 #: large-image sets for the tiling benchmark (benchmarks/tiling.py), outside the learnability comparison
 TILING_SETS = ("aerial",)
@@ -403,11 +406,23 @@ class _Canvas:
         return out
 
 
+def _elongated(rng: np.random.Generator, sprite: Image.Image, elongation: tuple[float, float]) -> Image.Image:
+    """The sprite stretched along its longer axis to a long:short side ratio drawn log-uniform
+    from ``elongation``."""
+    ratio = float(np.exp(rng.uniform(np.log(elongation[0]), np.log(elongation[1]))))
+    long_side = max(sprite.size)
+    short_side = max(2, round(long_side / ratio))
+    size = (long_side, short_side) if sprite.width >= sprite.height else (short_side, long_side)
+    return sprite.resize(size, Image.BILINEAR, reducing_gap=2.0)
+
+
 def _compose(rng: np.random.Generator, spec: SetSpec, count: int, size_px: tuple[float, float], rotation: float,
              colour: str, max_cover: float, contrast: tuple[float, float] = (0.45, 1.0),
-             outside: float = 0.2) -> tuple[Image.Image, list]:
+             outside: float = 0.2, elongation: tuple[float, float] | None = None,
+             turn: float = 0.0) -> tuple[Image.Image, list]:
     """``count`` random cut-outs of the set's classes (longer side log-uniform in ``size_px``) on a
-    random background; objects that find no place are left out."""
+    random background; objects that find no place are left out. ``elongation``: stretch each
+    cut-out to that long:short range first; ``turn``: probability of a 90-degree turn."""
     lib = sprite_library()
     canvas = _Canvas(_background(rng, spec.width, spec.height, contrast), max_cover)
     sources = [spec.sprites.get(name, name) for name in spec.classes]
@@ -415,8 +430,13 @@ def _compose(rng: np.random.Generator, spec: SetSpec, count: int, size_px: tuple
         label = int(rng.integers(len(spec.classes)))
         variants = lib[sources[label]]
         sprite = variants[rng.integers(len(variants))]
+        if elongation is not None:
+            sprite = _elongated(rng, sprite, elongation)
         longer = float(np.exp(rng.uniform(np.log(size_px[0]), np.log(size_px[1]))))
-        canvas.paste(rng, _transform_sprite(rng, sprite, longer, rotation, colour), label, outside=outside)
+        sprite = _transform_sprite(rng, sprite, longer, rotation, colour)
+        if turn and rng.random() < turn:
+            sprite = sprite.transpose(Image.ROTATE_90)
+        canvas.paste(rng, sprite, label, outside=outside)
     return canvas.image, canvas.annotations()
 
 
@@ -443,6 +463,12 @@ def _render_aerial(spec: SetSpec, rng: np.random.Generator, split: str):
 def _render_wide(spec: SetSpec, rng: np.random.Generator, split: str):
     side = min(spec.width, spec.height)
     return _compose(rng, spec, int(rng.integers(2, 9)), (0.15 * side, 0.6 * side), 12, "strong", 0.35)
+
+
+def _render_slender(spec: SetSpec, rng: np.random.Generator, split: str):
+    side = min(spec.width, spec.height)
+    return _compose(rng, spec, int(rng.integers(1, 6)), (0.3 * side, 0.9 * side), 4, "mild", 0.3, outside=0.1,
+                    elongation=(3.0, 7.0), turn=0.35)
 
 
 # ---- cells: real microscopy / astronomy tiles ------------------------------------------------
@@ -565,6 +591,10 @@ SPECS: dict[str, SetSpec] = {
                      sprites={"face": "small_face"}),
     "wide": SetSpec("wide", "non-square, many classes, colour / texture variation", 384, 224, _WIDE_CLASSES, 1200, 200,
                     384, 15, _render_wide, "384x224, 2-8 cut-outs of 18 classes, hue / grey / tint / texture changes"),
+    "slender": SetSpec("slender", "elongated objects, both orientations", 320, 320, ("rocket", "tower", "roller", "banner"),
+                       800, 150, 320, 17, _render_slender,
+                       "1-5 cut-outs stretched to 3:1-7:1, 30-90% of the side, 35% turned 90 degrees",
+                       sprites={"roller": "wheel", "banner": "logo"}),
 }  # fmt: skip
 #: the tiling sets (input_size: the plain resize path's input; benchmarks/tiling.py trains the tiled path on tiles)
 TILING_SPECS: dict[str, SetSpec] = {
