@@ -74,6 +74,17 @@ def test_generation_is_deterministic_and_cached(tmp_path):
     assert info["num_train"] == 2 and info["num_val"] == 1 and info["role"] == "held-out" and info["num_classes"] == 4
 
 
+def test_slender_boxes_are_elongated_in_both_orientations():
+    """The set exists to test aspect ratios beyond the published anchors' 1:2-2:1."""
+    ratios = []
+    for index in range(12):
+        _, objects = datasets.render("slender", "train", index)
+        ratios += [(box[2] - box[0]) / (box[3] - box[1]) for box, _ in objects]
+    long_to_short = sorted(max(r, 1 / r) for r in ratios)
+    assert long_to_short[len(long_to_short) // 2] > 2.5, long_to_short
+    assert any(r > 2.5 for r in ratios) and any(r < 1 / 2.5 for r in ratios), ratios
+
+
 def test_effdet_baseline_maps_classes_and_scale_back(tmp_path):
     """Ground truth written as effdet detections (input pixels, classes 1..K) scores AP 1 through the
     baseline's conversion and scaledet's evaluator: class ids and the resize are mapped back."""
