@@ -87,6 +87,25 @@ def test_fine_tune_from_a_local_file_with_new_classes(tmp_path):
         raise AssertionError("a class-count mismatch must be a ValueError")
 
 
+def test_fine_tuning_fits_the_input_size_to_the_data_not_to_the_checkpoint(tmp_path):
+    """Weights trained at 64 px, fine-tuned on 128 px images: the auto recipe trains at 128 (the
+    data's size, under D0's published 512), as from scratch; an explicit --image-size still wins."""
+    from scaledet.data import open_dataset
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import fit_input_size
+    from scaledet.weights import save_weights
+
+    source = scaledet.create_model("efficientdet_d0", num_classes=4, image_size=64, **TINY_EFFICIENTDET)
+    path = save_weights(source.state_dict(), tmp_path / "source.safetensors", source.config)
+    train = open_dataset(write_shapes_coco(tmp_path / "train", "train", num_images=4, image_size=128), progress=False)
+    config = TrainConfig.for_model("efficientdet_d0", epochs=1, pretrained=str(path), num_classes=4)
+    model = scaledet.create_model("efficientdet_d0", num_classes=4, pretrained=path)
+    assert model.image_size == (64, 64)  # the checkpoint's size
+    assert fit_input_size(config, model, train) == (128, 128)
+    config = TrainConfig.for_model("efficientdet_d0", epochs=1, num_classes=4, image_size=64)  # scratch at 64
+    assert fit_input_size(config, model, train) is None  # --image-size given: kept
+
+
 class _FirstTrainingBatchSeen(Exception):
     """Raised by the patched network to end the run once the first training batch reached it."""
 

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -80,15 +81,30 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
     return model
 
 
+def variant_input_size(name: str) -> tuple[int, int]:
+    """The input size variant ``name`` is published at (e.g. 512 x 512 for D0), whatever size a
+    weights file of it was trained at; built on the ``meta`` device (no weights, no memory)."""
+    with torch.device("meta"):
+        return tuple(create_model(name).image_size)
+
+
 def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) -> tuple[int, int] | None:
     """The input size the auto recipe picks for ``train_set`` when ``--image-size`` is not given,
     or ``None`` to keep the model's. Only for models whose input is a free (h, w)
-    (``model.input_size_is_free``: anchor detectors, not DETR) and datasets that list their records."""
+    (``model.input_size_is_free``: anchor detectors, not DETR) and datasets that list their records.
+
+    The size follows the data, capped at the variant's published size or, when larger, the size
+    the ``--pretrained`` weights were trained at: fine-tuning a model trained on 128 px images on
+    256 px data trains at 256, as training from scratch would, not at the checkpoint's 128."""
     if config.image_size is not None or config.recipe != "auto" or not hasattr(train_set, "records"):
         return None
     if not getattr(model, "input_size_is_free", Detector.input_size_is_free):
         return None
-    size = fitted_input_size(box_statistics(train_set.records), tuple(model.image_size))
+    cap = tuple(model.image_size)
+    if config.pretrained:
+        published = variant_input_size(config.model)
+        cap = (max(cap[0], published[0]), max(cap[1], published[1]))
+    size = fitted_input_size(box_statistics(train_set.records), cap)
     return None if size == tuple(model.image_size) else size
 
 
