@@ -1,6 +1,7 @@
 """`scaledet train` end to end with a tiny EfficientDet on a tiny shapes set written as COCO JSON."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,26 @@ def test_fine_tuning_fits_the_input_size_to_the_data_not_to_the_checkpoint(tmp_p
     assert fit_input_size(config, model, train) == (128, 128)
     config = TrainConfig.for_model("efficientdet_d0", epochs=1, num_classes=4, image_size=64)  # scratch at 64
     assert fit_input_size(config, model, train) is None  # --image-size given: kept
+
+
+def test_fine_tuning_says_once_that_the_class_predictor_was_re_initialised(tmp_path, caplog):
+    """The model is built twice when the data changes the input size or anchors; the checkpoint's
+    note (3 classes in the file, 4 in the data) is logged by the first build only."""
+    from scaledet.data import open_dataset
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import prepare_model
+    from scaledet.weights import save_weights
+
+    source = scaledet.create_model("efficientdet_d0", num_classes=3, image_size=64, **TINY_EFFICIENTDET)
+    path = save_weights(source.state_dict(), tmp_path / "source.safetensors", source.config)
+    train = open_dataset(write_shapes_coco(tmp_path / "train", "train", num_images=4, image_size=128), progress=False)
+    config = TrainConfig.for_model("efficientdet_d0", epochs=1, pretrained=str(path), num_classes=4)
+    with caplog.at_level("WARNING", logger="scaledet.models.checkpoints"):
+        model = prepare_model(config, train)
+    assert model.image_size == (128, 128) and model.num_classes == 4  # rebuilt at the data's size
+    notes = [r for r in caplog.records if "re-initialised the class predictor" in r.getMessage()]
+    assert len(notes) == 1
+    assert not logging.getLogger("scaledet.models.checkpoints").disabled  # restored after the rebuild
 
 
 class _FirstTrainingBatchSeen(Exception):

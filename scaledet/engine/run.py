@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -132,7 +133,12 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     if size != tuple(model.image_size) or overrides != config.model_overrides:
         seed_everything(config.seed)
         changed = dataclasses.replace(config, image_size=size, model_overrides=overrides)
-        model = build_model(changed, list(train_set.class_names), category_ids)
+        checkpoint_log = logging.getLogger("scaledet.models.checkpoints")
+        said_once, checkpoint_log.disabled = checkpoint_log.disabled, True  # the first build said it
+        try:
+            model = build_model(changed, list(train_set.class_names), category_ids)
+        finally:
+            checkpoint_log.disabled = said_once
         if dist_utils.is_main():
             anchors = {k: overrides[k] for k in ("anchor_scale", "aspect_ratios") if k in overrides}
             print(f"model: input {size[0]}x{size[1]}" + (f", anchors {anchors}" if anchors else "")
