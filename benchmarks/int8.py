@@ -159,7 +159,9 @@ def write_record(results: list[dict], table_of, command: str, args: argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["efficientdet_d0", "efficientdet_lite0"])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="1 (default) for timings: with more, each engine's idle threads keep spinning while "
+                             "the next runs (the engines are interleaved), which spoils the figures")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--val-images", type=int, default=200, help="as in scaledet demo")
