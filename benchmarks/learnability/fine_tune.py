@@ -80,7 +80,9 @@ def summarise(results: list[dict]) -> dict:
 
 def markdown(record: dict) -> str:
     machine = record["machine"]
-    lines = [f"Pretrained weights: `{record['pretrained']}`; {record['steps']} optimizer steps per run, seeds "
+    made = record.get("pretrain")
+    source = f" (scaledet's defaults, {made['steps']} steps on {made['set']}: AP {made['AP']:.3f} there)" if made else ""
+    lines = [f"Pretrained weights: `{record['pretrained']}`{source}; {record['steps']} optimizer steps per run, seeds "
              f"{record['seeds']}; {describe(machine)}, {machine['threads']} thread(s) per run, "
              f"{record['parallel']} run(s) at a time, {machine['date_utc']}", "",
              "| set | role | variant | AP per seed | AP mean | AP50 mean |", "|---|---|---|---|---:|---:|"]
@@ -135,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ThreadPoolExecutor(args.parallel) as pool:
         for (name, variant, *_), result in pool.map(run, jobs):
             record["sets"][name]["runs"][variant].append(result)
+    if args.pretrain_on:
+        made = json.loads((weights.parent / "metrics.json").read_text())
+        record["pretrain"] = {"set": args.pretrain_on, "steps": made["steps"], "AP": made["AP"], "AP50": made["AP50"]}
     for entry in record["sets"].values():
         entry["summary"] = {variant: summarise(results) for variant, results in entry["runs"].items()}
     table = markdown(record)
