@@ -134,11 +134,11 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
         seed_everything(config.seed)
         changed = dataclasses.replace(config, image_size=size, model_overrides=overrides)
         checkpoint_log = logging.getLogger("scaledet.models.checkpoints")
-        said_once, checkpoint_log.disabled = checkpoint_log.disabled, True  # the first build said it
+        was_disabled, checkpoint_log.disabled = checkpoint_log.disabled, True  # the first build said it
         try:
             model = build_model(changed, list(train_set.class_names), category_ids)
         finally:
-            checkpoint_log.disabled = said_once
+            checkpoint_log.disabled = was_disabled
         if dist_utils.is_main():
             anchors = {k: overrides[k] for k in ("anchor_scale", "aspect_ratios") if k in overrides}
             print(f"model: input {size[0]}x{size[1]}" + (f", anchors {anchors}" if anchors else "")
