@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.learnability import datasets  # noqa: E402
-from benchmarks.learnability.run import REPO, RESULTS, _run, _scaledet_command, _tail, machine_info  # noqa: E402
+from benchmarks.learnability.run import REPO, RESULTS, _mean_std, machine_info, scaledet_train  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from benchmarks.record import write_results  # noqa: E402
 
@@ -42,17 +40,8 @@ from benchmarks.record import write_results  # noqa: E402
 def train(folder: Path, image_size: int, steps: int, seed: int, out: Path, threads: int | None,
           extra: Sequence[str] = ()) -> dict:
     """``scaledet train`` on the set in ``folder`` for ``steps`` optimizer steps; its metrics."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    command = _scaledet_command() + [
-        "train", "--train", str(folder / "train.json"), "--val", str(folder / "val.json"), "--image-size",
-        str(image_size), "--max-steps", str(steps), "--seed", str(seed), "--out", str(out), "--no-progress", *extra,
-    ]  # fmt: skip
-    code, wall = _run(command, out / "stdout.log", threads)
-    shown = "scaledet " + " ".join(command[len(_scaledet_command()):])
-    if code != 0 or not (out / "metrics.json").exists():
-        raise RuntimeError(f"scaledet failed (exit {code}): {shown}\n{_tail(out / 'stdout.log')}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics, wall, shown = scaledet_train(folder, image_size, seed, out, threads,
+                                          ["--max-steps", str(steps), "--no-progress", *extra])
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], "steps": metrics["steps"], "wall_s": round(wall, 1),
             "seed": seed, "command": shown}
 
@@ -69,13 +58,9 @@ def pretrain(name: str, steps: int, runs: Path, threads: int | None) -> Path:
 
 
 def summarise(results: list[dict]) -> dict:
-    def mean_std(key):
-        values = [r[key] for r in results]
-        return round(statistics.mean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else None
-
-    (ap, ap_std), (ap50, _) = mean_std("AP"), mean_std("AP50")
-    return {"AP": ap, "AP_std": ap_std, "AP50": ap50, "AP_per_seed": [round(r["AP"], 4) for r in results],
-            "steps": [r["steps"] for r in results]}
+    (ap, ap_std), (ap50, _) = _mean_std([r["AP"] for r in results]), _mean_std([r["AP50"] for r in results])
+    return {"AP": round(ap, 4), "AP_std": round(ap_std, 4), "AP50": round(ap50, 4),
+            "AP_per_seed": [round(r["AP"], 4) for r in results], "steps": [r["steps"] for r in results]}
 
 
 def markdown(record: dict) -> str:

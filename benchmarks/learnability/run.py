@@ -147,19 +147,26 @@ def _run_config(out: Path) -> dict:
         return {}
 
 
-def run_scaledet(folder: Path, image_size: int, minutes: float, seed: int, out: Path, threads: int | None) -> dict:
+def scaledet_train(folder: Path, image_size: int, seed: int, out: Path, threads: int | None,
+                   options: Sequence[str]) -> tuple[dict, float, str]:
+    """``scaledet train`` on the set in ``folder`` (in a fresh ``out``) with ``options`` (the budget
+    and anything else); ``(metrics.json, wall seconds, the command as shown)``."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     command = _scaledet_command() + [
         "train", "--train", str(folder / "train.json"), "--val", str(folder / "val.json"), "--image-size",
-        str(image_size), "--max-minutes", f"{minutes:g}", "--seed", str(seed), "--out", str(out),
+        str(image_size), "--seed", str(seed), "--out", str(out), *options,
     ]  # fmt: skip
     code, wall = _run(command, out / "stdout.log", threads)
     shown = "scaledet " + " ".join(command[len(_scaledet_command()):])
     metrics_path = out / "metrics.json"
     if code != 0 or not metrics_path.exists():
         raise RuntimeError(f"scaledet failed (exit {code}): {shown}\n{_tail(out / 'stdout.log')}")
-    metrics = json.loads(metrics_path.read_text())
+    return json.loads(metrics_path.read_text()), wall, shown
+
+
+def run_scaledet(folder: Path, image_size: int, minutes: float, seed: int, out: Path, threads: int | None) -> dict:
+    metrics, wall, shown = scaledet_train(folder, image_size, seed, out, threads, ["--max-minutes", f"{minutes:g}"])
     config = _run_config(out)
     batch_size = (config.get("batch_size") or 0) * (config.get("grad_accum") or 1) * (metrics.get("world_size") or 1)
     recipe_keys = ("model", "batch_size", "grad_accum", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs",

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -26,7 +25,7 @@ from scaledet.evaluation import format_stats
 from scaledet.inference.tiling import TileOptions
 from scaledet.models.base import Detector
 from scaledet.models.inputs import category_ids_for
-from scaledet.models.registry import create_model
+from scaledet.models.registry import create_model, family_hook
 
 
 def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -82,13 +81,6 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
     return model
 
 
-def variant_input_size(name: str) -> tuple[int, int]:
-    """The input size variant ``name`` is published at (e.g. 512 x 512 for D0), whatever size a
-    weights file of it was trained at; built on the ``meta`` device (no weights, no memory)."""
-    with torch.device("meta"):
-        return tuple(create_model(name).image_size)
-
-
 def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) -> tuple[int, int] | None:
     """The input size the auto recipe picks for ``train_set`` when ``--image-size`` is not given,
     or ``None`` to keep the model's. Only for models whose input is a free (h, w)
@@ -103,7 +95,7 @@ def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) ->
         return None
     cap = tuple(model.image_size)
     if config.pretrained:
-        published = variant_input_size(config.model)
+        published = tuple(family_hook(config.model, "profile_info")(config.model)["native_size"])
         cap = (max(cap[0], published[0]), max(cap[1], published[1]))
     size = fitted_input_size(box_statistics(train_set.records), cap)
     return None if size == tuple(model.image_size) else size
