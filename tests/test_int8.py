@@ -148,6 +148,55 @@ def test_spatial_means_become_global_pools_with_the_same_values(tmp_path):
     numpy.testing.assert_allclose(before, after, atol=1e-6)
 
 
+class WeightedFusion(torch.nn.Module):
+    """BiFPN-like: constant positive weights on two feature maps, summed; a negative weight on a third."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.out = (torch.nn.Conv2d(3, 4, 3, padding=1) for _ in range(4))
+        self.out = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.out(0.25 * self.a(x) + 0.75 * self.b(x) + self.c(x) * -0.5)
+
+
+def test_constant_weights_fold_into_the_scales_with_the_same_outputs(tmp_path):
+    """``DQ(x_q; s) * w`` becomes ``DQ(x_q; s*w)`` for the two positive weights (the negative one stays a
+    Mul); onnxruntime's outputs are unchanged: the product's calibrated range is w times x's, so the
+    requantization removed was the identity."""
+    import numpy
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from scaledet.inference.quantize import constant_scales_folded
+
+    torch.manual_seed(0)
+    torch.onnx.export(WeightedFusion().eval(), (torch.randn(1, 3, 8, 8),), tmp_path / "float.onnx", dynamo=True)
+    rng = numpy.random.default_rng(0)
+    inputs = [{"x": rng.standard_normal((1, 3, 8, 8), dtype=numpy.float32)} for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(inputs)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    muls = [n.op_type for n in model.graph.node].count("Mul")
+    assert muls == 3
+    assert constant_scales_folded(model.graph) == 2
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node].count("Mul") == 1
+    onnx.save(model, str(tmp_path / "folded.onnx"))
+    before, after = (onnxruntime.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+                     for f in ("int8.onnx", "folded.onnx"))
+    for feed in inputs + [{"x": rng.standard_normal((1, 3, 8, 8), dtype=numpy.float32)}]:
+        numpy.testing.assert_array_equal(before.run(None, feed)[0], after.run(None, feed)[0])
+
+
 def test_percentile_ranges_cut_an_outlier_and_keep_the_max_pool_padding_unbounded(tmp_path):
     """x -> conv -> a; a -> pad(-inf) -> maxpool: with a 99th percentile, a rare outlier of x no longer sets
     its range (min / max does); the -inf padding stays an unbounded (always float) tensor either way."""

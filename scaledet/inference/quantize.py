@@ -589,7 +589,8 @@ def _detections(session, model: Detector, feeds: list[dict], batches: list) -> l
 def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], reduce_range: bool,
               cache: Path) -> None:
     """``quantize_static`` of ``nodes`` of ``prepared`` into ``output`` (QDQ, per-channel int8 weights, uint8
-    activations, MinMax ranges from ``cache``), with every scale checked."""
+    activations, MinMax ranges from ``cache``), with every scale checked and constant weights folded into
+    the scales (:func:`constant_scales_folded`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # ranges exist for every tensor of these op types, post-processing ones included (some are constant
@@ -601,6 +602,95 @@ def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], 
                         nodes_to_quantize=sorted(nodes), calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=cache)
     _check_scales(output)
+    import onnx
+
+    proto = onnx.load(str(output))
+    if constant_scales_folded(proto.graph):
+        onnx.save(proto, str(output))
+
+
+def constant_scales_folded(graph) -> int:
+    """Fold each quantized ``Mul`` by a positive scalar constant into its input's scale, in place; return
+    how many.
+
+    ``DQ(x_q; s, z) * w`` is exactly ``DQ(x_q; s*w, z)``: for BiFPN's weighted fusions (``w0 * x0 + w1 *
+    x1 ...`` with constant weights) the weights then cost nothing, where onnxruntime would run each as an
+    integer ``Mul`` that requantizes its input (52 of them in D0). The pattern, in the QDQ graph:
+    ``DQ(x_q; s, z)`` and ``DQ(w_q)`` -> ``Mul`` -> ``Q`` -> ``DQ`` -> consumers; it becomes ``DQ(x_q; s*w,
+    z)`` -> consumers (one requantization fewer, so also slightly more accurate). Only scalar weights > 0."""
+    from onnx import helper, numpy_helper
+
+    inits = {init.name: init for init in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {value.name for value in graph.output}
+
+    def dequantized(name):  # the DequantizeLinear producing ``name`` with a scalar scale, else None
+        node = producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in inits:
+            return None
+        return node if numpy_helper.to_array(inits[node.input[1]]).size == 1 else None
+
+    def constant_value(dq):  # the float value of a DequantizeLinear of a scalar initializer, else None
+        if dq.input[0] not in inits or any(i not in inits for i in dq.input[1:]):
+            return None
+        values = [numpy_helper.to_array(inits[i]).astype(numpy.float64) for i in dq.input]
+        if values[0].size != 1:
+            return None
+        zero = values[2] if len(values) > 2 else 0.0
+        return float(((values[0] - zero) * values[1]).ravel()[0])
+
+    replaced, folded = {}, 0  # id(node) -> its replacement (None: removed)
+    for mul in list(graph.node):
+        if mul.op_type != "Mul" or len(consumers.get(mul.output[0], [])) != 1:
+            continue
+        inputs = [dequantized(name) for name in mul.input]
+        if None in inputs:
+            continue
+        weights = [constant_value(dq) for dq in inputs]
+        if sum(w is not None for w in weights) != 1:
+            continue
+        side = 0 if weights[0] is None else 1  # the activation's DequantizeLinear
+        activation, weight = inputs[side], weights[1 - side]
+        quantize = consumers[mul.output[0]][0]
+        if weight is None or not weight > 0 or quantize.op_type != "QuantizeLinear" or quantize.output[0] in graph_outputs:
+            continue
+        requantized = consumers.get(quantize.output[0], [])
+        if not requantized or any(node.op_type != "DequantizeLinear" for node in requantized):
+            continue
+        scale = numpy_helper.to_array(inits[activation.input[1]])
+        scale_name = f"{mul.name}_folded_scale"
+        graph.initializer.append(numpy_helper.from_array((scale * weight).astype(scale.dtype), scale_name))
+        for dq in requantized:  # each DequantizeLinear of the product reads the activation, rescaled
+            replaced[id(dq)] = helper.make_node("DequantizeLinear", [activation.input[0], scale_name,
+                                                                     *activation.input[2:]],
+                                                list(dq.output), name=f"{dq.name}_folded")
+        replaced.update({id(mul): None, id(quantize): None})
+        folded += 1
+    if folded:  # in place (the new nodes read x_q, made before the Mul: the order stays topological)
+        nodes = [replaced.get(id(node), node) for node in graph.node]
+        del graph.node[:]
+        graph.node.extend(node for node in nodes if node is not None)
+        _drop_unused(graph)
+    return folded
+
+
+def _drop_unused(graph) -> None:
+    """Remove the ``DequantizeLinear`` nodes whose outputs nothing reads, then the initializers no node reads."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+        dead = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] not in read]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    unused = [init for init in graph.initializer if init.name not in read]
+    for init in unused:
+        graph.initializer.remove(init)
 
 
 def _module_paths(path: str | Path) -> dict[str, str]:
