@@ -130,13 +130,13 @@ def test_pointwise_routing_keeps_outputs_and_keys_on_small_and_large_inputs():
     assert 48 * 64 * 64 > ONEDNN_POINTWISE_MIN_NUMEL > 48
 
 
-@pytest.mark.parametrize("search", ["fast", "anchors_first"])
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("num_classes", [1, 7, 90])
-def test_top_candidates_equal_plain_topk(num_classes, search):
-    """The eager fast path and the export graph's static two-stage search give the plain top-k."""
+def test_top_candidates_equal_plain_topk(num_classes, fast):
+    """The two-step search (anchors first; with ``fast`` also filtered) gives the plain top-k."""
     logits = torch.randn(2, 3000, num_classes)
     assert torch.equal(max_over_classes(logits), logits.amax(dim=-1))
-    values, anchors, labels = top_candidates(logits, 500, **{search: True})
+    values, anchors, labels = top_candidates(logits, 500, fast=fast)
     ref_values, ref_flat = logits.reshape(2, -1).topk(500, dim=1)
     torch.testing.assert_close(values, ref_values, rtol=0, atol=0)
     assert torch.equal(anchors * num_classes + labels, ref_flat)

@@ -52,7 +52,7 @@ class EfficientDetExport(nn.Module):
         cls_out, box_out = self.network(images)
         cls_logits = flatten_outputs(cls_out, self.num_classes)  # [B, A, K]
         box_codes = flatten_outputs(box_out, 4)  # [B, A, 4]
-        logits, anchor_index, labels = top_candidates(cls_logits, self.max_points, anchors_first=True)  # [B, k]
+        logits, anchor_index, labels = top_candidates(cls_logits, self.max_points)  # [B, k]
         boxes = decode_candidates(box_codes, self.anchors, anchor_index, valid_sizes)  # [B, k, 4]
         return nms_per_class(boxes, logits.sigmoid(), labels, self.max_detections, self.iou_threshold,
                              self.class_offset)
