@@ -591,6 +591,7 @@ def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], 
     """``quantize_static`` of ``nodes`` of ``prepared`` into ``output`` (QDQ, per-channel int8 weights, uint8
     activations, MinMax ranges from ``cache``), with every scale checked and constant weights folded into
     the scales (:func:`constant_scales_folded`)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # ranges exist for every tensor of these op types, post-processing ones included (some are constant
@@ -602,8 +603,6 @@ def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], 
                         nodes_to_quantize=sorted(nodes), calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=cache)
     _check_scales(output)
-    import onnx
-
     proto = onnx.load(str(output))
     if constant_scales_folded(proto.graph):
         onnx.save(proto, str(output))
@@ -643,7 +642,7 @@ def constant_scales_folded(graph) -> int:
         zero = values[2] if len(values) > 2 else 0.0
         return float(((values[0] - zero) * values[1]).ravel()[0])
 
-    replaced, folded = {}, 0  # id(node) -> its replacement (None: removed)
+    replaced, folded = {}, 0  # a node's outputs -> its replacement (None: removed); outputs are unique
     for mul in list(graph.node):
         if mul.op_type != "Mul" or len(consumers.get(mul.output[0], [])) != 1:
             continue
@@ -656,22 +655,22 @@ def constant_scales_folded(graph) -> int:
         side = 0 if weights[0] is None else 1  # the activation's DequantizeLinear
         activation, weight = inputs[side], weights[1 - side]
         quantize = consumers[mul.output[0]][0]
-        if weight is None or not weight > 0 or quantize.op_type != "QuantizeLinear" or quantize.output[0] in graph_outputs:
+        if not weight > 0 or quantize.op_type != "QuantizeLinear" or quantize.output[0] in graph_outputs:
             continue
         requantized = consumers.get(quantize.output[0], [])
         if not requantized or any(node.op_type != "DequantizeLinear" for node in requantized):
             continue
         scale = numpy_helper.to_array(inits[activation.input[1]])
-        scale_name = f"{mul.name}_folded_scale"
+        scale_name = f"{mul.output[0]}_folded_scale"
         graph.initializer.append(numpy_helper.from_array((scale * weight).astype(scale.dtype), scale_name))
         for dq in requantized:  # each DequantizeLinear of the product reads the activation, rescaled
-            replaced[id(dq)] = helper.make_node("DequantizeLinear", [activation.input[0], scale_name,
-                                                                     *activation.input[2:]],
-                                                list(dq.output), name=f"{dq.name}_folded")
-        replaced.update({id(mul): None, id(quantize): None})
+            replaced[tuple(dq.output)] = helper.make_node(
+                "DequantizeLinear", [activation.input[0], scale_name, *activation.input[2:]], list(dq.output),
+                name=f"{dq.name}_folded")
+        replaced.update({tuple(mul.output): None, tuple(quantize.output): None})
         folded += 1
     if folded:  # in place (the new nodes read x_q, made before the Mul: the order stays topological)
-        nodes = [replaced.get(id(node), node) for node in graph.node]
+        nodes = [replaced.get(tuple(node.output), node) for node in graph.node]
         del graph.node[:]
         graph.node.extend(node for node in nodes if node is not None)
         _drop_unused(graph)
@@ -679,17 +678,18 @@ def constant_scales_folded(graph) -> int:
 
 
 def _drop_unused(graph) -> None:
-    """Remove the ``DequantizeLinear`` nodes whose outputs nothing reads, then the initializers no node reads."""
+    """Remove the ``DequantizeLinear`` nodes whose outputs nothing reads, then the initializers only they read."""
+    freed = set()
     while True:
         read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
         dead = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] not in read]
         if not dead:
             break
         for node in dead:
+            freed.update(node.input)
             graph.node.remove(node)
     read = {name for node in graph.node for name in node.input}
-    unused = [init for init in graph.initializer if init.name not in read]
-    for init in unused:
+    for init in [init for init in graph.initializer if init.name in freed - read]:
         graph.initializer.remove(init)
 
 
