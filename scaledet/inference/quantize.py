@@ -602,8 +602,8 @@ def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], 
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_quantize=sorted(nodes), calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=cache)
-    _check_scales(output)
     proto = onnx.load(str(output))
+    _check_scales(proto.graph)
     if constant_scales_folded(proto.graph):
         onnx.save(proto, str(output))
 
@@ -798,15 +798,13 @@ def _percentile_ranges(prepared: Path, names: Sequence[str], feeds: list[dict], 
     return result
 
 
-def _check_scales(path: Path) -> None:
-    """Every quantization scale in ``path`` is finite and positive (else the calibration images gave
+def _check_scales(graph) -> None:
+    """Every quantization scale in ``graph`` is finite and positive (else the calibration images gave
     an empty or infinite range somewhere)."""
-    import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
-    scales = {node.input[1] for node in proto.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
-    for init in proto.graph.initializer:
+    scales = {node.input[1] for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    for init in graph.initializer:
         if init.name in scales:
             values = numpy_helper.to_array(init)
             if not (numpy.isfinite(values).all() and (values > 0).all()):
