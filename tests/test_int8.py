@@ -11,9 +11,10 @@ import scaledet
 from benchmarks.reference import spread_random_weights
 from scaledet.cli import main
 from scaledet.export import OnnxDetector, export_onnx
-from scaledet.inference.quantize import (FLOAT_RULES, INT8_KEY, QuantizedDetector, Tolerance, _calibrate, _kept_rule,
-                                         calibration_ap, check_calibration, detection_agreement, float_rules,
-                                         network_nodes, quantize_onnx, spatial_means_as_global_pools)
+from scaledet.inference.quantize import (INT8_KEY, QuantizedDetector, Tolerance, _kept_rule, calibration_ap,
+                                         check_calibration, detection_agreement, quantize_onnx)
+from scaledet.inference.quantize_graph import FLOAT_RULES, float_rules, network_nodes, spatial_means_as_global_pools
+from scaledet.inference.quantize_ranges import calibrate
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -168,7 +169,7 @@ def test_constant_weights_fold_into_the_scales_with_the_same_outputs(tmp_path):
     import onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from scaledet.inference.quantize import constant_scales_folded
+    from scaledet.inference.quantize_graph import constant_scales_folded
 
     torch.manual_seed(0)
     torch.onnx.export(WeightedFusion().eval(), (torch.randn(1, 3, 8, 8),), tmp_path / "float.onnx", dynamo=True)
@@ -221,7 +222,7 @@ def test_percentile_ranges_cut_an_outlier_and_keep_the_max_pool_padding_unbounde
     ranges = {}
     for percentile in (None, 99.0):
         cache = tmp_path / f"ranges_{percentile}.json"
-        unbounded = _calibrate(path, feeds, cache, tmp_path, percentile)
+        unbounded = calibrate(path, feeds, cache, tmp_path, percentile)
         assert unbounded == {"padded"}
         ranges[percentile] = json.loads(cache.read_text())["data"]
     high = {p: numpy.ravel(r["x"]["highest"]["data"])[0] for p, r in ranges.items()}

@@ -15,8 +15,10 @@ with the float graph's (:func:`detection_agreement` against :data:`DEFAULT_TOLER
 metadata, and :class:`QuantizedDetector` runs it behind the detector contract.
 
 :func:`quantize_int8` is ``scaledet.optimize(model, precision="int8", calibration=images)``: export,
-quantize, and return a :class:`QuantizedDetector`. onnxruntime and onnx are optional dependencies,
-imported only here.
+quantize, and return a :class:`QuantizedDetector`. The graph analysis and rewrites live in
+:mod:`scaledet.inference.quantize_graph`, the activation ranges (min / max, percentiles) in
+:mod:`scaledet.inference.quantize_ranges`. onnxruntime and onnx are optional dependencies, imported
+only inside these three modules' functions.
 """
 
 from __future__ import annotations
@@ -40,25 +42,14 @@ from torchvision.ops import box_iou
 
 from scaledet.export.onnx import CONFIG_KEY, OnnxDetector, export_onnx
 from scaledet.inference.processor import current_processor
+from scaledet.inference.quantize_graph import (FLOAT_RULES, check_scales, constant_scales_folded, float_rules,
+                                               network_nodes, spatial_means_as_global_pools)
+from scaledet.inference.quantize_ranges import DEFAULT_PERCENTILE, QUANTIZED_OP_TYPES, CalibrationFeeds, calibrate
 from scaledet.models.base import Detections, Detector
 from scaledet.models.inputs import check_images
 
 #: metadata key of an INT8 file: JSON of :class:`QuantizationReport` (without per-rule details)
 INT8_KEY = "scaledet.int8"
-#: the ops onnxruntime's QDQ quantizer handles that sit inside detector networks
-QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Sigmoid", "Concat", "Resize", "MaxPool",
-                      "AveragePool", "GlobalAveragePool", "Clip", "Relu", "Transpose", "Reshape", "Pad")
-#: activation ranges by default: each covers 99.999% of its tensor's calibration values (``None``: the
-#: min / max). A percentile keeps one outlier from stretching a range and coarsening every step of it:
-#: EfficientDet-D0 trained on the fewshot learnability set lost 0.0171 val AP in int8 with min / max
-#: ranges and 0.0002 at 99.999 (Lite0: 0.0001 and -0.0007; on shapes D0 -0.0015 and 0.0029, Lite0
-#: 0.0074 and 0.0038: docs/inference.md). The cost: a second pass over the calibration images (D0 at
-#: 512 px, 64 images, 2 threads: calibration 72 s instead of 19 s)
-DEFAULT_PERCENTILE: float | None = 99.999
-#: op types whose tensors keep MinMax ranges: the ``-inf`` padding before a max-pool has no percentile
-MINMAX_OP_TYPES = ("Pad", "MaxPool")
-#: ops that merge feature maps (with :func:`float_rules`' "merges": also ``Mul`` by a constant weight)
-MERGE_OP_TYPES = ("Add", "Sum", "Concat", "ReduceSum")
 
 
 @dataclass(frozen=True)
@@ -135,136 +126,6 @@ def detection_agreement(reference: Sequence[Detections], other: Sequence[Detecti
                 iou[:, d] = -1.0
         out.extra += int(((scores >= tolerance.min_score + tolerance.score_tol) & ~used).sum())
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# which nodes are the network, and which of them stay float
-
-
-def network_nodes(graph) -> set[str]:
-    """Names of the nodes of ``graph`` (an ``onnx.GraphProto``) that are convolutions or feed one: the
-    network. The rest (decoding, top-k, NMS) is post-processing."""
-    producer = {output: node for node in graph.node for output in node.output}
-    found: set[str] = set()
-    stack = [node for node in graph.node if node.op_type == "Conv"]
-    while stack:
-        node = stack.pop()
-        if node.name in found:
-            continue
-        found.add(node.name)
-        stack += [producer[name] for name in node.input if name in producer]
-    return found
-
-
-def _conv_neighbours(graph, network: set[str]) -> tuple[set[str], set[str]]:
-    """``(first convs, last convs)``: convolutions with no convolution upstream / downstream."""
-    producer = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def reaches_conv(start, step) -> bool:
-        seen, stack = set(), list(step(start))
-        while stack:
-            node = stack.pop()
-            if node.name in seen or node.name not in network:
-                continue
-            if node.op_type == "Conv":
-                return True
-            seen.add(node.name)
-            stack += step(node)
-        return False
-
-    upstream = lambda node: [producer[n] for n in node.input if n in producer]  # noqa: E731
-    downstream = lambda node: [c for n in node.output for c in consumers.get(n, [])]  # noqa: E731
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-    return ({c.name for c in convs if not reaches_conv(c, upstream)},
-            {c.name for c in convs if not reaches_conv(c, downstream)})
-
-
-def spatial_means_as_global_pools(graph) -> int:
-    """Rewrite, in place, each ``ReduceMean`` of ``graph`` (an ``onnx.GraphProto``) that averages a 4-d
-    tensor over its two spatial axes and keeps them (squeeze-excitation's ``x.mean((2, 3), keepdim=True)``)
-    as the equal ``GlobalAveragePool``. onnxruntime runs the latter in int8 and the former only in float,
-    between a dequantize and a quantize, on NHWC data: on D0 512 (batch 1, 1 thread, AMD EPYC) the 16
-    means took 16 ms of a 98 ms INT8 graph, the pools take 0.9 ms. Needs the shapes inferred
-    (``quant_pre_process``); means of unknown rank are left alone. Returns the number rewritten."""
-    from onnx import helper, numpy_helper
-
-    initializers = {init.name: init for init in graph.initializer}
-    constants = {node.output[0]: node.attribute[0].t for node in graph.node
-                 if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"}
-    ranks = {info.name: len(info.type.tensor_type.shape.dim) for info in [*graph.value_info, *graph.input]
-             if info.type.tensor_type.HasField("shape")}
-    rewritten, axes_inputs = 0, set()
-    for node in graph.node:
-        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
-            continue
-        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if len(node.input) > 1:  # opset >= 18: axes are an input
-            tensor = initializers.get(node.input[1], constants.get(node.input[1]))
-            axes = None if tensor is None else numpy_helper.to_array(tensor)
-        else:
-            axes = attributes.get("axes")
-        if axes is None or attributes.get("keepdims", 1) != 1:
-            continue
-        if sorted(int(a) % 4 for a in numpy.atleast_1d(axes)) == [2, 3]:
-            axes_inputs.update(node.input[1:])
-            node.CopyFrom(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
-            rewritten += 1
-    if rewritten:  # drop the axes initializers no node reads any more
-        used = {name for node in graph.node for name in node.input}
-        kept = [init for init in graph.initializer if init.name not in axes_inputs or init.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-    return rewritten
-
-
-def _constants(graph) -> set[str]:
-    """Names of initializers and ``Constant`` outputs."""
-    return {init.name for init in graph.initializer} | {
-        output for node in graph.node if node.op_type == "Constant" for output in node.output}
-
-
-def _merge_nodes(graph, network: set[str]) -> set[str]:
-    """Network nodes that merge feature maps: :data:`MERGE_OP_TYPES`, and ``Mul`` by a constant (the
-    weights of a weighted fusion, e.g. BiFPN's)."""
-    constants = _constants(graph)
-    return {node.name for node in graph.node if node.name in network and (
-        node.op_type in MERGE_OP_TYPES or (node.op_type == "Mul" and any(i in constants for i in node.input)))}
-
-
-def _gate_nodes(graph, network: set[str]) -> set[str]:
-    """Network nodes that gate activations: ``Sigmoid`` and ``Mul`` of two activations (SiLU / swish
-    ``x * sigmoid(x)``, squeeze-excitation ``x * sigmoid(se)``)."""
-    constants = _constants(graph)
-    return {node.name for node in graph.node if node.name in network and (
-        node.op_type == "Sigmoid" or (node.op_type == "Mul" and not any(i in constants for i in node.input)))}
-
-
-#: candidate float-kept parts, most quantized first: (name, parts) with parts from ``first-conv`` (the
-#: stem: convs with no conv upstream), ``last-convs`` (the predictors: no conv downstream), ``merges``
-#: (:func:`_merge_nodes`), ``gates`` (:func:`_gate_nodes`) and ``non-conv`` (every network node but
-#: the convolutions: only convolutions run in int8)
-FLOAT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("none", ()),
-    ("first-conv+last-convs", ("first-conv", "last-convs")),
-    ("gates", ("gates",)),
-    ("gates+merges", ("gates", "merges")),
-    ("non-conv", ("non-conv",)),
-    ("non-conv+first-conv+last-convs", ("non-conv", "first-conv", "last-convs")),
-)
-
-
-def float_rules(graph) -> list[tuple[str, set[str]]]:
-    """:data:`FLOAT_RULES` resolved on ``graph``: ``[(rule name, names of network nodes kept float)]``."""
-    network = network_nodes(graph)
-    first, last = _conv_neighbours(graph, network)
-    convs = {node.name for node in graph.node if node.op_type == "Conv"}
-    parts = {"first-conv": first, "last-convs": last, "merges": _merge_nodes(graph, network),
-             "gates": _gate_nodes(graph, network), "non-conv": network - convs}
-    return [(name, set().union(*(parts[p] for p in chosen))) for name, chosen in FLOAT_RULES]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,22 +207,6 @@ def has_vnni() -> bool:
     """Whether this processor multiplies u8 x s8 without saturating (VNNI or AMX); without, the INT8
     file is made with 7-bit weights (``reduce_range``)."""
     return bool(VNNI_FLAGS & current_processor().flags)
-
-
-class _Feeds:
-    """onnxruntime ``CalibrationDataReader``: one preprocessed image per call (batch 1)."""
-
-    def __init__(self, feeds: list[dict]) -> None:
-        self.feeds, self.index = feeds, 0
-
-    def get_next(self) -> dict | None:
-        if self.index >= len(self.feeds):
-            return None
-        self.index += 1
-        return self.feeds[self.index - 1]
-
-    def __len__(self) -> int:
-        return len(self.feeds)
 
 
 def _session(path: Path, threads: int | None):
@@ -447,7 +292,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             runs this, which should be the one that will run the file.
         percentile: activation ranges cover this percent of each tensor's calibration values
             (fixed-bin histograms over each min / max, both tails cut equally, one image at a time), except
-            the tensors of :data:`MINMAX_OP_TYPES` nodes (default :data:`DEFAULT_PERCENTILE`); ``100``
+            the tensors of :data:`~scaledet.inference.quantize_ranges.MINMAX_OP_TYPES` nodes (default :data:`DEFAULT_PERCENTILE`); ``100``
             or ``None``: every range is the min / max.
     """
     if choose not in ("first", "fastest"):
@@ -475,7 +320,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             onnx.save(prepared_model, str(prepared))
         ranges = "min / max" if percentile is None else f"{percentile}th percentile"
         say(f"int8: calibrating activation ranges ({ranges}) on {len(feeds)} images")
-        unbounded = _calibrate(prepared, feeds, cache, Path(tmp), percentile)
+        unbounded = calibrate(prepared, feeds, cache, Path(tmp), percentile)
         network = network_nodes(graph)
         # nodes reading or writing a tensor with an infinite range (the -inf padding of a max-pool)
         # cannot be quantized: always float
@@ -595,102 +440,17 @@ def _quantize(prepared: Path, output: Path, feeds: list[dict], nodes: set[str], 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # ranges exist for every tensor of these op types, post-processing ones included (some are constant
-    # or infinite there: numpy warns); only the network's are used, and checked by _check_scales
+    # or infinite there: numpy warns); only the network's are used, and checked by check_scales
     with numpy.errstate(divide="ignore", invalid="ignore"):
-        quantize_static(str(prepared), str(output), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(output), CalibrationFeeds(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_quantize=sorted(nodes), calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=cache)
     proto = onnx.load(str(output))
-    _check_scales(proto.graph)
+    check_scales(proto.graph)
     if constant_scales_folded(proto.graph):
         onnx.save(proto, str(output))
-
-
-def constant_scales_folded(graph) -> int:
-    """Fold each quantized ``Mul`` by a positive scalar constant into its input's scale, in place; return
-    how many.
-
-    ``DQ(x_q; s, z) * w`` is exactly ``DQ(x_q; s*w, z)``: for BiFPN's weighted fusions (``w0 * x0 + w1 *
-    x1 ...`` with constant weights) the weights then cost nothing, where onnxruntime would run each as an
-    integer ``Mul`` that requantizes its input (52 of them in D0). The pattern, in the QDQ graph:
-    ``DQ(x_q; s, z)`` and ``DQ(w_q)`` -> ``Mul`` -> ``Q`` -> ``DQ`` -> consumers; it becomes ``DQ(x_q; s*w,
-    z)`` -> consumers (one requantization fewer, so also slightly more accurate). Only scalar weights > 0."""
-    from onnx import helper, numpy_helper
-
-    inits = {init.name: init for init in graph.initializer}
-    producer = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {value.name for value in graph.output}
-
-    def dequantized(name):  # the DequantizeLinear producing ``name`` with a scalar scale, else None
-        node = producer.get(name)
-        if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in inits:
-            return None
-        return node if numpy_helper.to_array(inits[node.input[1]]).size == 1 else None
-
-    def constant_value(dq):  # the float value of a DequantizeLinear of a scalar initializer, else None
-        if dq.input[0] not in inits or any(i not in inits for i in dq.input[1:]):
-            return None
-        values = [numpy_helper.to_array(inits[i]).astype(numpy.float64) for i in dq.input]
-        if values[0].size != 1:
-            return None
-        zero = values[2] if len(values) > 2 else 0.0
-        return float(((values[0] - zero) * values[1]).ravel()[0])
-
-    replaced, folded = {}, 0  # a node's outputs -> its replacement (None: removed); outputs are unique
-    for mul in list(graph.node):
-        if mul.op_type != "Mul" or len(consumers.get(mul.output[0], [])) != 1:
-            continue
-        inputs = [dequantized(name) for name in mul.input]
-        if None in inputs:
-            continue
-        weights = [constant_value(dq) for dq in inputs]
-        if sum(w is not None for w in weights) != 1:
-            continue
-        side = 0 if weights[0] is None else 1  # the activation's DequantizeLinear
-        activation, weight = inputs[side], weights[1 - side]
-        quantize = consumers[mul.output[0]][0]
-        if not weight > 0 or quantize.op_type != "QuantizeLinear" or quantize.output[0] in graph_outputs:
-            continue
-        requantized = consumers.get(quantize.output[0], [])
-        if not requantized or any(node.op_type != "DequantizeLinear" for node in requantized):
-            continue
-        scale = numpy_helper.to_array(inits[activation.input[1]])
-        scale_name = f"{mul.output[0]}_folded_scale"
-        graph.initializer.append(numpy_helper.from_array((scale * weight).astype(scale.dtype), scale_name))
-        for dq in requantized:  # each DequantizeLinear of the product reads the activation, rescaled
-            replaced[tuple(dq.output)] = helper.make_node(
-                "DequantizeLinear", [activation.input[0], scale_name, *activation.input[2:]], list(dq.output),
-                name=f"{dq.name}_folded")
-        replaced.update({tuple(mul.output): None, tuple(quantize.output): None})
-        folded += 1
-    if folded:  # in place (the new nodes read x_q, made before the Mul: the order stays topological)
-        nodes = [replaced.get(tuple(node.output), node) for node in graph.node]
-        del graph.node[:]
-        graph.node.extend(node for node in nodes if node is not None)
-        _drop_unused(graph)
-    return folded
-
-
-def _drop_unused(graph) -> None:
-    """Remove the ``DequantizeLinear`` nodes whose outputs nothing reads, then the initializers only they read."""
-    freed = set()
-    while True:
-        read = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-        dead = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] not in read]
-        if not dead:
-            break
-        for node in dead:
-            freed.update(node.input)
-            graph.node.remove(node)
-    read = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name in freed - read]:
-        graph.initializer.remove(init)
 
 
 def _module_paths(path: str | Path) -> dict[str, str]:
@@ -706,110 +466,6 @@ def _module_paths(path: str | Path) -> dict[str, str]:
                 if len(scopes) >= 2 and scopes[-2]:
                     paths[node.name] = scopes[-2]
     return paths
-
-
-def _calibrate(prepared: Path, feeds: list[dict], cache: Path, tmp: Path, percentile: float | None) -> set[str]:
-    """Ranges of every tensor of :data:`QUANTIZED_OP_TYPES` nodes over ``feeds``, written to ``cache``
-    (``quantize_static``'s ``calibration_cache_path``, so each rule reuses them): min / max, then, with
-    ``percentile``, the finite ranges of the tensors of the other op types than :data:`MINMAX_OP_TYPES`
-    replaced by their percentile ranges (:func:`_percentile_ranges`). Returns the names of tensors whose
-    min / max is not finite."""
-    from onnxruntime.quantization.calibrate import (CalibrationMethod, TensorData, TensorsData, create_calibrator,
-                                                    save_tensors_data)
-
-    calibrator = create_calibrator(prepared, list(QUANTIZED_OP_TYPES), augmented_model_path=str(tmp / "minmax.onnx"),
-                                   calibrate_method=CalibrationMethod.MinMax)
-    calibrator.collect_data(_Feeds(feeds))  # the augmented graph reduces each tensor to its min and max
-    ranges = calibrator.compute_data()
-    minmax = {name: tuple(float(numpy.asarray(v).reshape(-1)[0]) for v in data.range_value)
-              for name, data in ranges.items()}
-    unbounded = {name for name, (low, high) in minmax.items() if not numpy.isfinite([low, high]).all()}
-    if percentile is not None:
-        histogram_ops = [op for op in QUANTIZED_OP_TYPES if op not in MINMAX_OP_TYPES]
-        names = _tensors_of(prepared, histogram_ops) & {n for n, (low, high) in minmax.items()
-                                                        if n not in unbounded and high > low}
-        merged = dict(ranges.items())
-        for name, (low, high) in _percentile_ranges(prepared, sorted(names), feeds, minmax, percentile, tmp).items():
-            merged[name] = TensorData(lowest=numpy.float32([low]), highest=numpy.float32([high]))
-        ranges = TensorsData(CalibrationMethod.MinMax, merged)
-    save_tensors_data(ranges, cache)
-    return unbounded
-
-
-def _tensors_of(path: Path, op_types: Sequence[str]) -> set[str]:
-    """Names of the float activation tensors (not weights) read or written by ``op_types`` nodes."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    infos = {info.name: info for info in [*graph.value_info, *graph.output, *graph.input]}
-    weights = {init.name for init in graph.initializer}
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
-    return {name for node in graph.node if node.op_type in op_types for name in [*node.input, *node.output]
-            if name in infos and name not in weights and infos[name].type.tensor_type.elem_type in floats}
-
-
-#: bins of the percentile histograms, over each tensor's calibration min / max
-PERCENTILE_BINS = 16384
-
-
-def _percentile_ranges(prepared: Path, names: Sequence[str], feeds: list[dict], minmax: dict[str, tuple[float, float]],
-                       percentile: float, tmp: Path, bins: int = PERCENTILE_BINS) -> dict[str, tuple[float, float]]:
-    """``{tensor: (low, high)}`` covering ``percentile`` % of each tensor's values over ``feeds`` (both
-    tails cut equally), from histograms of ``bins`` fixed bins over the tensor's min / max (``minmax``,
-    which the first pass measured): one image at a time, so memory holds one image's tensors, and
-    every image adds to the same bins (no re-binning when a later image widens a range). Each cut lands
-    on the outer edge of its bin, so a range never shrinks past the percentile."""
-    import onnx
-    import onnxruntime
-
-    model = onnx.load(str(prepared))
-    infos = {info.name: info for info in model.graph.value_info}
-    inputs = {info.name for info in model.graph.input}
-    existing = {info.name for info in model.graph.output}
-    for name in names:
-        if name not in existing and name not in inputs:
-            model.graph.output.append(infos[name])
-    augmented = tmp / "histograms.onnx"
-    onnx.save(model, str(augmented))
-    del model
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = onnxruntime.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
-    fetched = [name for name in names if name not in inputs]
-    counts = {name: torch.zeros(bins, dtype=torch.float64) for name in names}
-    for feed in feeds:
-        values = dict(zip(fetched, session.run(fetched, feed)))
-        values.update({name: feed[name] for name in names if name in inputs})
-        for name in names:
-            low, high = minmax[name]
-            data = torch.from_numpy(numpy.ascontiguousarray(values[name], dtype=numpy.float32)).reshape(-1)
-            counts[name] += torch.histc(data, bins=bins, min=low, max=high).double()
-        del values
-    result = {}
-    tail = (100.0 - percentile) / 200.0
-    for name, count in counts.items():
-        low, high = minmax[name]
-        cumulative = torch.cumsum(count, 0) / count.sum()
-        width = (high - low) / bins
-        # the bins holding the low and the high cut
-        first = int(torch.searchsorted(cumulative, torch.tensor([tail], dtype=torch.float64)))
-        last = int(torch.searchsorted(cumulative, torch.tensor([1.0 - tail], dtype=torch.float64)))
-        result[name] = (low + first * width, min(high, low + (min(last, bins - 1) + 1) * width))
-    return result
-
-
-def _check_scales(graph) -> None:
-    """Every quantization scale in ``graph`` is finite and positive (else the calibration images gave
-    an empty or infinite range somewhere)."""
-    from onnx import numpy_helper
-
-    scales = {node.input[1] for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
-    for init in graph.initializer:
-        if init.name in scales:
-            values = numpy_helper.to_array(init)
-            if not (numpy.isfinite(values).all() and (values > 0).all()):
-                raise ValueError(f"int8: quantization scale {init.name!r} is {values.ravel()[:4]}: the calibration "
-                                 "images give an empty or infinite range there; use more varied images")
 
 
 def _write_metadata(path: Path, config: dict, report: QuantizationReport) -> None:
