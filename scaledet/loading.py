@@ -16,7 +16,7 @@ from torch import nn
 from scaledet.errors import UserError
 from scaledet.export import OnnxDetector
 from scaledet.models.registry import create_model
-from scaledet.weights import read_weights_config
+from scaledet.weights import is_training_checkpoint, read_weights_config, torch_load_weights_only
 
 
 def load(path: str | Path | None, *, model: str | None = None, num_classes: int | None = None,
@@ -27,7 +27,9 @@ def load(path: str | Path | None, *, model: str | None = None, num_classes: int 
     Args:
         path: one of
             * our ``.safetensors`` (its stored config names the model and rebuilds it:
-              :func:`~scaledet.models.registry.create_from_config`'s fields);
+              :func:`~scaledet.models.registry.create_from_config`'s fields), or a training
+              checkpoint of ours (``last.pt`` / ``best.pt``: its config and the weights it evaluates,
+              the EMA's when it has one);
             * another project's checkpoint - effdet / official EfficientDet ``.pth``, official
               DETR ``.pth``, Hugging Face DETR ``.bin`` / ``.safetensors`` - detected and converted
               by the family's converter; these carry no config, so ``model`` is required;
@@ -67,7 +69,11 @@ def _stored_model_name(path: str | Path | None) -> str:
         raise UserError("give the model name (--model NAME / model=NAME) for random or 'coco' weights")
     if not Path(path).exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    config = read_weights_config(path) if Path(path).suffix == ".safetensors" else None
+    if Path(path).suffix == ".safetensors":
+        config = read_weights_config(path)
+    else:  # a training checkpoint of ours (last.pt / best.pt) names its model; other projects' files do not
+        loaded = torch_load_weights_only(path)
+        config = loaded["model_config"] if is_training_checkpoint(loaded) else None
     if not config or "model" not in config:
         raise UserError(f"{path} does not name its model (not a scaledet weights file): give the model name "
                         "(--model NAME / model=NAME)")

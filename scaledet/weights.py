@@ -138,26 +138,26 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a flat ``{key: tensor}`` state dict from any supported file, safely.
 
     * ``.safetensors`` -> loaded with safetensors.
-    * anything else -> ``torch.load(weights_only=True)``; if the result nests the state dict
-      under ``"ema" -> "module"`` (the official RT-DETR files), ``"model"``, ``"state_dict"`` or
-      ``"model_state"`` (training checkpoints, the official DETR files), that entry is returned.
+    * anything else -> ``torch.load(weights_only=True)``; a scaledet training checkpoint (``last.pt`` /
+      ``best.pt``) gives the weights it evaluates (the EMA's when it has one); if the result nests the
+      state dict under ``"ema" -> "module"`` (the official RT-DETR files), ``"model"``, ``"state_dict"``
+      or ``"model_state"`` (training checkpoints, the official DETR files), that entry is returned.
 
     Raises:
         FileNotFoundError: no such file.
         UserError (a ValueError): the file is empty or corrupt, holds pickled code, or holds no
             tensor state dict.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if is_safetensors(path):
-        try:
-            return load_file(str(path))
-        except OSError:
-            raise
-        except Exception as error:  # SafetensorError on bad bytes
-            raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
-    loaded = torch_load_weights_only(path)
+    return read_checkpoint(path)[0]
+
+
+def _nested_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor state dict inside what ``torch.load`` gave for ``path`` (see :func:`load_checkpoint`)."""
+    if is_training_checkpoint(loaded):
+        ema = loaded.get("ema")
+        if isinstance(ema, dict):  # torch's AveragedModel: the averaged detector under "module."
+            return {key[len("module."):]: value for key, value in ema.items() if key.startswith("module.")}
+        return dict(loaded["model"])
     ema = loaded.get("ema") if isinstance(loaded, dict) else None
     if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
         loaded = ema["module"]  # the official RT-DETR files: the EMA weights, as evaluated
@@ -170,12 +170,33 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
+def is_training_checkpoint(loaded: Any) -> bool:
+    """Whether ``loaded`` (what ``torch.load`` gave) is a checkpoint scaledet's trainer wrote (``last.pt`` /
+    ``best.pt``: the model, its EMA, the optimizer, ... and the model config)."""
+    return (isinstance(loaded, dict) and isinstance(loaded.get("model"), dict) and "step" in loaded
+            and isinstance(loaded.get("model_config"), dict) and "model" in loaded["model_config"])
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """``(state dict, config)`` of a weights file: :func:`load_checkpoint`'s flat state dict and,
-    for our safetensors files, the stored config (:func:`read_weights_config`); ``None`` for any
-    other file (effdet / official / Hugging Face checkpoints carry no config)."""
-    state_dict = load_checkpoint(path)
-    config = read_weights_config(path) if is_safetensors(path) else None
+    """``(state dict, config)`` of a weights file: :func:`load_checkpoint`'s flat state dict and, for
+    our safetensors files (:func:`read_weights_config`) and our trainer's checkpoints, the stored
+    model config; ``None`` for any other file (effdet / official / Hugging Face checkpoints carry no
+    config)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if is_safetensors(path):
+        try:
+            state_dict = load_file(str(path))
+        except OSError:
+            raise
+        except Exception as error:  # SafetensorError on bad bytes
+            raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
+        config = read_weights_config(path)
+    else:
+        loaded = torch_load_weights_only(path)
+        state_dict = _nested_state_dict(loaded, path)
+        config = loaded["model_config"] if is_training_checkpoint(loaded) else None
     return state_dict, config if isinstance(config, dict) and "model" in config else None
 
 

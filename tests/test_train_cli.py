@@ -54,6 +54,11 @@ def test_train_command_writes_every_output(tmp_path, capsys):
     ema = {key.removeprefix("module."): value for key, value in state["ema"].items() if key != "n_averaged"}
     for key, value in model.state_dict().items():
         assert torch.equal(value, ema[key]), key
+    # so does the training checkpoint itself, with its config (no --model needed: predict / eval / export)
+    from_checkpoint = scaledet.load(out / "last.pt")
+    assert from_checkpoint.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, from_checkpoint.state_dict()[key]), key
 
     # --resume continues from last.pt: two more epochs = four more steps
     code = main(["train", "--config", str(config), "--train", str(train_json), "--val", str(val_json),
