@@ -92,6 +92,23 @@ def test_predict_then_eval_keeps_dataset_ids(coco_set, tmp_path, monkeypatch, ca
         capsys.readouterr().err)
 
 
+def test_predict_data_writes_the_datasets_ids_as_eval_does(coco_set, tmp_path, monkeypatch):
+    """Weights trained on another format's copy of the data (ids 1..K) and with a class the dataset lacks:
+    ``predict --data`` writes the dataset's category ids, matched by class name, as ``eval --results`` does."""
+
+    class OtherIds(GroundTruthStub):
+        class_names = [c["name"] for c in CATEGORIES] + ["owl"]
+        category_ids = [1, 2, 3, 4]
+
+    monkeypatch.setattr(predict_command, "load_detector", lambda args: OtherIds(coco_set))
+    assert main(["predict", "--data", str(coco_set), "--output", str(tmp_path / "a"), "--score-threshold", "0"]) == 0
+    rows = json.loads((tmp_path / "a" / "detections.json").read_text())
+    assert {r["category_id"] for r in rows} == {1, 5, 90}
+    assert json.loads((tmp_path / "a" / "detections.images.json").read_text())["categories"] == CATEGORIES
+    code, stats = _eval(coco_set, tmp_path / "a" / "detections.json", tmp_path)
+    assert code == 0 and stats["AP"] == pytest.approx(1.0)
+
+
 def test_trained_weights_carry_the_category_ids(coco_set, tmp_path):
     train = open_dataset(coco_set)
     assert train.label_to_category_id == [1, 5, 90] and [r.image_id for r in train.records] == [107, 108, 109]

@@ -73,3 +73,28 @@ def test_cli_eval_renders_shapes_for_detr_unscaled_whatever_the_size_flag(tmp_pa
         assert "shapes(seed=1, n=2, size=48x48): 2 images" in capsys.readouterr().out
         stats.append(json.loads(out.read_text()))
     assert [stats[0][k] for k in STAT_KEYS] == [stats[1][k] for k in STAT_KEYS]
+
+
+def test_label_mapping_by_name_and_what_it_refuses():
+    from scaledet.evaluation.runner import label_mapping
+
+    assert label_mapping(["a", "b"], ["a", "b"]) == [0, 1]
+    with pytest.warns(UserWarning, match=r"the model has no class \[a\] of the dataset \(1 of 2\): they score AP 0"):
+        assert label_mapping(["b", "x"], ["a", "b"]) == [1, -1]
+    with pytest.warns(UserWarning, match="assuming the same class order"):  # a model built without names
+        assert label_mapping(["class_0", "class_1"], ["cat", "dog"]) == [0, 1]
+    with pytest.raises(ValueError, match=r"the model's classes \[circle, square\] share no name with the dataset's "
+                                         r"\[cup, horse\]: the weights were trained on other classes"):
+        label_mapping(["circle", "square"], ["cup", "horse"])
+
+
+def test_cli_eval_of_weights_trained_on_other_classes_is_an_error(tmp_path, capsys):
+    """Named classes of the model that share no name with the dataset's: exit 2 with a line, not an AP."""
+    dataset = ShapesDataset(num_images=2, image_size=(48, 64), seed=5)
+    annotations = write_coco(dataset, tmp_path / "data")
+    model = create_model("efficientdet_d0", num_classes=4, image_size=64, class_names=["cup", "horse", "clock", "wheel"])
+    weights = save_weights(model.state_dict(), tmp_path / "d0.safetensors", model.config)
+    assert cli_main(["eval", "--weights", str(weights), "--data", str(annotations)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("scaledet eval: error: the model's classes [cup, horse, clock, wheel]")
+    assert "share no name with the dataset's [circle, square, triangle, cross]" in errors[0]

@@ -121,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
         args.tiling = tile_options(args)
         detector = load_detector(args)
         dataset = _open_data(args, detector) if args.data else None
+        category_ids = _dataset_category_ids(detector, dataset) if dataset is not None else category_ids_of(detector)
     except (ValueError, FileNotFoundError) as error:
         print(f"scaledet predict: error: {error}", file=sys.stderr)
         return 2
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"results": [], "images": [], "used": set(), "skipped": 0, "done": 0,
-             "category_ids": category_ids_of(detector)}
+             "category_ids": category_ids}
     if dataset is not None:
         paths, units = [], list(range(len(dataset.records)))
     else:
@@ -164,6 +165,16 @@ def _open_data(args: argparse.Namespace, detector):
     dataset = open_eval_dataset(args.data, args.images, args.split, detector)
     print_report(dataset)
     return dataset
+
+
+def _dataset_category_ids(detector, dataset) -> list[int | None]:
+    """The ``--data`` dataset's category id of each model label, matched by class name (as ``scaledet eval``
+    writes them, so the two results files are the same pair); ``None``: a class the dataset lacks, whose
+    detections are drawn but not written."""
+    from scaledet.evaluation.runner import label_mapping
+
+    mapping = label_mapping(detector.class_names, dataset.class_names)
+    return [dataset.label_to_category_id[label] if label >= 0 else None for label in mapping]
 
 
 def _register(frame, state: dict, args: argparse.Namespace) -> list[dict]:

@@ -52,14 +52,14 @@ def images_path(detections_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.images.json")
 
 
-def detection_rows(image_id: int, detections: dict[str, Tensor], category_ids: Sequence[int],
+def detection_rows(image_id: int, detections: dict[str, Tensor], category_ids: Sequence[int | None],
                    threshold: float = 0.0) -> list[dict]:
     """COCO result rows of one image's detections.
 
     Args:
         image_id: the id the rows carry.
         detections: ``dict(boxes=Tensor[N, 4] xyxy pixels, scores=Tensor[N], labels=Tensor[N] int)``.
-        category_ids: label ``k`` is written as ``category_ids[k]``.
+        category_ids: label ``k`` is written as ``category_ids[k]`` (``None``: not written).
         threshold: rows only for scores >= this.
 
     Returns:
@@ -78,12 +78,13 @@ def detection_rows(image_id: int, detections: dict[str, Tensor], category_ids: S
     return [
         {"image_id": int(image_id), "category_id": int(category_ids[label]), "bbox": box, "score": score}
         for box, score, label in zip(xywh, scores[keep].tolist(), labels[keep].tolist())
+        if category_ids[label] is not None
     ]
 
 
-def categories_of(category_ids: Sequence[int], class_names: Sequence[str]) -> list[dict]:
-    """COCO ``categories`` rows ``[{"id", "name"}]`` of a model's labels (label order)."""
-    return [{"id": int(cid), "name": str(name)} for cid, name in zip(category_ids, class_names)]
+def categories_of(category_ids: Sequence[int | None], class_names: Sequence[str]) -> list[dict]:
+    """COCO ``categories`` rows ``[{"id", "name"}]`` of a model's labels (label order; ``None`` ids left out)."""
+    return [{"id": int(cid), "name": str(name)} for cid, name in zip(category_ids, class_names) if cid is not None]
 
 
 def write_detections(path: str | Path, rows: list[dict], images: list[dict], categories: list[dict],

@@ -9,6 +9,7 @@ through :func:`predict_dataset` and :func:`score_predictions`.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -40,11 +41,17 @@ class Prediction(NamedTuple):
     detections: dict[str, Tensor]
 
 
-def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
-    """Model label -> dataset label (``-1``: class not in the dataset).
+#: class names that say nothing about the class: ``class_0`` (a model built without names), ``0``, ``3``
+_PLACEHOLDER_NAME = re.compile(r"(class_?)?\d+", re.IGNORECASE)
 
-    Matches by class name; when no name matches but the class counts are equal, assumes the
-    same order (with a warning). Raises ValueError when neither works.
+
+def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
+    """Model label -> dataset label (``-1``: class not in the dataset), by class name.
+
+    When some names match, the dataset's classes the model lacks are named in a warning (they can
+    only score AP 0, and count in the mean). When no name matches, the same class order is assumed
+    (with a warning) only if the counts are equal and one side's names are placeholders (``class_0``,
+    ``0``, ...); otherwise the model was trained on other classes: ValueError naming both sides.
     """
     model_names, dataset_names = list(model_names), list(dataset_names)
     if model_names == dataset_names:
@@ -52,11 +59,27 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
     index = {name: i for i, name in enumerate(dataset_names)}
     mapping = [index.get(name, -1) for name in model_names]
     if any(m >= 0 for m in mapping):
+        known = set(model_names)
+        lacking = [name for name in dataset_names if name not in known]
+        if lacking:
+            warnings.warn(f"the model has no class {_listed(lacking)} of the dataset ({len(lacking)} of "
+                          f"{len(dataset_names)}): they score AP 0 and count in the mean AP", stacklevel=2)
         return mapping
-    if len(model_names) == len(dataset_names):
-        warnings.warn("model and dataset class names differ; assuming the same class order", stacklevel=2)
+    placeholders = any(all(_PLACEHOLDER_NAME.fullmatch(str(name)) for name in names)
+                       for names in (model_names, dataset_names))
+    if len(model_names) == len(dataset_names) and placeholders:
+        warnings.warn(f"model classes {_listed(model_names)} are not named as the dataset's {_listed(dataset_names)}; "
+                      "assuming the same class order", stacklevel=2)
         return list(range(len(model_names)))
-    raise ValueError(f"model classes {model_names[:5]}... do not match dataset classes {dataset_names[:5]}...")
+    raise ValueError(f"the model's classes {_listed(model_names)} share no name with the dataset's "
+                     f"{_listed(dataset_names)}: the weights were trained on other classes (use weights trained "
+                     "on this dataset's classes; classes are matched by name)")
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    """``[a, b, c, ...]`` with at most ``most`` names."""
+    shown = ", ".join(str(name) for name in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}]"
 
 
 @torch.no_grad()
