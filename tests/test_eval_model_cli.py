@@ -98,3 +98,26 @@ def test_cli_eval_of_weights_trained_on_other_classes_is_an_error(tmp_path, caps
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("scaledet eval: error: the model's classes [cup, horse, clock, wheel]")
     assert "share no name with the dataset's [circle, square, triangle, cross]" in errors[0]
+
+
+def test_eval_and_predict_read_a_voc_folders_val_split_by_default(tmp_path):
+    """As ``train --val`` does: ImageSets/Main/val.txt when it exists (not train + val together), else every XML."""
+    from PIL import Image
+
+    from scaledet.commands.eval import open_eval_dataset
+
+    root = tmp_path / "VOC"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    for stem in ("000001", "000002", "000003"):
+        Image.new("RGB", (40, 30)).save(root / "JPEGImages" / f"{stem}.jpg")
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><object><name>cat</name><bndbox><xmin>2</xmin><ymin>3</ymin>"
+            "<xmax>20</xmax><ymax>25</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("000001\n000002\n")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("000003\n")
+    val = open_eval_dataset(str(root), None, None, detector=None)
+    assert len(val) == 1 and val.report.source.endswith("[val]")
+    assert len(open_eval_dataset(str(root), None, "train", detector=None)) == 2
+    (root / "ImageSets" / "Main" / "val.txt").unlink()
+    assert len(open_eval_dataset(str(root), None, None, detector=None)) == 3  # no val split: every XML

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--data", help="COCO JSON, VOC folder, YOLO data.yaml, or shapes:val (drawn at a size the "
                        "model's eval resize leaves unscaled)")
     model.add_argument("--images", help="image folder for a COCO JSON (default: beside it or images/)")
-    model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO)")
+    model.add_argument("--split", help="VOC / YOLO split (default: val for YOLO, and for VOC when "
+                       "ImageSets/Main/val.txt exists)")
     model.add_argument("--allow-empty", action="store_true", help="accept data without any box (AP is then -1)")
     model.add_argument("--image-size", type=int, help="model input size override")
     model.add_argument("--batch-size", type=int, default=8)
@@ -54,12 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_eval_dataset(data: str, images: str | None, split: str | None, detector, allow_empty: bool = False):
-    """The dataset ``--data`` names, untransformed; YOLO's split defaults to ``val`` and the
-    built-in shapes set is rendered at ``detector``'s
+    """The dataset ``--data`` names, untransformed; the split defaults to ``val`` for YOLO and for a VOC
+    folder with ``ImageSets/Main/val.txt`` (as ``scaledet train --val`` reads them; otherwise every
+    XML), and the built-in shapes set is rendered at ``detector``'s
     :meth:`~scaledet.models.base.Detector.unresized_size` (as ``scaledet demo`` renders it)."""
     from scaledet.data import open_dataset
+    from scaledet.data.voc import find_voc_root
 
-    split = split or ("val" if str(data).endswith((".yaml", ".yml")) else None)
+    if split is None and str(data).endswith((".yaml", ".yml")):
+        split = "val"
+    elif split is None and not str(data).startswith("shapes") and Path(data).is_dir():
+        root = find_voc_root(Path(data))
+        split = "val" if root is not None and (root / "ImageSets" / "Main" / "val.txt").is_file() else None
     options = {"image_size": tuple(detector.unresized_size())} if str(data).startswith("shapes") else {}
     return open_dataset(data, images=images, split=split, allow_empty=allow_empty, **options)
 

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, globs or video files")
     parser.add_argument("--data", help="predict this dataset's images instead (COCO JSON, VOC folder, YOLO "
                         "data.yaml, shapes:val); the results keep its image ids")
-    parser.add_argument("--split", help="with --data: VOC / YOLO split (default: val for YOLO)")
+    parser.add_argument("--split", help="with --data: VOC / YOLO split (default: val for YOLO, and for VOC "
+                        "when ImageSets/Main/val.txt exists)")
     parser.add_argument("--images", help="with --data: image folder of a COCO JSON (default: beside it or images/)")
     parser.add_argument("--model", help="model name, e.g. efficientdet_d0 (default: from --weights)")
     parser.add_argument("--weights", help="our .safetensors, a reference checkpoint, 'coco', or an exported .onnx")
