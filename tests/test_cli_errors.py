@@ -126,3 +126,15 @@ def test_debug_shows_the_traceback(tmp_path, tiny_config):
     for argv in (["--debug", "train"], ["train", "--debug"]):
         with pytest.raises(UserError, match="dataset path does not exist"):
             main([*argv, "--config", str(tiny_config), "--train", str(tmp_path / "nope.json")])
+
+
+def test_a_misspelt_device_or_a_missing_gpu_is_one_line(tmp_path, tiny_config, capsys):
+    weights = tmp_path / "w.safetensors"  # never read: the device is checked first
+    for argv in (["train", *_shapes(tiny_config), "--out", str(tmp_path / "run"), "--device", "cpux"],
+                 ["eval", "--weights", str(weights), "--data", "shapes:val", "--device", "cpux"],
+                 ["predict", str(tmp_path), "--weights", str(weights), "--device", "cpux"],
+                 ["bench", "--models", "efficientdet_d0", "--device", "cpux"]):
+        assert "device 'cpux' is not a device name: use cpu, cuda, cuda:1, ... or auto" in _error(capsys, argv)[0]
+    if not torch.cuda.is_available():
+        lines = _error(capsys, ["eval", "--weights", str(weights), "--data", "shapes:val", "--device", "cuda"])
+        assert "device 'cuda': this machine has no usable CUDA device (use cpu or auto)" in lines[0]

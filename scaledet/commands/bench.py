@@ -45,12 +45,11 @@ def _image_size(model, args) -> tuple[int, int]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    import torch
+    from scaledet.engine.distributed import resolve_device
 
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise ValueError("--runs and --batch-sizes must be >= 1, --warmup >= 0")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available")
+    args.device = str(resolve_device(args.device))  # a misspelt name or a missing GPU: one line
     if "fp16" in args.precision and not args.device.startswith("cuda"):
         raise ValueError("fp16 needs --device cuda (use bf16 on CPU)")
     if "int8" in args.precision and args.device != "cpu":

@@ -76,10 +76,12 @@ def _model_stats(args: argparse.Namespace) -> dict:
     from scaledet.commands.predict import tile_options
     from scaledet.data import print_report
     from scaledet.engine.allocator import keep_freed_memory
+    from scaledet.engine.distributed import resolve_device
     from scaledet.evaluation import evaluate_model
 
     if not args.data:
         raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
+    args.device = str(resolve_device(args.device))
     keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty)

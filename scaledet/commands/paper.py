@@ -55,6 +55,7 @@ def budget_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from scaledet.engine.distributed import resolve_device
     from scaledet.paper.report import ReportOptions, build_report
 
     gpu_json = args.gpu_json
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         budget = budget_from_args(args)
+        args.device = str(resolve_device(args.device))
     except ValueError as error:
         print(f"scaledet paper: {error}", file=sys.stderr)
         return 2

@@ -111,11 +111,13 @@ def batch_size_for(batch_size: int | None, device: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from scaledet.engine.distributed import resolve_device
     from scaledet.evaluation.results import categories_of, write_detections
     from scaledet.inference.predict import collect_inputs, is_video
     from scaledet.models.inputs import category_ids_of
 
     try:
+        args.device = str(resolve_device(args.device))
         args.batch_size = batch_size_for(args.batch_size, args.device)
         if bool(args.data) == bool(args.inputs):
             raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")

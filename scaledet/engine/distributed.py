@@ -18,6 +18,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from scaledet.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` gives this process: ``"auto"`` -> the local CUDA device if any (per LOCAL_RANK
+    under torchrun), else the CPU; any other name is checked (UserError for a misspelt name or a CUDA
+    device this machine does not have, instead of torch's error at the first tensor moved)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {name!r} is not a device name: use cpu, cuda, cuda:1, ... or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device {name!r}: this machine has no usable CUDA device (use cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()

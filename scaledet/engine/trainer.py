@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from scaledet.data.transforms import collate_fn
 from scaledet.engine import distributed as dist_utils
+from scaledet.engine.distributed import resolve_device
 from scaledet.engine.allocator import keep_freed_memory
 from scaledet.engine.checkpoint import atomic_torch_save, load_training_checkpoint, rng_state, set_rng_state
 from scaledet.engine.config import TrainConfig
@@ -74,15 +75,6 @@ def configure_threads(threads: int) -> int:
     elif not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(idle_threads())
     return torch.get_num_threads()
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> the local CUDA device if any (per LOCAL_RANK under torchrun), else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
