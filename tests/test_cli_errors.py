@@ -138,3 +138,11 @@ def test_a_misspelt_device_or_a_missing_gpu_is_one_line(tmp_path, tiny_config, c
     if not torch.cuda.is_available():
         lines = _error(capsys, ["eval", "--weights", str(weights), "--data", "shapes:val", "--device", "cuda"])
         assert "device 'cuda': this machine has no usable CUDA device (use cpu or auto)" in lines[0]
+
+
+def test_a_misspelt_augment_keyword_names_what_the_pipeline_takes(tmp_path, tiny_config, capsys):
+    values = yaml.safe_load(tiny_config.read_text())
+    tiny_config.write_text(yaml.safe_dump({**values, "augment": {"scale_rang": [0.5, 1.5]}}))
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(tmp_path / "run")])
+    assert "augment: efficientdet_d0 does not take ['scale_rang']; its training pipeline takes ['fill', 'hflip', " \
+           "'min_box_size', 'photometric', 'scale_range']" in lines[0]

@@ -180,11 +180,15 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         Families with a recipe of their own (DETR: backbone at lr / 10) override this."""
         return default_param_groups(self, lr, weight_decay, backbone_lr)
 
-    def train_transforms(self, **augmentation: Any):
+    def train_transforms(self, *, scale_range: tuple[float, float] | None = None, hflip: float | None = None,
+                         photometric: bool | None = None, fill: float | None = None, min_box_size: float | None = None):
         """The training-time data pipeline (a ``(image, target) -> (image, target)`` callable given
-        to the dataset), from the recipe's ``augmentation`` keywords. Default: EfficientDet-style
-        flip, scale jitter and crop/pad to :meth:`input_size` (:func:`scaledet.data.train_transforms`)."""
-        return train_transforms(self.input_size(), **augmentation)
+        to the dataset), from the recipe's augmentation keywords. Default: EfficientDet-style
+        flip, scale jitter and crop/pad to :meth:`input_size` (:func:`scaledet.data.train_transforms`,
+        whose defaults apply to the keywords left ``None``). The keywords are named so that the
+        trainer can check a config's ``augment`` against them."""
+        given = dict(scale_range=scale_range, hflip=hflip, photometric=photometric, fill=fill, min_box_size=min_box_size)
+        return train_transforms(self.input_size(), **{key: value for key, value in given.items() if value is not None})
 
     # ----------------------------------------------------------------------------------------
     # inference and export hooks
