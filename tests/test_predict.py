@@ -64,7 +64,7 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
 
 def test_predict_reports_missing_inputs_and_bad_arguments(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nothing*.jpg"), "--model", "efficientdet_lite0", "--image-size", "64",
-                 "--output", str(tmp_path / "o")]) == 0
+                 "--output", str(tmp_path / "o")]) == 1  # nothing was predicted: not a success
     assert "no such file, folder or matching glob" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "give the model name (--model NAME" in capsys.readouterr().err

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                      image_ids="dataset" if dataset is not None else "inputs")
     print(f"{state['done']} image(s)/frame(s) -> {out_dir} ({len(state['results'])} detections >= "
           f"{args.score_threshold}); {state['skipped']} input(s) skipped")
-    return 0 if state["done"] or not (paths or dataset is not None) else 1
+    return 0 if state["done"] else 1  # nothing predicted (missing, unreadable or no inputs) is a failure
 
 
 def _open_data(args: argparse.Namespace, detector):
