@@ -7,7 +7,8 @@ dependencies inside ``run`` so that ``scaledet --help`` stays fast.
 Errors the user can cause (:class:`scaledet.errors.UserError`, ``ValueError``, ``OSError``, bad
 YAML, Ctrl-C) are printed as ``scaledet <command>: error: ...`` without a traceback, exit status
 2 (130 for Ctrl-C); ``scaledet --debug <command> ...`` re-raises them with the traceback. Any other
-exception is a bug and keeps its traceback.
+exception is a bug and keeps its traceback. Warnings print as ``scaledet <command>: warning: ...``
+(with ``--debug``, Python's format: file, line and source).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from scaledet.errors import UserError
 
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
+    format_warning = warnings.formatwarning
+    if not args.debug:  # a warning is a line for the user, not a source location and a line of our code
+        warnings.formatwarning = lambda message, *_, **__: f"scaledet {args.command}: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"scaledet {args.command}: error: {describe_error(error)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":

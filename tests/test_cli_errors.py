@@ -146,3 +146,31 @@ def test_a_misspelt_augment_keyword_names_what_the_pipeline_takes(tmp_path, tiny
     lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(tmp_path / "run")])
     assert "augment: efficientdet_d0 does not take ['scale_rang']; its training pipeline takes ['fill', 'hflip', " \
            "'min_box_size', 'photometric', 'scale_range']" in lines[0]
+
+
+def test_warnings_print_as_one_line_naming_the_command(tmp_path, capsys, monkeypatch):
+    """A data warning is ``scaledet <command>: warning: FILE: what``, not Python's file / line / source format
+    (and the file is named once, not twice); ``--debug`` keeps Python's format."""
+    import sys
+    import warnings
+
+    from scaledet.data import write_shapes_coco
+
+    def shown_as_python_does(message, category, filename, lineno, file=None, line=None):  # pytest records instead
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", shown_as_python_does)
+
+    path = write_shapes_coco(tmp_path / "data", "train", num_images=2, image_size=64, max_objects=2)
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = 42
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown every time, not once per place
+        assert main(["doctor", str(path)]) == 0
+        err = capsys.readouterr().err
+        warning = [line for line in err.splitlines() if "category_id 42" in line]
+        assert warning == [f"scaledet doctor: warning: {path}: annotations[0] (id 1): category_id 42 not in 'categories'"]
+        assert "DataWarning" not in err and "report.skip" not in err
+        assert main(["--debug", "doctor", str(path)]) == 0
+        assert "DataWarning" in capsys.readouterr().err

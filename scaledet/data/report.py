@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 #: reason -> what happens to the record; the keys used by the loaders.
 REASONS: dict[str, str] = {
@@ -76,7 +77,18 @@ class DataReport:
         if len(examples) < self.max_examples:
             examples.append(message)
         if warn and self.counts[reason] <= self.max_warnings:
-            warnings.warn(f"{self.source}: {message}", DataWarning, stacklevel=3)
+            warnings.warn(self._located(message), DataWarning, stacklevel=3)
+
+    def _located(self, message: str) -> str:
+        """``message`` led by the source: ``SOURCE: message``, or, for a message that names the source's file
+        first (``name.json: annotations[3] ...``), that name replaced by the source, not repeated."""
+        source = str(self.source)
+        name = Path(source.split(" [")[0]).name
+        if message.startswith(source):
+            return message
+        if name and message.startswith(name + ":"):
+            return source + message[len(name):]
+        return f"{source}: {message}"
 
     @property
     def num_skipped(self) -> int:
