@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +50,9 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
         raise ValueError(f"ONNX export needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
     model = model.eval()
     spec = model.export_spec(input_size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # every input shares the batch axis, which torch notes each time as a name it will not use
+        warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used")
         program = torch.onnx.export(spec.module.eval(), spec.example_inputs, dynamo=True, opset_version=opset,
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     dynamic_shapes=spec.dynamic_shapes, custom_translation_table=ONNX_TRANSLATIONS,
@@ -59,6 +62,20 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
     return path
+
+
+def session_options(threads: int | None = None):
+    """onnxruntime ``SessionOptions`` for scaledet's sessions: ``threads`` intra-op threads (``None``:
+    onnxruntime's default) and only errors logged (its graph optimiser's notes, such as the hundreds of
+    "Removing initializer ..." lines an INT8 graph gives once its quantize / dequantize pairs are fused,
+    are not the user's concern)."""
+    import onnxruntime as ort  # optional dependency
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors and fatal only
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
 
 
 class OnnxDetector:
@@ -79,10 +96,8 @@ class OnnxDetector:
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort  # optional dependency
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads),
+                                            providers=providers or ["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in meta:
             raise ValueError(f"{path} is not a scaledet ONNX export (no {CONFIG_KEY!r} metadata)")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from scaledet.export.onnx import CONFIG_KEY, OnnxDetector, export_onnx
+from scaledet.export.onnx import CONFIG_KEY, OnnxDetector, export_onnx, session_options
 from scaledet.inference.processor import current_processor
 from scaledet.inference.quantize_graph import (FLOAT_RULES, check_scales, constant_scales_folded, float_rules,
                                                network_nodes, spatial_means_as_global_pools)
@@ -212,10 +212,7 @@ def has_vnni() -> bool:
 def _session(path: Path, threads: int | None):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def check_calibration(calibration: Sequence | None) -> tuple[list[Tensor], list[dict] | None]:

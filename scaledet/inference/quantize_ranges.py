@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy
 import torch
 
+from scaledet.export.onnx import session_options
+
 #: the ops onnxruntime's QDQ quantizer handles that sit inside detector networks
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Sigmoid", "Concat", "Resize", "MaxPool",
                       "AveragePool", "GlobalAveragePool", "Clip", "Relu", "Transpose", "Reshape", "Pad")
@@ -109,7 +111,7 @@ def _percentile_ranges(prepared: Path, names: Sequence[str], feeds: list[dict], 
     augmented = tmp / "histograms.onnx"
     onnx.save(model, str(augmented))
     del model
-    options = onnxruntime.SessionOptions()
+    options = session_options()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
     fetched = [name for name in names if name not in inputs]
