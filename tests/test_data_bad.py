@@ -356,3 +356,33 @@ def test_training_config_passes_no_progress_and_allow_empty_to_the_loaders(tmp_p
     config.allow_empty = True
     train, val = open_datasets(config)
     assert len(train) == 1 and val is None and seen == [False, False]
+
+
+def test_a_box_past_the_edge_by_rounding_only_is_clipped_without_a_note(tmp_path, ok_image):
+    dataset, _ = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, [0, -0.0001, 10, 12.00005])]))
+    assert dataset.report.counts == {} and dataset.records[0].boxes[0].tolist() == pytest.approx([0, 0, 10, 12.0], abs=1e-3)
+    dataset, _ = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, [0, -0.5, 10, 12])]))
+    assert dataset.report.counts == {"clipped_box": 1}
+
+
+def test_bbox_written_as_corners_is_named_with_the_fix(tmp_path, ok_image):
+    """[x1, y1, x2, y2] in COCO's [x, y, w, h] field: most boxes pass the right / bottom edge, and all of
+    those fit read as corners: a warning says so (the image is 48x32)."""
+    corners = [[20, 10, 40, 30], [30, 5, 46, 20], [2, 2, 10, 8], [25, 12, 44, 31], [14, 3, 30, 16], [6, 9, 22, 28],
+               [33, 1, 47, 9]]
+    dataset, warned = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, b, ann_id=k + 1) for k, b in enumerate(corners)]))
+    hint = [w for w in warned if "looks like [x1, y1, x2, y2]" in w]
+    assert len(hint) == 1 and "5 of 7 boxes pass their image's right or bottom edge, and 5 of them would fit" in hint[0]
+    xywh = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in corners]  # the same boxes written right: no hint
+    _, warned = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, b, ann_id=k + 1) for k, b in enumerate(xywh)]))
+    assert not any("looks like" in w for w in warned)
+
+
+def test_yolo_nc_that_disagrees_with_names_is_an_error(tmp_path):
+    from scaledet.data.yolo import read_data_yaml
+
+    (tmp_path / "data.yaml").write_text("train: images/train\nnc: 5\nnames: [a, b, c, d]\n")
+    with pytest.raises(UserError, match="'nc' is 5 but 'names' lists 4 classes; make them agree"):
+        read_data_yaml(tmp_path / "data.yaml")
+    (tmp_path / "data.yaml").write_text("train: images/train\nnc: 4\nnames: [a, b, c, d]\n")
+    assert read_data_yaml(tmp_path / "data.yaml")["names"] == ["a", "b", "c", "d"]

@@ -90,6 +90,11 @@ class RawBox:
     where: str = ""  # "file: record" for messages
 
 
+#: a box passing its image's edge by at most this (pixels) is clipped without a note: rounding, e.g. of YOLO's
+#: 6-decimal fractions (0.5e-6 of the side), not a labelling problem
+CLIP_TOLERANCE_PX = 0.01
+
+
 def clean_boxes(raw: list[RawBox], width: int, height: int, report: DataReport) -> dict[str, np.ndarray]:
     """Validate boxes against the image size: drop NaN / negative / zero-area / outside
     boxes and clip partly-outside ones, counting each case in ``report``.
@@ -129,9 +134,30 @@ def _clean_box(box: RawBox, width: int, height: int, report: DataReport) -> list
             "out_of_image_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} is outside the {width}x{height} image"
         )
         return None
-    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+    overshoot = max(abs(cx1 - x1), abs(cy1 - y1), abs(cx2 - x2), abs(cy2 - y2))
+    if overshoot > CLIP_TOLERANCE_PX:  # beyond rounding (YOLO's 6-decimal fractions): worth a count
         report.note("clipped_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} clipped to {width}x{height}")
     return [cx1, cy1, cx2, cy2]
+
+
+def corner_boxes_hint(boxes: Sequence[tuple[RawBox, int, int]], source: str) -> str | None:
+    """A sentence when a COCO file's ``bbox`` values look like corners ``[x1, y1, x2, y2]``, not ``[x, y,
+    width, height]`` (the classic conversion slip, which otherwise trains on boxes clipped at the image
+    edge): at least 20% of the boxes (and 5) pass the image's right or bottom edge, and read as corners
+    nearly all of those (90%) would lie inside it. ``boxes``: ``(box read as [x, y, w, h], image width,
+    image height)``; ``None`` when the file looks right."""
+    past, corners_fit = 0, 0
+    for box, width, height in boxes:
+        x1, y1, x2, y2 = (float(v) for v in box.xyxy)
+        if x2 > width + CLIP_TOLERANCE_PX or y2 > height + CLIP_TOLERANCE_PX:
+            past += 1
+            as_x2, as_y2 = x2 - x1, y2 - y1  # the file's third and fourth numbers
+            corners_fit += int(x1 < as_x2 <= width + CLIP_TOLERANCE_PX and y1 < as_y2 <= height + CLIP_TOLERANCE_PX)
+    if past < max(5, 0.2 * len(boxes)) or corners_fit < 0.9 * past:  # 5: a few odd boxes are no pattern
+        return None
+    return (f"{source}: {past} of {len(boxes)} boxes pass their image's right or bottom edge, and {corners_fit} of "
+            "them would fit read as corners: 'bbox' looks like [x1, y1, x2, y2], but COCO's bbox is [x, y, width, "
+            "height] (width = x2 - x1, height = y2 - y1); convert the file, or its boxes are trained clipped")
 
 
 def probe_records(

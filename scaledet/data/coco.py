@@ -14,11 +14,13 @@ numbers, and ``iscrowd`` accepts ``0``/``1``, ``true``/``false`` and the strings
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
-from scaledet.data.report import DataReport
+from scaledet.data.base import (DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, corner_boxes_hint,
+                                probe_records)
+from scaledet.data.report import DataReport, DataWarning
 from scaledet.errors import UserError
 
 
@@ -154,13 +156,17 @@ class CocoDataset(DetectionDataset):
         image_rows = self._image_rows(_require_list(data, "images", path), path, images, report)
         raw = self._raw_boxes(_require_list(data, "annotations", path, required=False), image_rows, label_of, path, report)
         infos = probe_records([row["path"] for row in image_rows.values()], path.name, report, check_images, progress)
-        records = []
+        records, sized = [], []
         for (image_id, row), info in zip(image_rows.items(), infos):
             if info is None:
                 continue
             self._check_size(row, info, report)
             boxes = clean_boxes(raw.get(image_id, []), info.width, info.height, report)
             records.append(ImageRecord(row["path"], image_id, info.width, info.height, **boxes))
+            sized += [(box, info.width, info.height) for box in raw.get(image_id, [])]
+        hint = corner_boxes_hint(sized, str(path))
+        if hint is not None:
+            warnings.warn(hint, DataWarning, stacklevel=2)
         super().__init__(records, names, category_ids, report, transforms, allow_empty)
 
     @staticmethod

@@ -40,6 +40,8 @@ def read_data_yaml(path: Path) -> dict:
     if not isinstance(names, list) or not names:
         raise UserError(f"{path}: 'names' must be a non-empty list or dict")
     data["names"] = [str(n) for n in names]
+    if data.get("nc") is not None and data["nc"] != len(names):
+        raise UserError(f"{path}: 'nc' is {data['nc']} but 'names' lists {len(names)} classes; make them agree")
     return data
 
 
