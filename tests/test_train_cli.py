@@ -197,3 +197,16 @@ def test_detr_train_command_without_yaml_feeds_detr_its_own_resize_and_padding_m
         real[:height, :width] = True
         assert torch.equal(~image_mask, real)  # mask True on padding only
         assert not image_pixels[:, ~real].any()  # padding is zeros after normalisation
+
+
+def test_training_without_val_says_so_and_lists_only_what_it_wrote(tmp_path, capsys):
+    config, train_json, _ = write_tiny_run(tmp_path, {"model": "efficientdet_d0", "image_size": 64,
+                                                      "model_overrides": TINY_EFFICIENTDET})
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--train", str(train_json), "--max-steps", "2", "--batch-size", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "no evaluation (no --val)" in printed and "evaluation every" not in printed
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    assert "predictions.png" not in wrote and "weights.safetensors" in wrote and "no --val: not evaluated" in wrote
+    assert not (out / "predictions.png").exists()

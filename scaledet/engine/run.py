@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -205,7 +206,9 @@ def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val
     if dist_utils.is_main():
         if val_set is not None:
             print(format_stats(metrics))
-        print(f"wrote {config.out}: weights.safetensors, metrics.json, curves.png, predictions.png "
-              f"({metrics['steps']} steps in {metrics['wall_time_s']:.0f} s, {metrics['bad_batches']} bad batches skipped)")
+        written = ", ".join(name for name in ("weights.safetensors", "metrics.json", "curves.png", "predictions.png")
+                            if (Path(config.out) / name).exists())
+        print(f"wrote {config.out}: {written} ({metrics['steps']} steps in {metrics['wall_time_s']:.0f} s, "
+              f"{metrics['bad_batches']} bad batches skipped)" + ("" if val_set is not None else "; no --val: not evaluated"))
     dist_utils.shutdown()
     return metrics

@@ -212,7 +212,7 @@ class Trainer:
             batch = self.config.batch_size * self.config.grad_accum * dist_utils.world_size()
             print(f"plan: {self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
                   f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, EMA decay {ema:.4f}, "
-                  f"evaluation every {self.eval_every} epoch(s)")
+                  + (f"evaluation every {self.eval_every} epoch(s)" if self.val_set is not None else "no evaluation (no --val)"))
 
     def planned_epochs(self) -> float | None:
         """The run's planned length in epochs (``None`` until known)."""
