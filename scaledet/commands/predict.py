@@ -238,15 +238,17 @@ def _tiled_frame(path: Path, args: argparse.Namespace, image_id: int | None = No
 
 def _read_frame(source: Path, state: dict, read):
     """``read()``, or ``None`` after printing ``skipped <source>: <why>`` for an unreadable or too large image."""
+    from tqdm import tqdm
+
     from scaledet.data.images import IMAGE_ERRORS
     from scaledet.data.tiles import ImageTooLargeError
 
     try:
         return read()
-    except ImageTooLargeError as error:
-        print(f"skipped {error}", file=sys.stderr)
+    except ImageTooLargeError as error:  # tqdm.write: a line of its own above the progress bar
+        tqdm.write(f"skipped {error}", file=sys.stderr)
     except IMAGE_ERRORS as error:
-        print(f"skipped {source}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
+        tqdm.write(f"skipped {source}: unreadable image ({type(error).__name__}: {error})", file=sys.stderr)
     state["skipped"] += 1
     return None
 

@@ -65,6 +65,8 @@ def plot_predictions(
     """
     from torchvision.utils import draw_bounding_boxes, make_grid
 
+    from scaledet.inference.predict import class_colors
+
     drawn = []
     for index, (image, prediction) in enumerate(zip(images, predictions)):
         zoom = max(1, min_side // max(image.shape[-2:]))  # small images are enlarged so labels stay legible
@@ -77,8 +79,7 @@ def plot_predictions(
         boxes = boxes * zoom
         if len(boxes):
             names = [f"{_name(class_names, int(l))} {float(s):.2f}" for l, s in zip(labels, scores)]
-            colors = [_COLORS[int(l) % len(_COLORS)] for l in labels]
-            canvas = draw_bounding_boxes(canvas, boxes, labels=names, colors=colors, width=2)
+            canvas = draw_bounding_boxes(canvas, boxes, labels=names, colors=class_colors(labels), width=2)
         drawn.append(canvas)
     if not drawn:
         raise ValueError("plot_predictions needs at least one image")
@@ -92,6 +93,3 @@ def plot_predictions(
 
 def _name(class_names: Sequence[str], label: int) -> str:
     return class_names[label] if 0 <= label < len(class_names) else str(label)
-
-
-_COLORS = ["red", "lime", "deepskyblue", "yellow", "magenta", "orange", "cyan", "pink"]

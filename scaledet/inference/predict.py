@@ -110,8 +110,18 @@ def read_video(path: Path, max_frames: int | None = None, stride: int = 1) -> It
             yield index, torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), fps
 
 
+#: box colours by class (label modulo the list), shared by predict's drawings and the training plots
+CLASS_COLORS = ("red", "lime", "deepskyblue", "yellow", "magenta", "orange", "cyan", "pink")
+
+
+def class_colors(labels: Tensor) -> list[str]:
+    """One colour of :data:`CLASS_COLORS` per label: the same class, the same colour."""
+    return [CLASS_COLORS[int(label) % len(CLASS_COLORS)] for label in labels]
+
+
 def draw(image: Tensor, detections: dict[str, Tensor], class_names: list[str], threshold: float) -> Tensor:
-    """uint8 ``[3, H, W]`` with the detections scoring >= ``threshold`` drawn (class name + score)."""
+    """uint8 ``[3, H, W]`` with the detections scoring >= ``threshold`` drawn (class name + score), each
+    class in its own colour."""
     from torchvision.utils import draw_bounding_boxes
 
     keep = detections["scores"] >= threshold
@@ -121,7 +131,7 @@ def draw(image: Tensor, detections: dict[str, Tensor], class_names: list[str], t
         return canvas
     names = [f"{class_names[int(k)] if int(k) < len(class_names) else int(k)} {float(s):.2f}"
              for k, s in zip(labels, scores)]
-    return draw_bounding_boxes(canvas, boxes.float(), labels=names, colors="red", width=2)
+    return draw_bounding_boxes(canvas, boxes.float(), labels=names, colors=class_colors(labels), width=2)
 
 
 class VideoWriter:
