@@ -121,3 +121,5 @@ def test_eval_and_predict_read_a_voc_folders_val_split_by_default(tmp_path):
     assert len(open_eval_dataset(str(root), None, "train", detector=None)) == 2
     (root / "ImageSets" / "Main" / "val.txt").unlink()
     assert len(open_eval_dataset(str(root), None, None, detector=None)) == 3  # no val split: every XML
+    with pytest.raises(ValueError, match="--split is for a VOC folder or a YOLO data.yaml; x.json is one split already"):
+        open_eval_dataset("x.json", None, "val", detector=None)

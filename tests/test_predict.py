@@ -81,3 +81,13 @@ def test_collect_inputs_and_coco_rows(tmp_path):
                           category_ids=[1, 5, 90, 91], threshold=0.5)
     assert rows == [{"image_id": 7, "category_id": 91, "bbox": [1.0, 2.0, 3.0, 6.0], "score": rows[0]["score"]}]
     assert abs(rows[0]["score"] - 0.9) < 1e-6
+
+
+def test_predict_refuses_options_that_would_do_nothing(tmp_path, capsys):
+    base = ["predict", str(tmp_path), "--model", "efficientdet_lite0", "--image-size", "64", "--output", str(tmp_path / "o")]
+    for extra, message in ((["--overlap", "0.3"], "--overlap go(es) with --tile SIZE"),
+                           (["--full-image", "--merge", "wbf"], "--full-image, --merge go(es) with --tile SIZE"),
+                           (["--score-threshold", "1.5"], "--score-threshold must be in [0, 1]"),
+                           (["--max-frames", "0"], "--max-frames must be >= 1")):
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err

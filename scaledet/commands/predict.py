@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "(default: PIL's decompression-bomb limit; 0: no limit); uncompressed TIFF / PPM files are "
                        "read window by window whatever their size")
     parser.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--video-stride", type=int, default=1, help="use every n-th video frame")
 
 
@@ -70,11 +71,11 @@ def add_tile_arguments(group, tile_help: str) -> None:
     """``--tile``, ``--overlap``, ``--full-image`` and ``--merge`` (read back by :func:`tile_options`);
     shared by ``predict`` and ``eval``."""
     group.add_argument("--tile", type=int, help=tile_help)
-    group.add_argument("--overlap", type=float, default=0.2, help="with --tile: fraction of a tile shared by "
+    group.add_argument("--overlap", type=float, help="with --tile: fraction of a tile shared by "
                        "neighbouring tiles (default 0.2)")
     group.add_argument("--full-image", action="store_true", help="with --tile: also detect on the whole image "
                        "downscaled to TILE (large objects)")
-    group.add_argument("--merge", default="nms", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
+    group.add_argument("--merge", choices=["nms", "wbf"], help="with --tile: merge duplicates by "
                        "class-wise NMS (default) or weighted box fusion")
 
 
@@ -84,8 +85,15 @@ def tile_options(args: argparse.Namespace):
     from scaledet.inference.tiling import TileOptions
 
     if args.tile is None:
+        given = [flag for flag, value in (("--overlap", args.overlap), ("--full-image", args.full_image or None),
+                                          ("--merge", args.merge)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} go(es) with --tile SIZE (detection through tiles); without it "
+                             "the whole image is resized to the model's input")
         return None
-    return TileOptions(args.tile, args.overlap, args.full_image, args.merge, batch_size=args.batch_size)
+    defaults = TileOptions(args.tile)
+    return TileOptions(args.tile, defaults.overlap if args.overlap is None else args.overlap, args.full_image,
+                       args.merge or defaults.merge, batch_size=args.batch_size)
 
 
 def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path:
@@ -96,6 +104,16 @@ def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path
         name = f"{stem}_{n}"
     used.add(name)
     return out_dir / f"{name}{suffix}"
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    """ValueError for a score threshold outside [0, 1] or a frame count / stride below 1."""
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1] (scores are probabilities), got {args.score_threshold:g}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.video_stride < 1:
+        raise ValueError(f"--video-stride must be >= 1, got {args.video_stride}")
 
 
 def batch_size_for(batch_size: int | None, device: str) -> int:
@@ -119,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         args.device = str(resolve_device(args.device))
         args.batch_size = batch_size_for(args.batch_size, args.device)
+        _check_limits(args)
         if bool(args.data) == bool(args.inputs):
             raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")
         args.tiling = tile_options(args)
@@ -140,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {problem}", file=sys.stderr)
         state["skipped"] = len(problems)
         units = [p for p in paths if not is_video(p)]
-    progress = tqdm(total=len(units), desc="images", unit="img", disable=not units)
+    progress = tqdm(total=len(units), desc="images", unit="img", disable=not units or not args.progress)
     for start in range(0, len(units), args.batch_size):
         chunk = units[start : start + args.batch_size]
         if dataset is not None:
@@ -295,7 +314,7 @@ def _predict_video(detector, path: Path, args, out_dir: Path, state: dict) -> No
 
     try:
         for index, image, fps in tqdm(read_video(path, args.max_frames, args.video_stride), desc=path.name,
-                                      unit="frame", leave=False):
+                                      unit="frame", leave=False, disable=not args.progress):
             writer = writer or VideoWriter(target, fps / args.video_stride)
             pending.append(Frame(path, image, index))
             frames_done += 1
