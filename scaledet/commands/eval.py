@@ -62,7 +62,7 @@ def open_eval_dataset(data: str, images: str | None, split: str | None, detector
     from scaledet.data import open_dataset
     from scaledet.data.voc import find_voc_root
 
-    if split is not None and (str(data).startswith("shapes") or str(data).lower().endswith(".json")):
+    if split is not None and (str(data).startswith("shapes:") or str(data).lower().endswith(".json")):
         raise ValueError(f"--split is for a VOC folder or a YOLO data.yaml; {data} is one split already")
     if split is None and str(data).endswith((".yaml", ".yml")):
         split = "val"
