@@ -123,3 +123,12 @@ def test_doctor_measures_boxes_with_the_model_s_own_resize(name, side, aspect, w
     assert words in report["input"] and report["input_size"] == list(detector.image_size)
     assert main(["doctor", "shapes:val", "--model", name]) == 0
     assert words in capsys.readouterr().out
+
+
+def test_doctor_counts_crowd_and_difficult_boxes_apart():
+    """The data summary counts every box; the doctor's trained boxes leave crowd / difficult ones out and say how many."""
+    record = ImageRecord(None, 1, 200, 100, np.array([[50, 20, 60, 30], [10, 10, 40, 40]], np.float32), np.array([0, 0]),
+                         np.array([False, True]), np.zeros(2, np.float32))
+    report = diagnose(DetectionDataset([record], ["a"], [1], DataReport("synthetic")))
+    assert report["boxes"] == 1 and report["ignored_boxes"] == 1
+    assert "1 boxes (+ 1 crowd / difficult, not trained)" in format_diagnosis(report)

@@ -16,6 +16,7 @@ evaluation), ``records`` (one :class:`ImageRecord` per image), ``report``
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
 from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, probe_image
-from scaledet.data.report import KEPT_REASONS, REASONS, DataReport, format_report
+from scaledet.data.report import KEPT_REASONS, REASONS, DataReport, DataWarning, format_report
 from scaledet.errors import UserError
 
 Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
@@ -237,6 +238,14 @@ class DetectionDataset(Dataset):
             raise ValueError("class_names and label_to_category_id must have the same length")
         if not allow_empty and not any((~record.iscrowd).any() for record in records):
             raise UserError(_no_boxes_message(records, report, self.empty_hint))
+        folded: dict[str, list[str]] = {}
+        for name in class_names:
+            folded.setdefault(name.strip().lower(), []).append(name)
+        alike = [names for names in folded.values() if len(names) > 1]
+        if alike:  # 'Cup' and 'cup' are two classes to a detector: almost always a labelling slip
+            warnings.warn(f"{report.source}: class names that differ only in case or spaces are separate classes: "
+                          + "; ".join(" / ".join(repr(n) for n in names) for names in alike)
+                          + " (rename them if they are one class)", DataWarning, stacklevel=2)
         self.records = records
         self.class_names = list(class_names)
         self.label_to_category_id = list(label_to_category_id)

@@ -43,9 +43,10 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
         scale_of, described = (lambda h, w: detector.input_scale(h, w, size)), detector.describe_input(size)
     else:
         scale_of, described = (lambda h, w: (longest_side_scale(h, w, size),) * 2), f"{size[0]}x{size[1]}"
-    sides, aspects, per_image, label_counts = [], [], [], Counter()
+    sides, aspects, per_image, label_counts, ignored = [], [], [], Counter(), 0
     for record in records:
         keep = ~np.asarray(record.iscrowd, bool)
+        ignored += int((~keep).sum())
         boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)[keep]
         per_image.append(len(boxes))
         label_counts.update(np.asarray(record.labels)[keep].tolist())
@@ -60,7 +61,7 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
     report: dict[str, Any] = {
         "source": str(getattr(getattr(dataset, "report", None), "source", "")),
         "model": model, "input_size": list(size), "input": described,
-        "images": len(records), "boxes": int(len(sides)),
+        "images": len(records), "boxes": int(len(sides)), "ignored_boxes": ignored,
         "empty_images": int(sum(n == 0 for n in per_image)),
         "max_boxes_per_image": int(max(per_image, default=0)),
         "categories": [
@@ -114,7 +115,8 @@ def _advice(report: dict[str, Any]) -> list[str]:
 def format_diagnosis(report: dict[str, Any], max_categories: int = 20) -> str:
     """The report as a few aligned lines of text."""
     h, w = report["input_size"]
-    lines = [f"doctor: {report['images']} images, {report['boxes']} boxes, {report['empty_images']} empty images, "
+    ignored = f" (+ {report['ignored_boxes']} crowd / difficult, not trained)" if report.get("ignored_boxes") else ""
+    lines = [f"doctor: {report['images']} images, {report['boxes']} boxes{ignored}, {report['empty_images']} empty images, "
              f"up to {report['max_boxes_per_image']} boxes per image; input {report.get('input', f'{h}x{w}')}"]
     categories = report["categories"]
     shown = ", ".join(f"{c['label']}={c['name']!r} (id {c['category_id']}, {c['boxes']} boxes)"
