@@ -174,3 +174,10 @@ def test_warnings_print_as_one_line_naming_the_command(tmp_path, capsys, monkeyp
         assert "DataWarning" not in err and "report.skip" not in err
         assert main(["--debug", "doctor", str(path)]) == 0
         assert "DataWarning" in capsys.readouterr().err
+
+
+def test_a_corrupt_onnx_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07not a protobuf graph")  # what a truncated download looks like to onnxruntime
+    lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(bad)])
+    assert f"{bad} is empty or corrupt (InvalidProtobuf" in lines[0] and lines[0].endswith("download or export it again")

@@ -96,8 +96,16 @@ class OnnxDetector:
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort  # optional dependency
 
-        self.session = ort.InferenceSession(str(path), session_options(threads),
-                                            providers=providers or ["CPUExecutionProvider"])
+        from scaledet.weights import REDOWNLOAD_FIX, corrupt_file_error
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ONNX file not found: {path}")
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads),
+                                                providers=providers or ["CPUExecutionProvider"])
+        except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as error:  # truncated, or not an ONNX graph
+            raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in meta:
             raise ValueError(f"{path} is not a scaledet ONNX export (no {CONFIG_KEY!r} metadata)")
