@@ -225,7 +225,13 @@ def test_tile_crop_dataset_serves_native_crops():
     base = ShapesDataset(num_images=3, image_size=(200, 300), seed=3, empty_fraction=0.0)
     crops = TileCropDataset(base, tile=128, min_visible=0.5)
     assert len(crops) == 3 * 6  # 2 x 3 non-overlapping tiles cover each image
-    assert [(r.height, r.width) for r in crops.records] == [(128, 128)] * 3
+    # statistics see what training sees: each 128 px tile of the grid (the last row / column moved back
+    # inside the image), its boxes cropped to it in the tile's pixels
+    assert len(crops.records) == 18 and {(r.height, r.width) for r in crops.records} == {(128, 128)}
+    for record in crops.records:
+        assert ((record.boxes >= 0) & (record.boxes <= 128)).all() and len(record.labels) == len(record.boxes)
+    kept = sum(len(record.boxes) for record in crops.records)
+    assert kept >= sum(len(record.boxes) for record in base.records) // 2  # most boxes are in some tile
     for index in range(len(crops)):
         image, target = crops[index]
         assert image.shape == (3, 128, 128) and len(target["boxes"]) == len(target["labels"])
@@ -377,3 +383,22 @@ def test_predict_calls_the_model_with_one_image_or_tile_at_a_time_on_the_cpu():
     assert batch_size_for(None, "cpu") == 1 and batch_size_for(None, "cuda:0") == 4 and batch_size_for(3, "cpu") == 3
     with pytest.raises(ValueError, match="--batch-size must be >= 1"):
         batch_size_for(0, "cpu")
+
+
+def test_anchor_doctor_on_tiles_measures_boxes_in_tile_pixels():
+    """32 px boxes spread over a 1000x800 image, training on 256 px tiles: the doctor measures them in the
+    tiles they fall in (before, full-image boxes against a 256 px image left ~3% inside it)."""
+    import numpy as np
+
+    from scaledet.data import DataReport, DetectionDataset, ImageRecord
+    from scaledet.engine.doctor import diagnose
+
+    corners = [(x, y) for x in range(40, 940, 150) for y in range(30, 740, 140)]
+    boxes = np.array([[x, y, x + 32, y + 32] for x, y in corners], np.float32)
+    record = ImageRecord(None, 1, 1000, 800, boxes, np.zeros(len(boxes), np.int64), np.zeros(len(boxes), bool),
+                         np.full(len(boxes), 32 * 32, np.float32))
+    tiles = TileCropDataset(DetectionDataset([record], ["a"], [1], DataReport("synthetic")), tile=256)
+    report = diagnose(tiles, model="efficientdet_d0", image_size=(256, 256))
+    assert report["unit"] == "256x256 tiles" and report["images"] == 16  # 4 x 4 tiles (last ones moved back inside)
+    assert report["boxes"] >= len(boxes) and report["box_side_px"]["50"] == pytest.approx(32, abs=1)
+    assert report["anchors"]["published"]["coverage"] > 0.9  # D0's 32 px anchors at stride 8

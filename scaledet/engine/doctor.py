@@ -61,7 +61,8 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
     report: dict[str, Any] = {
         "source": str(getattr(getattr(dataset, "report", None), "source", "")),
         "model": model, "input_size": list(size), "input": described,
-        "images": len(records), "boxes": int(len(sides)), "ignored_boxes": ignored,
+        "images": len(records), "unit": getattr(dataset, "record_unit", "images"),
+        "boxes": int(len(sides)), "ignored_boxes": ignored,
         "empty_images": int(sum(n == 0 for n in per_image)),
         "max_boxes_per_image": int(max(per_image, default=0)),
         "categories": [
@@ -116,7 +117,8 @@ def format_diagnosis(report: dict[str, Any], max_categories: int = 20) -> str:
     """The report as a few aligned lines of text."""
     h, w = report["input_size"]
     ignored = f" (+ {report['ignored_boxes']} crowd / difficult, not trained)" if report.get("ignored_boxes") else ""
-    lines = [f"doctor: {report['images']} images, {report['boxes']} boxes{ignored}, {report['empty_images']} empty images, "
+    unit = report.get("unit", "images")  # "tiles" when training on tiles: the records are the tiles
+    lines = [f"doctor: {report['images']} {unit}, {report['boxes']} boxes{ignored}, {report['empty_images']} empty {unit}, "
              f"up to {report['max_boxes_per_image']} boxes per image; input {report.get('input', f'{h}x{w}')}"]
     categories = report["categories"]
     shown = ", ".join(f"{c['label']}={c['name']!r} (id {c['category_id']}, {c['boxes']} boxes)"
