@@ -58,6 +58,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, config: 
         save_file(tensors, temp_name, metadata={CONFIG_KEY: text})
         with open(temp_name, "rb") as handle:
             os.fsync(handle.fileno())
+        readable_as_umask_allows(temp_name)
         os.replace(temp_name, path)
     finally:
         if os.path.exists(temp_name):
@@ -68,6 +69,15 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, config: 
 
 #: what to do about a weights file that cannot be read
 REDOWNLOAD_FIX = "download or export it again"
+
+
+def readable_as_umask_allows(path: str | Path) -> None:
+    """Give ``path`` the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask): a
+    temporary file is created ``0o600``, and the weights moved into place from it would otherwise be
+    readable by their owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def corrupt_file_error(path: str | Path, error: BaseException, fix: str) -> UserError:

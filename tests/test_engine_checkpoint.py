@@ -125,3 +125,18 @@ def test_logs_restart_for_a_new_run_and_continue_on_resume(tmp_path):
     steps = [r["step"] for r in read_log(tmp_path) if r["kind"] == "step"]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "steps.csv").read_text().count("step,") == 1  # one header
+
+
+def test_checkpoints_and_weights_get_the_permissions_of_a_plain_file(tmp_path):
+    """Written through a temporary file (0o600) and moved into place: still readable as the umask allows."""
+    from scaledet.weights import save_weights
+
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_torch_save({"model": {"w": torch.ones(3)}, "step": 1}, tmp_path / "last.pt")
+        save_weights({"w": torch.ones(3)}, tmp_path / "w.safetensors", {"model": "efficientdet_d0"})
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("last.pt", "w.safetensors", "plain.txt")}
+    assert modes == {"last.pt": 0o644, "w.safetensors": 0o644, "plain.txt": 0o644}

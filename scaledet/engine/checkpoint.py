@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from scaledet.errors import UserError
-from scaledet.weights import torch_load_weights_only
+from scaledet.weights import readable_as_umask_allows, torch_load_weights_only
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -33,6 +33,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        readable_as_umask_allows(handle.name)
         os.replace(handle.name, path)
     finally:
         if os.path.exists(handle.name):
