@@ -160,3 +160,21 @@ def test_mismatched_ids_are_an_error_naming_both_files(coco_set, tmp_path, capsy
     assert _eval(coco_set, swapped, tmp_path)[0] == 2  # ids 100..102 are not val.json's
     code, stats = _eval(coco_set, swapped, tmp_path, "--match-categories", "name")
     assert code == 0 and stats["AP"] == pytest.approx(1.0)
+
+
+def test_the_python_trainer_gives_a_model_without_ids_the_datasets(coco_set, tmp_path):
+    """``Trainer(config, create_model(..., class_names=train.class_names), train)`` as docs/training.md shows it:
+    the weights carry the dataset's ids 1 / 5 / 90 (as ``scaledet train`` writes them), not 1 / 2 / 3."""
+    from scaledet.engine import Trainer
+
+    train = open_dataset(coco_set)
+    tiny = {"backbone": "mobilenetv3_small_050", "fpn_channels": 16, "fpn_repeats": 1, "head_repeats": 1}
+    model = create_model("efficientdet_d0", num_classes=3, image_size=64, class_names=train.class_names, **tiny)
+    assert model.category_ids == [1, 2, 3]
+    config = TrainConfig.for_model("efficientdet_d0", max_steps=1, batch_size=3, out=str(tmp_path / "run"),
+                                   progress=False, eval_every=0, threads=1)
+    Trainer(config, model, train).fit()
+    assert read_weights_config(tmp_path / "run" / "weights.safetensors")["category_ids"] == [1, 5, 90]
+    other = create_model("efficientdet_d0", num_classes=3, image_size=64, class_names=["x", "y", "z"], **tiny)
+    Trainer(config, other, train)  # other class names: the model's own ids stay
+    assert other.category_ids == [1, 2, 3]

@@ -77,6 +77,20 @@ def configure_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def adopt_category_ids(model: nn.Module, dataset: Dataset) -> bool:
+    """Give ``model`` the training set's category ids when it was built without its own (the default
+    1..K) for the dataset's class names in the dataset's order, so its weights and results files carry
+    the ids of the data (COCO 3, 5, 7, ...), as ``scaledet train`` builds it. True if changed."""
+    ids = getattr(dataset, "label_to_category_id", None)
+    if ids is None or not hasattr(model, "category_ids") or list(getattr(model, "class_names", [])) != list(
+            getattr(dataset, "class_names", [])):
+        return False
+    if list(model.category_ids) != list(range(1, len(ids) + 1)) or list(ids) == list(model.category_ids):
+        return False
+    model.category_ids = [int(i) for i in ids]
+    return True
+
+
 def build_param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Optimizer parameter groups: ``model.param_groups(lr, weight_decay, backbone_lr)`` (every
     :class:`~scaledet.models.base.Detector` has it; DETR puts its backbone at lr / 10), else, for
@@ -138,6 +152,7 @@ class Trainer:
             if config.keep_freed_memory:
                 keep_freed_memory()
         self._setup_determinism()
+        adopt_category_ids(model, train_set)
         self.model = self._prepare_model(model)
         self.optimizer = build_optimizer(self.model, config)
         self.schedule = LRSchedule(
