@@ -78,3 +78,10 @@ def test_export_check_prints_the_verdict_and_exits_by_it(tmp_path, capsys, monke
                         lambda self, images: [{**d, "boxes": d["boxes"] + 1.0} for d in run(self, images)])
     assert main(["export", "--weights", str(weights), "--output", str(output), "--check"]) == 1
     assert "\nFAIL: image 0: reference detection" in capsys.readouterr().out
+    # neither side finds anything on the check images: not a PASS
+    monkeypatch.setattr(OnnxDetector, "__call__", lambda self, images: [
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)} for _ in images])
+    monkeypatch.setattr(type(model), "__call__", lambda self, images: [
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)} for _ in images])
+    assert main(["export", "--weights", str(weights), "--output", str(output), "--check"]) == 1
+    assert "INCONCLUSIVE, neither finds anything" in capsys.readouterr().out
