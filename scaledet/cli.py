@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"scaledet {args.command}: interrupted", file=sys.stderr)
+        resume = "; the same command with --resume continues from OUT/last.pt" if args.command == "train" else ""
+        print(f"scaledet {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug or not isinstance(error, user_error_types()):

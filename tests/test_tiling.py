@@ -402,3 +402,8 @@ def test_anchor_doctor_on_tiles_measures_boxes_in_tile_pixels():
     assert report["unit"] == "256x256 tiles" and report["images"] == 16  # 4 x 4 tiles (last ones moved back inside)
     assert report["boxes"] >= len(boxes) and report["box_side_px"]["50"] == pytest.approx(32, abs=1)
     assert report["anchors"]["published"]["coverage"] > 0.9  # D0's 32 px anchors at stride 8
+
+
+def test_predict_tiled_takes_one_image_and_says_so_for_a_list():
+    with pytest.raises(ValueError, match="predict_tiled takes one image .* got a list of 2: call it once per image"):
+        predict_tiled(BrightBoxDetector(), [torch.zeros(3, 64, 64)] * 2, tile=32)

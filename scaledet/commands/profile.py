@@ -37,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.models.registry import family_hook, list_models
     from scaledet.profiling import profile_model
 
-    names = args.names or [n for n in list_models() if family_hook(n, "profile_info") is not None]
+    known = list_models()
+    unknown = [name for name in args.names if name not in known]
+    if unknown:  # a user's typo: one line before any work, as bench and doctor say it
+        raise ValueError(f"unknown model {', '.join(unknown)}: choose from scaledet.list_models() "
+                         f"({', '.join(known[:4])}, ...)")
+    names = args.names or [n for n in known if family_hook(n, "profile_info") is not None]
     rows, failed = [], []
     for name in tqdm(names, desc="profiling", disable=len(names) < 4 or args.json):
         try:

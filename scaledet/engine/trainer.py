@@ -226,7 +226,8 @@ class Trainer:
             ema = getattr(getattr(self.ema, "multi_avg_fn", None), "decay", 0.0) if self.ema is not None else 0.0
             batch = self.config.batch_size * self.config.grad_accum * dist_utils.world_size()
             print(f"plan: {self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
-                  f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, EMA decay {ema:.4f}, "
+                  f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, "
+                  + (f"EMA decay {ema:.4f}, " if ema else "EMA off, ")
                   + (f"evaluation every {self.eval_every} epoch(s)" if self.val_set is not None else "no evaluation (no --val)"))
 
     def planned_epochs(self) -> float | None:

@@ -98,6 +98,9 @@ def predict_tiled(
         if tile is None:
             raise ValueError("predict_tiled needs tile=SIZE (or options=TileOptions(...))")
         options = TileOptions(int(tile), overlap, full_image, merge, batch_size=batch_size)
+    if isinstance(image, (list, tuple)):
+        raise ValueError(f"predict_tiled takes one image (a Tensor[3, H, W] or an ImageSource), got a "
+                         f"{type(image).__name__} of {len(image)}: call it once per image")
     source = TensorImage(image) if isinstance(image, Tensor) else image
     device = _device_of(model) if device is None else torch.device(device)
     windows = tile_grid(source.height, source.width, options.tile, options.overlap)
