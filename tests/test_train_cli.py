@@ -210,3 +210,14 @@ def test_training_without_val_says_so_and_lists_only_what_it_wrote(tmp_path, cap
     wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
     assert "predictions.png" not in wrote and "weights.safetensors" in wrote and "no --val: not evaluated" in wrote
     assert not (out / "predictions.png").exists()
+
+
+def test_a_second_run_into_the_same_folder_says_it_replaces_the_first(tmp_path):
+    config, train_json, _ = write_tiny_run(tmp_path, {"model": "efficientdet_d0", "image_size": 64,
+                                                      "model_overrides": TINY_EFFICIENTDET})
+    argv = ["train", "--config", str(config), "--train", str(train_json), "--max-steps", "1", "--batch-size", "4",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    with pytest.warns(UserWarning, match=r"run holds an earlier run of 1 steps \(weights.safetensors, last.pt\): "
+                                         "this run replaces it; --resume continues it instead"):
+        assert main(argv) == 0

@@ -77,6 +77,18 @@ def configure_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def _warn_if_replacing(out: Path) -> None:
+    """Warn when ``out`` holds another run's weights or checkpoint, which this run will replace."""
+    found = [name for name in ("weights.safetensors", "last.pt") if (out / name).exists()]
+    if found:
+        steps = ""
+        if (out / "metrics.json").exists():
+            with contextlib.suppress(ValueError, OSError):
+                steps = f" of {json.loads((out / 'metrics.json').read_text()).get('steps', '?')} steps"
+        warnings.warn(f"{out} holds an earlier run{steps} ({', '.join(found)}): this run replaces it; --resume "
+                      "continues it instead, another --out keeps both", stacklevel=3)
+
+
 def adopt_category_ids(model: nn.Module, dataset: Dataset) -> bool:
     """Give ``model`` the training set's category ids when it was built without its own (the default
     1..K) for the dataset's class names in the dataset's order, so its weights and results files carry
@@ -194,6 +206,8 @@ class Trainer:
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
         if self.planned_steps and not config.max_minutes:
             self._set_plan(self.planned_steps)
+        if self.is_main and not config.resume:
+            _warn_if_replacing(self.out)
         self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main,
                                 append=bool(config.resume))
         if config.resume:
