@@ -112,3 +112,15 @@ def test_idle_threads_counts_busy_cores_now():
     assert 1 <= idle_threads(0.05) <= cores
     busy = _busy_cores(0.05, os.cpu_count())
     assert busy is None or 0.0 <= busy <= os.cpu_count()
+
+
+def test_max_steps_before_the_epochs_end_warns_that_the_run_ends_unannealed(tmp_path):
+    """--epochs 2 --max-steps 4: max_steps is a stop (resume tests rely on it), the plan follows the epochs,
+    so the run is told it will end un-annealed."""
+    from scaledet.engine import Trainer, TrainConfig
+    from tests.fixtures import RectangleDataset, TinyDetector
+
+    config = TrainConfig.for_model("tiny", epochs=2, max_steps=4, batch_size=2, lr=0.05, optimizer="sgd",
+                                   out=str(tmp_path), progress=False)
+    with pytest.warns(UserWarning, match="--max-steps 4 stops the run before the 24 steps of --epochs 2"):
+        Trainer(config, TinyDetector(), RectangleDataset(24))  # 12 steps per epoch

@@ -188,6 +188,10 @@ class Trainer:
         # exact length from epochs, else max_steps (None for a pure time budget); with epochs given,
         # max_steps only interrupts the run (a later --resume continues the same plan)
         self.planned_steps = config.epochs * self.steps_per_epoch if config.epochs else config.max_steps
+        if config.epochs and config.max_steps and config.max_steps < self.planned_steps and self.is_main:
+            warnings.warn(f"--max-steps {config.max_steps} stops the run before the {self.planned_steps} steps of "
+                          f"--epochs {config.epochs}, which the schedule is planned for: it ends un-annealed (the lr "
+                          "near its peak); give one of the two to plan the run to its end", stacklevel=2)
         self.plan: PlanValues | None = None  # set by _set_plan
         self.eval_every = config.eval_every
         self._calibration_start: tuple[int, float] | None = None
