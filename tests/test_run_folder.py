@@ -118,3 +118,15 @@ def test_lock_held_by_another_process_then_killed(tmp_path):
     with RunLock(tmp_path) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_column_that_appears_later_widens_the_csv_instead_of_being_dropped(tmp_path):
+    """The demo evaluates only at the end: epochs.csv's first rows have no AP, the last one has."""
+    logger = RunLogger(tmp_path)
+    logger.log("epoch", {"epoch": 0, "step": 4, "time": 1.0})
+    logger.log("epoch", {"epoch": 1, "step": 8, "time": 2.0, "AP": 0.25, "AP50": 0.5})
+    logger.log("epoch", {"epoch": 2, "step": 12, "time": 3.0})
+    logger.close()
+    assert _csv_column(tmp_path / "epochs.csv", "step") == [4, 8, 12]
+    assert (tmp_path / "epochs.csv").read_text().splitlines() == [
+        "epoch,step,time,AP,AP50", "0,4,1.0,,", "1,8,2.0,0.25,0.5", "2,12,3.0,,"]

@@ -68,8 +68,27 @@ class RunLogger:
                 writer.writeheader()
             self._csv[kind] = (handle, writer)
         handle, writer = self._csv[kind]
+        new = [key for key in record if key not in writer.fieldnames]
+        if new:  # e.g. the first evaluated epoch after unevaluated ones: its AP columns must not be dropped
+            handle, writer = self._widen(kind, [*writer.fieldnames, *new])
         writer.writerow(record)
         handle.flush()
+
+    def _widen(self, kind: str, fieldnames: list[str]) -> tuple[Any, csv.DictWriter]:
+        """Rewrite ``OUT/<kind>s.csv`` with the columns ``fieldnames`` (earlier rows get empty cells for the
+        new ones) and return its handle and writer, appending."""
+        handle, _ = self._csv.pop(kind)
+        handle.close()
+        path = self.out / f"{kind}s.csv"
+        with open(path, newline="", encoding="utf-8") as old:
+            rows = list(csv.DictReader(old))
+        with open(path, "w", newline="", encoding="utf-8") as rewritten:
+            writer = csv.DictWriter(rewritten, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        handle = open(path, "a", newline="", encoding="utf-8")
+        self._csv[kind] = (handle, csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore"))
+        return self._csv[kind]
 
     def truncate_after(self, step: int) -> None:
         """Drop every record of a step after ``step`` from ``log.jsonl``, ``steps.csv`` and ``epochs.csv``.
