@@ -181,3 +181,28 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path, capsys):
     bad.write_bytes(b"\x08\x07not a protobuf graph")  # what a truncated download looks like to onnxruntime
     lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(bad)])
     assert f"{bad} is empty or corrupt (InvalidProtobuf" in lines[0] and lines[0].endswith("download or export it again")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr": "abc"}, "lr: 'abc' is not a number"),
+    ({"model_overrides": 5}, "model_overrides: 5 is not a mapping"),
+    ({"image_size": "big"}, "image_size: 'big' is not an integer"),
+    ({"max_steps": "zero"}, "max_steps: 'zero' is not an integer"),
+    ({"log_every": 0}, "log_every must be > 0, got 0"),
+    ({"grad_accum": 0}, "grad_accum must be > 0, got 0"),
+    ({"max_steps": 0}, "max_steps must be >= 1, got 0"),
+    ({"momentum": 5}, "momentum must be in [0, 1], got 5"),
+    ({"eval_every": -1}, "eval_every must be >= 0, got -1"),
+])
+def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_it(tmp_path, tiny_config, capsys, values, message):
+    tiny_config.write_text(yaml.safe_dump({**yaml.safe_load(tiny_config.read_text()), **values}))
+    assert message in _error(capsys, ["train", *_shapes(tiny_config), "--out", str(tmp_path / "run")])[0]
+
+
+def test_resume_true_in_a_config_is_resume(tmp_path):
+    from scaledet.engine.config import TrainConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"resume": True, "max_steps": 3, "lr": "0.01"}))
+    config = TrainConfig.from_sources(path)
+    assert config.resume == "auto" and config.lr == 0.01 and config.max_steps == 3

@@ -142,7 +142,9 @@ class TrainConfig:
                                 f"{getattr(error, 'problem', None) or error}; fix the file") from error
             if not isinstance(loaded, dict):
                 raise UserError(f"{yaml_path}: a training config must be a YAML mapping of option: value")
-            values.update({key.replace("-", "_"): value for key, value in loaded.items()})
+            fields = {f.name: f.type for f in dataclasses.fields(cls)}
+            values.update({key.replace("-", "_"): _typed(key.replace("-", "_"), value, fields, yaml_path)
+                           for key, value in loaded.items()})
         values.update({key: value for key, value in flags.items() if value is not None})
         model = values.pop("model", None) or cls.model
         return cls.for_model(model, **values)
@@ -157,10 +159,21 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        positive = {"batch_size": self.batch_size, "lr": self.lr, "grad_accum": self.grad_accum}
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lr": self.lr,
+                    "log_every": self.log_every}  # grad_accum before lr: the lr is scaled by it
         for name, value in positive.items():
             if value is None or value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        at_least = {"max_steps": (self.max_steps, 1), "num_classes": (self.num_classes, 1),
+                    "eval_every": (self.eval_every, 0), "workers": (self.workers, 0),
+                    "image_cache_gb": (self.image_cache_gb, 0), "clip_grad": (self.clip_grad, 0),
+                    "warmup_epochs": (self.warmup_epochs, 0), "weight_decay": (self.weight_decay, 0)}
+        for name, (value, low) in at_least.items():
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value!r}")
+        for name, value in (("momentum", self.momentum), ("bn_momentum", self.bn_momentum)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -185,6 +198,43 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _typed(name: str, value: Any, fields: dict[str, str], source: str | Path) -> Any:
+    """A YAML ``value`` for option ``name`` checked against the option's type (``fields``: name -> its
+    annotation), so a wrong one is a line naming the file and the option, not a traceback later. Numbers
+    written as strings are read; ``resume: true`` is ``--resume`` (``"auto"``). Unknown names pass
+    through (:meth:`TrainConfig.for_model` names them)."""
+    annotation = fields.get(name)
+    if annotation is None or value is None:
+        return value
+    kind = annotation.replace(" | None", "").strip()
+    if name == "resume" and isinstance(value, bool):
+        return "auto" if value else None
+    expected = "a mapping" if kind.startswith("dict") else {"int": "an integer", "float": "a number", "bool": "true or false",
+                                                             "str": "a string"}.get(kind, kind)
+    wrong = UserError(f"{source}: {name}: {value!r} is not {expected}")
+    if kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise wrong
+        if kind == "int" and isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+            return value  # e.g. image_size: [h, w]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise wrong from None
+        if kind == "int":
+            if number != int(number):
+                raise wrong
+            return int(number)
+        return number
+    if kind == "bool" and not isinstance(value, bool):
+        raise wrong
+    if kind.startswith("dict") and not isinstance(value, dict):
+        raise wrong
+    if kind == "str" and not isinstance(value, (str, int, float)):
+        raise wrong
+    return str(value) if kind == "str" else value
 
 
 __all__ = ["TrainConfig", "family_recipe"]
