@@ -75,5 +75,11 @@ def test_train_command_with_two_processes(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 4  # 8 images / (2 ranks x batch 2) x 2 epochs
     assert (out / "weights.safetensors").is_file()
+    # the metrics are those of the weights written: each rank scored its shard with rank 0's EMA statistics
+    assert main(["eval", "--weights", str(out / "weights.safetensors"), "--data", str(val_json),
+                 "--json", str(tmp_path / "stats.json")]) == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert [stats[key] for key in ("AP", "AP50", "AR1", "AR10", "AR100")] == [
+        metrics[key] for key in ("AP", "AP50", "AR1", "AR10", "AR100")]
 
     assert main([*common, "--train", str(tmp_path / "missing.json"), "--out", str(tmp_path / "bad")]) != 0

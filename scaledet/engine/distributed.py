@@ -171,3 +171,13 @@ def broadcast_object(obj: Any) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics, ...) of ``module`` on every rank, in place. DDP keeps
+    the parameters equal across ranks, but a module it does not wrap (the EMA copy) accumulates each rank's
+    own statistics; evaluating it on every rank must use the statistics rank 0 saves."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

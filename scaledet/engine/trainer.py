@@ -533,6 +533,8 @@ class Trainer:
     def run_evaluation(self) -> dict[str, float]:
         if self.val_set is None:
             raise ValueError("no validation set to evaluate on")
+        if self.ema is not None:  # every rank scores its shard with the weights rank 0 writes
+            dist_utils.broadcast_buffers(self.ema.module)
         stats, self._records = evaluate(
             self.eval_model(), self.val_set, self.device, batch_size=self.config.batch_size,
             max_images=self.config.eval_max_images, progress=self.config.progress, autocast=self.autocast,
