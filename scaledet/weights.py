@@ -94,6 +94,11 @@ def _is_refused_code(error: pickle.UnpicklingError) -> bool:
     return "Weights only load failed" in text and "Unsupported operand" not in text
 
 
+#: file kinds a run folder or a dataset holds that are never weights (named as such instead of "corrupt")
+NOT_WEIGHTS_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".txt", ".yaml", ".yml", ".png", ".jpg", ".jpeg",
+                                  ".log", ".md", ".xml"})
+
+
 def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one clear error per failure.
 
@@ -107,6 +112,10 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
             for safety (never loaded, whatever the file claims to be).
         OSError: the file cannot be opened (missing, a folder, no permission).
     """
+    suffix = Path(path).suffix.lower()
+    if suffix in NOT_WEIGHTS_SUFFIXES:  # a run folder's other files: not "corrupt", just not weights
+        raise UserError(f"{path} is not a weights file (a {suffix} file): give a run's weights.safetensors (or its "
+                        "last.pt / best.pt), another project's checkpoint, or an exported .onnx")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError:

@@ -206,3 +206,10 @@ def test_resume_true_in_a_config_is_resume(tmp_path):
     path.write_text(yaml.safe_dump({"resume": True, "max_steps": 3, "lr": "0.01"}))
     config = TrainConfig.from_sources(path)
     assert config.resume == "auto" and config.lr == 0.01 and config.max_steps == 3
+
+
+def test_a_run_folders_other_files_are_named_as_not_weights(tmp_path, capsys):
+    for name in ("weights.json", "steps.csv"):
+        (tmp_path / name).write_text("{}")
+        lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / name)])
+        assert f"{tmp_path / name} is not a weights file (a {name[-5:] if name.endswith('.json') else '.csv'} file)" in lines[0]
