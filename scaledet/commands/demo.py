@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.engine.trainer import configure_threads
 
     start = time.monotonic()
+    for flag, value in (("--train-images", args.train_images), ("--val-images", args.val_images)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     config = demo_config(args)
     threads = configure_threads(config.threads)
     size = args.image_size

@@ -246,7 +246,8 @@ class Trainer:
             print(f"plan: {self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
                   f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, "
                   + (f"EMA decay {ema:.4f}, " if ema else "EMA off, ")
-                  + (f"evaluation every {self.eval_every} epoch(s)" if self.val_set is not None else "no evaluation (no --val)"))
+                  + ("no evaluation (no --val)" if self.val_set is None else "evaluation at the end" if not self.eval_every
+                     else f"evaluation every {self.eval_every} epoch(s)"))
 
     def planned_epochs(self) -> float | None:
         """The run's planned length in epochs (``None`` until known)."""
