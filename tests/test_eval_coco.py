@@ -208,3 +208,23 @@ def test_evaluate_model_maps_model_classes_by_name(tmp_path):
     stats = evaluate_model(model, dataset, batch_size=2, results_path=tmp_path / "r.json")
     assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
     assert len(json.loads((tmp_path / "r.json").read_text())) == sum(len(r.boxes) for r in dataset.records)
+
+
+def test_numbers_written_as_strings_are_read_and_bad_rows_are_named():
+    """Ground truth and detections with ids / boxes / scores as strings score as the numbers; a row with a
+    NaN, three-number or negative-width box, or a null / bool score is an error naming it."""
+    from scaledet.evaluation import evaluate_detections
+
+    gt = {"images": [{"id": "7", "width": 100, "height": 80, "file_name": "a.png"}],
+          "categories": [{"id": "3", "name": "cup"}],
+          "annotations": [{"id": 1, "image_id": "7", "category_id": "3", "bbox": ["10", "20", "30", "40"]}]}
+    rows = [{"image_id": "7", "category_id": "3", "bbox": ["10", "20", "30", "40"], "score": "0.9"}]
+    assert evaluate_detections(gt, rows)["AP"] == pytest.approx(1.0)
+    good = {"image_id": 7, "category_id": 3, "bbox": [10, 20, 30, 40], "score": 0.9}
+    for change, message in (({"bbox": [10, 20, float("nan"), 40]}, "is not four finite numbers"),
+                            ({"bbox": [10, 20, 30]}, "is not four finite numbers"),
+                            ({"bbox": [10, 20, -30, 40]}, "has a negative width or height"),
+                            ({"score": None}, "score None is not a finite number"),
+                            ({"score": True}, "score True is not a finite number")):
+        with pytest.raises(ValueError, match=rf"detections\[0\]: .*{message}"):
+            evaluate_detections(gt, [{**good, **change}])

@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scaledet.data.coco import read_json
+from scaledet.data.coco import as_number, read_json
 from scaledet.evaluation.results import (
     align_to_ground_truth,
     check_ids,
     check_rows,
+    checked_rows,
+    coco_bbox,
     detection_rows,
     read_detections,
+    record_id,
     write_detections,
 )
 
@@ -86,13 +89,22 @@ def _load_gt(gt) -> dict:
         gt = read_json(Path(gt))
     if not isinstance(gt, dict) or not {"images", "categories"} <= gt.keys():
         raise ValueError("ground truth must be a COCO dict / JSON file with 'images' and 'categories'")
+    # ids and numbers written as strings are read as the dataset reader reads them (docs/data.md)
+    images = [{**image, "id": record_id(image, "id", f"images[{index}]")} for index, image in enumerate(gt["images"])]
+    categories = [{**category, "id": record_id(category, "id", f"categories[{index}]")}
+                  for index, category in enumerate(gt["categories"])]
     annotations = []
     for index, ann in enumerate(gt.get("annotations", [])):
+        where = f"ground truth annotations[{index}]"
         if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
-            raise ValueError(f"ground truth annotations[{index}] needs image_id, category_id and bbox")
-        width, height = ann["bbox"][2], ann["bbox"][3]
-        annotations.append({"id": index + 1, "iscrowd": 0, "area": width * height, **ann})
-    return {**gt, "annotations": annotations}
+            raise ValueError(f"{where} needs image_id, category_id and bbox")
+        bbox = coco_bbox(ann["bbox"], where)
+        ids = {key: record_id(ann, key, where) for key in ("image_id", "category_id")}
+        annotations.append({"id": index + 1, "iscrowd": 0, "area": bbox[2] * bbox[3], **ann, **ids, "bbox": bbox})
+        for key in ("area", "iscrowd"):
+            if isinstance(annotations[-1][key], str):
+                annotations[-1][key] = as_number(annotations[-1][key])
+    return {**gt, "images": images, "categories": categories, "annotations": annotations}
 
 
 def summarize_eval(coco_eval) -> dict[str, float]:
@@ -230,7 +242,7 @@ def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), 
     if isinstance(detections, (str, Path)):
         detections_name = Path(detections).name
         detections, header = read_detections(detections)
-    check_rows(detections, detections_name)
+    detections = checked_rows(detections, detections_name)
     gt_name = Path(gt).name if isinstance(gt, (str, Path)) else "the ground truth"
     evaluator = COCOEvaluator(gt, max_dets=max_dets, backend=backend)
     rows, notes = align_to_ground_truth(detections, header, evaluator.gt, match_categories, detections_name, gt_name)

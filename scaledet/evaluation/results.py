@@ -31,6 +31,7 @@ is taken with its ids as they are.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
@@ -38,7 +39,7 @@ from pathlib import Path, PurePath
 import torch
 from torch import Tensor
 
-from scaledet.data.coco import read_json
+from scaledet.data.coco import as_int, as_number, read_json
 
 ROW_KEYS = ("image_id", "category_id", "bbox", "score")
 #: ``image_ids`` values of the images file: ids of a dataset, or 1..N in the order the inputs were given
@@ -134,6 +135,40 @@ def check_rows(rows: object, name: str = "detections") -> None:
     for index, row in enumerate(rows):
         if not isinstance(row, dict) or not set(ROW_KEYS) <= row.keys():
             raise ValueError(f"{name}: detections[{index}] needs image_id, category_id, bbox and score, got {row!r}")
+
+
+def record_id(record: object, key: str, where: str) -> int:
+    """``record[key]`` as an integer id (an int, an integral float or a string of one), or ValueError."""
+    value = as_int(record.get(key)) if isinstance(record, dict) else None
+    if value is None:
+        raise ValueError(f"{where}: {key} must be an integer id, got {record.get(key) if isinstance(record, dict) else record!r}")
+    return value
+
+
+def coco_bbox(bbox: object, where: str) -> list[float]:
+    """``bbox`` as four finite numbers ``[x, y, w, h]`` with ``w, h >= 0`` (numeric strings read), or ValueError."""
+    values = [as_number(v) for v in bbox] if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else None
+    if values is None or not all(v is not None and math.isfinite(v) for v in values):
+        raise ValueError(f"{where}: bbox {bbox!r} is not four finite numbers [x, y, width, height]")
+    if values[2] < 0 or values[3] < 0:
+        raise ValueError(f"{where}: bbox {bbox!r} has a negative width or height (COCO's bbox is [x, y, width, height])")
+    return values
+
+
+def checked_rows(rows: object, name: str = "detections") -> list[dict]:
+    """:func:`check_rows`, then each row with integer ids, a bbox of four finite numbers (width and height
+    >= 0) and a finite score: numbers written as strings are read, anything else is a ValueError naming
+    the row (a NaN box or a bool score scored silently, or crashed the scorer)."""
+    check_rows(rows, name)
+    out = []
+    for index, row in enumerate(rows):
+        where = f"{name}: detections[{index}]"
+        score = as_number(row["score"])
+        if score is None or not math.isfinite(score):
+            raise ValueError(f"{where}: score {row['score']!r} is not a finite number")
+        out.append({**row, "image_id": record_id(row, "image_id", where), "category_id": record_id(row, "category_id", where),
+                    "bbox": coco_bbox(row["bbox"], where), "score": score})
+    return out
 
 
 def _ids(values: Iterable[int], limit: int = 10) -> str:
