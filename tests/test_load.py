@@ -110,3 +110,11 @@ def test_arguments_each_source_cannot_take(tmp_path):
         scaledet.load(tmp_path / "model.onnx", num_classes=3, image_size=64)
     random = scaledet.load(None, model="efficientdet_d0", num_classes=2, image_size=64)
     assert random.num_classes == 2 and not random.training
+
+
+def test_our_file_for_another_model_says_which_model_it_holds(tmp_path):
+    model = scaledet.create_model("efficientdet_lite0", num_classes=2, image_size=64)
+    path = save_weights(model.state_dict(), tmp_path / "l0.safetensors", model.config)
+    with pytest.raises(UserError, match=r"l0.safetensors holds efficientdet_lite0 weights, which do not fit "
+                                        r"efficientdet_d0: give --model efficientdet_lite0"):
+        scaledet.load(path, model="efficientdet_d0")

@@ -151,7 +151,13 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
         converted = _convert(spec, state_dict, model, path)
     if file_classes is None:
         file_classes = spec.num_classes(converted, model)
-    load_state_strict(model, converted, path, spec.class_head, file_classes)
+    try:
+        load_state_strict(model, converted, path, spec.class_head, file_classes)
+    except CheckpointMismatch:
+        if stored is not None and stored.get("model") not in (None, name):  # the usual cause, said plainly
+            raise UserError(f"{path} holds {stored['model']} weights, which do not fit {name}: give --model "
+                            f"{stored['model']} (or no --model: our files name their model)") from None
+        raise
     return model
 
 
