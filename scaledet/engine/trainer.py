@@ -71,6 +71,10 @@ def configure_threads(threads: int) -> int:
     """Set torch's CPU threads: ``threads`` if > 0, else ``OMP_NUM_THREADS`` when the environment
     sets it, else the idle cores (:func:`scaledet.engine.recipe.idle_threads`). Returns the count."""
     if threads > 0:
+        cores = os.cpu_count() or threads
+        if threads > cores:
+            warnings.warn(f"--threads {threads} is more than this machine's {cores} cores: the extra threads only "
+                          "wait on each other (a step can take many times longer); 0 picks the idle cores", stacklevel=2)
         torch.set_num_threads(threads)
     elif not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(idle_threads())
