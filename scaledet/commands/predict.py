@@ -109,7 +109,8 @@ def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path
 def _check_limits(args: argparse.Namespace) -> None:
     """ValueError for a score threshold outside [0, 1] or a frame count / stride below 1."""
     if not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold must be in [0, 1] (scores are probabilities), got {args.score_threshold:g}")
+        raise ValueError(f"--score-threshold must be in [0, 1] (scores are probabilities), "
+                         f"got {args.score_threshold:g}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.video_stride < 1:

@@ -211,8 +211,8 @@ def _typed(name: str, value: Any, fields: dict[str, str], source: str | Path) ->
     kind = annotation.replace(" | None", "").strip()
     if name == "resume" and isinstance(value, bool):
         return "auto" if value else None
-    expected = "a mapping" if kind.startswith("dict") else {"int": "an integer", "float": "a number", "bool": "true or false",
-                                                             "str": "a string"}.get(kind, kind)
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    expected = "a mapping" if kind.startswith("dict") else names.get(kind, kind)
     wrong = UserError(f"{source}: {name}: {value!r} is not {expected}")
     if kind in ("int", "float"):
         if isinstance(value, bool):

@@ -208,7 +208,8 @@ def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val
             print(format_stats(metrics))
         written = ", ".join(name for name in ("weights.safetensors", "metrics.json", "curves.png", "predictions.png")
                             if (Path(config.out) / name).exists())
+        unevaluated = "" if val_set is not None else "; no --val: not evaluated"
         print(f"wrote {config.out}: {written} ({metrics['steps']} steps in {metrics['wall_time_s']:.0f} s, "
-              f"{metrics['bad_batches']} bad batches skipped)" + ("" if val_set is not None else "; no --val: not evaluated"))
+              f"{metrics['bad_batches']} bad batches skipped){unevaluated}")
     dist_utils.shutdown()
     return metrics

@@ -74,7 +74,8 @@ def configure_threads(threads: int) -> int:
         cores = os.cpu_count() or threads
         if threads > cores:
             warnings.warn(f"--threads {threads} is more than this machine's {cores} cores: the extra threads only "
-                          "wait on each other (a step can take many times longer); 0 picks the idle cores", stacklevel=2)
+                          "wait on each other (a step can take many times longer); 0 picks the idle cores",
+                          stacklevel=2)
         torch.set_num_threads(threads)
     elif not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(idle_threads())
@@ -250,8 +251,8 @@ class Trainer:
             print(f"plan: {self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
                   f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, "
                   + (f"EMA decay {ema:.4f}, " if ema else "EMA off, ")
-                  + ("no evaluation (no --val)" if self.val_set is None else "evaluation at the end" if not self.eval_every
-                     else f"evaluation every {self.eval_every} epoch(s)"))
+                  + ("no evaluation (no --val)" if self.val_set is None
+                     else f"evaluation every {self.eval_every} epoch(s)" if self.eval_every else "evaluation at the end"))
 
     def planned_epochs(self) -> float | None:
         """The run's planned length in epochs (``None`` until known)."""

@@ -141,7 +141,8 @@ def record_id(record: object, key: str, where: str) -> int:
     """``record[key]`` as an integer id (an int, an integral float or a string of one), or ValueError."""
     value = as_int(record.get(key)) if isinstance(record, dict) else None
     if value is None:
-        raise ValueError(f"{where}: {key} must be an integer id, got {record.get(key) if isinstance(record, dict) else record!r}")
+        given = record.get(key) if isinstance(record, dict) else record
+        raise ValueError(f"{where}: {key} must be an integer id, got {given!r}")
     return value
 
 
@@ -151,7 +152,8 @@ def coco_bbox(bbox: object, where: str) -> list[float]:
     if values is None or not all(v is not None and math.isfinite(v) for v in values):
         raise ValueError(f"{where}: bbox {bbox!r} is not four finite numbers [x, y, width, height]")
     if values[2] < 0 or values[3] < 0:
-        raise ValueError(f"{where}: bbox {bbox!r} has a negative width or height (COCO's bbox is [x, y, width, height])")
+        raise ValueError(f"{where}: bbox {bbox!r} has a negative width or height "
+                         "(COCO's bbox is [x, y, width, height])")
     return values
 
 
@@ -166,8 +168,8 @@ def checked_rows(rows: object, name: str = "detections") -> list[dict]:
         score = as_number(row["score"])
         if score is None or not math.isfinite(score):
             raise ValueError(f"{where}: score {row['score']!r} is not a finite number")
-        out.append({**row, "image_id": record_id(row, "image_id", where), "category_id": record_id(row, "category_id", where),
-                    "bbox": coco_bbox(row["bbox"], where), "score": score})
+        ids = {key: record_id(row, key, where) for key in ("image_id", "category_id")}
+        out.append({**row, **ids, "bbox": coco_bbox(row["bbox"], where), "score": score})
     return out
 
 

@@ -289,8 +289,8 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
             runs this, which should be the one that will run the file.
         percentile: activation ranges cover this percent of each tensor's calibration values
             (fixed-bin histograms over each min / max, both tails cut equally, one image at a time), except
-            the tensors of :data:`~scaledet.inference.quantize_ranges.MINMAX_OP_TYPES` nodes (default :data:`DEFAULT_PERCENTILE`); ``100``
-            or ``None``: every range is the min / max.
+            the tensors of :data:`~scaledet.inference.quantize_ranges.MINMAX_OP_TYPES` nodes (default
+            :data:`DEFAULT_PERCENTILE`); ``100`` or ``None``: every range is the min / max.
     """
     if choose not in ("first", "fastest"):
         raise ValueError(f"choose must be 'first' or 'fastest', got {choose!r}")
