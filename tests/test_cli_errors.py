@@ -213,3 +213,15 @@ def test_a_run_folders_other_files_are_named_as_not_weights(tmp_path, capsys):
         (tmp_path / name).write_text("{}")
         lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / name)])
         assert f"{tmp_path / name} is not a weights file (a {name[-5:] if name.endswith('.json') else '.csv'} file)" in lines[0]
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_data_loads(tmp_path, tiny_config, capsys):
+    (tmp_path / "file").write_text("")  # a file where the run's folder would go
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(tmp_path / "file" / "run")])
+    assert lines[0].endswith(f"cannot write the run's files there ({tmp_path / 'file'} is not a folder); give another --out")
+    assert "data:" not in capsys.readouterr().out
+
+
+def test_bench_image_size_below_one_pixel_is_refused_at_once(capsys):
+    assert main(["bench", "--models", "efficientdet_d0", "--image-size", "0", "0"]) == 2
+    assert "--image-size H W must be >= 1 pixel each, got 0 0" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise ValueError("--runs and --batch-sizes must be >= 1, --warmup >= 0")
+    if args.image_size and min(args.image_size) < 1:
+        raise ValueError(f"--image-size H W must be >= 1 pixel each, got {args.image_size[0]} {args.image_size[1]}")
     args.device = str(resolve_device(args.device))  # a misspelt name or a missing GPU: one line
     if "fp16" in args.precision and not args.device.startswith("cuda"):
         raise ValueError("fp16 needs --device cuda (use bf16 on CPU)")

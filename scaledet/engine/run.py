@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from scaledet.engine.config import TrainConfig
 from scaledet.engine.doctor import diagnose, format_diagnosis
 from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_input_size, from_scratch_changes
 from scaledet.engine.trainer import Trainer, seed_everything
+from scaledet.errors import UserError
 from scaledet.evaluation import format_stats
 from scaledet.inference.tiling import TileOptions
 from scaledet.models.base import Detector
@@ -188,10 +190,24 @@ def add_train_transforms(dataset: Dataset, config: TrainConfig, model: nn.Module
     dataset.transforms = factory(**train_augmentation(config, dataset, planned_epochs, _keywords(factory)))
 
 
+def check_writable(out: Path) -> None:
+    """UserError naming ``out`` when the run's folder could not be created or written (checked on it, or on
+    the nearest folder above it that exists, without creating anything: a data error must leave no folder)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{out}: cannot write the run's files there ({existing} is not a folder); give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: cannot write the run's files there (no write permission on {existing}); "
+                        "give another --out")
+
+
 def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None,
                       model: nn.Module | None = None) -> dict[str, Any]:
     """Open the data (unless given), seed and build the model (unless given), train with the
     training augmentation, evaluate, write ``config.out``; returns metrics.json's dict."""
+    check_writable(Path(config.out))  # before minutes of data loading, not after
     if train_set is None:
         train_set, val_set = open_datasets(config)
     config, train_set, val_set = use_tiles(config, train_set, val_set)
