@@ -9,7 +9,6 @@ through :func:`predict_dataset` and :func:`score_predictions`.
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from scaledet.data.tiles import ImageSource, TensorImage, open_large_image
 from scaledet.data.transforms import collate_fn
 from scaledet.evaluation.coco import COCOEvaluator, dense_max_dets
+from scaledet.evaluation.results import is_placeholder_name
 from scaledet.inference.tiling import TileOptions, predict_tiled
 
 
@@ -39,10 +39,6 @@ class Prediction(NamedTuple):
     index: int
     image_id: int
     detections: dict[str, Tensor]
-
-
-#: class names that say nothing about the class: ``class_0`` (a model built without names), ``0``, ``3``
-_PLACEHOLDER_NAME = re.compile(r"(class_?)?\d+", re.IGNORECASE)
 
 
 def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
@@ -65,8 +61,7 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
             warnings.warn(f"the model has no class {_listed(lacking)} of the dataset ({len(lacking)} of "
                           f"{len(dataset_names)}): they score AP 0 and count in the mean AP", stacklevel=2)
         return mapping
-    placeholders = any(all(_PLACEHOLDER_NAME.fullmatch(str(name)) for name in names)
-                       for names in (model_names, dataset_names))
+    placeholders = any(all(is_placeholder_name(str(name)) for name in names) for names in (model_names, dataset_names))
     if len(model_names) == len(dataset_names) and placeholders:
         warnings.warn(f"model classes {_listed(model_names)} are not named as the dataset's {_listed(dataset_names)}; "
                       "assuming the same class order", stacklevel=2)

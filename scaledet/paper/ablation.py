@@ -25,6 +25,7 @@ from scaledet.engine import Trainer, TrainConfig
 from scaledet.engine.run import add_train_transforms, build_model
 from scaledet.paper.reference import FEATURE_NETWORKS, FeatureNetworkRow
 from scaledet.paper.tables import markdown
+from scaledet.weights import readable_as_umask_allows
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _save_cache(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         tmp.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.chmod(tmp.name, 0o644)  # a report artefact, readable like any other file
+    readable_as_umask_allows(tmp.name)  # a report artefact, readable like any other file
     os.replace(tmp.name, path)
 
 
