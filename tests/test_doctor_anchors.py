@@ -132,3 +132,17 @@ def test_doctor_counts_crowd_and_difficult_boxes_apart():
     report = diagnose(DetectionDataset([record], ["a"], [1], DataReport("synthetic")))
     assert report["boxes"] == 1 and report["ignored_boxes"] == 1
     assert "1 boxes (+ 1 crowd / difficult, not trained)" in format_diagnosis(report)
+
+
+def test_doctor_command_reports_on_tiles_as_train_tile_sees_them(tmp_path, capsys):
+    """`doctor --tile 64` on 96 px images: the report counts 64 px tiles (2 x 2 per image), at a 64 px input."""
+    from scaledet.cli import main
+    from scaledet.data import write_shapes_coco
+
+    data = write_shapes_coco(tmp_path / "coco", "train", num_images=3, image_size=96)
+    assert main(["doctor", str(data), "--tile", "64", "--json", str(tmp_path / "report.json")]) == 0
+    assert "reporting on the 64x64 crops training sees (12 tiles)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["unit"] == "64x64 tiles" and report["images"] == 12 and report["input_size"] == [64, 64]
+    assert main(["doctor", str(data), "--tile-min-visible", "0.3"]) == 2
+    assert "--tile-min-visible applies only with --tile" in capsys.readouterr().err

@@ -20,16 +20,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="efficientdet_d0", help="model the report is for (default efficientdet_d0)")
     parser.add_argument("--image-size", type=int, help="network input size (default: fitted to the data)")
     parser.add_argument("--allow-empty", action="store_true", help="accept data without any box")
+    parser.add_argument("--tile", type=int, help="report on the TILE x TILE native-resolution crops `train --tile` "
+                        "trains on (the input size becomes TILE unless --image-size)")
+    parser.add_argument("--tile-min-visible", type=float, default=0.5,
+                        help="with --tile: a box keeping less than this fraction of its area in a tile is dropped, "
+                        "as in training (default 0.5)")
     parser.add_argument("--json", dest="json_path", help="also write the report as JSON to this file")
 
 
 def run(args: argparse.Namespace) -> int:
     from scaledet.data import open_dataset, print_report
+    from scaledet.data.tiles import TileCropDataset
     from scaledet.engine.doctor import diagnose, format_diagnosis
+    from scaledet.errors import UserError
     from scaledet.models.registry import create_model
 
+    if args.tile is None and args.tile_min_visible != 0.5:
+        raise UserError("--tile-min-visible applies only with --tile: add --tile SIZE or drop it")
     dataset = open_dataset(args.data, images=args.images, split=args.split, allow_empty=args.allow_empty)
     print_report(dataset)
+    if args.tile is not None:
+        try:
+            dataset = TileCropDataset(dataset, args.tile, args.tile_min_visible)
+        except ValueError as error:
+            raise UserError(f"--tile / --tile-min-visible: {error}") from None
+        args.image_size = args.image_size or args.tile  # as `train --tile`: the crops are the input unless resized
+        print(f"tiles: reporting on the {args.tile}x{args.tile} crops training sees ({len(dataset)} tiles)")
     # the model (random weights) brings its own resize rule: what --image-size means and how boxes scale
     detector = create_model(args.model, num_classes=len(dataset.class_names), image_size=args.image_size)
     report = diagnose(dataset, args.model, tuple(detector.image_size) if args.image_size else None,
