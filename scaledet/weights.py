@@ -131,8 +131,16 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
         raise corrupt_file_error(path, error, fix) from None
 
 
+def _check_readable(path: str | Path) -> None:
+    """Raise Python's own ``OSError`` (``PermissionError``, ``IsADirectoryError`` ...) for a file that
+    cannot be read: safetensors reports every failure to open as "No such file or directory"."""
+    with open(path, "rb"):
+        pass
+
+
 def read_weights_config(path: str | Path) -> dict[str, Any] | None:
     """The config stored with our safetensors file, or ``None`` if it is not ours."""
+    _check_readable(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -205,6 +213,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if is_safetensors(path):
+        _check_readable(path)
         try:
             state_dict = load_file(str(path))
         except OSError:

@@ -225,3 +225,11 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_the_data_loads(
 def test_bench_image_size_below_one_pixel_is_refused_at_once(capsys):
     assert main(["bench", "--models", "efficientdet_d0", "--image-size", "0", "0"]) == 2
     assert "--image-size H W must be >= 1 pixel each, got 0 0" in capsys.readouterr().err
+
+
+def test_a_weights_file_that_cannot_be_opened_names_the_real_reason(tmp_path, capsys):
+    """safetensors reports any failure to open as "No such file or directory" (a file without read
+    permission too) or "No such device": the reason is the operating system's, with the path."""
+    (tmp_path / "w.safetensors").mkdir()
+    lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / "w.safetensors")])
+    assert lines[0].endswith(f"{tmp_path / 'w.safetensors'}: Is a directory")

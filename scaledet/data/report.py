@@ -17,7 +17,7 @@ from pathlib import Path
 #: reason -> what happens to the record; the keys used by the loaders.
 REASONS: dict[str, str] = {
     "missing_image": "image file not found: image skipped",
-    "unreadable_image": "image file truncated or not an image: image skipped",
+    "unreadable_image": "image file unreadable (truncated, not an image, or no read permission): image skipped",
     "bad_image_record": "image record malformed (no id / file name): image skipped",
     "bad_annotation_file": "annotation file unparsable: image skipped",
     "unknown_image_id": "annotation for an image id not in the file: annotation skipped",
