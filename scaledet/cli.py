@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -76,6 +77,19 @@ def describe_error(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def who(command: str) -> str:
+    """``scaledet COMMAND``, and which process for the other ranks of a ``--processes`` / torchrun run
+    (each rank reports its own error)."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return f"scaledet {command}" + (f" (process {rank} of {world})" if rank not in ("", "0") and world != "1" else "")
+
+
+def say(line: str) -> None:
+    """``line`` to stderr in one write, so that the lines of processes sharing the terminal do not run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -84,19 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     format_warning = warnings.formatwarning
     if not args.debug:  # a warning is a line for the user, not a source location and a line of our code
-        warnings.formatwarning = lambda message, *_, **__: f"scaledet {args.command}: warning: {message}\n"
+        warnings.formatwarning = lambda message, *_, **__: f"{who(args.command)}: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         if args.debug:
             raise
         resume = "; the same command with --resume continues from OUT/last.pt" if args.command == "train" else ""
-        print(f"scaledet {args.command}: interrupted{resume}", file=sys.stderr)
+        say(f"{who(args.command)}: interrupted{resume}")
         return 130
     except Exception as error:
         if args.debug or not isinstance(error, user_error_types()):
             raise
-        print(f"scaledet {args.command}: error: {describe_error(error)}", file=sys.stderr)
+        say(f"{who(args.command)}: error: {describe_error(error)}")
         return 2
     finally:
         warnings.formatwarning = format_warning

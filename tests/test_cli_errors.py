@@ -233,3 +233,16 @@ def test_a_weights_file_that_cannot_be_opened_names_the_real_reason(tmp_path, ca
     (tmp_path / "w.safetensors").mkdir()
     lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / "w.safetensors")])
     assert lines[0].endswith(f"{tmp_path / 'w.safetensors'}: Is a directory")
+
+
+def test_each_process_of_a_multi_process_run_names_itself_in_its_error(tmp_path, capsys, monkeypatch):
+    """Under --processes / torchrun every rank reports its error: one whole line each, the other ranks
+    named, so two ranks' lines neither look like one repeated message nor run together."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["predict", str(tmp_path), "--weights", str(tmp_path / "none.safetensors")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scaledet predict (process 1 of 2): error: ") and err.count("\n") == 1, err
+    monkeypatch.setenv("RANK", "0")
+    _error(capsys, argv)  # rank 0 speaks as a single process does

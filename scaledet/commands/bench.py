@@ -99,11 +99,7 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
                                               merge_markdown_results, temporary_dir)
     from scaledet.inference.processor import current_processor
 
-    try:
-        _check_args(args)
-    except ValueError as error:
-        print(f"scaledet bench: error: {error}", file=sys.stderr)
-        return 2
+    _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     processor = current_processor()

@@ -95,19 +95,15 @@ def _model_stats(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from scaledet.evaluation import evaluate_detections, format_per_class, format_stats
 
-    try:
-        if args.gt or args.detections:
-            if not (args.gt and args.detections):
-                raise ValueError("--gt and --detections go together")
-            stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend,
-                                        match_categories=args.match_categories)
-        elif args.model or args.weights or args.data:
-            stats = _model_stats(args)
-        else:
-            raise ValueError("give --gt and --detections, or --weights (and --model) and --data")
-    except ValueError as error:
-        print(f"scaledet eval: error: {error}", file=sys.stderr)
-        return 2
+    if args.gt or args.detections:
+        if not (args.gt and args.detections):
+            raise ValueError("--gt and --detections go together")
+        stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend,
+                                    match_categories=args.match_categories)
+    elif args.model or args.weights or args.data:
+        stats = _model_stats(args)
+    else:
+        raise ValueError("give --gt and --detections, or --weights (and --model) and --data")
     for note in stats.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     print(format_stats(stats))

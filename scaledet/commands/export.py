@@ -18,7 +18,6 @@ with the eager model on the calibration images against :data:`~scaledet.inferenc
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -96,22 +95,18 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.export import OnnxDetector, export_onnx
     from scaledet.inference.compare import compare_detection_sets
 
-    try:
-        if args.weights and Path(args.weights).suffix == ".onnx":
-            raise ValueError("--weights is already an ONNX file")
-        if args.int8 and not args.calibration:
-            raise ValueError("--int8 needs --calibration DATA: a folder or glob of images like the ones to detect on, "
-                             "or a dataset (e.g. shapes:val, a COCO .json)")
-        if args.calibration and not args.int8:
-            raise ValueError("--calibration is for --int8")
-        model = scaledet.load(args.weights, model=args.model, image_size=args.image_size)
-        if args.int8:
-            return _export_int8(model, args)
-        output = Path(args.output or f"{model.config['model']}.onnx")
-        path = export_onnx(model, output, opset=args.opset)
-    except ValueError as error:
-        print(f"scaledet export: error: {error}", file=sys.stderr)
-        return 2
+    if args.weights and Path(args.weights).suffix == ".onnx":
+        raise ValueError("--weights is already an ONNX file")
+    if args.int8 and not args.calibration:
+        raise ValueError("--int8 needs --calibration DATA: a folder or glob of images like the ones to detect on, "
+                         "or a dataset (e.g. shapes:val, a COCO .json)")
+    if args.calibration and not args.int8:
+        raise ValueError("--calibration is for --int8")
+    model = scaledet.load(args.weights, model=args.model, image_size=args.image_size)
+    if args.int8:
+        return _export_int8(model, args)
+    output = Path(args.output or f"{model.config['model']}.onnx")
+    path = export_onnx(model, output, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
     if args.check:
         generator = torch.Generator().manual_seed(0)

@@ -135,19 +135,15 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.inference.predict import collect_inputs, is_video
     from scaledet.models.inputs import category_ids_of
 
-    try:
-        args.device = str(resolve_device(args.device))
-        args.batch_size = batch_size_for(args.batch_size, args.device)
-        _check_limits(args)
-        if bool(args.data) == bool(args.inputs):
-            raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")
-        args.tiling = tile_options(args)
-        detector = load_detector(args)
-        dataset = _open_data(args, detector) if args.data else None
-        category_ids = _dataset_category_ids(detector, dataset) if dataset is not None else category_ids_of(detector)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"scaledet predict: error: {error}", file=sys.stderr)
-        return 2
+    args.device = str(resolve_device(args.device))
+    args.batch_size = batch_size_for(args.batch_size, args.device)
+    _check_limits(args)
+    if bool(args.data) == bool(args.inputs):
+        raise ValueError("give INPUT files / folders / globs, or --data DATASET (not both)")
+    args.tiling = tile_options(args)
+    detector = load_detector(args)
+    dataset = _open_data(args, detector) if args.data else None
+    category_ids = _dataset_category_ids(detector, dataset) if dataset is not None else category_ids_of(detector)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"results": [], "images": [], "used": set(), "skipped": 0, "done": 0,
