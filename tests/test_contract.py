@@ -105,6 +105,8 @@ def check_detections(detections: list[dict], inputs: list[torch.Tensor], num_cla
         assert det["labels"].shape == (n,) and det["labels"].dtype == torch.int64
         assert torch.isfinite(det["boxes"]).all() and torch.isfinite(det["scores"]).all()
         assert (det["boxes"][:, 2] >= det["boxes"][:, 0]).all() and (det["boxes"][:, 3] >= det["boxes"][:, 1]).all()
+        height, width = image.shape[-2:]  # boxes lie inside the image they were predicted on
+        assert (det["boxes"] >= 0).all() and (det["boxes"][:, 0::2] <= width).all() and (det["boxes"][:, 1::2] <= height).all()
         assert (det["scores"][:-1] >= det["scores"][1:]).all(), "scores must be sorted descending"
         if n:
             assert 0 <= int(det["labels"].min()) and int(det["labels"].max()) < num_classes

