@@ -58,6 +58,13 @@ def test_profile_cli_table(capsys):
     assert "| efficientdet_d0 | 512x512 | 3,880,067 | 3,880,067 | 3.9M | 2.49 | 2.5 |" in out
 
 
+def test_profile_table_compares_in_each_paper_s_unit(capsys):
+    """RT-DETR's paper counts 2 FLOPs per multiply-accumulate: 2 x 30.74 GMACs vs its 60 GFLOPs, not 0.51."""
+    assert main(["profile", "rtdetr_r18vd"]) == 0
+    out = capsys.readouterr().out
+    assert "| 30.74 | 60 | 1.025 |" in out and "rtdetr_r18vd: its paper counts 2 per multiply-accumulate" in out
+
+
 def test_meta_device_count_equals_a_real_forward():
     import scaledet
     from scaledet.profiling import count_macs

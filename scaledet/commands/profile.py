@@ -17,17 +17,27 @@ def _fmt(value, spec: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table of :func:`scaledet.profiling.profile_model` rows."""
-    lines = ["| model | input | params | trainable | paper params | GMACs | paper GFLOPs | MACs / paper | anchors |",
+    """A Markdown table of :func:`scaledet.profiling.profile_model` rows.
+
+    "vs paper" is our count in the paper's unit over the paper's figure: EfficientDet, DETR and RetinaNet
+    count a multiply-accumulate as one FLOP; a paper whose ``flops_per_mac`` is 2 (RT-DETR) counts two.
+    """
+    lines = ["| model | input | params | trainable | paper params | GMACs | paper GFLOPs | vs paper | anchors |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    doubled = []
     for row in rows:
         paper = row["paper"]
         gmacs = row["macs"] / 1e9
-        ratio = gmacs / paper["gflops"] if paper.get("gflops") else None
+        flops_per_mac = paper.get("flops_per_mac", 1)
+        ratio = gmacs * flops_per_mac / paper["gflops"] if paper.get("gflops") else None
+        if flops_per_mac != 1:
+            doubled.append(row["model"])
         paper_params = f"{paper['params_m']}M" if paper.get("params_m") else "-"
         lines.append(f"| {row['model']} | {row['native_size'][0]}x{row['native_size'][1]} | {row['params']:,} | "
                      f"{row['trainable_params']:,} | {paper_params} | {gmacs:.2f} | {_fmt(paper.get('gflops'), 'g')} | "
                      f"{_fmt(ratio, '.3f')} | {_fmt(row['anchors'], ',')} |")
+    lines.append("\nvs paper: our count in the paper's unit / the paper's GFLOPs (a FLOP = one multiply-accumulate"
+                 + (f"; {', '.join(doubled)}: its paper counts 2 per multiply-accumulate)" if doubled else ")"))
     return "\n".join(lines)
 
 

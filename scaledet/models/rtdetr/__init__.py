@@ -99,12 +99,12 @@ CHECKPOINT = CheckpointSpec(class_head=("decoder.enc_score_head.", "decoder.clas
 
 
 # Zhao et al. 2024, Table 2: COCO val2017 AP at 640x640, T4 TensorRT FP16 FPS, GFLOPs counted as
-# 2 x multiply-accumulates (so ``scaledet profile``'s MACs / paper column reads ~0.5)
+# 2 x multiply-accumulates (``flops_per_mac``: ``scaledet profile`` compares 2 x our MACs with them)
 _PAPER = {
-    "rtdetr_r18vd": {"params_m": 20, "gflops": 60, "coco_ap": 46.5, "t4_fps": 217},
-    "rtdetr_r34vd": {"params_m": 31, "gflops": 92, "coco_ap": 48.9, "t4_fps": 161},
-    "rtdetr_r50vd": {"params_m": 42, "gflops": 136, "coco_ap": 53.1, "t4_fps": 108},
-    "rtdetr_r101vd": {"params_m": 76, "gflops": 259, "coco_ap": 54.3, "t4_fps": 74},
+    "rtdetr_r18vd": {"flops_per_mac": 2, "params_m": 20, "gflops": 60, "coco_ap": 46.5, "t4_fps": 217},
+    "rtdetr_r34vd": {"flops_per_mac": 2, "params_m": 31, "gflops": 92, "coco_ap": 48.9, "t4_fps": 161},
+    "rtdetr_r50vd": {"flops_per_mac": 2, "params_m": 42, "gflops": 136, "coco_ap": 53.1, "t4_fps": 108},
+    "rtdetr_r101vd": {"flops_per_mac": 2, "params_m": 76, "gflops": 259, "coco_ap": 54.3, "t4_fps": 74},
 }
 
 
