@@ -140,3 +140,19 @@ def test_checkpoints_and_weights_get_the_permissions_of_a_plain_file(tmp_path):
         os.umask(old)
     modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("last.pt", "w.safetensors", "plain.txt")}
     assert modes == {"last.pt": 0o644, "w.safetensors": 0o644, "plain.txt": 0o644}
+
+
+def test_resuming_a_finished_run_trains_no_step_more(tmp_path):
+    """A run stopped in its final evaluation (or resumed when done) resumes at its last step: it writes its
+    outputs again, with no step trained beyond --max-steps and one final record in the logs."""
+    from scaledet.engine.logging import read_log
+
+    finished, _ = _train(tmp_path, max_steps=4)
+    weights = {name: tensor.clone() for name, tensor in finished.model.state_dict().items()}
+    resumed, metrics = _train(tmp_path, max_steps=4, resume="auto")
+    assert resumed.step == 4 and metrics["steps"] == 4
+    assert all(torch.equal(resumed.model.state_dict()[name], tensor) for name, tensor in weights.items())
+    records = read_log(tmp_path)
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
+    assert sum(1 for r in records if r.get("final")) == 1
+    assert (tmp_path / "epochs.csv").read_text().count("\n") == 1 + 1  # the header and one final row

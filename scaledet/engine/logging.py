@@ -94,7 +94,9 @@ class RunLogger:
         """Drop every record of a step after ``step`` from ``log.jsonl``, ``steps.csv`` and ``epochs.csv``.
 
         A run resumed from a checkpoint of step ``step`` trains (and logs) the later steps again;
-        without this, steps logged after that checkpoint by the interrupted run appear twice.
+        without this, steps logged after that checkpoint by the interrupted run appear twice. A
+        ``final`` record goes too: the resumed run ends with its own (a finished run resumed would
+        otherwise have two).
         """
         if not self.enabled:
             return
@@ -105,15 +107,17 @@ class RunLogger:
         path = self.out / "log.jsonl"
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            _rewrite(path, [line for line in lines if _step_of_json(line) <= step])
+            _rewrite(path, [line for line in lines if _step_of_json(line) <= step and not _is_final(line)])
         for kind in CSV_KINDS:
             path = self.out / f"{kind}s.csv"
             if path.exists():
                 with open(path, newline="", encoding="utf-8") as handle:
                     rows = list(csv.reader(handle))
                 column = rows[0].index("step") if rows and "step" in rows[0] else None
+                final = rows[0].index("final") if rows and "final" in rows[0] else None
                 complete = [row for row in rows[1:] if len(row) == len(rows[0])]  # not a row cut by a kill
-                kept = rows[:1] + [row for row in complete if column is None or _number(row[column]) <= step]
+                kept = rows[:1] + [row for row in complete if (column is None or _number(row[column]) <= step)
+                                   and (final is None or row[final] not in ("1", "1.0"))]
                 _rewrite(path, kept, as_csv=True)
         self._jsonl = open(self.out / "log.jsonl", "a", encoding="utf-8")
 
@@ -152,6 +156,14 @@ def _step_of_json(line: str) -> float:
     except (ValueError, AttributeError):
         return float("inf")
     return float(step) if isinstance(step, (int, float)) else float("-inf")
+
+
+def _is_final(line: str) -> bool:
+    """Whether a JSON log line is a run's ``final`` record."""
+    try:
+        return bool(json.loads(line).get("final"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _rewrite(path: Path, lines: list, as_csv: bool = False) -> None:

@@ -406,7 +406,8 @@ class Trainer:
         """Train until epochs / max_steps / max_minutes, then evaluate and write the run outputs."""
         self._start = time.monotonic()
         self.model.train()
-        stopped = False
+        # resumed at (or past) its end, e.g. stopped in the final evaluation: no step more, only the outputs
+        stopped = self.step > 0 and self._should_stop()
         while not stopped and (self.config.epochs is None or self.epoch < self.config.epochs):
             stopped = self._train_epoch()
             if self.batch_in_epoch >= self.steps_per_epoch * self.config.grad_accum:
