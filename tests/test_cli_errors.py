@@ -79,12 +79,12 @@ def test_empty_or_corrupt_last_checkpoint_on_resume(tmp_path, tiny_config, capsy
     out.mkdir()
     (out / "last.pt").write_bytes(b"")
     lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out), "--resume"])
-    assert lines[0].endswith(f"error: {out / 'last.pt'} is empty or corrupt (EOFError): delete it or start without --resume")
+    assert lines[0].endswith(f"error: {out / 'last.pt'} is empty or corrupt (EOFError): start without --resume (a new run replaces it), or --resume another checkpoint (e.g. OUT/best.pt)")
     torch.save({"model": {}, "step": 1}, out / "last.pt")
     (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:100])  # truncated
     lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out), "--resume"])
     assert "last.pt is empty or corrupt (RuntimeError: PytorchStreamReader" in lines[0]
-    assert lines[0].endswith("delete it or start without --resume")
+    assert lines[0].endswith("start without --resume (a new run replaces it), or --resume another checkpoint (e.g. OUT/best.pt)")
 
 
 class _Evil:
@@ -246,3 +246,25 @@ def test_each_process_of_a_multi_process_run_names_itself_in_its_error(tmp_path,
     assert err.startswith("scaledet predict (process 1 of 2): error: ") and err.count("\n") == 1, err
     monkeypatch.setenv("RANK", "0")
     _error(capsys, argv)  # rank 0 speaks as a single process does
+
+
+def test_resume_names_a_bad_checkpoint_before_the_data_loads_and_a_weights_file_is_not_one(tmp_path, tiny_config,
+                                                                                           capsys):
+    out = tmp_path / "run"
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out), "--resume"])
+    assert "checkpoint not found" in lines[0] and "data:" not in capsys.readouterr().out
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    lines = _error(capsys, ["train", *_shapes(tiny_config), "--out", str(out), "--resume", str(tmp_path / "w.safetensors")])
+    assert "w.safetensors is not a scaledet training checkpoint" in lines[0] and "--pretrained PATH" in lines[0]
+    assert "delete" not in lines[0]
+
+
+def test_resume_with_another_model_is_one_line_and_changed_options_are_named(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    args = [*_shapes(tiny_config), "--out", str(out)]
+    assert main(["train", *args]) == 0
+    capsys.readouterr()
+    lines = _error(capsys, ["train", *args, "--resume", "--image-size", "96"])
+    assert "last.pt is a run of efficientdet_d0 at 64x64" in lines[0] and "this command builds efficientdet_d0 at 96x96" in lines[0]
+    with pytest.warns(UserWarning, match=r"resuming .* with --max-steps 3 \(was 2\), --seed 1 \(was 0\): the run"):
+        assert main(["train", *args, "--resume", "--max-steps", "3", "--seed", "1"]) == 0

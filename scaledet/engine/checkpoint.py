@@ -10,6 +10,7 @@ the target (``os.replace`` is atomic on POSIX): a crash mid-write leaves the pre
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -56,7 +57,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 #: what to do about a checkpoint that cannot be resumed from
-RESUME_FIX = "delete it or start without --resume"
+RESUME_FIX = "start without --resume (a new run replaces it), or --resume another checkpoint (e.g. OUT/best.pt)"
+
+#: ``TrainConfig`` fields whose model-building meaning a resumed run must share with its checkpoint
+#: (compared through the built model's config: name, classes, input size, anchors)
+MODEL_KEYS = ("model", "num_classes", "image_size", "overrides")
+
+#: ``TrainConfig`` fields that change how a resumed run continues (named in a warning when they differ)
+PLAN_KEYS = ("train", "val", "epochs", "max_steps", "max_minutes", "batch_size", "grad_accum", "optimizer", "lr",
+             "schedule", "recipe", "weight_decay", "warmup_epochs", "ema_decay", "bn_momentum", "augment", "seed")
+
+
+def resume_path(out: str | Path, resume: str | None) -> Path:
+    """The checkpoint ``--resume`` means: ``OUT/last.pt`` for ``"auto"`` (plain ``--resume``), else the path given."""
+    return Path(out) / "last.pt" if resume == "auto" else Path(str(resume))
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -64,16 +78,66 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        UserError (a ValueError): empty or corrupt (``PATH is empty or corrupt (...): delete it or
-            start without --resume``), pickled code, or not a training checkpoint.
+        UserError (a ValueError): empty or corrupt (``PATH is empty or corrupt (...): start without
+            --resume ...``), pickled code, or not a training checkpoint (weights: use them with --pretrained).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} (start without --resume, or give --resume PATH)")
+    not_checkpoint = (f"{path} is not a scaledet training checkpoint (a run's last.pt / best.pt): --resume continues "
+                      "the run that wrote one; to start a new run from a file's weights give it as --pretrained PATH")
+    if path.suffix.lower() == ".safetensors":
+        raise UserError(not_checkpoint)
     state = torch_load_weights_only(path, fix=RESUME_FIX)
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise UserError(f"{path} is not a scaledet training checkpoint (no 'model'/'step' entries): {RESUME_FIX}")
+        raise UserError(not_checkpoint)
     return state
+
+
+def check_resume(path: str | Path, state: dict[str, Any], config: dict[str, Any], model_config: dict[str, Any]) -> list[str]:
+    """Compare a checkpoint with the run about to continue it.
+
+    Args:
+        path: the checkpoint (for messages).
+        state: :func:`load_training_checkpoint`'s dict (its ``config`` and ``model_config``).
+        config: the resumed run's ``TrainConfig.to_dict()``.
+        model_config: the config of the model the resumed run built (``model.config``; ``{}`` if none).
+
+    Returns:
+        the options that differ in how the run continues, as ``--name NEW (was OLD)`` (empty: the same run).
+
+    Raises:
+        UserError: the model differs (name, classes, input size, anchors): its weights would not fit,
+            or would load onto other anchors.
+    """
+    stored_model = state.get("model_config") or {}
+    if stored_model and model_config:
+        was = {key: stored_model.get(key) for key in MODEL_KEYS}
+        now = {key: _plain(model_config.get(key)) for key in MODEL_KEYS}
+        if was != now:
+            raise UserError(f"{path} is a run of {_describe_model(was)}; this command builds {_describe_model(now)}: "
+                            "resume with the options and data the run started with (--model, --image-size, "
+                            "--anchors, --tile), or start a new run with another --out")
+    stored = state.get("config") or {}
+    current = _plain(config)
+    return [f"--{key.replace('_', '-')} {_show(current.get(key))} (was {_show(stored.get(key))})"
+            for key in PLAN_KEYS if key in stored and stored.get(key) != current.get(key)]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from a checkpoint (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _show(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _describe_model(config: dict[str, Any]) -> str:
+    size = config.get("image_size")
+    anchors = {k: v for k, v in (config.get("overrides") or {}).items() if k in ("anchor_scale", "aspect_ratios")}
+    return (f"{config.get('model')}" + (f" at {size[0]}x{size[1]}" if isinstance(size, list) and len(size) == 2 else "")
+            + f", {config.get('num_classes')} classes" + (f", anchors {anchors}" if anchors else ""))
 
 
 # --- random number generators --------------------------------------------------------------

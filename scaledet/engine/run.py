@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from scaledet.data import open_dataset, print_report, train_transforms
 from scaledet.data.tiles import TileCropDataset
 from scaledet.engine import distributed as dist_utils
+from scaledet.engine.checkpoint import load_training_checkpoint, resume_path
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.doctor import diagnose, format_diagnosis
 from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_input_size, from_scratch_changes
@@ -208,6 +209,8 @@ def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val
     """Open the data (unless given), seed and build the model (unless given), train with the
     training augmentation, evaluate, write ``config.out``; returns metrics.json's dict."""
     check_writable(Path(config.out))  # before minutes of data loading, not after
+    if config.resume:  # a missing or unusable checkpoint, too
+        load_training_checkpoint(resume_path(config.out, config.resume))
     if train_set is None:
         train_set, val_set = open_datasets(config)
     config, train_set, val_set = use_tiles(config, train_set, val_set)

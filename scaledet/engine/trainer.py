@@ -39,7 +39,8 @@ from scaledet.data.transforms import collate_fn
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.distributed import resolve_device
 from scaledet.engine.allocator import keep_freed_memory
-from scaledet.engine.checkpoint import atomic_torch_save, load_training_checkpoint, rng_state, set_rng_state
+from scaledet.engine.checkpoint import (atomic_torch_save, check_resume, load_training_checkpoint, resume_path,
+                                       rng_state, set_rng_state)
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.data import EpochSampler, SeededDataset
 from scaledet.engine.ema import create_ema, set_ema_decay
@@ -220,7 +221,7 @@ class Trainer:
         self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main,
                                 append=bool(config.resume))
         if config.resume:
-            self.load(self.out / "last.pt" if config.resume == "auto" else Path(config.resume))
+            self.load(resume_path(self.out, config.resume))
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -363,6 +364,11 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from a checkpoint written by :meth:`save`."""
         state = load_training_checkpoint(path)
+        changed = check_resume(path, state, self.config.to_dict(), getattr(self.model, "config", {}))
+        if changed and self.is_main:
+            warnings.warn(f"resuming {path} with {', '.join(changed)}: the run continues with these (its schedule "
+                          "planned again where they change it); the options it started with continue it exactly",
+                          stacklevel=2)
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             if state.get("ema") is None:
