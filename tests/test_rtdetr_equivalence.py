@@ -51,9 +51,10 @@ def images():
     return [torch.rand(3, 100, 150, generator=generator), torch.rand(3, 140, 90, generator=generator)]
 
 
-def converted_pair(name: str, tmp_path, version: int = 1, **extra):
+def converted_pair(name: str, tmp_path, version: int = 1, saved: bool = False, **extra):
     """(transformers model, ours loaded from its state dict through ``create_model(pretrained=)``), eval mode.
-    ``version=2``: transformers' RT-DETRv2 in its default decoder form."""
+    ``version=2``: transformers' RT-DETRv2 in its default decoder form. ``saved``: from the file its
+    ``save_pretrained`` writes (the hub's layout: ``encoder.encoder.0``, ``fc1``), not its ``state_dict()``."""
     overrides = {**SMALL, "widths": WIDTHS[rtdetr.VARIANTS[name].block], **extra}
     variant = dataclasses.replace(rtdetr.VARIANTS[name], **overrides)
     config = rtdetr_hf_config(variant, NUM_CLASSES)
@@ -63,7 +64,11 @@ def converted_pair(name: str, tmp_path, version: int = 1, **extra):
     model_class = transformers.RTDetrForObjectDetection if version == 1 else transformers.RTDetrV2ForObjectDetection
     reference = randomize(model_class(config)).eval()
     path = tmp_path / "hf_rtdetr.pth"
-    torch.save(reference.state_dict(), path)
+    if saved:
+        reference.save_pretrained(tmp_path / "hf")
+        path = tmp_path / "hf" / "model.safetensors"
+    else:
+        torch.save(reference.state_dict(), path)
     ours = scaledet.create_model(name, pretrained=path, image_size=IMAGE_SIZE, **overrides).eval()
     assert ours.num_classes == NUM_CLASSES  # counted from the file's class head
     return reference, ours
@@ -80,9 +85,11 @@ def test_preprocess_matches_image_processor():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name, version", [("rtdetr_r18vd", 1), ("rtdetr_r50vd", 1), ("rtdetr_r18vd", 2)])
-def test_outputs_and_detections_equal_transformers(name, version, tmp_path):
-    reference, ours = converted_pair(name, tmp_path, version)
+@pytest.mark.parametrize("name, version, saved", [("rtdetr_r18vd", 1, False), ("rtdetr_r50vd", 1, False),
+                                                  ("rtdetr_r18vd", 2, False), ("rtdetr_r50vd", 1, True),
+                                                  ("rtdetr_r18vd", 2, True)])
+def test_outputs_and_detections_equal_transformers(name, version, saved, tmp_path):
+    reference, ours = converted_pair(name, tmp_path, version, saved)
     inputs = images()
     batch = ours.preprocess(inputs)
     with torch.no_grad():

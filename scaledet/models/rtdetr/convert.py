@@ -5,7 +5,9 @@ Supported sources (detected from the key names):
 * Hugging Face ``RTDetrForObjectDetection`` (the ``PekingU/rtdetr_*`` files): renamed, and the
   separate ``q_proj`` / ``k_proj`` / ``v_proj`` of the self-attention layers packed into
   ``nn.MultiheadAttention``'s ``in_proj`` (:func:`scaledet.models.detr.convert.pack_qkv`, shared
-  with DETR); proven against transformers by ``tests/test_rtdetr_equivalence.py``.
+  with DETR); proven against transformers by ``tests/test_rtdetr_equivalence.py``, from its modules'
+  ``state_dict()`` and from the file ``save_pretrained`` writes (the hub's layout: the AIFI layer as
+  ``encoder.encoder.0``, feed-forwards as ``fc1`` / ``fc2`` without ``mlp.``).
 * Hugging Face ``RTDetrV2ForObjectDetection`` (``PekingU/rtdetr_v2_*``) in its default decoder
   form (bilinear sampling, the same number of points on every level: then RT-DETRv2's network is
   RT-DETR's, the v2 changes being its training): the same names plus the top-level copies of the
@@ -40,8 +42,10 @@ _FROM_HF: list[tuple[str, str]] = [
     (r"^model\.encoder_input_proj\.(\d+)\.1\.", r"encoder.input_proj.\1.norm."),
     (r"^model\.decoder_input_proj\.(\d+)\.0\.", r"decoder.input_proj.\1.conv."),
     (r"^model\.decoder_input_proj\.(\d+)\.1\.", r"decoder.input_proj.\1.norm."),
-    (r"^model\.encoder\.aifi\.0\.layers\.(\d+)\.final_layer_norm\.", r"encoder.aifi.\1.norm2."),
-    (r"^model\.encoder\.aifi\.0\.layers\.(\d+)\.", r"encoder.aifi.\1."),
+    # the AIFI layer: ``aifi`` in transformers' modules, ``encoder.encoder`` in the files they save
+    # (the hub's ``PekingU/rtdetr_*`` too), whose feed-forward is ``fc1`` / ``fc2`` without ``mlp.``
+    (r"^model\.encoder\.(?:aifi|encoder)\.0\.layers\.(\d+)\.final_layer_norm\.", r"encoder.aifi.\1.norm2."),
+    (r"^model\.encoder\.(?:aifi|encoder)\.0\.layers\.(\d+)\.", r"encoder.aifi.\1."),
     (r"^model\.encoder\.", "encoder."),
     (r"^model\.(enc_output|enc_score_head|enc_bbox_head|denoising_class_embed)\.", r"decoder.\1."),
     (r"^model\.decoder\.class_embed\.", "decoder.class_heads."),
@@ -52,7 +56,7 @@ _FROM_HF: list[tuple[str, str]] = [
     (r"\.encoder_attn_layer_norm\.", ".norm2."),
     (r"\.encoder_attn\.", ".cross_attn."),
     (r"^(decoder\.layers\.\d+)\.final_layer_norm\.", r"\1.norm3."),
-    (r"\.mlp\.fc([12])\.", r".ffn.linear\1."),
+    (r"(?:\.mlp)?\.fc([12])\.", r".ffn.linear\1."),
 ]
 
 
