@@ -206,3 +206,17 @@ def test_every_family_is_covered():
 
     names = scaledet.list_models()
     assert all(any(n.startswith(f.prefix) for n in names) for f in FAMILIES)
+
+
+@pytest.mark.parametrize("name", ["efficientdet_d0", "retinanet_r50_fpn", "detr_r50", "deformable_detr_r50",
+                                  "rtdetr_r18vd"])
+def test_backbone_lr_reaches_the_backbone_of_every_family(name):
+    """``--backbone-lr`` trains the backbone's parameters at that rate and nothing else (it did nothing for
+    EfficientDet and RetinaNet, whose backbones sit under ``network.`` / ``net.``)."""
+    with torch.device("meta"):
+        model = scaledet.create_model(name, num_classes=NUM_CLASSES)
+    groups = model.param_groups(1e-3, 0.05, 0.123)
+    at_backbone_lr = {id(p) for group in groups if group["lr"] == 0.123 for p in group["params"]}
+    names = [n for n, p in model.named_parameters() if id(p) in at_backbone_lr]
+    assert names and all(".backbone." in f".{n}" and ".fpn." not in n for n in names)
+    assert sum(p.numel() for p in model.parameters() if id(p) in at_backbone_lr) > 1e6

@@ -93,6 +93,9 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     #: True when the family resizes and pads every image to a free ``(h, w)`` = ``image_size`` that a
     #: data pipeline can fill exactly (anchor detectors); the auto recipe may then fit it to the data.
     input_size_is_free: bool = True
+    #: the name prefix of the pretrained feature extractor's parameters (what ``backbone_lr`` trains
+    #: at its own learning rate)
+    backbone_prefix: str = "backbone."
 
     def __init__(self, name: str, num_classes: int, image_size: Sequence[int],
                  class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
@@ -176,9 +179,9 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     # training hooks (defaults suit most families)
     def param_groups(self, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
         """Optimizer parameter groups: 1-D parameters (biases, norm weights) without weight decay;
-        parameters under ``backbone.`` at ``backbone_lr`` when given (:func:`default_param_groups`).
+        parameters under :attr:`backbone_prefix` at ``backbone_lr`` when given (:func:`default_param_groups`).
         Families with a recipe of their own (DETR: backbone at lr / 10) override this."""
-        return default_param_groups(self, lr, weight_decay, backbone_lr)
+        return default_param_groups(self, lr, weight_decay, backbone_lr, self.backbone_prefix)
 
     def train_transforms(self, *, scale_range: tuple[float, float] | None = None, hflip: float | None = None,
                          photometric: bool | None = None, fill: float | None = None, min_box_size: float | None = None):
@@ -216,14 +219,18 @@ def longest_side_scale(height: int, width: int, size: Sequence[int]) -> float:
 
 
 def default_param_groups(module: nn.Module, lr: float, weight_decay: float,
-                         backbone_lr: float | None = None) -> list[dict]:
+                         backbone_lr: float | None = None, backbone_prefix: str = "backbone.") -> list[dict]:
     """Optimizer parameter groups of any module: trainable 1-D parameters (biases, norm weights)
-    without weight decay, parameters named ``backbone.*`` at ``backbone_lr`` when it is given."""
+    without weight decay, parameters named ``backbone_prefix*`` at ``backbone_lr`` when it is given
+    (ValueError if no trainable parameter has that prefix: the option would do nothing)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in module.named_parameters():
         if parameter.requires_grad:
-            is_backbone = backbone_lr is not None and name.startswith("backbone.")
+            is_backbone = backbone_lr is not None and name.startswith(backbone_prefix)
             groups.setdefault((is_backbone, parameter.ndim <= 1), []).append(parameter)
+    if backbone_lr is not None and not any(is_backbone for is_backbone, _ in groups):
+        raise ValueError(f"backbone_lr {backbone_lr:g}: {type(module).__name__} has no trainable parameter under "
+                         f"{backbone_prefix!r}; drop --backbone-lr")
     result = []
     for (is_backbone, no_decay), params in sorted(groups.items()):
         result.append({"params": params, "lr": backbone_lr if is_backbone else lr,

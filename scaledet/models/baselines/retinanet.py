@@ -122,6 +122,8 @@ class RetinaNetDetector(Detector):
     * :meth:`export_spec`: :class:`~scaledet.models.baselines.export.RetinaNetExport`.
     """
 
+    backbone_prefix = "net.backbone.body."  # the ResNet / EfficientNet (the FPN, ``net.backbone.fpn``, is not)
+
     def __init__(self, variant: RetinaNetVariant, name: str, class_names: list[str] | None = None,
                  overrides: dict | None = None, category_ids: list[int] | None = None) -> None:
         super().__init__(name, variant.num_classes, variant.image_size, class_names, category_ids, overrides)

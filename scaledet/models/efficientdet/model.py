@@ -83,6 +83,8 @@ class EfficientDet(Detector):
     ``([B, A_l*K, H_l, W_l], ...), ([B, A_l*4, H_l, W_l], ...)`` class logits and box codes.
     """
 
+    backbone_prefix = "network.backbone."  # the EfficientNet (what --backbone-lr trains at its own lr)
+
     def __init__(self, variant: EfficientDetVariant, name: str, class_names: list[str] | None = None,
                  overrides: dict | None = None, category_ids: list[int] | None = None) -> None:
         super().__init__(name, variant.num_classes, variant.image_size, class_names, category_ids, overrides)
