@@ -392,3 +392,53 @@ def test_class_names_differing_only_in_case_are_named(tmp_path, ok_image):
     categories = ({"id": 1, "name": "cup"}, {"id": 2, "name": "Cup"}, {"id": 3, "name": "horse"})
     _, warned = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, [1, 1, 10, 10])], categories))
     assert any("class names that differ only in case or spaces are separate classes: 'cup' / 'Cup'" in w for w in warned)
+
+
+def test_yolo_bom_float_class_and_pixel_coordinates(tmp_path):
+    """A BOM and a class written "1.0" read as class 1; a fractional class and pixel coordinates are
+    skipped, the latter named as pixels (they were "non-numeric" / "entirely outside the image")."""
+    path = _yolo(tmp_path, ["\ufeff0 0.5 0.5 0.25 0.5", "1.0 0.25 0.5 0.1 0.1", "0.5 0.5 0.5 0.1 0.1", "0 40 20 20 40"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = YOLODataset(path, split="train")
+    assert dataset.report.counts == {"bad_yolo_line": 1, "yolo_pixel_coordinates": 1}
+    assert any("class 0.5 is not a whole number" in str(w.message) for w in caught)
+    assert any("fractions of the image" in str(w.message) for w in caught)
+    assert dataset[0][1]["labels"].tolist() == [0, 1]
+
+
+def test_images_in_a_linked_folder_are_found_and_hidden_files_are_not(tmp_path):
+    """YOLO image folders and predict's folder walk follow symbolic links to folders (Path.rglob on
+    Python < 3.13 does not) and skip hidden files such as macOS's ._a.png."""
+    from scaledet.inference.predict import collect_inputs
+
+    path = _yolo(tmp_path, ["0 0.5 0.5 0.25 0.5"])
+    (tmp_path / "elsewhere").mkdir()
+    _save(tmp_path / "elsewhere" / "b.png", _rgb(40, 80))
+    (tmp_path / "images" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "images" / "loop").symlink_to(tmp_path / "images", target_is_directory=True)  # a cycle ends
+    (tmp_path / "images" / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble, not an image
+    (tmp_path / "labels" / "linked").mkdir()
+    (tmp_path / "labels" / "linked" / "b.txt").write_text("1 0.5 0.5 0.5 0.5")
+    dataset = YOLODataset(path, split="train", progress=False)
+    assert [r.path.name for r in dataset.records] == ["a.png", "b.png"]
+    assert dataset.report.counts == {}
+    paths, problems = collect_inputs([str(tmp_path / "images")])
+    assert [p.name for p in paths] == ["a.png", "b.png"] and not problems
+
+
+def test_voc_split_names_without_xml_are_counted_and_difficult_true_is_difficult(tmp_path):
+    root = tmp_path / "VOC"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    _save(root / "JPEGImages" / "good.jpg", _rgb())
+    (root / "Annotations" / "good.xml").write_text(
+        "<annotation><filename>good.jpg</filename><object><name>dog</name><difficult>true</difficult>"
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object><object><name>dog</name>"
+        "<bndbox><xmin>11</xmin><ymin>11</ymin><xmax>19</xmax><ymax>19</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("good\ngone\n")
+    with pytest.warns(DataWarning, match="'gone' has no Annotations/gone.xml"):
+        dataset = open_dataset(root, split="train")
+    assert len(dataset) == 1 and dataset.report.counts == {"missing_annotation": 1}
+    assert dataset.records[0].iscrowd.tolist() == [True, False]

@@ -342,7 +342,8 @@ class DetectionDataset(Dataset):
 
 
 #: report reasons that lose boxes (not whole images, not harmless repairs): the causes of an empty set
-_BOX_LOSS_REASONS = frozenset(REASONS) - KEPT_REASONS - {"missing_image", "unreadable_image", "bad_image_record"} | {
+_BOX_LOSS_REASONS = frozenset(REASONS) - KEPT_REASONS - {"missing_image", "unreadable_image", "bad_image_record",
+                                                          "missing_annotation"} | {
     "missing_label"
 }
 

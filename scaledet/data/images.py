@@ -7,6 +7,7 @@ converted to 8-bit-equivalent RGB: grayscale, palette, RGBA/LA (alpha dropped), 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,22 @@ class ImageInfo:
     height: int
     mode: str
     orientation: int
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``, sorted, following symbolic links to folders (``Path.rglob`` does not
+    on Python < 3.13: images in a linked sub-folder were left out) but visiting each real folder once
+    (a link cycle ends); hidden names (``.cache``, macOS ``._x.jpg``) are skipped."""
+    found, seen = [], set()
+    for current, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        found.extend(Path(current) / name for name in files if not name.startswith("."))
+    return sorted(found)
 
 
 def probe_image(path: Path) -> ImageInfo:

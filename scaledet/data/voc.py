@@ -38,7 +38,7 @@ def _parse_xml(path: Path) -> dict:
     for obj in root.iter("object"):
         box = obj.find("bndbox")
         coords = [box.findtext(k) if box is not None else None for k in ("xmin", "ymin", "xmax", "ymax")]
-        objects.append((str(obj.findtext("name", "")).strip(), coords, obj.findtext("difficult", "0").strip() == "1"))
+        objects.append((str(obj.findtext("name", "")).strip(), coords, obj.findtext("difficult", "0").strip().lower() in ("1", "true")))
     return {
         "filename": root.findtext("filename"),
         "objects": objects,
@@ -72,7 +72,7 @@ class VOCDataset(DetectionDataset):
         parsed = self._parse_all(found, report)
         names = class_names or self._class_names(found, parsed)
         label_of = {name: label for label, name in enumerate(names)}
-        stems = self._split_stems(found, split, parsed)
+        stems = self._split_stems(found, split, parsed, report)
         paths = [found / "JPEGImages" / (parsed[s]["filename"] or f"{s}.jpg") for s in stems]
         infos = probe_records(paths, found.name, report, check_images, progress)
         records = []
@@ -102,13 +102,18 @@ class VOCDataset(DetectionDataset):
         return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
 
     @staticmethod
-    def _split_stems(root: Path, split: str | None, parsed: dict) -> list[str]:
+    def _split_stems(root: Path, split: str | None, parsed: dict, report: DataReport) -> list[str]:
+        """The split's image names that have a parsed annotation; a listed name without an XML file
+        is reported (``missing_annotation``; an unparsable one was reported when parsing)."""
         if split is None:
             return sorted(parsed)
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise UserError(f"{root}: split {split!r} not found ({split_file} missing)")
-        stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        stems = [line.split()[0] for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        for stem in stems:
+            if stem not in parsed and not (root / "Annotations" / f"{stem}.xml").is_file():
+                report.skip("missing_annotation", f"{split_file}: {stem!r} has no Annotations/{stem}.xml")
         return [s for s in stems if s in parsed]
 
     @staticmethod

@@ -18,8 +18,12 @@ from pathlib import Path
 import yaml
 
 from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
+from scaledet.data.images import files_under
 from scaledet.data.report import DataReport
 from scaledet.errors import UserError
+
+#: a YOLO coordinate above this is not a fraction of the image (slightly above 1 is clipped, as other formats' boxes)
+PIXEL_LIKE = 1.5
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -57,9 +61,9 @@ def _list_images(entry: str | list, root: Path, where: str) -> list[Path]:
     for item in entries:
         path = root / str(item)  # an absolute item replaces root
         if path.is_dir():
-            images.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            images.extend(p for p in files_under(path) if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.suffix == ".txt" and path.is_file():
-            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
             images.extend(root / line for line in lines)
         else:
             raise UserError(
@@ -86,7 +90,7 @@ def parse_label_file(path: Path, width: int, height: int, num_classes: int, repo
         report.note("missing_label", f"{path}: label file not found")
         return []
     raw = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # -sig: a BOM goes
         fields = line.split()
         where = f"{path}:{number}"
         if not fields:
@@ -95,9 +99,17 @@ def parse_label_file(path: Path, width: int, height: int, num_classes: int, repo
             report.skip("bad_yolo_line", f"{where}: {len(fields)} fields, expected 5 (class cx cy w h) or a polygon")
             continue
         try:
-            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+            number_class, values = float(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
             report.skip("bad_yolo_line", f"{where}: non-numeric field in {line.strip()!r}")
+            continue
+        if not number_class.is_integer():  # "0.0" (written by some exporters) is class 0
+            report.skip("bad_yolo_line", f"{where}: class {fields[0]} is not a whole number")
+            continue
+        cls = int(number_class)
+        if max(values) > PIXEL_LIKE:
+            report.skip("yolo_pixel_coordinates", f"{where}: {line.strip()!r} has coordinates above {PIXEL_LIKE} "
+                        "(YOLO boxes are fractions of the image: cx cy w h in 0-1; divide pixels by the image size)")
             continue
         if not 0 <= cls < num_classes:
             report.skip("unknown_category", f"{where}: class {cls} not in 0..{num_classes - 1}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from scaledet.data.images import files_under
 from scaledet.data.tiles import ImageSource, TensorImage, open_large_image
 from scaledet.inference.tiling import TileOptions, predict_tiled
 
@@ -77,7 +78,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+            found = files_under(path)
         elif path.is_file():
             found = [path]
         else:
