@@ -442,3 +442,20 @@ def test_voc_split_names_without_xml_are_counted_and_difficult_true_is_difficult
         dataset = open_dataset(root, split="train")
     assert len(dataset) == 1 and dataset.report.counts == {"missing_annotation": 1}
     assert dataset.records[0].iscrowd.tolist() == [True, False]
+
+
+def test_coco_file_names_with_windows_separators_are_found(tmp_path):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    _save(tmp_path / "images" / "train" / "a.png", _rgb())
+    path = _coco(tmp_path, [_image(1, "images\\train\\a.png"), _image(2, "train\\a.png")], [_box(1, [2, 2, 10, 10])])
+    dataset = CocoDataset(path, progress=False)
+    assert [r.path for r in dataset.records] == [tmp_path / "images" / "train" / "a.png"] * 2
+    assert dataset.report.counts == {}
+
+
+def test_a_missing_coco_image_names_every_place_looked(tmp_path, ok_image):
+    path = _coco(tmp_path, [_image(1, ok_image), _image(2, "gone.png")], [_box(1, [2, 2, 10, 10]), _box(2, [2, 2, 9, 9])])
+    with pytest.warns(DataWarning, match=r"gone.png: image file not found at .*gone.png or .*images.gone.png "
+                                         r"\(--images FOLDER"):
+        dataset = CocoDataset(path, progress=False)
+    assert dataset.report.counts == {"missing_image": 1}  # its annotation goes with it, not as an unknown id

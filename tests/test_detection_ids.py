@@ -178,3 +178,15 @@ def test_the_python_trainer_gives_a_model_without_ids_the_datasets(coco_set, tmp
     other = create_model("efficientdet_d0", num_classes=3, image_size=64, class_names=["x", "y", "z"], **tiny)
     Trainer(config, other, train)  # other class names: the model's own ids stay
     assert other.category_ids == [1, 2, 3]
+
+
+def test_file_names_match_across_windows_and_posix_separators():
+    from collections import defaultdict
+
+    from scaledet.evaluation.results import _name_parts, _same_file
+
+    by_base = defaultdict(list)
+    for image in ({"id": 7, "file_name": "train\\a.png"}, {"id": 8, "file_name": "val/a.png"}):
+        by_base[_name_parts(image["file_name"])[-1]].append(image)
+    assert _same_file({"id": 0, "file_name": "coco/images/train/a.png"}, by_base)["id"] == 7
+    assert _same_file({"id": 0, "file_name": "C:\\data\\val\\a.png"}, by_base)["id"] == 8

@@ -14,6 +14,7 @@ numbers, and ``iscrowd`` accepts ``0``/``1``, ``true``/``false`` and the strings
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -112,13 +113,17 @@ def parse_categories(categories: list, path: Path) -> tuple[list[int], list[str]
 
 
 def _image_candidates(file_name: str, json_dir: Path, images: Path | None) -> list[Path]:
-    if images is not None:
-        return [images / file_name]
-    return [json_dir / file_name, json_dir / "images" / file_name]
+    """Where an image's ``file_name`` may be: under ``images`` when given, else beside the JSON or in
+    ``images/`` beside it; a name written with Windows' ``\\`` separators is also tried with ``/``."""
+    names = [file_name]
+    if "\\" in file_name and os.sep == "/":
+        names.append(file_name.replace("\\", "/"))
+    folders = [images] if images is not None else [json_dir, json_dir / "images"]
+    return [folder / name for name in names for folder in folders]
 
 
-def _resolve(candidates: list[Path]) -> Path:
-    return next((c for c in candidates if c.is_file()), candidates[-1])
+def _resolve(candidates: list[Path]) -> Path | None:
+    return next((c for c in candidates if c.is_file()), None)
 
 
 class CocoDataset(DetectionDataset):
@@ -155,9 +160,10 @@ class CocoDataset(DetectionDataset):
         label_of = {cid: label for label, cid in enumerate(category_ids)}
         image_rows = self._image_rows(_require_list(data, "images", path), path, images, report)
         raw = self._raw_boxes(_require_list(data, "annotations", path, required=False), image_rows, label_of, path, report)
-        infos = probe_records([row["path"] for row in image_rows.values()], path.name, report, check_images, progress)
+        present = {image_id: row for image_id, row in image_rows.items() if row["path"] is not None}
+        infos = probe_records([row["path"] for row in present.values()], path.name, report, check_images, progress)
         records, sized = [], []
-        for (image_id, row), info in zip(image_rows.items(), infos):
+        for (image_id, row), info in zip(present.items(), infos):
             if info is None:
                 continue
             self._check_size(row, info, report)
@@ -171,6 +177,7 @@ class CocoDataset(DetectionDataset):
 
     @staticmethod
     def _image_rows(rows: list, path: Path, images: str | Path | None, report: DataReport) -> dict[int, dict]:
+        """image id -> ``{"path", "width", "height"}``; ``path`` is ``None`` for a file found nowhere (reported)."""
         images_dir = Path(images) if images is not None else None
         out: dict[int, dict] = {}
         for index, row in enumerate(rows):
@@ -181,8 +188,12 @@ class CocoDataset(DetectionDataset):
             if image_id in out:
                 raise UserError(f"{path}: images[{index}] repeats image id {image_id}")
             candidates = _image_candidates(str(row["file_name"]), path.parent, images_dir)
-            out[image_id] = {"path": _resolve(candidates), "width": as_int(row.get("width")),
-                             "height": as_int(row.get("height"))}
+            found = _resolve(candidates)
+            if found is None:
+                places = " or ".join(str(c) for c in dict.fromkeys(candidates))
+                fix = "" if images_dir is not None else " (--images FOLDER names the image folder)"
+                report.skip("missing_image", f"{row['file_name']}: image file not found at {places}{fix}")
+            out[image_id] = {"path": found, "width": as_int(row.get("width")), "height": as_int(row.get("height"))}
         return out
 
     @staticmethod

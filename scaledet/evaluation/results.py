@@ -34,7 +34,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -254,7 +254,7 @@ def _images_by_file_name(rows: list[dict], header: dict, gt: dict, detections_na
     by_base: dict[str, list[dict]] = defaultdict(list)
     for image in gt["images"]:
         if image.get("file_name"):
-            by_base[PurePath(str(image["file_name"])).name].append(image)
+            by_base[_name_parts(image["file_name"])[-1]].append(image)
     if not by_base:
         raise ValueError(f"{gt_name} has no file names, so the input-order image ids of {detections_name} "
                          f"cannot be matched to it: predict the dataset itself (scaledet predict --data)")
@@ -280,15 +280,20 @@ def _same_file(image: dict, by_base: dict[str, list[dict]]) -> dict | None:
     tail of the other's; None for video frames, no match or an ambiguous one."""
     if image.get("frame") is not None or not image.get("file_name"):
         return None
-    parts = PurePath(str(image["file_name"])).parts
+    parts = _name_parts(image["file_name"])
     candidates = by_base.get(parts[-1], [])
     if len(candidates) > 1:
         def tail_matches(gt_image: dict) -> bool:
-            gt_parts = PurePath(str(gt_image["file_name"])).parts
+            gt_parts = _name_parts(gt_image["file_name"])
             n = min(len(parts), len(gt_parts))
             return parts[-n:] == gt_parts[-n:] and n == len(gt_parts)
         candidates = [c for c in candidates if tail_matches(c)]
     return candidates[0] if len(candidates) == 1 else None
+
+
+def _name_parts(file_name: object) -> tuple[str, ...]:
+    """The folders and name of a ``file_name`` written with ``/`` or Windows' ``\\`` separators."""
+    return tuple(part for part in str(file_name).replace("\\", "/").split("/") if part and part != ".") or ("",)
 
 
 def _file_label(image: dict) -> str:
