@@ -101,11 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = lambda message, *_, **__: f"{who(args.command)}: warning: {message}\n"
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
-        resume = "; the same command with --resume continues from OUT/last.pt" if args.command == "train" else ""
-        say(f"{who(args.command)}: interrupted{resume}")
+        say(f"{who(args.command)}: {interrupt.args[0] if interrupt.args else 'interrupted'}")
         return 130
     except Exception as error:
         if args.debug or not isinstance(error, user_error_types()):

@@ -268,3 +268,19 @@ def test_resume_with_another_model_is_one_line_and_changed_options_are_named(tmp
     assert "last.pt is a run of efficientdet_d0 at 64x64" in lines[0] and "this command builds efficientdet_d0 at 96x96" in lines[0]
     with pytest.warns(UserWarning, match=r"resuming .* with --max-steps 3 \(was 2\), --seed 1 \(was 0\): the run"):
         assert main(["train", *args, "--resume", "--max-steps", "3", "--seed", "1"]) == 0
+
+
+def test_ctrl_c_in_training_says_what_resume_would_continue_from(tmp_path, tiny_config, capsys, monkeypatch):
+    import scaledet.engine.run
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scaledet.engine.run, "train_from_config", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", *_shapes(tiny_config), "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "scaledet train: interrupted; nothing was saved yet: run the same command again\n"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    assert main(["train", *_shapes(tiny_config), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.endswith(f"the same command with --resume continues from {out / 'last.pt'}\n")

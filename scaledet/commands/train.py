@@ -10,6 +10,7 @@ are overridden by flags. Unset recipe options take the recipe's defaults for the
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 # flag -> (type, help); every flag defaults to None so the YAML file / family recipe decide.
@@ -109,5 +110,17 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("scaledet train: give --train DATA (or 'train:' in the --config file)")
     if args.processes > 1 and world_size() == 1:  # not yet inside the processes it launches
         return launch_local(args.processes, ["train", *command_line(args)], threads=args.threads)
-    train_from_config(config)
+    try:
+        train_from_config(config)
+    except KeyboardInterrupt:
+        checkpoint = Path(config.out) / "last.pt"
+        if args.debug:
+            raise
+        resume = (f"the same command with --resume continues from {checkpoint}" if checkpoint.is_file()
+                  else "nothing was saved yet: run the same command again")
+        raise Interrupted(f"interrupted; {resume}") from None
     return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with what the user can do next (printed by the CLI)."""
