@@ -16,7 +16,7 @@ from torch import nn
 from scaledet.errors import UserError
 from scaledet.export import OnnxDetector
 from scaledet.models.registry import create_model
-from scaledet.weights import is_training_checkpoint, read_weights_config, torch_load_weights_only
+from scaledet.weights import is_training_checkpoint, read_weights_config, refuse_folder, torch_load_weights_only
 
 
 def load(path: str | Path | None, *, model: str | None = None, num_classes: int | None = None,
@@ -69,6 +69,7 @@ def _stored_model_name(path: str | Path | None) -> str:
         raise UserError("give the model name (--model NAME / model=NAME) for random or 'coco' weights")
     if not Path(path).exists():
         raise FileNotFoundError(f"weights file not found: {path}")
+    refuse_folder(path)
     if Path(path).suffix == ".safetensors":
         config = read_weights_config(path)
     else:  # a training checkpoint of ours (last.pt / best.pt) names its model; other projects' files do not

@@ -131,6 +131,19 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
         raise corrupt_file_error(path, error, fix) from None
 
 
+#: the weights file a folder given as weights may hold (a run's, a Hugging Face ``save_pretrained`` folder's)
+FILES_IN_A_FOLDER = ("weights.safetensors", "model.safetensors", "pytorch_model.bin", "last.pt")
+
+
+def refuse_folder(path: str | Path) -> None:
+    """UserError for a folder given as a weights file, naming the file inside it to give instead."""
+    path = Path(path)
+    if path.is_dir():
+        inside = [path / name for name in FILES_IN_A_FOLDER if (path / name).is_file()]
+        raise UserError(f"{path} is a folder: give the weights file in it ({inside[0]})" if inside
+                        else f"{path} is a folder, not a weights file")
+
+
 def _check_readable(path: str | Path) -> None:
     """Raise Python's own ``OSError`` (``PermissionError``, ``IsADirectoryError`` ...) for a file that
     cannot be read: safetensors reports every failure to open as "No such file or directory"."""
@@ -212,6 +225,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    refuse_folder(path)
     if is_safetensors(path):
         _check_readable(path)
         try:

@@ -230,9 +230,31 @@ def test_bench_image_size_below_one_pixel_is_refused_at_once(capsys):
 def test_a_weights_file_that_cannot_be_opened_names_the_real_reason(tmp_path, capsys):
     """safetensors reports any failure to open as "No such file or directory" (a file without read
     permission too) or "No such device": the reason is the operating system's, with the path."""
-    (tmp_path / "w.safetensors").mkdir()
-    lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / "w.safetensors")])
-    assert lines[0].endswith(f"{tmp_path / 'w.safetensors'}: Is a directory")
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    (tmp_path / "w.safetensors").chmod(0o000)
+    if os.access(tmp_path / "w.safetensors", os.R_OK):  # root reads anything: a folder of that name fails to open too
+        (tmp_path / "w.safetensors").unlink()
+        (tmp_path / "w.safetensors").mkdir()
+        assert _read_weights_config_error(tmp_path / "w.safetensors") == f"{tmp_path / 'w.safetensors'}: Is a directory"
+    else:
+        lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / "w.safetensors")])
+        assert lines[0].endswith(f"{tmp_path / 'w.safetensors'}: Permission denied")
+
+
+def _read_weights_config_error(path) -> str:
+    from scaledet.cli import describe_error
+    from scaledet.weights import read_weights_config
+
+    with pytest.raises(OSError) as caught:
+        read_weights_config(path)
+    return describe_error(caught.value)
+
+
+def test_a_folder_given_as_weights_names_the_file_inside(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"x")
+    lines = _error(capsys, ["predict", str(tmp_path), "--weights", str(tmp_path / "hf"), "--model", "detr_r50"])
+    assert lines[0].endswith(f"{tmp_path / 'hf'} is a folder: give the weights file in it ({tmp_path / 'hf' / 'model.safetensors'})")
 
 
 def test_each_process_of_a_multi_process_run_names_itself_in_its_error(tmp_path, capsys, monkeypatch):

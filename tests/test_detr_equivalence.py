@@ -184,3 +184,14 @@ def test_published_r50_golden_values():
     torch.testing.assert_close(boxes[0, :3, :3], expected_boxes, atol=2e-4, rtol=0)
     kept = detections["labels"][detections["scores"] > 0.3]
     assert sorted(kept.tolist()) == sorted([75, 75, 63, 17, 17])
+
+
+def test_a_saved_transformers_model_keeps_its_class_names(tmp_path):
+    """save_pretrained writes config.json beside the weights: its id2label names our classes (they were "0".."2")."""
+    config = transformers.DetrConfig(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False,
+                                     num_labels=3, id2label={0: "cat", 1: "dog", 2: "bird"},
+                                     label2id={"cat": 0, "dog": 1, "bird": 2}, auxiliary_loss=False)
+    transformers.DetrForObjectDetection(config).save_pretrained(tmp_path / "hf")
+    model = scaledet.load(tmp_path / "hf" / "model.safetensors", model="detr_r50")
+    assert model.num_classes == 3 and model.class_names == ["cat", "dog", "bird"]
+    assert scaledet.load(tmp_path / "hf" / "model.safetensors", model="detr_r50", num_classes=2).class_names == ["0", "1"]

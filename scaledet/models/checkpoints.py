@@ -146,6 +146,7 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
             probe = family.build(name, **{**settings, "class_names": None, "category_ids": None})
         converted = _convert(spec, state_dict, probe, path)
         settings["num_classes"] = file_classes = spec.num_classes(converted, probe)
+        settings["class_names"] = settings["class_names"] or sidecar_class_names(path, file_classes)
     model = family.build(name, **settings)
     if converted is None:
         converted = _convert(spec, state_dict, model, path)
@@ -182,10 +183,6 @@ def load_state_strict(model: nn.Module, state_dict: StateDict, source: str | Pat
     """
     expected = model.state_dict()
     reset = class_head if file_classes is not None and file_classes != model.num_classes else ()
-    if reset:
-        log.warning("%s: checkpoint has %d classes, model %s has %d: loaded everything else and "
-                    "re-initialised the class predictor (%s)", source, file_classes, model.name,
-                    model.num_classes, ", ".join(reset))
     given = {key: value for key, value in state_dict.items() if not key.startswith(reset)}
     kept = {key: value for key, value in expected.items()
             if key.startswith(reset) or (key.endswith(COUNTER_SUFFIX) and key not in given)}
@@ -193,3 +190,22 @@ def load_state_strict(model: nn.Module, state_dict: StateDict, source: str | Pat
     if report:
         raise CheckpointMismatch(f"{source} does not fit {model.name} ({model.num_classes} classes): {report}")
     model.load_state_dict({**kept, **given}, strict=True)
+    if reset:  # said once the load succeeded, naming only the heads this model has
+        heads = [prefix for prefix in reset if any(key.startswith(prefix) for key in expected)]
+        log.warning("%s: checkpoint has %d classes, model %s has %d: loaded everything else and "
+                    "re-initialised the class predictor (%s)", source, file_classes, model.name,
+                    model.num_classes, ", ".join(heads))
+
+
+def sidecar_class_names(path: Path, num_classes: int) -> list[str] | None:
+    """The class names of a Hugging Face file from the ``config.json`` saved beside it (its
+    ``id2label``), when they are ``num_classes`` names for ids 0..K-1; else ``None``."""
+    import json
+
+    config_file = Path(path).with_name("config.json")
+    try:
+        labels = json.loads(config_file.read_text(encoding="utf-8")).get("id2label")
+        names = [str(labels[str(index)]) for index in range(num_classes)] if isinstance(labels, dict) else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    return names if names and len(labels) == num_classes else None
