@@ -95,3 +95,23 @@ def test_weightless_rebuild_preprocesses_as_the_model(model):
     assert ours.image_sizes == theirs.image_sizes == [(100, 128), (128, 90)]
     anchors, per_level = rebuilt.anchors_for(ours.inputs[0].shape[-2:])
     assert anchors.shape == (sum(per_level), 4) and len(per_level) == 5
+
+
+@pytest.mark.parametrize("classes", [91, 5])
+def test_torchvision_state_dicts_load(tmp_path, classes):
+    """torchvision's RetinaNet state dict (its COCO file's layout) loads under ``net.``; its 91-class COCO head
+    predicts the category id itself (label i = COCO id i, named), another count gets ids 1..K."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                   num_classes=classes)
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    ours = scaledet.load(tmp_path / "tv.pth", model="retinanet_r50_fpn")
+    assert ours.num_classes == classes
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(ours.net.state_dict()[name], tensor), name
+    if classes == 91:
+        assert ours.category_ids[:2] == [0, 1] and ours.class_names[1] == "person"
+    else:
+        assert ours.category_ids == [1, 2, 3, 4, 5]

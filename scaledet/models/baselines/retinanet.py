@@ -36,6 +36,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.checkpoints import CheckpointSpec
+from scaledet.models.coco_names import COCO_NAMES_BY_ID
 from scaledet.models.efficientdet.backbone import create_backbone
 from scaledet.models.efficientdet.config import as_size
 from scaledet.models.inputs import check_option_names
@@ -237,12 +238,25 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
     base = VARIANTS[name]
     variant = dataclasses.replace(base, **overrides)
     changed = {k: v for k, v in overrides.items() if k not in ("num_classes", "image_size") and v != getattr(base, k)}
+    if variant.num_classes == len(COCO_NAMES_BY_ID) and class_names is None and category_ids is None:
+        # torchvision's 91-class COCO head predicts the category id itself (label 0 unused), as DETR's
+        class_names, category_ids = list(COCO_NAMES_BY_ID), list(range(len(COCO_NAMES_BY_ID)))
     return RetinaNetDetector(variant, name, class_names, overrides=changed, category_ids=category_ids)
 
 
-#: our safetensors files only (no published weights, no other project's layout); torchvision's
-#: class predictor has anchors-per-location x K outputs
-CHECKPOINT = CheckpointSpec(class_head=(CLASS_LOGITS,), class_bias=CLASS_LOGITS + "bias")
+def to_scaledet(state_dict: dict[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Ours (``net.*``) unchanged; torchvision's ``RetinaNet`` state dict (``backbone.body.*``,
+    ``head.*``: e.g. ``retinanet_resnet50_fpn``'s COCO file) under ``net.`` (our ``net`` is that module)."""
+    if any(key.startswith("net.") for key in state_dict):
+        return state_dict
+    if any(key.startswith(("backbone.body.", "head.classification_head.")) for key in state_dict):
+        return {f"net.{key}": value for key, value in state_dict.items()}
+    raise ValueError(f"not a RetinaNet checkpoint (scaledet or torchvision); first keys: {list(state_dict)[:5]}")
+
+
+#: our safetensors files and torchvision's RetinaNet state dicts (no download of published weights);
+#: the class predictor has anchors-per-location x K outputs
+CHECKPOINT = CheckpointSpec(class_head=(CLASS_LOGITS,), class_bias=CLASS_LOGITS + "bias", convert=to_scaledet)
 
 
 def profile_info(name: str) -> dict:
