@@ -99,15 +99,18 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
     assert image.max().item() > 0.9  # not clipped to 8 bits
 
 
-def test_exif_rotated_jpeg_is_transposed_and_boxes_use_displayed_frame(tmp_path):
+@pytest.mark.parametrize("name", ["rot.jpg", "rot.png"])
+def test_exif_rotated_jpeg_is_transposed_and_boxes_use_displayed_frame(tmp_path, name):
+    """The header check finds a PNG's eXIf chunk without decoding the image (it used PIL's getexif,
+    which decodes every PNG), and agrees with the decoded, transposed image."""
     raw = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide x 20 high: left red, right blue
     raw[:, :20] = (255, 0, 0)
     raw[:, 20:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
-    Image.fromarray(raw).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    Image.fromarray(raw).save(tmp_path / name, exif=exif, **({"quality": 95} if name.endswith(".jpg") else {}))
     ann = [_box(1, [2, 2, 10, 30])]  # in the displayed (20 wide x 40 high) frame
-    dataset, _ = _open(_coco(tmp_path, [_image(1, "rot.jpg", w=40, h=20)], ann))
+    dataset, _ = _open(_coco(tmp_path, [_image(1, name, w=40, h=20)], ann))
     image, target = dataset[0]
     assert image.shape == (3, 40, 20)
     assert image[0, 5, 10] > 0.8 and image[2, 5, 10] < 0.2  # red on top
@@ -459,3 +462,26 @@ def test_a_missing_coco_image_names_every_place_looked(tmp_path, ok_image):
                                          r"\(--images FOLDER"):
         dataset = CocoDataset(path, progress=False)
     assert dataset.report.counts == {"missing_image": 1}  # its annotation goes with it, not as an unknown id
+
+
+def test_a_png_exif_chunk_after_the_pixels_is_found_by_the_header_check(tmp_path):
+    """PNG allows eXIf after the image data, where PIL's header does not see it: the chunk scan finds it,
+    so the probed size agrees with the transposed decode."""
+    import struct
+    import zlib
+
+    from scaledet.data.images import load_image, probe_image
+
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "plain.png")
+    data = (tmp_path / "plain.png").read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif\x00\x00") else exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    end = data.rindex(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(data[:end] + chunk + data[end:])
+    assert "exif" not in Image.open(tmp_path / "late.png").info
+    info = probe_image(tmp_path / "late.png")
+    assert (info.orientation, info.width, info.height) == (6, 20, 40)
+    assert load_image(tmp_path / "late.png").shape == (3, 40, 20)
+    assert probe_image(tmp_path / "plain.png").orientation == 1

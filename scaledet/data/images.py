@@ -57,12 +57,30 @@ def probe_image(path: Path) -> ImageInfo:
     """
     with Image.open(path) as image:
         width, height = image.size
-        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
         mode, fmt = image.mode, image.format
+        # PIL's getexif() decodes a whole PNG to look for an eXIf chunk: only when there is one
+        has_exif = fmt != "PNG" or "exif" in image.info or _png_has_exif(path)
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1) if has_exif else 1
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: displayed size is transposed
         width, height = height, width
     _check_tail(path, fmt)
     return ImageInfo(width=width, height=height, mode=mode, orientation=orientation)
+
+
+def _png_has_exif(path: Path) -> bool:
+    """Whether a PNG file has an ``eXIf`` chunk, from the chunk headers alone (no decompression)."""
+    with open(path, "rb") as handle:
+        handle.seek(8)  # the signature
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return False
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"eXIf":
+                return True
+            if kind == b"IEND":
+                return False
+            handle.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
 
 
 def _check_tail(path: Path, fmt: str | None) -> None:
