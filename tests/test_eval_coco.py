@@ -228,3 +228,14 @@ def test_numbers_written_as_strings_are_read_and_bad_rows_are_named():
                             ({"score": True}, "score True is not a finite number")):
         with pytest.raises(ValueError, match=rf"detections\[0\]: .*{message}"):
             evaluate_detections(gt, [{**good, **change}])
+
+
+def test_a_long_evaluation_says_it_is_scoring(capsys, monkeypatch):
+    import scaledet.evaluation.coco as coco
+
+    gt, dets = _scene(0)
+    evaluate_detections(gt, dets)
+    assert "scoring" not in capsys.readouterr().err
+    monkeypatch.setattr(coco, "LONG_EVALUATION_ROWS", 1)
+    evaluate_detections(gt, dets)
+    assert capsys.readouterr().err.startswith(f"scoring {len(dets):,} detections on {len(gt['images'])} images with pycocotools")

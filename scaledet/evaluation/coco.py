@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -228,6 +229,10 @@ class COCOEvaluator:
         return write_detections(path, self.results, self.gt["images"], self.gt["categories"], image_ids="dataset")
 
 
+#: from this many detections on, ``evaluate_detections`` says it is scoring (pycocotools prints nothing for minutes)
+LONG_EVALUATION_ROWS = 200_000
+
+
 def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), backend: str = "pycocotools",
                         match_categories: str = "id") -> dict:
     """Stats for detections against a COCO GT dict / JSON file / dataset.
@@ -246,6 +251,9 @@ def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), 
     gt_name = Path(gt).name if isinstance(gt, (str, Path)) else "the ground truth"
     evaluator = COCOEvaluator(gt, max_dets=max_dets, backend=backend)
     rows, notes = align_to_ground_truth(detections, header, evaluator.gt, match_categories, detections_name, gt_name)
+    if len(rows) >= LONG_EVALUATION_ROWS:  # pycocotools shows no progress: say why nothing happens for a minute
+        print(f"scoring {len(rows):,} detections on {len(evaluator.gt['images']):,} images with {backend} "
+              f"(about a minute per million detections on one core)", file=sys.stderr, flush=True)
     evaluator.add_results(rows)
     stats = evaluator.compute()
     if notes:
