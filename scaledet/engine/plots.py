@@ -24,7 +24,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     plt = _pyplot()
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch" and r.get("AP") is not None]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")  # tight_layout warned on some logs
     loss_keys = sorted({k for r in steps for k in r if "loss" in k})
     for key in loss_keys:
         points = [(r["step"], r[key]) for r in steps if key in r]
@@ -41,7 +41,6 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     axes[2].set(title="validation AP", xlabel="epoch", ylim=(0, 1))
     if epochs:
         axes[2].legend()
-    figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=80)
     plt.close(figure)
@@ -60,16 +59,16 @@ def plot_predictions(
     """A grid of ``images`` (float [3,H,W] in [0,1]) with predicted boxes (xyxy pixels) drawn.
 
     Ground-truth boxes (if ``targets`` is given) are drawn thin in white under the predictions;
-    predictions scoring below ``score_threshold`` are left out. Images smaller than ``min_side``
-    are enlarged by an integer factor.
+    predictions scoring below ``score_threshold`` are left out. When every image is smaller than
+    ``min_side`` all are enlarged by the same integer factor (one scale across the grid).
     """
     from torchvision.utils import draw_bounding_boxes, make_grid
 
     from scaledet.inference.predict import class_colors
 
     drawn = []
+    zoom = max(1, min_side // max((max(image.shape[-2:]) for image in images), default=1))  # legible labels
     for index, (image, prediction) in enumerate(zip(images, predictions)):
-        zoom = max(1, min_side // max(image.shape[-2:]))  # small images are enlarged so labels stay legible
         canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
         canvas = canvas.repeat_interleave(zoom, dim=-2).repeat_interleave(zoom, dim=-1)
         if targets is not None and len(targets[index]["boxes"]):
