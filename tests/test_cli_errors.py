@@ -306,3 +306,16 @@ def test_ctrl_c_in_training_says_what_resume_would_continue_from(tmp_path, tiny_
     (out / "last.pt").write_bytes(b"")
     assert main(["train", *_shapes(tiny_config), "--out", str(out)]) == 130
     assert capsys.readouterr().err.endswith(f"the same command with --resume continues from {out / 'last.pt'}\n")
+
+
+def test_predict_eval_export_take_threads(tmp_path, capsys):
+    """--threads sets torch's threads (onnxruntime sessions follow them) in predict, eval and export too."""
+    before = torch.get_num_threads()
+    try:
+        for command in ("predict", "eval", "export"):
+            lines = _error(capsys, [command, "--threads", "0", *(["x.png"] if command == "predict" else [])])
+            assert lines[0].endswith("--threads must be 1 or more, got 0")
+        _error(capsys, ["predict", str(tmp_path), "--threads", "1", "--weights", str(tmp_path / "none.safetensors")])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from scaledet.commands import add_threads_option, apply_threads
 from scaledet.commands.predict import add_tile_arguments
 
 
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--image-size", type=int, help="model input size override")
     model.add_argument("--batch-size", type=int, default=8)
     model.add_argument("--device", default="cpu")
+    add_threads_option(parser)
     model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     model.add_argument("--results", help="also write the model's detections here (COCO results JSON with the "
                        "dataset's ids, plus R.images.json beside it)")
@@ -95,6 +97,7 @@ def _model_stats(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from scaledet.evaluation import evaluate_detections, format_per_class, format_stats
 
+    apply_threads(args.threads)
     if args.gt or args.detections:
         if not (args.gt and args.detections):
             raise ValueError("--gt and --detections go together")

@@ -20,11 +20,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scaledet.commands import add_threads_option, apply_threads
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from scaledet.inference.quantize import DEFAULT_PERCENTILE
 
     parser.add_argument("--model", help="model name (default: from --weights)")
+    add_threads_option(parser)
     parser.add_argument("--weights", help="our .safetensors, a reference checkpoint (with --model) or 'coco' "
                         "(default: random)")
     parser.add_argument("--format", default="onnx", choices=["onnx"])
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.export import OnnxDetector, export_onnx
     from scaledet.inference.compare import compare_detection_sets
 
+    apply_threads(args.threads)
     if args.weights and Path(args.weights).suffix == ".onnx":
         raise ValueError("--weights is already an ONNX file")
     if args.int8 and not args.calibration:

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from scaledet.commands import add_threads_option, apply_threads
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, globs or video files")
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "where batching measured 0.80-0.84x the throughput of one at a time; 4 on a GPU)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="draw / save detections >= this")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    add_threads_option(parser)
     parser.add_argument("--image-size", type=int, help="model input size override")
     parser.add_argument("--optimize", action="store_true", help="run scaledet.optimize (folded BN, channels_last)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -135,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.inference.predict import collect_inputs, is_video
     from scaledet.models.inputs import category_ids_of
 
+    apply_threads(args.threads)
     args.device = str(resolve_device(args.device))
     args.batch_size = batch_size_for(args.batch_size, args.device)
     _check_limits(args)
