@@ -10,6 +10,7 @@ recipe). A family plugs in with the ``RECIPES`` rows of its own package, never b
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,19 +160,28 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for field in dataclasses.fields(self):  # nan passes every comparison below, inf most
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lr": self.lr,
                     "log_every": self.log_every}  # grad_accum before lr: the lr is scaled by it
         for name, value in positive.items():
             if value is None or value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.backbone_lr is not None and self.backbone_lr < 0:
+            raise ValueError(f"backbone_lr must be >= 0 (0 freezes the backbone's weights), got {self.backbone_lr!r}")
         at_least = {"max_steps": (self.max_steps, 1), "num_classes": (self.num_classes, 1),
                     "eval_every": (self.eval_every, 0), "workers": (self.workers, 0),
                     "image_cache_gb": (self.image_cache_gb, 0), "clip_grad": (self.clip_grad, 0),
-                    "warmup_epochs": (self.warmup_epochs, 0), "weight_decay": (self.weight_decay, 0)}
+                    "warmup_epochs": (self.warmup_epochs, 0), "weight_decay": (self.weight_decay, 0),
+                    "eval_max_images": (self.eval_max_images, 1)}
         for name, (value, low) in at_least.items():
             if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value!r}")
-        for name, value in (("momentum", self.momentum), ("bn_momentum", self.bn_momentum)):
+        for name, value in (("momentum", self.momentum), ("bn_momentum", self.bn_momentum),
+                            ("min_lr_ratio", self.min_lr_ratio), ("warmup_factor", self.warmup_factor),
+                            ("lr_drop_at", self.lr_drop_at)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if self.epochs is not None and self.epochs <= 0:
