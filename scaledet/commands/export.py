@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: random)")
     parser.add_argument("--format", default="onnx", choices=["onnx"])
     parser.add_argument("--output", help="output file (default: <model>.onnx)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer, default 18)")
     parser.add_argument("--image-size", type=int, help="model input size override")
     parser.add_argument("--check", action="store_true",
                         help="run onnxruntime and eager on two random images, compare the detections and print "

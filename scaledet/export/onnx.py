@@ -2,7 +2,7 @@
 detector contract.
 
 The graph is the family's :meth:`~scaledet.models.base.Detector.export_spec` module (network and
-post-processing, NMS included where the family has it; batch dimension dynamic, opset >= 17): its
+post-processing, NMS included where the family has it; batch dimension dynamic, opset >= 18): its
 inputs are what :meth:`~scaledet.models.base.Detector.export_feeds` makes of a preprocessed batch, its
 outputs what :meth:`~scaledet.models.base.Detector.detections_from_export` turns into detections.
 The model's ``config`` is stored in the file's metadata (key ``"config"``, JSON), so
@@ -26,7 +26,8 @@ from scaledet.models.registry import build_for_processing
 from scaledet.models.inputs import check_images
 from scaledet.models.ops import ONNX_TRANSLATIONS
 
-MIN_OPSET = 17
+#: torch's exporter writes opset 18 and later; for 17 it "converts" and, failing (Pad), keeps 18
+MIN_OPSET = 18
 CONFIG_KEY = "config"
 
 
@@ -36,7 +37,7 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
 
     Args:
         model: a scaledet detector (:func:`scaledet.create_model`); put in eval mode.
-        opset: ONNX opset, >= 17.
+        opset: ONNX opset, from 18 to the installed onnx package's newest.
         input_size: the example image's (h, w) for families whose graph takes a free input size;
             default the model's :meth:`~scaledet.models.base.Detector.input_size`. Families that
             resize and pad every image to one size accept only that size.
@@ -44,8 +45,11 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET} (got {opset})")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset must be from {MIN_OPSET} to {newest} (the installed onnx's newest), got {opset}")
     if not isinstance(model, Detector):
         raise ValueError(f"ONNX export needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
     model = model.eval()
@@ -57,6 +61,9 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     dynamic_shapes=spec.dynamic_shapes, custom_translation_table=ONNX_TRANSLATIONS,
                                     verbose=verbose, external_data=False)
+    written = program.model.opset_imports.get("", opset)
+    if written != opset:  # the exporter fell back to another version: the file would not be what was asked
+        raise ValueError(f"torch's ONNX exporter wrote opset {written}, not {opset}: give --opset {written}")
     program.model.metadata_props.update({**spec.metadata, CONFIG_KEY: json.dumps(model.config)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
