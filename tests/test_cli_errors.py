@@ -323,3 +323,13 @@ def test_predict_eval_export_take_threads(tmp_path, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--score-tol", "0.1"], "--score-tol 0.1: it is a tolerance of --check: add --check or drop it"),
+    (["--check", "--box-tol", "-1"], "--box-tol -1: a tolerance is >= 0"),
+    (["--check", "--int8", "--box-tol", "1"], "--box-tol is the float check's: the --int8 check matches boxes by IoU"),
+])
+def test_export_check_tolerances_are_checked(capsys, argv, message):
+    lines = _error(capsys, ["export", "--model", "efficientdet_d0", *argv])
+    assert message in lines[0]

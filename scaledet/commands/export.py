@@ -37,9 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="run onnxruntime and eager on two random images, compare the detections and print "
                              "PASS or FAIL (exit status 1 on FAIL)")
-    parser.add_argument("--score-tol", type=float, default=1e-4, help="--check: largest score difference (default 1e-4)")
-    parser.add_argument("--box-tol", type=float, default=1e-2,
-                        help="--check: largest box coordinate difference in pixels (default 0.01)")
+    parser.add_argument("--score-tol", type=float,
+                        help="--check: largest score difference (default 1e-4; with --int8 that of a matched "
+                             "detection, default 0.1)")
+    parser.add_argument("--box-tol", type=float,
+                        help="--check: largest box coordinate difference in pixels (default 0.01; not with --int8, "
+                             "whose check matches boxes by IoU >= 0.8)")
     parser.add_argument("--int8", action="store_true",
                         help="write an INT8 file (onnxruntime static quantization; needs --calibration)")
     parser.add_argument("--calibration", metavar="DATA",
@@ -99,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.inference.compare import compare_detection_sets
 
     apply_threads(args.threads)
+    for name in ("score_tol", "box_tol"):
+        value = getattr(args, name)
+        if value is not None and not (args.check and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} {value:g}: " + ("a tolerance is >= 0" if args.check else
+                             "it is a tolerance of --check: add --check or drop it"))
+    if args.int8 and args.box_tol is not None:
+        raise ValueError("--box-tol is the float check's: the --int8 check matches boxes by IoU >= 0.8 (--score-tol "
+                         "sets its score tolerance)")
     if args.weights and Path(args.weights).suffix == ".onnx":
         raise ValueError("--weights is already an ONNX file")
     if args.int8 and not args.calibration:
@@ -122,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"check, onnxruntime vs eager on {len(images)} random images: INCONCLUSIVE, neither finds anything "
                   "(a trained model's scores stay under its threshold on noise), so nothing was compared")
             return 1
-        comparison = compare_detection_sets(reference, exported, args.score_tol, args.box_tol)
+        comparison = compare_detection_sets(reference, exported, 1e-4 if args.score_tol is None else args.score_tol,
+                                            1e-2 if args.box_tol is None else args.box_tol)
         print(f"check, onnxruntime vs eager on {len(images)} images: {comparison.summary()}")
         return 0 if comparison.passed else 1
     return 0
@@ -131,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
 def _export_int8(model, args: argparse.Namespace) -> int:
     """``--int8``: export float to a temporary file, quantize it into ``--output``, print the report."""
     import tempfile
+    from dataclasses import replace
 
     import torch
 
@@ -154,9 +167,10 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     if args.check:
         with torch.no_grad():
             reference = model(images)
-        agreement = detection_agreement(reference, QuantizedDetector(output)(images), DEFAULT_TOLERANCE)
-        passed = agreement.passes(DEFAULT_TOLERANCE)
+        tolerance = DEFAULT_TOLERANCE if args.score_tol is None else replace(DEFAULT_TOLERANCE, score_tol=args.score_tol)
+        agreement = detection_agreement(reference, QuantizedDetector(output)(images), tolerance)
+        passed = agreement.passes(tolerance)
         print(f"check, int8 onnxruntime vs eager on {len(images)} calibration images: {agreement.summary()} "
-              f"({DEFAULT_TOLERANCE})\n{'PASS' if passed else 'FAIL'}")
+              f"({tolerance})\n{'PASS' if passed else 'FAIL'}")
         return 0 if passed else 1
     return 0
