@@ -333,3 +333,9 @@ def test_predict_eval_export_take_threads(tmp_path, capsys):
 def test_export_check_tolerances_are_checked(capsys, argv, message):
     lines = _error(capsys, ["export", "--model", "efficientdet_d0", *argv])
     assert message in lines[0]
+
+
+def test_eval_refuses_a_detections_file_and_a_model_together(tmp_path, capsys):
+    lines = _error(capsys, ["eval", "--gt", "g.json", "--detections", "d.json", "--weights", "w.safetensors",
+                            "--data", "shapes:val"])
+    assert "--weights / --data evaluate a model; --gt and --detections score a file: give one or the other" in lines[0]

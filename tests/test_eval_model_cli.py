@@ -32,6 +32,14 @@ def test_cli_eval_model_on_dataset_matches_detections_path(tmp_path, capsys):
     again = evaluate_detections(annotations, results_path)
     assert [stats[k] for k in STAT_KEYS] == pytest.approx([again[k] for k in STAT_KEYS], abs=1e-9)
     assert all(stats[k] == -1 or 0 <= stats[k] <= 1 for k in STAT_KEYS)
+    import scaledet.evaluation.coco as coco  # --backend reaches the model's evaluation (it was ignored there)
+
+    used = []
+    original = coco.COCOEvaluator.__init__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coco.COCOEvaluator, "__init__", lambda self, *a, **k: used.append(k.get("backend")) or original(self, *a, **k))
+        assert cli_main([*argv[:-4], "--backend", "faster_coco_eval"]) == 0
+    assert used == ["faster_coco_eval"]
     # the detections are the model's own outputs on the original-size images, mapped to category ids
     model.eval()
     with torch.no_grad():

@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "ImageSets/Main/val.txt exists)")
     model.add_argument("--allow-empty", action="store_true", help="accept data without any box (AP is then -1)")
     model.add_argument("--image-size", type=int, help="model input size override")
-    model.add_argument("--batch-size", type=int, default=8)
-    model.add_argument("--device", default="cpu")
+    model.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     add_threads_option(parser)
     model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     model.add_argument("--results", help="also write the model's detections here (COCO results JSON with the "
@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
                         help="detection caps per image (with --data the last is raised automatically when an image "
                              "holds more ground-truth objects)")  # fmt: skip
-    parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"])
+    parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"],
+                        help="COCO evaluation library (equal stats; default pycocotools)")
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
 
 
@@ -91,7 +92,7 @@ def _model_stats(args: argparse.Namespace) -> dict:
     dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty)
     print_report(dataset)
     return evaluate_model(model, dataset, args.max_dets, args.batch_size, args.device, args.workers,
-                          results_path=args.results, tile=tile_options(args))
+                          results_path=args.results, tile=tile_options(args), backend=args.backend)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     if args.gt or args.detections:
         if not (args.gt and args.detections):
             raise ValueError("--gt and --detections go together")
+        model_options = [f"--{name.replace('_', '-')}" for name in ("weights", "model", "data", "results", "tile")
+                         if getattr(args, name, None)]
+        if model_options:
+            raise ValueError(f"{' / '.join(model_options)} evaluate a model; --gt and --detections score a file: "
+                             "give one or the other")
         stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend,
                                     match_categories=args.match_categories)
     elif args.model or args.weights or args.data:
