@@ -339,3 +339,8 @@ def test_eval_refuses_a_detections_file_and_a_model_together(tmp_path, capsys):
     lines = _error(capsys, ["eval", "--gt", "g.json", "--detections", "d.json", "--weights", "w.safetensors",
                             "--data", "shapes:val"])
     assert "--weights / --data evaluate a model; --gt and --detections score a file: give one or the other" in lines[0]
+
+
+def test_a_model_without_weights_is_said_to_be_random(tmp_path):
+    with pytest.warns(UserWarning, match="no --weights: efficientdet_d0 has random weights"):
+        main(["predict", str(tmp_path), "--model", "efficientdet_d0", "--image-size", "64", "--output", str(tmp_path / "o")])

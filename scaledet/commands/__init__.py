@@ -21,3 +21,12 @@ def apply_threads(threads: int | None) -> None:
     from scaledet.engine.trainer import configure_threads
 
     configure_threads(threads)
+
+
+def warn_if_random_weights(weights: str | None, model: str | None) -> None:
+    """Warn that no ``--weights`` means a randomly initialised ``model`` (its detections mean nothing)."""
+    if weights is None and model is not None:
+        import warnings
+
+        warnings.warn(f"no --weights: {model} has random weights, so its detections mean nothing; give --weights "
+                      "FILE (a run's weights.safetensors, a checkpoint) or --weights coco", stacklevel=2)

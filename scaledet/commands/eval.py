@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from scaledet.commands import add_threads_option, apply_threads
+from scaledet.commands import add_threads_option, apply_threads, warn_if_random_weights
 from scaledet.commands.predict import add_tile_arguments
 
 
@@ -87,6 +87,7 @@ def _model_stats(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
     args.device = str(resolve_device(args.device))
+    warn_if_random_weights(args.weights, args.model)
     keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty)

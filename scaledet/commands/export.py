@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scaledet.commands import add_threads_option, apply_threads
+from scaledet.commands import add_threads_option, apply_threads, warn_if_random_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                          "or a dataset (e.g. shapes:val, a COCO .json)")
     if args.calibration and not args.int8:
         raise ValueError("--calibration is for --int8")
+    warn_if_random_weights(args.weights, args.model)
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size)
     if args.int8:
         return _export_int8(model, args)

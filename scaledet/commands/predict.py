@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from scaledet.commands import add_threads_option, apply_threads
+from scaledet.commands import add_threads_option, apply_threads, warn_if_random_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,7 @@ def load_detector(args: argparse.Namespace):
     from scaledet.engine.allocator import keep_freed_memory
     from scaledet.export import OnnxDetector
 
+    warn_if_random_weights(args.weights, args.model)
     keep_freed_memory()  # eager D0 at 512 px: 364 -> 255 ms per image (docs/inference.md)
     detector = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     if args.optimize or args.precision != "fp32" or args.engine != "torch":
