@@ -344,3 +344,25 @@ def test_eval_refuses_a_detections_file_and_a_model_together(tmp_path, capsys):
 def test_a_model_without_weights_is_said_to_be_random(tmp_path):
     with pytest.warns(UserWarning, match="no --weights: efficientdet_d0 has random weights"):
         main(["predict", str(tmp_path), "--model", "efficientdet_d0", "--image-size", "64", "--output", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "x.png", "--max-pixels", "100"], "--max-pixels 100: it limits --tile's decoding"),
+    (["predict", "x.png", "--tile", "64", "--max-pixels", "-5"], "--max-pixels -5: a pixel count is >= 0"),
+    (["predict", "x.png", "--split", "val"], "--split go(es) with --data DATASET"),
+    (["export", "--model", "efficientdet_d0", "--calibration-images", "5"], "--calibration-images: for --int8 only"),
+    (["bench", "--models", "efficientdet_d0", "--threads", "-2"], "--threads must be 1 or more, got -2"),
+    (["doctor", "shapes:train", "--split", "val"], "--split is for a VOC folder or a YOLO data.yaml"),
+    (["train", "--train", "shapes:train", "--processes", "0"], "--processes must be 1 or more, got 0"),
+])
+def test_options_that_would_be_ignored_or_crash_are_one_line(capsys, argv, message):
+    assert message in _error(capsys, argv)[0]
+
+
+def test_outputs_that_cannot_be_written_are_named_before_the_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    lines = _error(capsys, ["doctor", "shapes:train", "--json", str(tmp_path / "file" / "r.json")])
+    assert lines[0].endswith("cannot write the report there (" + str(tmp_path / "file") + " is not a folder); give another --json")
+    lines = _error(capsys, ["bench", "--models", "efficientdet_d0", "--json", str(tmp_path / "file")])
+    assert f"{tmp_path / 'file'}: not a bench results JSON" in lines[0]
+    assert main(["doctor", "shapes:train", "--json", str(tmp_path / "new" / "r.json")]) == 0  # folders are made

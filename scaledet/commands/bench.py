@@ -49,6 +49,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise ValueError("--runs and --batch-sizes must be >= 1, --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be 1 or more, got {args.threads}")
     if args.image_size and min(args.image_size) < 1:
         raise ValueError(f"--image-size H W must be >= 1 pixel each, got {args.image_size[0]} {args.image_size[1]}")
     args.device = str(resolve_device(args.device))  # a misspelt name or a missing GPU: one line
@@ -96,10 +98,12 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
     import torch
 
     from scaledet.inference.benchmark import (machine_info, markdown_table, merge_json_results,
-                                              merge_markdown_results, temporary_dir)
+                                              merge_markdown_results, read_results_tables, temporary_dir)
     from scaledet.inference.processor import current_processor
 
     _check_args(args)
+    if args.json:
+        read_results_tables(Path(args.json))  # a file it cannot merge into: said now, not after the benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     processor = current_processor()

@@ -16,7 +16,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, YOLO data.yaml or shapes:train")
     parser.add_argument("--images", help="COCO only: folder holding the images")
-    parser.add_argument("--split", default="train", help="VOC / YOLO split (default train)")
+    parser.add_argument("--split", help="VOC / YOLO split (default train)")
     parser.add_argument("--model", default="efficientdet_d0", help="model the report is for (default efficientdet_d0)")
     parser.add_argument("--image-size", type=int, help="network input size (default: fitted to the data)")
     parser.add_argument("--allow-empty", action="store_true", help="accept data without any box")
@@ -32,9 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.data import open_dataset, print_report
     from scaledet.data.tiles import TileCropDataset
     from scaledet.engine.doctor import diagnose, format_diagnosis
+    from scaledet.engine.run import check_writable
     from scaledet.errors import UserError
     from scaledet.models.registry import create_model
 
+    if args.split is not None and (str(args.data).lower().endswith(".json") or str(args.data).startswith("shapes")):
+        raise UserError(f"--split is for a VOC folder or a YOLO data.yaml; {args.data} is one split already")
+    args.split = args.split or "train"
+    if args.json_path:
+        check_writable(Path(args.json_path).parent, "the report", "--json")  # before the work, not after
     if args.tile is None and args.tile_min_visible != 0.5:
         raise UserError("--tile-min-visible applies only with --tile: add --tile SIZE or drop it")
     dataset = open_dataset(args.data, images=args.images, split=args.split, allow_empty=args.allow_empty)
@@ -52,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
                       native_size=tuple(detector.image_size), detector=detector)
     print(format_diagnosis(report))
     if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -48,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="DATA",
                         help="--int8: calibration images: a folder or glob of images, or a dataset (shapes:val, a "
                              "COCO .json, a VOC folder, a YOLO data.yaml)")
-    parser.add_argument("--calibration-images", type=int, default=64,
+    parser.add_argument("--calibration-images", type=int,
                         help="--int8: how many images (default 64: with labels they also judge the float-kept layers by AP)")
-    parser.add_argument("--calibration-percentile", type=float, default=DEFAULT_PERCENTILE, metavar="P",
+    parser.add_argument("--calibration-percentile", type=float, metavar="P",
                         help="--int8: activation ranges cover P percent of each tensor's calibration values "
                              f"(default {DEFAULT_PERCENTILE}: D0's INT8 AP loss on one held-out set 0.0002 where "
                              "min / max lost 0.017; 100 = min / max, a faster calibration)")
@@ -115,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration DATA: a folder or glob of images like the ones to detect on, "
                          "or a dataset (e.g. shapes:val, a COCO .json)")
-    if args.calibration and not args.int8:
-        raise ValueError("--calibration is for --int8")
+    int8_only = [flag for flag, value in (("--calibration", args.calibration), ("--calibration-images",
+                 args.calibration_images), ("--calibration-percentile", args.calibration_percentile)) if value is not None]
+    if int8_only and not args.int8:
+        raise ValueError(f"{' / '.join(int8_only)}: for --int8 only")
     warn_if_random_weights(args.weights, args.model)
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size)
     if args.int8:
@@ -149,9 +151,12 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     import torch
 
     from scaledet.export import export_onnx
-    from scaledet.inference.quantize import (DEFAULT_TOLERANCE, QuantizedDetector, check_calibration,
-                                             detection_agreement, quantize_onnx)
+    from scaledet.inference.quantize import (DEFAULT_PERCENTILE, DEFAULT_TOLERANCE, QuantizedDetector,
+                                             check_calibration, detection_agreement, quantize_onnx)
 
+    args.calibration_images = 64 if args.calibration_images is None else args.calibration_images
+    if args.calibration_percentile is None:
+        args.calibration_percentile = DEFAULT_PERCENTILE
     if args.calibration_images < 1:
         raise ValueError("--calibration-images must be >= 1")
     if not 50 < args.calibration_percentile <= 100:

@@ -119,6 +119,13 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.video_stride < 1:
         raise ValueError(f"--video-stride must be >= 1, got {args.video_stride}")
+    if args.max_pixels is not None and (args.max_pixels < 0 or args.tile is None):
+        raise ValueError(f"--max-pixels {args.max_pixels}: " + ("a pixel count is >= 0 (0: no limit)"
+                         if args.max_pixels < 0 else "it limits --tile's decoding; without --tile images are "
+                         "decoded whole (add --tile SIZE or drop it)"))
+    unused = [flag for flag, value in (("--images", args.images), ("--split", args.split)) if value is not None]
+    if unused and not args.data:
+        raise ValueError(f"{' / '.join(unused)} go(es) with --data DATASET (COCO images folder / VOC or YOLO split)")
 
 
 def batch_size_for(batch_size: int | None, device: str) -> int:

@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from scaledet.errors import UserError
+
 # flag -> (type, help); every flag defaults to None so the YAML file / family recipe decide.
 _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "model": (str, "model name, e.g. efficientdet_d0 (default efficientdet_d0)"),
@@ -22,7 +24,7 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "image_size": (int, "input size of the model: the square side (EfficientDet, RetinaNet; default: fitted to "
                         "the training images) or DETR's shorter side (default 800)"),
     "tile": (int, "large images: train on native-resolution TILE x TILE crops (around objects) and validate "
-                  "through tiles; the model's input size becomes TILE"),
+                  "through tiles; the model's input size becomes TILE unless --image-size"),
     "tile_overlap": (float, "with --tile: fraction of a tile shared by neighbouring validation tiles (default 0.2)"),
     "tile_min_visible": (float, "with --tile: drop a box keeping less than this fraction of its area in a crop "
                               "(default 0.5)"),
@@ -103,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from scaledet.engine.run import train_from_config
 
     if args.processes < 1:
-        raise SystemExit(f"scaledet train: --processes must be 1 or more, got {args.processes}")
+        raise UserError(f"--processes must be 1 or more, got {args.processes}")
     flags = {name: getattr(args, name) for name in (*_VALUE_FLAGS, *_BOOL_FLAGS, "resume")}
     config = TrainConfig.from_sources(args.config, **flags)
     if config.train is None:
-        raise SystemExit("scaledet train: give --train DATA (or 'train:' in the --config file)")
+        raise UserError("give --train DATA (or 'train:' in the --config file)")
     if args.processes > 1 and world_size() == 1:  # not yet inside the processes it launches
         return launch_local(args.processes, ["train", *command_line(args)], threads=args.threads)
     try:

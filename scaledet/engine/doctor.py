@@ -120,7 +120,8 @@ def format_diagnosis(report: dict[str, Any], max_categories: int = 20) -> str:
     unit = report.get("unit", "images")  # "tiles" when training on tiles: the records are the tiles
     lines = [f"doctor: {report['images']} {unit}, {report['boxes']} boxes{ignored}, "
              f"{report['empty_images']} empty {unit}, "
-             f"up to {report['max_boxes_per_image']} boxes per image; input {report.get('input', f'{h}x{w}')}"]
+             f"up to {report['max_boxes_per_image']} boxes per {'tile' if 'tiles' in unit else 'image'}; "
+             f"input {report.get('input', f'{h}x{w}')}"]
     categories = report["categories"]
     shown = ", ".join(f"{c['label']}={c['name']!r} (id {c['category_id']}, {c['boxes']} boxes)"
                       for c in categories[:max_categories])

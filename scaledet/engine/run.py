@@ -191,17 +191,18 @@ def add_train_transforms(dataset: Dataset, config: TrainConfig, model: nn.Module
     dataset.transforms = factory(**train_augmentation(config, dataset, planned_epochs, _keywords(factory)))
 
 
-def check_writable(out: Path) -> None:
+def check_writable(out: Path, what: str = "the run's files", option: str = "--out") -> None:
     """UserError naming ``out`` when the run's folder could not be created or written (checked on it, or on
-    the nearest folder above it that exists, without creating anything: a data error must leave no folder)."""
+    the nearest folder above it that exists, without creating anything: a data error must leave no folder);
+    ``what`` goes there, ``option`` names where to give another place."""
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{out}: cannot write the run's files there ({existing} is not a folder); give another --out")
+        raise UserError(f"{out}: cannot write {what} there ({existing} is not a folder); give another {option}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: cannot write the run's files there (no write permission on {existing}); "
-                        "give another --out")
+        raise UserError(f"{out}: cannot write {what} there (no write permission on {existing}); "
+                        f"give another {option}")
 
 
 def train_from_config(config: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None,

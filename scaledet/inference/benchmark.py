@@ -226,10 +226,25 @@ def results_by_processor(payload: dict) -> dict[str, dict]:
     return {kind: payload}
 
 
+def read_results_tables(path: Path) -> dict[str, dict]:
+    """``{kind: table}`` of an existing results file (``{}`` when there is none); a file that is not
+    one is a ValueError naming it (checked before a benchmark, not after it)."""
+    if not path.exists():
+        return {}
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict):
+            raise ValueError("not a JSON object")
+        return results_by_processor(payload)
+    except (ValueError, AttributeError, OSError) as error:
+        raise ValueError(f"{path}: not a bench results JSON ({error}): give another --json (tables of other "
+                         "processors are kept in it)") from None
+
+
 def merge_json_results(path: Path, kind: str, table: dict) -> dict:
     """Write ``table`` as processor ``kind``'s entry of the results file ``path``, keeping the other
     kinds' tables; returns the whole payload."""
-    tables = results_by_processor(json.loads(path.read_text())) if path.exists() else {}
+    tables = read_results_tables(path)
     tables[kind] = table
     payload = {"format": RESULTS_FORMAT, "tables": dict(sorted(tables.items()))}
     path.parent.mkdir(parents=True, exist_ok=True)
