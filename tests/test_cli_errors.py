@@ -1,6 +1,7 @@
 """Errors a user can cause get one or two lines naming the file and the fix, exit 2, no traceback;
 ``scaledet --debug`` shows the traceback."""
 
+import importlib
 import json
 import os
 import socket
@@ -366,3 +367,18 @@ def test_outputs_that_cannot_be_written_are_named_before_the_work(tmp_path, caps
     lines = _error(capsys, ["bench", "--models", "efficientdet_d0", "--json", str(tmp_path / "file")])
     assert f"{tmp_path / 'file'}: not a bench results JSON" in lines[0]
     assert main(["doctor", "shapes:train", "--json", str(tmp_path / "new" / "r.json")]) == 0  # folders are made
+
+
+def test_paper_errors_and_eval_sizes_are_one_line(tmp_path, capsys):
+    assert "--gpu-json" in _error(capsys, ["paper", "--out", str(tmp_path), "--gpu-json", str(tmp_path / "no.json")])[0]
+    lines = _error(capsys, ["eval", "--model", "efficientdet_d0", "--data", "shapes:val", "--batch-size", "0"])
+    assert lines[0].endswith("--batch-size must be >= 1 and --workers >= 0, got 0 and 0")
+
+
+def test_an_unwritable_optimize_cache_costs_a_warning_not_the_result(tmp_path, monkeypatch):
+    optimize = importlib.import_module("scaledet.inference.optimize")  # the package exports a function of that name
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path / "file"))
+    with pytest.warns(UserWarning, match="could not keep the measured choice in .*SCALEDET_CACHE"):
+        optimize._store_choice({"k": 1}, "precision", "fp32", {}, True)

@@ -86,6 +86,8 @@ def _model_stats(args: argparse.Namespace) -> dict:
 
     if not args.data:
         raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     args.device = str(resolve_device(args.device))
     warn_if_random_weights(args.weights, args.model)
     keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh

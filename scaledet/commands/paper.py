@@ -56,29 +56,21 @@ def budget_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from scaledet.engine.distributed import resolve_device
+    from scaledet.errors import UserError
     from scaledet.paper.report import ReportOptions, build_report
 
     gpu_json = args.gpu_json
     if gpu_json is None and (args.out / "gpu_measurements.json").exists():
         gpu_json = args.out / "gpu_measurements.json"
     if gpu_json is not None and not gpu_json.exists():
-        print(f"scaledet paper: --gpu-json {gpu_json} does not exist", file=sys.stderr)
-        return 2
-    try:
-        budget = budget_from_args(args)
-        args.device = str(resolve_device(args.device))
-    except ValueError as error:
-        print(f"scaledet paper: {error}", file=sys.stderr)
-        return 2
+        raise UserError(f"--gpu-json {gpu_json} does not exist")
+    budget = budget_from_args(args)
+    args.device = str(resolve_device(args.device))
     options = ReportOptions(out=args.out, device=args.device, latency=args.latency, gpu_json=gpu_json,
                             train_ablation=args.train_ablation, ablation_budget=budget,
                             ablation_device=args.ablation_device, ablation_cache=args.ablation_cache,
                             progress=args.progress, reuse=args.reuse, note=args.note, command="scaledet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["paper"] else "scaledet paper")
-    try:
-        text = build_report(options)
-    except ValueError as error:
-        print(f"scaledet paper: {error}", file=sys.stderr)
-        return 2
+    text = build_report(options)
     print(text)
     print(f"wrote {args.out / 'report.md'}, {args.out / 'measurements.json'} and figures", file=sys.stderr)
     return 0

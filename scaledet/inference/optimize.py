@@ -363,10 +363,15 @@ def _store_choice(key: dict, choice: str, chosen: Any, measured: dict, use_cache
     reading the cache while another writes it never sees half a file."""
     if use_cache:
         path = _cache_file(key, choice)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"key": key, choice: chosen, "measured": measured}, indent=1, default=str))
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps({"key": key, choice: chosen, "measured": measured}, indent=1, default=str))
+            os.replace(partial, path)
+        except OSError as error:  # a cache that cannot be written costs a measurement next time, not the result
+            warnings.warn(f"could not keep the measured choice in {path.parent} ({error.strerror or error}): it is "
+                          f"measured again next time; point SCALEDET_CACHE at a writable folder, or {CACHE_ENV}=0",
+                          stacklevel=2)
 
 
 def choose_precision(model: Detector, compile: bool = False, cache: bool = True, runs: int = 5) -> str:
