@@ -198,6 +198,7 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path, capsys):
     ({"max_minutes": float("nan")}, "max_minutes must be a finite number, got nan"),
     ({"backbone_lr": -1.0}, "backbone_lr must be >= 0 (0 freezes the backbone's weights), got -1.0"),
     ({"eval_max_images": 0}, "eval_max_images must be >= 1, got 0"),
+    ({"model_overrides": {"fpn_repeats": -1}}, "EfficientDet option(s) fpn_repeats=-1: counts, sizes and rates are >= 0"),
 ])
 def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_it(tmp_path, tiny_config, capsys, values, message):
     tiny_config.write_text(yaml.safe_dump({**yaml.safe_load(tiny_config.read_text()), **values}))

@@ -118,6 +118,12 @@ def check_option_names(options: Iterable[str], variant: Any, family: str, exclud
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ValueError(f"unknown {family} option(s) {unknown}; valid: {sorted(fields)}")
+    values = options if isinstance(options, dict) else {}
+    negative = sorted(name for name, value in values.items()  # counts, sizes, depths: none is negative
+                      if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0)
+    if negative:
+        raise ValueError(f"{family} option(s) {', '.join(f'{name}={values[name]}' for name in negative)}: "
+                         "counts, sizes and rates are >= 0")
 
 
 def typed_options(options: dict[str, Any], variant: Any, family: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
