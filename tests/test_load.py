@@ -102,7 +102,7 @@ def test_arguments_each_source_cannot_take(tmp_path):
         scaledet.load(None)
     with pytest.raises(UserError, match="give the model name"):
         scaledet.load("coco")
-    with pytest.raises(UserError, match="retinanet_r50_fpn has no published COCO weights"):
+    with pytest.raises(UserError, match="retinanet_r50_fpn has no COCO weights to download here.*retinanet_resnet50_fpn_coco"):
         scaledet.load("coco", model="retinanet_r50_fpn")
     with pytest.raises(FileNotFoundError):
         scaledet.load(tmp_path / "absent.safetensors")

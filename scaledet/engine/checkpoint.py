@@ -130,7 +130,7 @@ def _plain(value: Any) -> Any:
 
 
 def _show(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return "not given" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _describe_model(config: dict[str, Any]) -> str:

@@ -71,6 +71,7 @@ class CheckpointSpec:
             recognised. The model may be on the ``meta`` device: read its config, not its values.
         coco: model name -> local path of the published COCO weights (downloaded and
             hash-checked into torch.hub's cache); ``None`` when the family publishes none.
+        coco_hint: without ``coco``, where COCO weights this family loads can be found (ends the error).
     """
 
     class_head: tuple[str, ...]
@@ -78,6 +79,7 @@ class CheckpointSpec:
     background: int = 0
     convert: Callable[[StateDict, nn.Module], StateDict] = _unchanged
     coco: Callable[[str], Path] | None = None
+    coco_hint: str = ""
 
     def num_classes(self, state_dict: StateDict, model: nn.Module) -> int | None:
         """The class count of ``state_dict`` (our key names), or ``None`` without a class predictor."""
@@ -94,7 +96,8 @@ def weights_file(spec: CheckpointSpec, name: str, pretrained: str | Path) -> Pat
     if str(pretrained) != "coco":
         return Path(pretrained)
     if spec.coco is None:
-        raise UserError(f"{name} has no published COCO weights; give a weights file instead of 'coco'")
+        raise UserError(f"{name} has no COCO weights to download here; give a weights file instead of 'coco'"
+                        + (f" ({spec.coco_hint})" if spec.coco_hint else ""))
     return spec.coco(name)
 
 

@@ -256,7 +256,9 @@ def to_scaledet(state_dict: dict[str, Tensor], model: nn.Module | None = None) -
 
 #: our safetensors files and torchvision's RetinaNet state dicts (no download of published weights);
 #: the class predictor has anchors-per-location x K outputs
-CHECKPOINT = CheckpointSpec(class_head=(CLASS_LOGITS,), class_bias=CLASS_LOGITS + "bias", convert=to_scaledet)
+CHECKPOINT = CheckpointSpec(class_head=(CLASS_LOGITS,), class_bias=CLASS_LOGITS + "bias", convert=to_scaledet,
+                            coco_hint="torchvision's retinanet_resnet50_fpn_coco-eeacb38b.pth loads into "
+                                      "retinanet_r50_fpn: download it elsewhere and give its path")
 
 
 def profile_info(name: str) -> dict:

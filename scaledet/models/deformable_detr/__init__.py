@@ -100,7 +100,9 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
 #: No published-weights download: the official checkpoints are on Google Drive, transformers' on
 #: the Hugging Face hub (SenseTime/deformable-detr*): download one and pass the file.
 CHECKPOINT = CheckpointSpec(class_head=("class_heads.",), class_bias="class_heads.0.bias", background=0,
-                            convert=to_scaledet)
+                            convert=to_scaledet,
+                            coco_hint="the Hugging Face hub's SenseTime/deformable-detr* files and the official "
+                                      "checkpoints load: download one elsewhere and give its path")
 
 
 _PAPER = {  # Zhu et al. 2021, Table 1 (50 epochs; FLOPs as the DETR paper: averaged over COCO val sizes)

@@ -95,7 +95,9 @@ def build(name: str, num_classes: int | None = None, image_size: int | tuple[int
 CHECKPOINT = CheckpointSpec(class_head=("decoder.enc_score_head.", "decoder.class_heads.",
                                         "decoder.denoising_class_embed."),
                             class_bias="decoder.enc_score_head.bias",
-                            convert=lambda state_dict, model: to_scaledet(state_dict))
+                            convert=lambda state_dict, model: to_scaledet(state_dict),
+                            coco_hint="the Hugging Face hub's PekingU/rtdetr_* model.safetensors files load: download "
+                                      "one elsewhere and give its path")
 
 
 # Zhao et al. 2024, Table 2: COCO val2017 AP at 640x640, T4 TensorRT FP16 FPS, GFLOPs counted as
