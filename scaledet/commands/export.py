@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration DATA: a folder or glob of images like the ones to detect on, "
                          "or a dataset (e.g. shapes:val, a COCO .json)")
-    int8_only = [flag for flag, value in (("--calibration", args.calibration), ("--calibration-images",
-                 args.calibration_images), ("--calibration-percentile", args.calibration_percentile)) if value is not None]
+    int8_options = (("--calibration", args.calibration), ("--calibration-images", args.calibration_images),
+                    ("--calibration-percentile", args.calibration_percentile))
+    int8_only = [flag for flag, value in int8_options if value is not None]
     if int8_only and not args.int8:
         raise ValueError(f"{' / '.join(int8_only)}: for --int8 only")
     warn_if_random_weights(args.weights, args.model)
@@ -173,7 +174,8 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     if args.check:
         with torch.no_grad():
             reference = model(images)
-        tolerance = DEFAULT_TOLERANCE if args.score_tol is None else replace(DEFAULT_TOLERANCE, score_tol=args.score_tol)
+        tolerance = (DEFAULT_TOLERANCE if args.score_tol is None
+                     else replace(DEFAULT_TOLERANCE, score_tol=args.score_tol))
         agreement = detection_agreement(reference, QuantizedDetector(output)(images), tolerance)
         passed = agreement.passes(tolerance)
         print(f"check, int8 onnxruntime vs eager on {len(images)} calibration images: {agreement.summary()} "

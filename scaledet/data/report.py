@@ -29,7 +29,8 @@ REASONS: dict[str, str] = {
     "out_of_image_box": "box entirely outside the image: box skipped",
     "bad_iscrowd": "iscrowd is not 0/1/true/false: annotation skipped",
     "bad_yolo_line": "YOLO label line unreadable (wrong field count, a non-number, a fractional class): line skipped",
-    "yolo_pixel_coordinates": "YOLO coordinates above 1.5 (pixels? YOLO wants fractions of the image, 0-1): line skipped",
+    "yolo_pixel_coordinates": "YOLO coordinates above 1.5 (pixels? YOLO wants fractions of the image, 0-1): "
+                              "line skipped",
     "missing_annotation": "image listed in the split has no annotation file: image skipped",
     "missing_label": "YOLO label file not found: image has no objects (kept)",
     "clipped_box": "box partly outside the image: clipped (kept)",

@@ -38,7 +38,8 @@ def _parse_xml(path: Path) -> dict:
     for obj in root.iter("object"):
         box = obj.find("bndbox")
         coords = [box.findtext(k) if box is not None else None for k in ("xmin", "ymin", "xmax", "ymax")]
-        objects.append((str(obj.findtext("name", "")).strip(), coords, obj.findtext("difficult", "0").strip().lower() in ("1", "true")))
+        difficult = obj.findtext("difficult", "0").strip().lower() in ("1", "true")
+        objects.append((str(obj.findtext("name", "")).strip(), coords, difficult))
     return {
         "filename": root.findtext("filename"),
         "objects": objects,

@@ -94,7 +94,8 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def check_resume(path: str | Path, state: dict[str, Any], config: dict[str, Any], model_config: dict[str, Any]) -> list[str]:
+def check_resume(path: str | Path, state: dict[str, Any], config: dict[str, Any],
+                 model_config: dict[str, Any]) -> list[str]:
     """Compare a checkpoint with the run about to continue it.
 
     Args:

@@ -160,10 +160,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for field in dataclasses.fields(self):  # nan passes every comparison below, inf most
-            value = getattr(self, field.name)
+        for option in dataclasses.fields(self):  # nan passes every comparison below, inf most
+            value = getattr(self, option.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+                raise ValueError(f"{option.name} must be a finite number, got {value!r}")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lr": self.lr,
                     "log_every": self.log_every}  # grad_accum before lr: the lr is scaled by it
         for name, value in positive.items():

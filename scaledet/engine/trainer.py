@@ -250,8 +250,8 @@ class Trainer:
             ema = getattr(getattr(self.ema, "multi_avg_fn", None), "decay", 0.0) if self.ema is not None else 0.0
             batch = self.config.batch_size * self.config.grad_accum * dist_utils.world_size()
             about = "about " if self.config.max_minutes and self.plan.steps != self.planned_steps else ""  # estimated
-            print(f"plan: {about}{self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} epochs of "
-                  f"{self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, "
+            print(f"plan: {about}{self.plan.steps} optimizer steps ({self.plan.steps / self.steps_per_epoch:.1f} "
+                  f"epochs of {self.steps_per_epoch}) of {batch} images, lr {self.config.lr:g}, "
                   + (f"EMA decay {ema:.4f}, " if ema else "EMA off, ")
                   + ("no evaluation (no --val)" if self.val_set is None
                      else f"evaluation every {self.eval_every} epoch(s)" if self.eval_every else "evaluation at the end"))

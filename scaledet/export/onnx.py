@@ -74,9 +74,9 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
 def session_options(threads: int | None = None):
     """onnxruntime ``SessionOptions`` for scaledet's sessions: ``threads`` intra-op threads (``None``:
     torch's count, so that ``torch.set_num_threads`` / ``--threads`` / ``OMP_NUM_THREADS`` govern both
-    engines; both default to the physical cores) and only errors logged (its graph optimiser's notes, such as the hundreds of
-    "Removing initializer ..." lines an INT8 graph gives once its quantize / dequantize pairs are fused,
-    are not the user's concern)."""
+    engines; both default to the physical cores) and only errors logged (its graph optimiser's notes, such as
+    the hundreds of "Removing initializer ..." lines an INT8 graph gives once its quantize / dequantize pairs
+    are fused, are not the user's concern)."""
     import onnxruntime as ort  # optional dependency
 
     options = ort.SessionOptions()
