@@ -156,3 +156,12 @@ def test_resuming_a_finished_run_trains_no_step_more(tmp_path):
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]
     assert sum(1 for r in records if r.get("final")) == 1
     assert (tmp_path / "epochs.csv").read_text().count("\n") == 1 + 1  # the header and one final row
+
+
+def test_the_final_record_numbers_its_epoch_as_the_epoch_records_do(tmp_path):
+    """2 epochs of 5 steps: epoch rows 0 and 1, the final row (same step as the last) epoch 1, not 2."""
+    from scaledet.engine.logging import read_log
+
+    _train(tmp_path, epochs=2)
+    rows = [(r["epoch"], r["step"], bool(r.get("final"))) for r in read_log(tmp_path) if r["kind"] == "epoch"]
+    assert rows == [(0, 5, False), (1, 10, False), (1, 10, True)]

@@ -563,7 +563,9 @@ class Trainer:
         if self.val_set is not None:
             fresh = self.last_stats is not None and self._stats_step == self.step
             stats = self.last_stats if fresh else self.run_evaluation()
-        self.logger.log("epoch", {"epoch": self.epoch, "step": self.step, "time": round(self.elapsed(), 3),
+        # the index of the epoch the last step belongs to, as the epoch rows count (metrics.json: epochs completed)
+        last = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
+        self.logger.log("epoch", {"epoch": last, "step": self.step, "time": round(self.elapsed(), 3),
                                   "final": 1, **stats})
         self.save("last.pt")
         self._maybe_save_best()
