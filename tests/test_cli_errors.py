@@ -294,7 +294,7 @@ def test_resume_with_another_model_is_one_line_and_changed_options_are_named(tmp
     capsys.readouterr()
     lines = _error(capsys, ["train", *args, "--resume", "--image-size", "96"])
     assert "last.pt is a run of efficientdet_d0 at 64x64" in lines[0] and "this command builds efficientdet_d0 at 96x96" in lines[0]
-    with pytest.warns(UserWarning, match=r"resuming .* with --max-steps 3 \(was 2\), --seed 1 \(was 0\): the run"):
+    with pytest.warns(UserWarning, match=r"resuming .* left out\): --max-steps 3 \(was 2\), --seed 1 \(was 0\); the run"):
         assert main(["train", *args, "--resume", "--max-steps", "3", "--seed", "1"]) == 0
 
 
@@ -340,7 +340,7 @@ def test_export_check_tolerances_are_checked(capsys, argv, message):
 def test_eval_refuses_a_detections_file_and_a_model_together(tmp_path, capsys):
     lines = _error(capsys, ["eval", "--gt", "g.json", "--detections", "d.json", "--weights", "w.safetensors",
                             "--data", "shapes:val"])
-    assert "--weights / --data evaluate a model; --gt and --detections score a file: give one or the other" in lines[0]
+    assert "--weights / --data: for evaluating a model, while --gt and --detections score a file" in lines[0]
 
 
 def test_a_model_without_weights_is_said_to_be_random(tmp_path):
@@ -383,3 +383,12 @@ def test_an_unwritable_optimize_cache_costs_a_warning_not_the_result(tmp_path, m
     monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path / "file"))
     with pytest.warns(UserWarning, match="could not keep the measured choice in .*SCALEDET_CACHE"):
         optimize._store_choice({"k": 1}, "precision", "fp32", {}, True)
+
+
+def test_paper_names_a_bad_gpu_json_and_bad_ablation_sizes_at_once(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("x")
+    lines = _error(capsys, ["paper", "--out", str(tmp_path / "r"), "--gpu-json", str(tmp_path / "bad.json"),
+                            "--no-latency"])
+    assert lines[0].endswith("give another --gpu-json") and "bad.json: not a measurements / bench JSON file" in lines[0]
+    lines = _error(capsys, ["paper", "--out", str(tmp_path / "r"), "--train-ablation", "--ablation-steps", "-1"])
+    assert lines[0].endswith("--ablation-steps -1: must be > 0")

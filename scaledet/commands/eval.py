@@ -85,7 +85,8 @@ def _model_stats(args: argparse.Namespace) -> dict:
     from scaledet.evaluation import evaluate_model
 
     if not args.data:
-        raise ValueError("--data goes with --weights / --model; or use --gt and --detections")
+        raise ValueError("--weights / --model need --data DATASET (the images to evaluate on; --images is the "
+                         "folder of a COCO --data); or score a file with --gt and --detections")
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     args.device = str(resolve_device(args.device))
@@ -108,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         model_options = [f"--{name.replace('_', '-')}" for name in ("weights", "model", "data", "results", "tile")
                          if getattr(args, name, None)]
         if model_options:
-            raise ValueError(f"{' / '.join(model_options)} evaluate a model; --gt and --detections score a file: "
-                             "give one or the other")
+            raise ValueError(f"{' / '.join(model_options)}: for evaluating a model, while --gt and --detections "
+                             "score a file: give one or the other")
         stats = evaluate_detections(args.gt, args.detections, max_dets=args.max_dets, backend=args.backend,
                                     match_categories=args.match_categories)
     elif args.model or args.weights or args.data:

@@ -49,6 +49,12 @@ def budget_from_args(args: argparse.Namespace):
              "train_images": args.ablation_images, "image_size": args.ablation_size,
              "seeds": tuple(args.seeds) if args.seeds else None}
     budget = dataclasses.replace(AblationBudget(), **{k: v for k, v in given.items() if v is not None})
+    sizes = {"--ablation-minutes": args.ablation_minutes, "--ablation-epochs": args.ablation_epochs,
+             "--ablation-steps": args.ablation_steps, "--ablation-images": args.ablation_images,
+             "--ablation-size": args.ablation_size}
+    below = [f"{flag} {value:g}" for flag, value in sizes.items() if value is not None and not value > 0]
+    if below:  # said before the report's minutes of measurements, not when the ablation starts
+        raise ValueError(f"{', '.join(below)}: must be > 0")
     if len(budget.seeds) < 2:
         raise ValueError(f"the ablation needs at least 2 seeds to give a spread, got {list(budget.seeds)}")
     return budget

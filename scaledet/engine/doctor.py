@@ -101,7 +101,8 @@ def _advice(report: dict[str, Any]) -> list[str]:
         advice.append(f"{len(rare)} class(es) have fewer than 10 boxes ({', '.join(rare[:5])}"
                       f"{' ...' if len(rare) > 5 else ''}): expect little AP on them")
     if report["empty_images"] > 0.5 * report["images"]:
-        advice.append(f"{report['empty_images']} of {report['images']} images have no box")
+        unit = "tiles" if "tiles" in report.get("unit", "images") else "images"
+        advice.append(f"{report['empty_images']} of {report['images']} {unit} have no box")
     anchors = report.get("anchors")
     if anchors and anchors["published"]["coverage"] < 0.9:
         gain = anchors["fitted"]["coverage"] - anchors["published"]["coverage"]

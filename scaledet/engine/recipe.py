@@ -211,7 +211,8 @@ def _busy_cores(seconds: float, total_cores: int) -> float | None:
     """Cores' worth of CPU time spent busy machine-wide during ``seconds``, or ``None``."""
     def snapshot() -> tuple[int, int] | None:
         try:
-            fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
         except (OSError, ValueError):
             return None
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait

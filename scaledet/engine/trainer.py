@@ -367,9 +367,10 @@ class Trainer:
         state = load_training_checkpoint(path)
         changed = check_resume(path, state, self.config.to_dict(), getattr(self.model, "config", {}))
         if changed and self.is_main:
-            warnings.warn(f"resuming {path} with {', '.join(changed)}: the run continues with these (its schedule "
-                          "planned again where they change it); the options it started with continue it exactly",
-                          stacklevel=2)
+            warnings.warn(f"resuming {path} with other options than it started with (given now, or defaults "
+                          f"where an option is left out): {', '.join(changed)}; the run continues with these (its "
+                          "schedule planned again where they change it); give the options it started with to "
+                          "continue it exactly", stacklevel=2)
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             if state.get("ema") is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from scaledet.errors import UserError
 from scaledet.models.registry import family_hook
 from scaledet.paper import measure, tables
 from scaledet.paper.ablation import AblationBudget, ablation_markdown, load_cache, ranking_sentence, run_ablation, summarise
@@ -47,7 +48,10 @@ def read_gpu_measurements(path: Path) -> tuple[dict[str, float], list[dict[str, 
     ``median_ms``, ``mean_ms``, ``ms`` (e.g. ``scaledet bench --device cuda --json``), or a plain
     ``{model: ms}`` mapping.
     """
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise UserError(f"{path}: not a measurements / bench JSON file ({error}): give another --gpu-json") from None
     fusion: list[dict[str, Any]] = []
     if isinstance(data, dict) and "table2" in data:
         records = [r for r in data["table2"] if str(r.get("latency_device") or "").startswith("cuda")]
