@@ -66,7 +66,7 @@ def test_resume_drops_the_replayed_steps_from_the_logs(tmp_path):
     records = read_log(tmp_path)
     assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 16))  # 6, 7, 8 once each
     assert _csv_column(tmp_path / "steps.csv", "step") == list(range(1, 16))
-    assert _csv_column(tmp_path / "epochs.csv", "epoch") == [0, 1, 2, 3]  # 3 = the final record
+    assert _csv_column(tmp_path / "epochs.csv", "epoch") == [0, 1, 2, 2]  # the final record: the last epoch, 2
     assert (tmp_path / "steps.csv").read_text().count("step,") == 1  # one header
     assert not (tmp_path / LOCK_NAME).exists()  # released at the end
 
