@@ -20,7 +20,7 @@ def test_cli_eval_model_on_dataset_matches_detections_path(tmp_path, capsys):
     weights = save_weights(model.state_dict(), tmp_path / "d0.safetensors", model.config)
     stats_path, results_path = tmp_path / "stats.json", tmp_path / "results.json"
     argv = ["eval", "--model", "efficientdet_d0", "--weights", str(weights), "--data", str(annotations),
-            "--batch-size", "2", "--json", str(stats_path), "--results", str(results_path)]  # fmt: skip
+            "--batch-size", "2", "--no-progress", "--json", str(stats_path), "--results", str(results_path)]  # fmt: skip
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50:0.95" in printed and "triangle" in printed

@@ -55,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"],
                         help="COCO evaluation library (equal stats; default pycocotools)")
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def open_eval_dataset(data: str, images: str | None, split: str | None, detector, allow_empty: bool = False):
+def open_eval_dataset(data: str, images: str | None, split: str | None, detector, allow_empty: bool = False,
+                      progress: bool = True):
     """The dataset ``--data`` names, untransformed; the split defaults to ``val`` for YOLO and for a VOC
     folder with ``ImageSets/Main/val.txt`` (as ``scaledet train --val`` reads them; otherwise every
     XML), and the built-in shapes set is rendered at ``detector``'s
@@ -73,7 +75,7 @@ def open_eval_dataset(data: str, images: str | None, split: str | None, detector
         root = find_voc_root(Path(data))
         split = "val" if root is not None and (root / "ImageSets" / "Main" / "val.txt").is_file() else None
     options = {"image_size": tuple(detector.unresized_size())} if str(data).startswith("shapes") else {}
-    return open_dataset(data, images=images, split=split, allow_empty=allow_empty, **options)
+    return open_dataset(data, images=images, split=split, allow_empty=allow_empty, progress=progress, **options)
 
 
 def _model_stats(args: argparse.Namespace) -> dict:
@@ -93,10 +95,11 @@ def _model_stats(args: argparse.Namespace) -> dict:
     warn_if_random_weights(args.weights, args.model)
     keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
-    dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty)
+    dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty, args.progress)
     print_report(dataset)
     return evaluate_model(model, dataset, args.max_dets, args.batch_size, args.device, args.workers,
-                          results_path=args.results, tile=tile_options(args), backend=args.backend)
+                          results_path=args.results, tile=tile_options(args), backend=args.backend,
+                          progress=args.progress)
 
 
 def run(args: argparse.Namespace) -> int:

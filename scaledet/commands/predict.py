@@ -193,7 +193,7 @@ def _open_data(args: argparse.Namespace, detector):
     from scaledet.commands.eval import open_eval_dataset
     from scaledet.data import print_report
 
-    dataset = open_eval_dataset(args.data, args.images, args.split, detector)
+    dataset = open_eval_dataset(args.data, args.images, args.split, detector, progress=args.progress)
     print_report(dataset)
     return dataset
 

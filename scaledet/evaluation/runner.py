@@ -223,15 +223,16 @@ def evaluate_model(
     results_path: str | Path | None = None,
     tile: TileOptions | None = None,
     backend: str = "pycocotools",
+    progress: bool = True,
 ) -> dict:
     """COCO stats of ``model`` on every image of ``dataset`` (:func:`predict_dataset` then
     :func:`score_predictions`); ``results_path``: also write the detections there; ``tile``:
     predict through tiles (scored on the original images all the same); ``backend``: the COCO
-    evaluation library (``"pycocotools"`` or ``"faster_coco_eval"``, equal stats).
+    evaluation library (``"pycocotools"`` or ``"faster_coco_eval"``, equal stats); ``progress``: the bar.
 
     ``dataset.transforms`` should be ``None`` (or keep the original geometry / set ``scale``):
     predicted boxes are scored in the dataset's original pixels.
     """
     predictions = predict_dataset(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
-                                  tile=tile)
+                                  tile=tile, progress=progress)
     return score_predictions(dataset, predictions, max_dets, results_path, backend=backend)
