@@ -202,14 +202,19 @@ def summarise(name: str, engines: list[Engine], batch_size: int) -> list[dict]:
 
 
 def markdown_table(rows: list[dict], processor: str) -> str:
-    """The rows as a markdown table, every row labelled with ``processor`` (its kind)."""
-    header = ("| processor | model | engine | batch | median ms | img/s | x reference | x ours eager |\n"
-              "|---|---|---|---|---|---|---|---|\n")
+    """The rows as a markdown table, every row labelled with ``processor`` (its kind); the ``x reference``
+    column only when a reference engine was timed (``benchmarks/bench_reference.py``; the installed
+    ``scaledet bench`` has none)."""
+    with_reference = any(r["vs_reference"] is not None for r in rows)
+    columns = ["processor", "model", "engine", "batch", "median ms", "img/s",
+               *(["x reference"] if with_reference else []), "x ours eager"]
+    header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n"
     lines = []
     for r in rows:
         ratio = "" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}"
-        lines.append(f"| {processor} | {r['model']} | {r['engine']} | {r['batch']} | {r['median_ms']:.1f} | "
-                     f"{r['images_per_s']:.2f} | {ratio} | {r['vs_eager']:.2f} |")
+        cells = [processor, r["model"], r["engine"], str(r["batch"]), f"{r['median_ms']:.1f}",
+                 f"{r['images_per_s']:.2f}", *([ratio] if with_reference else []), f"{r['vs_eager']:.2f}"]
+        lines.append(f"| {' | '.join(cells)} |")
     notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r.get("note")})
     return header + "\n".join(lines) + "".join(f"\n\n{note}" for note in notes)
 
