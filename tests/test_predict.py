@@ -44,6 +44,8 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
     assert not (out / "corrupt.jpg").exists()
     with av.open(str(out / "clip.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 5
+    clip = json.loads((out / "clip.json").read_text())  # --save-json: one file per video, its frames
+    assert [f["frame"] for f in clip["frames"]] == list(range(5)) and len(clip["frames"][0]["detections"]) == 100
     header = json.loads((out / "detections.images.json").read_text())
     assert header["image_ids"] == "inputs" and header["categories"][:2] == [{"id": 1, "name": "person"},
                                                                             {"id": 2, "name": "bicycle"}]

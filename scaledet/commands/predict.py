@@ -312,12 +312,14 @@ def _predict_video(detector, path: Path, args, out_dir: Path, state: dict) -> No
     from scaledet.inference.predict import Frame, VideoWriter, read_video
 
     target = _output_name(out_dir, path, state["used"], ".mp4")
-    writer, pending, frames_done = None, [], 0
+    writer, pending, frames_done, per_frame = None, [], 0, []
 
     def flush() -> None:
         _detect(detector, pending, args)
         for frame in pending:
-            _register(frame, state, args)
+            rows = _register(frame, state, args)
+            if args.save_json:
+                per_frame.append({"frame": frame.frame, "detections": rows})
             writer.write(frame.drawn(detector.class_names, args.score_threshold))
         pending.clear()
 
@@ -342,6 +344,8 @@ def _predict_video(detector, path: Path, args, out_dir: Path, state: dict) -> No
             writer.close()
     if frames_done == 0 and target.exists():
         target.unlink()
+    elif args.save_json and per_frame:
+        target.with_suffix(".json").write_text(json.dumps({"file_name": str(path), "frames": per_frame}))
 
 
 def _is_decode_error(error: Exception) -> bool:
