@@ -12,10 +12,13 @@ for the pre- and post-processing around the graph.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -54,8 +57,9 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
         raise ValueError(f"ONNX export needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
     model = model.eval()
     spec = model.export_spec(input_size)
-    with torch.no_grad(), warnings.catch_warnings():
-        # every input shares the batch axis, which torch notes each time as a name it will not use
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("onnxscript.optimizer._constant_folding"):
+        # every input shares the batch axis, which torch notes each time as a name it will not use; the
+        # optimiser notes each multi-output op it leaves unfolded (DETR: dozens of "Skipping ... Split" lines)
         warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used")
         program = torch.onnx.export(spec.module.eval(), spec.example_inputs, dynamo=True, opset_version=opset,
                                     input_names=spec.input_names, output_names=spec.output_names,
@@ -69,6 +73,18 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Logger ``name`` shows errors only inside the block (its notes are not the user's concern)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def session_options(threads: int | None = None):
