@@ -18,7 +18,7 @@ def apply_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise ValueError(f"--threads must be 1 or more, got {threads}")
-    from scaledet.engine.trainer import configure_threads
+    from scaledet.engine.recipe import configure_threads
 
     configure_threads(threads)
 

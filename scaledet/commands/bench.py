@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scaledet.commands import add_threads_option, apply_threads
+
 #: random images calibrating ``--precision int8``'s file (latency only: ``scaledet export --int8
 #: --calibration DATA`` makes the file whose accuracy counts)
 INT8_BENCH_CALIBRATION = 4
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="also time optimised + torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engine")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: torch's)")
+    add_threads_option(parser)
     parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported), >= 1")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
@@ -49,8 +51,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
     if args.runs < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise ValueError("--runs and --batch-sizes must be >= 1, --warmup >= 0")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be 1 or more, got {args.threads}")
     if args.image_size and min(args.image_size) < 1:
         raise ValueError(f"--image-size H W must be >= 1 pixel each, got {args.image_size[0]} {args.image_size[1]}")
     args.device = str(resolve_device(args.device))  # a misspelt name or a missing GPU: one line
@@ -95,17 +95,14 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) 
 def run(args: argparse.Namespace, reference=None, command: str | None = None) -> int:
     """``scaledet bench``; ``reference`` / ``command`` are given by ``benchmarks/bench_reference.py``
     (its reference engines, and its command line for the record)."""
-    import torch
-
     from scaledet.inference.benchmark import (machine_info, markdown_table, merge_json_results,
                                               merge_markdown_results, read_results_tables, temporary_dir)
     from scaledet.inference.processor import current_processor
 
     _check_args(args)
+    apply_threads(args.threads)
     if args.json:
         read_results_tables(Path(args.json))  # a file it cannot merge into: said now, not after the benchmark
-    if args.threads:
-        torch.set_num_threads(args.threads)
     processor = current_processor()
     print(f"processor: {processor.describe()}")
     results = []

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from scaledet.data import print_report, shapes_split
     from scaledet.engine.run import train_from_config
-    from scaledet.engine.trainer import configure_threads
+    from scaledet.engine.recipe import configure_threads
 
     start = time.monotonic()
     for flag, value in (("--train-images", args.train_images), ("--val-images", args.val_images)):

@@ -23,6 +23,10 @@ from pathlib import Path
 from scaledet.commands import add_threads_option, apply_threads, warn_if_random_weights
 
 
+#: ``--calibration-images`` when not given
+CALIBRATION_IMAGES = 64
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from scaledet.inference.quantize import DEFAULT_PERCENTILE
 
@@ -49,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--int8: calibration images: a folder or glob of images, or a dataset (shapes:val, a "
                              "COCO .json, a VOC folder, a YOLO data.yaml)")
     parser.add_argument("--calibration-images", type=int,
-                        help="--int8: how many images (default 64: with labels they also judge the float-kept layers by AP)")
+                        help=f"--int8: how many images (default {CALIBRATION_IMAGES}: with labels they also judge the "
+                             "float-kept layers by AP)")
     parser.add_argument("--calibration-percentile", type=float, metavar="P",
                         help="--int8: activation ranges cover P percent of each tensor's calibration values "
                              f"(default {DEFAULT_PERCENTILE}: D0's INT8 AP loss on one held-out set 0.0002 where "
@@ -155,7 +160,8 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     from scaledet.inference.quantize import (DEFAULT_PERCENTILE, DEFAULT_TOLERANCE, QuantizedDetector,
                                              check_calibration, detection_agreement, quantize_onnx)
 
-    args.calibration_images = 64 if args.calibration_images is None else args.calibration_images
+    if args.calibration_images is None:
+        args.calibration_images = CALIBRATION_IMAGES
     if args.calibration_percentile is None:
         args.calibration_percentile = DEFAULT_PERCENTILE
     if args.calibration_images < 1:

@@ -107,7 +107,7 @@ class RunLogger:
         path = self.out / "log.jsonl"
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            _rewrite(path, [line for line in lines if _step_of_json(line) <= step and not _is_final(line)])
+            _rewrite(path, [line for line in lines if _kept_on_resume(line, step)])
         for kind in CSV_KINDS:
             path = self.out / f"{kind}s.csv"
             if path.exists():
@@ -148,22 +148,16 @@ def _number(text: str) -> float:
         return float("-inf")  # not a step number: keep the row
 
 
-def _step_of_json(line: str) -> float:
-    """The ``step`` of one JSON log line: ``-inf`` when it has none (kept), ``inf`` when the line
-    is not a JSON object (dropped: a line cut short by a killed process)."""
+def _kept_on_resume(line: str, step: int) -> bool:
+    """Whether one JSON log line stays when a run resumes from step ``step``: lines without a ``step``
+    stay; lines of later steps, ``final`` records and lines that are not a JSON object (cut short by a
+    killed process) go."""
     try:
-        step = json.loads(line).get("step")
-    except (ValueError, AttributeError):
-        return float("inf")
-    return float(step) if isinstance(step, (int, float)) else float("-inf")
-
-
-def _is_final(line: str) -> bool:
-    """Whether a JSON log line is a run's ``final`` record."""
-    try:
-        return bool(json.loads(line).get("final"))
+        record = json.loads(line)
+        logged = record.get("step")
     except (ValueError, AttributeError):
         return False
+    return not record.get("final") and (not isinstance(logged, (int, float)) or logged <= step)
 
 
 def _rewrite(path: Path, lines: list, as_csv: bool = False) -> None:

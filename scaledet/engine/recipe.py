@@ -30,10 +30,12 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from scaledet.models.registry import family_hook
 
@@ -189,6 +191,21 @@ def fitted_input_size(stats: dict[str, Any], native: tuple[int, int], multiple: 
 
 
 # ---- threads -----------------------------------------------------------------------------------
+
+
+def configure_threads(threads: int) -> int:
+    """Set torch's CPU threads: ``threads`` if > 0, else ``OMP_NUM_THREADS`` when the environment
+    sets it, else the idle cores (:func:`idle_threads`). Returns the count."""
+    if threads > 0:
+        cores = os.cpu_count() or threads
+        if threads > cores:
+            warnings.warn(f"--threads {threads} is more than this machine's {cores} cores: the extra threads only "
+                          "wait on each other (a step can take many times longer); 0 picks the idle cores",
+                          stacklevel=2)
+        torch.set_num_threads(threads)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(idle_threads())
+    return torch.get_num_threads()
 
 
 def idle_threads(sample_seconds: float = 0.5) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import time
 import warnings
@@ -47,7 +46,7 @@ from scaledet.engine.ema import create_ema, set_ema_decay
 from scaledet.engine.evaluate import STAT_KEYS, evaluate
 from scaledet.engine.logging import RunLogger, read_log
 from scaledet.engine.plots import plot_curves, plot_predictions
-from scaledet.engine.recipe import PlanValues, eval_interval, idle_threads, plan_values
+from scaledet.engine.recipe import PlanValues, configure_threads, eval_interval, plan_values
 from scaledet.engine.schedule import LRSchedule
 from scaledet.models.base import default_param_groups
 from scaledet.weights import save_weights
@@ -66,21 +65,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def configure_threads(threads: int) -> int:
-    """Set torch's CPU threads: ``threads`` if > 0, else ``OMP_NUM_THREADS`` when the environment
-    sets it, else the idle cores (:func:`scaledet.engine.recipe.idle_threads`). Returns the count."""
-    if threads > 0:
-        cores = os.cpu_count() or threads
-        if threads > cores:
-            warnings.warn(f"--threads {threads} is more than this machine's {cores} cores: the extra threads only "
-                          "wait on each other (a step can take many times longer); 0 picks the idle cores",
-                          stacklevel=2)
-        torch.set_num_threads(threads)
-    elif not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(idle_threads())
-    return torch.get_num_threads()
 
 
 def _warn_if_replacing(out: Path) -> None:

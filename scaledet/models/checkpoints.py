@@ -28,6 +28,7 @@ mis-shaped keys.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -203,8 +204,6 @@ def load_state_strict(model: nn.Module, state_dict: StateDict, source: str | Pat
 def sidecar_class_names(path: Path, num_classes: int) -> list[str] | None:
     """The class names of a Hugging Face file from the ``config.json`` saved beside it (its
     ``id2label``), when they are ``num_classes`` names for ids 0..K-1; else ``None``."""
-    import json
-
     config_file = Path(path).with_name("config.json")
     try:
         labels = json.loads(config_file.read_text(encoding="utf-8")).get("id2label")
