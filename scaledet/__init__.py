@@ -14,14 +14,13 @@ another project's, ``"coco"``, an exported ``.onnx``); ``optimize(model)`` gives
 ``predict_tiled(model, image, tile=...)`` detects small objects in large images through tiles.
 """
 
-from scaledet.models.registry import create_model, list_models
-
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load", "optimize", "predict_tiled", "__version__"]
 
-# ``load``, ``optimize`` and ``predict_tiled`` pull in torchvision (about 1.5 s); they are imported
-# on first use so that ``import scaledet`` and ``scaledet --help`` stay fast.
-_LAZY = {"load": "scaledet.loading", "optimize": "scaledet.inference.optimize",
+# Every entry point pulls in torch (about 2 s); they are imported on first use so that ``import scaledet``
+# and ``scaledet --help`` stay fast and a Ctrl-C while torch loads reaches the command line's handler.
+_LAZY = {"create_model": "scaledet.models.registry", "list_models": "scaledet.models.registry",
+         "load": "scaledet.loading", "optimize": "scaledet.inference.optimize",
          "predict_tiled": "scaledet.inference.tiling"}
 
 

@@ -91,7 +91,11 @@ def say(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # Ctrl-C while the commands' modules load
+        say("scaledet: interrupted")
+        return 130
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()

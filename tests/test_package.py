@@ -1,5 +1,8 @@
 """The package skeleton: CLI, registry errors, weight files."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -13,6 +16,22 @@ def test_cli_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "scaledet" in capsys.readouterr().out
+
+
+def test_import_and_help_load_no_torch():
+    """``import scaledet`` and building every command's parser stay light: ``scaledet --help`` answers at
+    once, and a Ctrl-C while torch loads (inside a command's ``run``) reaches the command line's handler."""
+    probe = ("import sys, scaledet, scaledet.cli; scaledet.cli.build_parser(); "
+             "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'onnxruntime') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_export_help_states_the_quantizer_default():
+    from scaledet.commands.export import HELP_PERCENTILE
+    from scaledet.inference.quantize import DEFAULT_PERCENTILE
+
+    assert HELP_PERCENTILE == DEFAULT_PERCENTILE
 
 
 def test_unknown_model_names_choices():

@@ -25,11 +25,12 @@ from scaledet.commands import add_threads_option, apply_threads, warn_if_random_
 
 #: ``--calibration-images`` when not given
 CALIBRATION_IMAGES = 64
+#: the library's ``DEFAULT_PERCENTILE`` as ``--help`` states it (importing the quantizer would load torch and
+#: torchvision for ``--help``; a test keeps the two equal)
+HELP_PERCENTILE = 99.999
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from scaledet.inference.quantize import DEFAULT_PERCENTILE
-
     parser.add_argument("--model", help="model name (default: from --weights)")
     add_threads_option(parser)
     parser.add_argument("--weights", help="our .safetensors, a reference checkpoint (with --model) or 'coco' "
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "float-kept layers by AP)")
     parser.add_argument("--calibration-percentile", type=float, metavar="P",
                         help="--int8: activation ranges cover P percent of each tensor's calibration values "
-                             f"(default {DEFAULT_PERCENTILE}: D0's INT8 AP loss on one held-out set 0.0002 where "
+                             f"(default {HELP_PERCENTILE}: D0's INT8 AP loss on one held-out set 0.0002 where "
                              "min / max lost 0.017; 100 = min / max, a faster calibration)")
     parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
                         help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from scaledet.paper.ablation import AblationBudget
+    from scaledet.paper.budget import AblationBudget
 
     default = AblationBudget()
     parser.add_argument("--out", type=Path, default=Path("docs/paper"), help="output folder (default docs/paper)")
@@ -43,7 +43,7 @@ def budget_from_args(args: argparse.Namespace):
     """The :class:`AblationBudget` with the flags that were given."""
     import dataclasses
 
-    from scaledet.paper.ablation import AblationBudget
+    from scaledet.paper.budget import AblationBudget
 
     given = {"max_minutes": args.ablation_minutes, "epochs": args.ablation_epochs, "max_steps": args.ablation_steps,
              "train_images": args.ablation_images, "image_size": args.ablation_size,
