@@ -15,6 +15,15 @@ class UserError(ValueError):
     """A problem in the user's input or environment; the message names the file and the fix."""
 
 
+class OptionError(UserError):
+    """An option with a value it cannot take: ``option`` is its name (a ``TrainConfig`` field), ``requirement``
+    what it must be. Reads ``"lr must be > 0, got -1.0"``; the command line names the flag instead."""
+
+    def __init__(self, option: str, requirement: str):
+        super().__init__(f"{option} {requirement}")
+        self.option, self.requirement = option, requirement
+
+
 class DownloadError(UserError, RuntimeError):
     """A published checkpoint could not be downloaded or does not match its hash.
 

@@ -189,20 +189,32 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path, capsys):
     ({"model_overrides": 5}, "model_overrides: 5 is not a mapping"),
     ({"image_size": "big"}, "image_size: 'big' is not an integer"),
     ({"max_steps": "zero"}, "max_steps: 'zero' is not an integer"),
-    ({"log_every": 0}, "log_every must be > 0, got 0"),
-    ({"grad_accum": 0}, "grad_accum must be > 0, got 0"),
-    ({"max_steps": 0}, "max_steps must be >= 1, got 0"),
-    ({"momentum": 5}, "momentum must be in [0, 1], got 5"),
-    ({"eval_every": -1}, "eval_every must be >= 0, got -1"),
-    ({"lr": float("inf")}, "lr must be a finite number, got inf"),
-    ({"max_minutes": float("nan")}, "max_minutes must be a finite number, got nan"),
-    ({"backbone_lr": -1.0}, "backbone_lr must be >= 0 (0 freezes the backbone's weights), got -1.0"),
-    ({"eval_max_images": 0}, "eval_max_images must be >= 1, got 0"),
+    ({"log_every": 0}, "must be > 0, got 0"),
+    ({"grad_accum": 0}, "must be > 0, got 0"),
+    ({"max_steps": 0}, "must be >= 1, got 0"),
+    ({"momentum": 5}, "must be in [0, 1], got 5"),
+    ({"eval_every": -1}, "must be >= 0, got -1"),
+    ({"lr": float("inf")}, "must be a finite number, got inf"),
+    ({"max_minutes": float("nan")}, "must be a finite number, got nan"),
+    ({"backbone_lr": -1.0}, "must be >= 0 (0 freezes the backbone's weights), got -1.0"),
+    ({"eval_max_images": 0}, "must be >= 1, got 0"),
     ({"model_overrides": {"fpn_repeats": -1}}, "EfficientDet option(s) fpn_repeats=-1: counts, sizes and rates are >= 0"),
 ])
 def test_a_config_value_of_the_wrong_type_or_range_is_one_line_naming_it(tmp_path, tiny_config, capsys, values, message):
     tiny_config.write_text(yaml.safe_dump({**yaml.safe_load(tiny_config.read_text()), **values}))
+    if message.startswith("must"):  # a range: named as the file's key
+        message = f"'{next(iter(values))}:' in {tiny_config} {message}"
     assert message in _error(capsys, ["train", *_shapes(tiny_config), "--out", str(tmp_path / "run")])[0]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+    (["--ema-decay", "1.5"], "--ema-decay must be in [0, 1), got 1.5"),
+    (["--max-minutes", "nan"], "--max-minutes must be a finite number, got nan"),
+])
+def test_a_flag_out_of_range_is_named_as_the_flag(tmp_path, capsys, flags, message):
+    lines = _error(capsys, ["train", "--train", "shapes:train", "--max-steps", "1", "--out", str(tmp_path), *flags])
+    assert lines[0] == f"scaledet train: error: {message}"
 
 
 def test_resume_true_in_a_config_is_resume(tmp_path):

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scaledet.errors import UserError
+from scaledet.errors import OptionError, UserError
 
 # flag -> (type, help); every flag defaults to None so the YAML file / family recipe decide.
 _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
@@ -99,6 +99,16 @@ def command_line(args: argparse.Namespace) -> list[str]:
     return line
 
 
+def option_source(option: str, args: argparse.Namespace) -> str:
+    """How the user set training ``option``: ``--flag``, ``'key:' in FILE`` for a key of the ``--config`` file
+    (or a YAML-only option), the option's own name for a value the recipe chose."""
+    if option in _VALUE_FLAGS and getattr(args, option, None) is not None:
+        return "--" + option.replace("_", "-")
+    if args.config:
+        return f"'{option}:' in {args.config}"
+    return "--" + option.replace("_", "-") if option in _VALUE_FLAGS else option
+
+
 def run(args: argparse.Namespace) -> int:
     from scaledet.engine.config import TrainConfig
     from scaledet.engine.distributed import launch_local, world_size
@@ -107,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if args.processes < 1:
         raise UserError(f"--processes must be 1 or more, got {args.processes}")
     flags = {name: getattr(args, name) for name in (*_VALUE_FLAGS, *_BOOL_FLAGS, "resume")}
-    config = TrainConfig.from_sources(args.config, **flags)
+    try:
+        config = TrainConfig.from_sources(args.config, **flags)
+    except OptionError as error:  # named as the user gave it: a flag, or a key of the --config file
+        raise UserError(f"{option_source(error.option, args)} {error.requirement}") from None
     if config.train is None:
         raise UserError("give --train DATA (or 'train:' in the --config file)")
     if args.processes > 1 and world_size() == 1:  # not yet inside the processes it launches

@@ -19,7 +19,7 @@ import yaml
 
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.recipe import RECIPES, family_recipe, from_scratch_changes, scaled_lr
-from scaledet.errors import UserError
+from scaledet.errors import OptionError, UserError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -153,24 +153,24 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
         if self.anchors not in ("auto", "default"):
-            raise ValueError(f"anchors must be 'auto' or 'default', got {self.anchors!r}")
+            raise OptionError("anchors", f"must be 'auto' or 'default', got {self.anchors!r}")
         if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+            raise OptionError("recipe", f"must be one of {RECIPES}, got {self.recipe!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise OptionError("optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise OptionError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         for option in dataclasses.fields(self):  # nan passes every comparison below, inf most
             value = getattr(self, option.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{option.name} must be a finite number, got {value!r}")
+                raise OptionError(option.name, f"must be a finite number, got {value!r}")
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lr": self.lr,
                     "log_every": self.log_every}  # grad_accum before lr: the lr is scaled by it
         for name, value in positive.items():
             if value is None or value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+                raise OptionError(name, f"must be > 0, got {value!r}")
         if self.backbone_lr is not None and self.backbone_lr < 0:
-            raise ValueError(f"backbone_lr must be >= 0 (0 freezes the backbone's weights), got {self.backbone_lr!r}")
+            raise OptionError("backbone_lr", f"must be >= 0 (0 freezes the backbone's weights), got {self.backbone_lr!r}")
         at_least = {"max_steps": (self.max_steps, 1), "num_classes": (self.num_classes, 1),
                     "eval_every": (self.eval_every, 0), "workers": (self.workers, 0),
                     "image_cache_gb": (self.image_cache_gb, 0), "clip_grad": (self.clip_grad, 0),
@@ -178,30 +178,30 @@ class TrainConfig:
                     "eval_max_images": (self.eval_max_images, 1)}
         for name, (value, low) in at_least.items():
             if value is not None and value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value!r}")
+                raise OptionError(name, f"must be >= {low}, got {value!r}")
         for name, value in (("momentum", self.momentum), ("bn_momentum", self.bn_momentum),
                             ("min_lr_ratio", self.min_lr_ratio), ("warmup_factor", self.warmup_factor),
                             ("lr_drop_at", self.lr_drop_at)):
             if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+                raise OptionError(name, f"must be in [0, 1], got {value!r}")
         if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+            raise OptionError("epochs", f"must be > 0, got {self.epochs}")
         if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+            raise OptionError("max_minutes", f"must be > 0, got {self.max_minutes}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise OptionError("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if self.freeze_bn_fraction is not None and not 0.0 <= self.freeze_bn_fraction < 1.0:
-            raise ValueError(f"freeze_bn_fraction must be in [0, 1), got {self.freeze_bn_fraction}")
+            raise OptionError("freeze_bn_fraction", f"must be in [0, 1), got {self.freeze_bn_fraction}")
         if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise OptionError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if self.tile is not None and self.tile < 16:
-            raise ValueError(f"tile must be at least 16 pixels, got {self.tile}")
+            raise OptionError("tile", f"must be at least 16 pixels, got {self.tile}")
         if not 0.0 <= self.tile_overlap < 1.0:
-            raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
+            raise OptionError("tile_overlap", f"must be in [0, 1), got {self.tile_overlap}")
         if not 0.0 < self.tile_min_visible <= 1.0:
-            raise ValueError(f"tile_min_visible must be in (0, 1], got {self.tile_min_visible}")
+            raise OptionError("tile_min_visible", f"must be in (0, 1], got {self.tile_min_visible}")
         if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: automatic), got {self.threads}")
+            raise OptionError("threads", f"must be >= 0 (0: automatic), got {self.threads}")
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
             raise ValueError("give --epochs, --max-minutes or --max-steps: the run needs an end")
         dist_utils.resolve_device(self.device)  # a misspelt device or a missing GPU: one line, before the data loads
