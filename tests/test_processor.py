@@ -78,3 +78,15 @@ def test_every_kernel_cap_of_the_avx2_emulation_is_recorded(monkeypatch):
         assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in here.describe()
     finally:
         current_processor.cache_clear()
+
+
+def test_bench_ratios_are_rounded_once():
+    """A median ratio of 0.3453 reads 0.35 in the table (stored at 3 digits it was 0.345, printed 0.34)."""
+    from scaledet.inference.benchmark import Engine, summarise
+
+    reference = Engine("reference", lambda: None, reference=True)
+    ours = Engine("ours-eager", lambda: None)
+    reference.times[1], ours.times[1] = [0.18058], [0.06236]
+    rows = summarise("m", [reference, ours], 1)
+    assert abs(rows[1]["vs_reference"] - 0.06236 / 0.18058) < 1e-12
+    assert "| 62.4 | 16.04 | 0.35 | 1.00 |" in markdown_table(rows, "avx512")
