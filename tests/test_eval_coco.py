@@ -130,6 +130,20 @@ def test_noncontiguous_category_ids_map_back_from_labels(tmp_path):
     assert swapped.compute()["AP"] == 0.0
     path = perfect.write_results(tmp_path / "results.json")
     assert evaluate_detections(gt, str(path))["AP"] == pytest.approx(1.0)
+    # a model whose classes are in another order, named: its labels map to the categories by name
+    names = [category["name"] for category in gt["categories"]]
+    rotated = names[1:] + names[:1]  # model label k is the ground truth's label k + 1
+    by_name = COCOEvaluator(gt, class_names=rotated)
+    for image in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+        labels = torch.tensor([(label_of[a["category_id"]] - 1) % 3 for a in anns])
+        by_name.update([{"boxes": boxes, "scores": torch.linspace(1.0, 0.5, len(anns)), "labels": labels}], [image["id"]])
+    assert by_name.compute()["AP"] == pytest.approx(1.0)
+    partial = COCOEvaluator(gt, class_names=[names[2], "dog"])  # a class the data lacks writes no rows
+    partial.update([{"boxes": torch.tensor([[0.0, 0, 9, 9]] * 2), "scores": torch.ones(2), "labels": torch.tensor([0, 1])}],
+                   [gt["images"][0]["id"]])
+    assert [r["category_id"] for r in partial.results] == [CATEGORY_IDS[2]]
 
 
 def test_update_maps_resized_boxes_back_with_scale():

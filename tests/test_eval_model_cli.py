@@ -84,7 +84,7 @@ def test_cli_eval_renders_shapes_for_detr_unscaled_whatever_the_size_flag(tmp_pa
 
 
 def test_label_mapping_by_name_and_what_it_refuses():
-    from scaledet.evaluation.runner import label_mapping
+    from scaledet.evaluation.results import label_mapping
 
     assert label_mapping(["a", "b"], ["a", "b"]) == [0, 1]
     with pytest.warns(UserWarning, match=r"the model has no class \[a\] of the dataset \(1 of 2\): they score AP 0"):

@@ -74,7 +74,7 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
     import torch
 
     from scaledet.data import load_image, open_dataset
-    from scaledet.evaluation.runner import label_mapping
+    from scaledet.evaluation.results import label_mapping
     from scaledet.inference.predict import IMAGE_SUFFIXES, collect_inputs
 
     path = Path(data)

@@ -202,7 +202,7 @@ def _dataset_category_ids(detector, dataset) -> list[int | None]:
     """The ``--data`` dataset's category id of each model label, matched by class name (as ``scaledet eval``
     writes them, so the two results files are the same pair); ``None``: a class the dataset lacks, whose
     detections are drawn but not written."""
-    from scaledet.evaluation.runner import label_mapping
+    from scaledet.evaluation.results import label_mapping
 
     mapping = label_mapping(detector.class_names, dataset.class_names)
     return [dataset.label_to_category_id[label] if label >= 0 else None for label in mapping]

@@ -26,6 +26,7 @@ from scaledet.evaluation.results import (
     checked_rows,
     coco_bbox,
     detection_rows,
+    label_mapping,
     read_detections,
     record_id,
     write_detections,
@@ -149,6 +150,11 @@ class COCOEvaluator:
         backend: ``"pycocotools"`` or ``"faster_coco_eval"``.
         label_to_category_id: contiguous label -> category id (default: the dataset's, or the
             GT categories sorted by id).
+        class_names: the model's class names in label order (``model.class_names``): its labels are
+            then mapped to the ground truth's categories **by name**, as :func:`evaluate_model` does
+            (:func:`~scaledet.evaluation.results.label_mapping`). Without it, label ``k`` must be the
+            ``k``-th entry of ``label_to_category_id``: a model whose classes are in another order (a
+            VOC folder lists them alphabetically, COCO / YOLO files in file order) scores a wrong AP.
 
     Use :meth:`update` with model outputs (boxes xyxy in original pixels, or in resized pixels
     with ``target["scale"]``, a float or ``Tensor[4]`` (sx, sy, sx, sy), as set by
@@ -156,7 +162,8 @@ class COCOEvaluator:
     """
 
     def __init__(self, gt, max_dets: Sequence[int] = (1, 10, 100), backend: str = "pycocotools",
-                 label_to_category_id: Sequence[int] | None = None) -> None:  # fmt: skip
+                 label_to_category_id: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None) -> None:  # fmt: skip
         self.max_dets = _check_max_dets(max_dets)
         _backend(backend)
         self.backend = backend
@@ -164,7 +171,11 @@ class COCOEvaluator:
         self.categories = {c["id"]: str(c.get("name", c["id"])) for c in self.gt["categories"]}
         if label_to_category_id is None:
             label_to_category_id = getattr(gt, "label_to_category_id", None) or sorted(self.categories)
-        self.label_to_category_id = list(label_to_category_id)
+        self.label_to_category_id: list[int | None] = list(label_to_category_id)
+        if class_names is not None:  # the model's label -> the ground truth's category, by name
+            gt_names = [self.categories.get(category, str(category)) for category in self.label_to_category_id]
+            self.label_to_category_id = [self.label_to_category_id[k] if k >= 0 else None
+                                         for k in label_mapping(class_names, gt_names)]
         self.image_ids = {img["id"] for img in self.gt["images"]}
         self.results: list[dict] = []
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -341,3 +342,39 @@ def _check_names_agree(rows: list[dict], header: dict, gt: dict, header_name: st
                          f"{f' (and {len(clashes) - 3} more)' if len(clashes) > 3 else ''}: "
                          f"match categories by name (--match-categories name), or use the detections of a model "
                          f"trained on this dataset")
+
+
+def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
+    """Model label -> dataset label (``-1``: class not in the dataset), by class name.
+
+    When some names match, the dataset's classes the model lacks are named in a warning (they can
+    only score AP 0, and count in the mean). When no name matches, the same class order is assumed
+    (with a warning) only if the counts are equal and one side's names are placeholders (``class_0``,
+    ``0``, ...); otherwise the model was trained on other classes: ValueError naming both sides.
+    """
+    model_names, dataset_names = list(model_names), list(dataset_names)
+    if model_names == dataset_names:
+        return list(range(len(model_names)))
+    index = {name: i for i, name in enumerate(dataset_names)}
+    mapping = [index.get(name, -1) for name in model_names]
+    if any(m >= 0 for m in mapping):
+        known = set(model_names)
+        lacking = [name for name in dataset_names if name not in known]
+        if lacking:
+            warnings.warn(f"the model has no class {_listed(lacking)} of the dataset ({len(lacking)} of "
+                          f"{len(dataset_names)}): they score AP 0 and count in the mean AP", stacklevel=2)
+        return mapping
+    placeholders = any(all(is_placeholder_name(str(name)) for name in names) for names in (model_names, dataset_names))
+    if len(model_names) == len(dataset_names) and placeholders:
+        warnings.warn(f"model classes {_listed(model_names)} are not named as the dataset's {_listed(dataset_names)}; "
+                      "assuming the same class order", stacklevel=2)
+        return list(range(len(model_names)))
+    raise ValueError(f"the model's classes {_listed(model_names)} share no name with the dataset's "
+                     f"{_listed(dataset_names)}: the weights were trained on other classes (use weights trained "
+                     "on this dataset's classes; classes are matched by name)")
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    """``[a, b, c, ...]`` with at most ``most`` names."""
+    shown = ", ".join(str(name) for name in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}]"
