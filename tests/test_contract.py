@@ -220,3 +220,18 @@ def test_backbone_lr_reaches_the_backbone_of_every_family(name):
     names = [n for n, p in model.named_parameters() if id(p) in at_backbone_lr]
     assert names and all(".backbone." in f".{n}" and ".fpn." not in n for n in names)
     assert sum(p.numel() for p in model.parameters() if id(p) in at_backbone_lr) > 1e6
+
+
+@pytest.mark.parametrize("name", ["efficientdet_d0", "retinanet_r50_fpn", "detr_r50", "deformable_detr_r50",
+                                  "rtdetr_r18vd"])
+def test_a_thin_strip_of_an_image_is_detected_on_not_refused(name):
+    """A 2000 x 3 or 1100 x 1 image (a scan line, a banner) scaled its short side to 0 pixels and failed inside
+    ``F.interpolate`` for four families; it runs, with boxes inside the image."""
+    torch.manual_seed(0)
+    model = scaledet.create_model(name, num_classes=NUM_CLASSES, **small_options(name)).eval()
+    with torch.no_grad():
+        outputs = model([torch.rand(3, 3, 2000), torch.rand(3, 1100, 1)])
+    for output, (height, width) in zip(outputs, [(3, 2000), (1100, 1)]):
+        boxes = output["boxes"]
+        assert boxes.shape[1] == 4 and len(output["scores"]) == len(boxes)
+        assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all() and (boxes[:, 1::2] <= height).all()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
@@ -151,7 +152,7 @@ class RetinaNetDetector(Detector):
 
     def preprocess(self, images: list[Tensor], training: bool = False) -> Batch:
         """torchvision's transform (see the class docstring); ``training`` changes nothing (one size)."""
-        image_list, _ = self.net.transform(images)
+        image_list, _ = self.net.transform([_thick_enough(image, self.net.transform.max_size) for image in images])
         return Batch(inputs=(image_list.tensors,),
                      image_sizes=[(int(image.shape[-2]), int(image.shape[-1])) for image in images],
                      meta={"resized_sizes": [(int(h), int(w)) for h, w in image_list.image_sizes]})
@@ -213,6 +214,17 @@ class RetinaNetDetector(Detector):
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels."""
         return _to_input_pixels(split_by_image(*outputs, num_images=len(batch.image_sizes)), batch)
+
+
+def _thick_enough(image: Tensor, side: int) -> Tensor:
+    """``image`` ``[3, H, W]``, its short side stretched where torchvision's resize of the long side to ``side``
+    would make it 0 pixels (a 2000 x 3 strip); boxes still map back through the image's own size (per axis)."""
+    height, width = image.shape[-2:]
+    need = math.ceil(max(height, width) / side) + 1  # the resize floors short * side / long
+    if min(height, width) >= need:
+        return image
+    return F.interpolate(image[None], size=(max(height, need), max(width, need)), mode="bilinear",
+                         align_corners=False)[0]
 
 
 def _to_input_pixels(detections: list[Detections], batch: Batch) -> list[Detections]:

@@ -26,7 +26,7 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     short, long = min(height, width), max(height, width)
     target_short = float(min_size)
     if long / short * target_short > max_size:
-        target_short = round(max_size * short / long)
+        target_short = max(1, round(max_size * short / long))  # at least one pixel for a thin strip
     if height <= width:
         return int(target_short), int(target_short * width / height)
     return int(target_short * height / width), int(target_short)

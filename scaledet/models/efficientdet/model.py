@@ -122,7 +122,8 @@ class EfficientDet(Detector):
         for i, image in enumerate(images):
             h, w = image.shape[-2:]
             scale = min(height / h, width / w)
-            new_h, new_w = min(height, round(h * scale)), min(width, round(w * scale))
+            # at least one pixel: a 2000 x 3 strip scales its short side below one
+            new_h, new_w = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
             if (new_h, new_w) != (h, w):
                 image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
                                       antialias=scale < 1)[0]
