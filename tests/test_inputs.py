@@ -14,6 +14,15 @@ def test_batch_tensor_and_lists_are_accepted():
     assert len(check_images((torch.rand(3, 4, 4), torch.rand(3, 6, 2)))) == 2
 
 
+def test_other_float_types_become_float32():
+    """float64 / float16 images passed the check and failed inside the first convolution (a mixed batch took
+    the first image's type)."""
+    image = torch.rand(3, 4, 4)
+    checked = check_images([image.double(), image.half(), image])
+    assert [i.dtype for i in checked] == [torch.float32] * 3 and checked[2] is image
+    assert torch.equal(checked[0], image)
+
+
 @pytest.mark.parametrize("images, message", [
     ([], "non-empty list"),
     (torch.rand(3, 8, 8), "got a tensor of shape \\(3, 8, 8\\)"),

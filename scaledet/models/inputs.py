@@ -22,7 +22,8 @@ VALUE_TOLERANCE = 0.1
 
 
 def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
-    """Validate ``images`` and return them as a list of ``Tensor[3, H, W]``."""
+    """Validate ``images`` and return them as a list of float32 ``Tensor[3, H, W]`` (float64 / float16 / bfloat16
+    images are converted: the networks' weights are float32, and one odd image no longer decides a batch's type)."""
     if isinstance(images, Tensor):
         if images.dim() != 4:
             raise ValueError("images must be a non-empty list of float Tensor[3, H, W] (or a [B, 3, H, W] batch), "
@@ -32,7 +33,7 @@ def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
         raise ValueError("images must be a non-empty list of float Tensor[3, H, W]")
     for index, image in enumerate(images):
         _check_image(index, image)
-    return list(images)
+    return [image if image.dtype == torch.float32 else image.float() for image in images]
 
 
 def _check_image(index: int, image: Tensor) -> None:
