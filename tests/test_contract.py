@@ -235,3 +235,13 @@ def test_a_thin_strip_of_an_image_is_detected_on_not_refused(name):
         boxes = output["boxes"]
         assert boxes.shape[1] == 4 and len(output["scores"]) == len(boxes)
         assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all() and (boxes[:, 1::2] <= height).all()
+
+
+def test_one_image_batches_with_a_1x1_map_say_what_to_change():
+    """D0 at 128 px has a 1 x 1 P7 map: a one-image training batch gave torch's 'Expected more than 1 value per
+    channel when training'; the message now names the batch and the input size and what to change."""
+    model = scaledet.create_model("efficientdet_d0", num_classes=NUM_CLASSES, **EFFICIENTDET_SMALL).train()
+    target = {"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}
+    with pytest.raises(ValueError, match=r"a training batch of 1 image\(s\) at input size 128x128: .*\(--batch-size\)"):
+        model([torch.rand(3, 128, 128)], [target])
+    assert torch.isfinite(model([torch.rand(3, 128, 128)] * 2, [target] * 2)["loss"])

@@ -171,7 +171,16 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         if targets is not None:
             check_targets(targets, len(images), self.num_classes)
             batch = self.preprocess(images, training=True)
-            return self.loss(self.forward_features(*batch.inputs), batch, list(targets))
+            try:
+                return self.loss(self.forward_features(*batch.inputs), batch, list(targets))
+            except ValueError as error:  # torch's words for a 1 x 1 map of one image under BatchNorm
+                if "more than 1 value per channel" not in str(error):
+                    raise
+                size = tuple(batch.inputs[0].shape[-2:])
+                raise ValueError(f"a training batch of {len(images)} image(s) at input size {size[0]}x{size[1]}: the "
+                                 "smallest feature map is 1x1 there, and BatchNorm needs more than one value per "
+                                 "channel; train with 2 or more images a batch (--batch-size) or a larger input "
+                                 "size") from None
         batch = self.preprocess(images)
         return self.postprocess(self.forward_features(*batch.inputs), batch)
 
