@@ -237,3 +237,22 @@ def test_a_backbone_published_for_fine_tuning_trains_fully_from_scratch(model, o
         norms = [m for m in built.backbone.modules() if "BatchNorm" in type(m).__name__]
         assert norms and all(type(m) is nn.BatchNorm2d for m in norms)
         assert all(p.requires_grad for p in built.backbone.parameters())
+
+
+def test_the_python_trainer_refuses_what_it_cannot_apply(tmp_path):
+    """Trainer(config, model, ...) trains the model it is given: a config made for another model (a lite0 trained
+    with DETR's recipe, metrics.json saying detr_r50) or another input size is an error; a training set without
+    a pipeline is a warning; placeholder class names take the data's (the weights said class_0 ...)."""
+    from scaledet.data import shapes_split
+
+    train = shapes_split("train", num_images=8, image_size=128)
+    model = scaledet.create_model("efficientdet_lite0", num_classes=len(train.class_names), image_size=128)
+    with pytest.raises(ValueError, match=r"the config is for detr_r50 and the model is efficientdet_lite0: .*"
+                                         r"TrainConfig.for_model\('efficientdet_lite0'"):
+        Trainer(TrainConfig.for_model("detr_r50", max_steps=1, out=str(tmp_path)), model, train)
+    with pytest.raises(ValueError, match=r"config.image_size 96 but the model was built for \(128, 128\)"):
+        Trainer(TrainConfig.for_model("efficientdet_lite0", image_size=96, max_steps=1, out=str(tmp_path)), model, train)
+    config = TrainConfig.for_model("efficientdet_lite0", image_size=128, max_steps=1, out=str(tmp_path), progress=False)
+    with pytest.warns(UserWarning, match="the training set has no transforms"):
+        Trainer(config, model, train)
+    assert model.class_names == train.class_names

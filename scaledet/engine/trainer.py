@@ -48,6 +48,7 @@ from scaledet.engine.logging import RunLogger, read_log
 from scaledet.engine.plots import plot_curves, plot_predictions
 from scaledet.engine.recipe import PlanValues, configure_threads, eval_interval, plan_values
 from scaledet.engine.schedule import LRSchedule
+from scaledet.evaluation.results import is_placeholder_name
 from scaledet.models.base import default_param_groups
 from scaledet.weights import save_weights
 
@@ -77,6 +78,32 @@ def _warn_if_replacing(out: Path) -> None:
                 steps = f" of {json.loads((out / 'metrics.json').read_text()).get('steps', '?')} steps"
         warnings.warn(f"{out} holds an earlier run{steps} ({', '.join(found)}): this run replaces it; --resume "
                       "continues it instead, another --out keeps both", stacklevel=3)
+
+
+def check_model_and_data(config: TrainConfig, model: nn.Module, dataset: Dataset) -> None:
+    """What :class:`Trainer` cannot apply itself, checked where it is given (the Python API; ``scaledet train``
+    and :func:`~scaledet.engine.run.train_from_config` build the model and the pipeline from the config):
+    ValueError for a config made for another model (its recipe: lr, EMA, schedule) or another input size;
+    a warning for a training set without a pipeline (no flip, no scale jitter: ``config.augment`` unused).
+    A model named only by placeholders (``class_0`` ...) takes the training set's class names."""
+    name = getattr(model, "name", None)
+    if isinstance(name, str) and name != config.model:
+        raise ValueError(f"the config is for {config.model} and the model is {name}: the recipe (lr, EMA, schedule) "
+                         f"is chosen per model; make it with TrainConfig.for_model({name!r}, ...)")
+    size = getattr(model, "image_size", None)  # (h, w); an int option sets h (DETR: the shorter side, w from it)
+    wanted = config.image_size
+    if wanted is not None and size is not None and (
+            tuple(size)[0] != wanted if isinstance(wanted, int) else tuple(size) != tuple(wanted)):
+        raise ValueError(f"config.image_size {config.image_size} but the model was built for {tuple(size)}: the input "
+                         "size is the model's; build it with that size (or leave image_size unset)")
+    if getattr(dataset, "transforms", False) is None:
+        warnings.warn("the training set has no transforms: its images go in unaugmented (no flip or scale jitter, "
+                      "config.augment unused); train_from_config(config, train_set, val_set, model) gives it the "
+                      "recipe's pipeline", stacklevel=3)
+    names, data_names = getattr(model, "class_names", None), getattr(dataset, "class_names", None)
+    if (names is not None and data_names is not None and len(names) == len(data_names)
+            and all(is_placeholder_name(str(n)) for n in names)):
+        model.class_names = [str(n) for n in data_names]
 
 
 def adopt_category_ids(model: nn.Module, dataset: Dataset) -> bool:
@@ -154,6 +181,7 @@ class Trainer:
             if config.keep_freed_memory:
                 keep_freed_memory()
         self._setup_determinism()
+        check_model_and_data(config, model, train_set)
         adopt_category_ids(model, train_set)
         self.model = self._prepare_model(model)
         self.optimizer = build_optimizer(self.model, config)
