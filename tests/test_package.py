@@ -39,6 +39,19 @@ def test_unknown_model_names_choices():
         scaledet.create_model("nope")
 
 
+@pytest.mark.parametrize("arguments, message", [
+    ({"num_classes": 2.5}, "num_classes must be an int >= 1, got 2.5"),  # was truncated to 2
+    ({"num_classes": "3"}, "num_classes must be an int >= 1, got '3'"),
+    ({"num_classes": 3, "class_names": "cat"}, "class_names must be a list .* got the string 'cat'"),  # was c, a, t
+    ({"image_size": 128.0}, r"image_size must be an int or \(height, width\)"),
+    ({"image_size": (128, 0)}, r"image_size must be an int or \(height, width\)"),
+    ({"pretrained": True}, "pretrained must be None, 'coco' or a weights file path, got True"),
+])
+def test_create_model_names_an_argument_of_the_wrong_kind(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        scaledet.create_model("efficientdet_d0", **arguments)
+
+
 def test_weights_round_trip_with_config(tmp_path):
     state = {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5)}
     path = weights.save_weights(state, tmp_path / "w.safetensors", {"model": "efficientdet_d0", "num_classes": 3})

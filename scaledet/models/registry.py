@@ -21,6 +21,7 @@ Families are imported on first use, so importing :mod:`scaledet` does not import
 from __future__ import annotations
 
 import importlib
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -103,12 +104,31 @@ def create_model(
     Returns:
         an ``nn.Module`` following the contract documented in :mod:`scaledet`.
     """
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    _check_arguments(num_classes, pretrained, image_size, overrides)
     family = family_of(name)
     if pretrained is None:
         return family.build(name, num_classes=num_classes, image_size=image_size, **overrides)
     return build_pretrained(family, name, pretrained, num_classes=num_classes, image_size=image_size, **overrides)
+
+
+def _check_arguments(num_classes: Any, pretrained: Any, image_size: Any, overrides: dict[str, Any]) -> None:
+    """ValueError naming an argument of :func:`create_model` of the wrong kind (``num_classes=2.5`` was
+    truncated to 2, ``class_names="cat"`` became three classes c, a, t, ``pretrained=True`` a TypeError)."""
+    def whole(value: Any) -> bool:  # numpy's integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if num_classes is not None and (not whole(num_classes) or num_classes < 1):
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if pretrained is not None and not isinstance(pretrained, (str, Path)):
+        raise ValueError(f"pretrained must be None, 'coco' or a weights file path, got {pretrained!r}")
+    if image_size is not None:
+        pair = isinstance(image_size, (tuple, list)) and len(image_size) == 2
+        sizes = [image_size] if whole(image_size) else list(image_size) if pair else []
+        if not sizes or not all(whole(v) and v >= 1 for v in sizes):
+                raise ValueError(f"image_size must be an int or (height, width) of ints >= 1, got {image_size!r}")
+    for key in ("class_names", "category_ids"):
+        if isinstance(overrides.get(key), (str, bytes)):
+            raise ValueError(f"{key} must be a list (one entry per class), got the string {overrides[key]!r}")
 
 
 def create_from_config(config: dict[str, Any], pretrained: str | Path | None = None) -> nn.Module:
