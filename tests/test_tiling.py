@@ -407,3 +407,19 @@ def test_anchor_doctor_on_tiles_measures_boxes_in_tile_pixels():
 def test_predict_tiled_takes_one_image_and_says_so_for_a_list():
     with pytest.raises(ValueError, match="predict_tiled takes one image .* got a list of 2: call it once per image"):
         predict_tiled(BrightBoxDetector(), [torch.zeros(3, 64, 64)] * 2, tile=32)
+    with pytest.raises(ValueError, match="predict_tiled takes a Tensor.*, got a ndarray"):  # was an AttributeError
+        predict_tiled(BrightBoxDetector(), np.zeros((64, 64, 3), np.float32), tile=32)
+
+
+def test_predict_tiled_reads_an_image_file_and_batches_as_the_command_does(tmp_path):
+    """A path is opened with open_large_image (a str was an AttributeError); tiles go one per call on the CPU by
+    default, as `scaledet predict` sends them (the library sent 8)."""
+    array = np.zeros((64, 96, 3), np.uint8)
+    array[20:40, 50:80] = 255
+    Image.fromarray(array).save(tmp_path / "large.png")
+    model = BrightBoxDetector()
+    from_file = predict_tiled(model, str(tmp_path / "large.png"), tile=32)
+    assert len(model.calls) > 1 and set(model.calls) == {1}
+    model.calls.clear()
+    from_tensor = predict_tiled(model, torch.from_numpy(array).permute(2, 0, 1).float() / 255, tile=32, batch_size=4)
+    assert max(model.calls) == 4 and torch.equal(from_file["boxes"], from_tensor["boxes"])

@@ -129,10 +129,12 @@ def _check_limits(args: argparse.Namespace) -> None:
 
 
 def batch_size_for(batch_size: int | None, device: str) -> int:
-    """``--batch-size``, checked; by default 1 on the CPU (4 tiles per call ran at 0.80-0.84x the
-    throughput of one at a time on 2 cores, docs/tiling.md) and 4 on a GPU."""
+    """``--batch-size``, checked; by default :func:`~scaledet.inference.tiling.default_batch_size` (1 on the
+    CPU, 4 on a GPU)."""
+    from scaledet.inference.tiling import default_batch_size
+
     if batch_size is None:
-        return 1 if str(device).startswith("cpu") else 4
+        return default_batch_size(device)
     if batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     return batch_size
