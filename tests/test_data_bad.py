@@ -99,16 +99,18 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
     assert image.max().item() > 0.9  # not clipped to 8 bits
 
 
-@pytest.mark.parametrize("name", ["rot.jpg", "rot.png"])
+@pytest.mark.parametrize("name", ["rot.jpg", "rot.png", "rot.tif"])
 def test_exif_rotated_jpeg_is_transposed_and_boxes_use_displayed_frame(tmp_path, name):
     """The header check finds a PNG's eXIf chunk without decoding the image (it used PIL's getexif,
-    which decodes every PNG), and agrees with the decoded, transposed image."""
+    which decodes every PNG), and agrees with the decoded, transposed image. Pillow reports a rotated
+    TIFF's displayed size itself: the check turned it a second time (boxes dropped as outside)."""
     raw = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide x 20 high: left red, right blue
     raw[:, :20] = (255, 0, 0)
     raw[:, 20:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
-    Image.fromarray(raw).save(tmp_path / name, exif=exif, **({"quality": 95} if name.endswith(".jpg") else {}))
+    options = {".jpg": {"quality": 95, "exif": exif}, ".png": {"exif": exif}, ".tif": {"tiffinfo": {0x0112: 6}}}
+    Image.fromarray(raw).save(tmp_path / name, **options[name[-4:]])
     ann = [_box(1, [2, 2, 10, 30])]  # in the displayed (20 wide x 40 high) frame
     dataset, _ = _open(_coco(tmp_path, [_image(1, name, w=40, h=20)], ann))
     image, target = dataset[0]

@@ -61,7 +61,10 @@ def probe_image(path: Path) -> ImageInfo:
         # PIL's getexif() decodes a whole PNG to look for an eXIf chunk: only when there is one
         has_exif = fmt != "PNG" or "exif" in image.info or _png_has_exif(path)
         orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1) if has_exif else 1
-    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: displayed size is transposed
+        # Pillow reports a rotated TIFF's displayed size already (its stored one is ``_tile_size``) and turns
+        # the pixels as it loads them
+        displayed = getattr(image, "_tile_size", image.size) != image.size
+    if orientation in (5, 6, 7, 8) and not displayed:  # rotated by 90 degrees: displayed size is transposed
         width, height = height, width
     _check_tail(path, fmt)
     return ImageInfo(width=width, height=height, mode=mode, orientation=orientation)
