@@ -252,7 +252,8 @@ def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), 
     file (``NAME.images.json``, see :mod:`scaledet.evaluation.results`) is used to match images
     by file name and, with ``match_categories="name"``, categories by name. Ids the ground truth
     does not have raise ValueError naming both sides. Lines worth telling the user (e.g.
-    ground-truth images that were not predicted) are returned under ``"notes"``.
+    ground-truth images that were not predicted, a ``max_dets`` cap raised for dense images as
+    :func:`dense_max_dets` does) are returned under ``"notes"``.
     """
     header, detections_name = None, "the detections list"
     if isinstance(detections, (str, Path)):
@@ -260,8 +261,11 @@ def evaluate_detections(gt, detections, max_dets: Sequence[int] = (1, 10, 100), 
         detections, header = read_detections(detections)
     detections = checked_rows(detections, detections_name)
     gt_name = Path(gt).name if isinstance(gt, (str, Path)) else "the ground truth"
-    evaluator = COCOEvaluator(gt, max_dets=max_dets, backend=backend)
+    ground_truth = _load_gt(gt)
+    max_dets, dense_notes = dense_max_dets(ground_truth, max_dets)  # as evaluate_model: the same AP either way
+    evaluator = COCOEvaluator(ground_truth, max_dets=max_dets, backend=backend)
     rows, notes = align_to_ground_truth(detections, header, evaluator.gt, match_categories, detections_name, gt_name)
+    notes = dense_notes + notes
     if len(rows) >= LONG_EVALUATION_ROWS:  # pycocotools shows no progress: say why nothing happens for a minute
         print(f"scoring {len(rows):,} detections on {len(evaluator.gt['images']):,} images with {backend} "
               f"(about a minute per million detections on one core)", file=sys.stderr, flush=True)
