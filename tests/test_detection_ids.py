@@ -190,3 +190,20 @@ def test_file_names_match_across_windows_and_posix_separators():
         by_base[_name_parts(image["file_name"])[-1]].append(image)
     assert _same_file({"id": 0, "file_name": "coco/images/train/a.png"}, by_base)["id"] == 7
     assert _same_file({"id": 0, "file_name": "C:\\data\\val\\a.png"}, by_base)["id"] == 8
+
+
+def test_two_predicted_files_matching_one_ground_truth_image_are_an_error(tmp_path):
+    """a/img.png and b/img.png predicted, the ground truth has one img.png: both sets of detections were scored on
+    it (AP 0.65 for 0.875), silently."""
+    from scaledet.evaluation import evaluate_detections
+
+    gt = {"images": [{"id": 5, "file_name": "img.png", "width": 64, "height": 64}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 5, "category_id": 1, "bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}]}
+    images = [{"id": 1, "file_name": "a/img.png", "width": 64, "height": 64, "frame": None},
+              {"id": 2, "file_name": "b/img.png", "width": 64, "height": 64, "frame": None}]
+    rows = [{"image_id": i, "category_id": 1, "bbox": [8.0, 8.0, 20.0, 20.0], "score": 0.9} for i in (1, 2)]
+    path = write_detections(tmp_path / "detections.json", rows, images, [{"id": 1, "name": "a"}], image_ids="inputs")
+    with pytest.raises(ValueError, match=r"a/img.png and b/img.png both match img.png of the ground truth by file name"):
+        evaluate_detections(gt, str(path))
+    one = write_detections(tmp_path / "one.json", rows[:1], images[:1], [{"id": 1, "name": "a"}], image_ids="inputs")
+    assert evaluate_detections(gt, str(one))["AP"] == pytest.approx(1.0)

@@ -259,14 +259,19 @@ def _images_by_file_name(rows: list[dict], header: dict, gt: dict, detections_na
     if not by_base:
         raise ValueError(f"{gt_name} has no file names, so the input-order image ids of {detections_name} "
                          f"cannot be matched to it: predict the dataset itself (scaledet predict --data)")
-    mapping, unmatched = {}, []
+    mapping, unmatched, matched_by = {}, [], {}
+    used = {row["image_id"] for row in rows}
     for image in header["images"]:
         gt_image = _same_file(image, by_base)
         if gt_image is None:
             unmatched.append(image)
-        else:
-            mapping[image["id"]] = gt_image["id"]
-    used = {row["image_id"] for row in rows}
+            continue
+        other = matched_by.setdefault(gt_image["id"], image)
+        if other is not image and {other["id"], image["id"]} & used:  # a/img.png and b/img.png on one img.png
+            raise ValueError(f"{detections_name}: {_file_label(other)} and {_file_label(image)} both match "
+                             f"{gt_image['file_name']} of {gt_name} by file name, so their detections would be scored "
+                             "on one image: predict only the ground truth's images (or name them with their folders)")
+        mapping[image["id"]] = gt_image["id"]
     lost = [image for image in unmatched if image["id"] in used]
     unknown = used - {image["id"] for image in header["images"]}
     if lost or unknown:
