@@ -197,7 +197,9 @@ class MappedImage:
             pieces.append(np.asarray(Image.fromarray(rows.squeeze(-1) if rows.shape[-1] == 1 else rows).reduce(factor)))
         small = np.concatenate(pieces)
         small = small[..., None] if small.ndim == 2 else small
-        return _uint8_to_float(small), (small.shape[1] / self.width, small.shape[0] / self.height)
+        # each small pixel averages factor x factor image pixels (the last row / column fewer: PIL's reduce
+        # rounds the size up), so a small pixel is 1 / factor of one, not small / image size
+        return _uint8_to_float(small), (1 / factor, 1 / factor)
 
 
 class DecodedImage:

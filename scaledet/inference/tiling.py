@@ -165,8 +165,10 @@ def _predict_full_image(model, source: ImageSource, longest_side: int, device: t
     with torch.no_grad():
         output = model([small.to(device)])[0]
     scale = torch.tensor([sx, sy, sx, sy], device=output["boxes"].device)
-    return {"boxes": output["boxes"].float() / scale, "scores": output["scores"].float(),
-            "labels": output["labels"].long()}
+    boxes = output["boxes"].float() / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, source.width)  # a reduced image's last pixel may reach past the edge
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, source.height)
+    return {"boxes": boxes, "scores": output["scores"].float(), "labels": output["labels"].long()}
 
 
 def _drop_cut_boxes(detections: Detections, index: int, windows: Tensor, image_size: tuple[int, int],
