@@ -78,6 +78,16 @@ def test_collect_inputs_and_coco_rows(tmp_path):
     (tmp_path / "y.jpg").write_bytes(b"")
     paths, problems = collect_inputs([str(tmp_path / "a"), str(tmp_path / "*.jpg"), str(tmp_path / "y.jpg")])
     assert [p.name for p in paths] == ["x.png", "y.jpg"] and problems == []
+    # a folder's labels and data.yaml are left out with a note, not skipped as unreadable images one by one
+    (tmp_path / "a" / "x.txt").write_text("0 0.5 0.5 0.1 0.1")
+    (tmp_path / "a" / "data.yaml").write_text("names: [a]")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("")
+    notes = []
+    paths, problems = collect_inputs([str(tmp_path / "a"), str(tmp_path / "empty")], notes)
+    assert [p.name for p in paths] == ["x.png"]
+    assert notes == [f"{tmp_path / 'a'}: left out 2 file(s) that are not images or videos (data.yaml, x.txt)"]
+    assert problems == [f"{tmp_path / 'empty'}: no images or videos in this folder (1 other file(s), e.g. notes.txt)"]
     rows = detection_rows(7, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 8.0], [0, 0, 1, 1]]),
                               "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([3, 1])},
                           category_ids=[1, 5, 90, 91], threshold=0.5)

@@ -165,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
     if dataset is not None:
         paths, units = [], list(range(len(dataset.records)))
     else:
-        paths, problems = collect_inputs(args.inputs)
-        for problem in problems:
-            print(f"skipped {problem}", file=sys.stderr)
+        notes: list[str] = []
+        paths, problems = collect_inputs(args.inputs, notes)
+        for line in [f"note: {note}" for note in notes] + [f"skipped {problem}" for problem in problems]:
+            print(line, file=sys.stderr)
         state["skipped"] = len(problems)
         units = [p for p in paths if not is_video(p)]
     progress = tqdm(total=len(units), desc="images", unit="img", disable=not units or not args.progress)

@@ -72,13 +72,25 @@ def open_tiled_frame(path: Path, max_pixels: int | None = -1, image_id: int | No
     return Frame(path, preview, image_id=image_id, pixels=pixels)
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (recursive) and globs -> (sorted media paths, problems as text)."""
+def collect_inputs(inputs: list[str], notes: list[str] | None = None) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (recursive) and globs -> (sorted media paths, problems as text).
+
+    A folder gives its images and videos (by suffix, :data:`IMAGE_SUFFIXES` / :data:`VIDEO_SUFFIXES`); its other
+    files (labels, a data.yaml) are left out with a line in ``notes``, and a folder without any is a problem.
+    Files named one by one and globs are taken as they are."""
     paths, problems = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = files_under(path)
+            every = files_under(path)
+            found = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            others = [p for p in every if p not in set(found)]
+            if not found:
+                problems.append(f"{item}: no images or videos in this folder"
+                                + (f" ({len(others)} other file(s), e.g. {others[0].name})" if others else ""))
+            elif others and notes is not None:
+                shown = ", ".join(p.name for p in others[:3]) + (", ..." if len(others) > 3 else "")
+                notes.append(f"{item}: left out {len(others)} file(s) that are not images or videos ({shown})")
         elif path.is_file():
             found = [path]
         else:
