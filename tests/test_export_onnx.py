@@ -23,7 +23,9 @@ def _check_graph(path, dynamic_inputs):
 @pytest.mark.parametrize("name", ["efficientdet_d0", "efficientdet_lite0"])
 def test_efficientdet_onnx_equals_eager(name, tmp_path):
     model = randomise_efficientdet(scaledet.create_model(name, num_classes=20, image_size=256))
-    path = export_onnx(model, tmp_path / f"{name}.onnx")
+    path = export_onnx(model.train(), tmp_path / f"{name}.onnx")
+    assert model.training  # the caller's model is left as it was given (it came back in eval mode)
+    model.eval()
     ops = _check_graph(path, 2)
     # 12,276 anchors at 256 px: the k=5000 best of the anchors' maxima, then the best pairs among their 20 classes
     assert ops.count("NonMaxSuppression") == 1 and ops.count("TopK") == 2

@@ -55,7 +55,20 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
         raise ValueError(f"opset must be from {MIN_OPSET} to {newest} (the installed onnx's newest), got {opset}")
     if not isinstance(model, Detector):
         raise ValueError(f"ONNX export needs a scaledet Detector (scaledet.create_model), got {type(model).__name__}")
-    model = model.eval()
+    was_training = model.training  # the caller's model is put back as it was
+    model.eval()
+    try:
+        program = _export_program(model, input_size, opset, verbose)
+    finally:
+        model.train(was_training)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    return path
+
+
+def _export_program(model: Detector, input_size: tuple[int, int] | None, opset: int, verbose: bool):
+    """torch's ONNX program of ``model`` (in eval mode) with our metadata, at ``opset``."""
     spec = model.export_spec(input_size)
     with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("onnxscript.optimizer._constant_folding"):
         # every input shares the batch axis, which torch notes each time as a name it will not use; the
@@ -69,10 +82,7 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
     if written != opset:  # the exporter fell back to another version: the file would not be what was asked
         raise ValueError(f"torch's ONNX exporter wrote opset {written}, not {opset}: give --opset {written}")
     program.model.metadata_props.update({**spec.metadata, CONFIG_KEY: json.dumps(model.config)})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
-    return path
+    return program
 
 
 @contextlib.contextmanager

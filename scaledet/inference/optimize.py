@@ -275,8 +275,10 @@ _warned_emulated_bf16 = False
 
 def supported_precision(precision: str, device: torch.device, force: bool = False) -> str:
     """``precision``, or ``"fp32"`` (with a warning, once per process) for ``"bf16"`` on a CPU without
-    native bfloat16 unless ``force``."""
+    native bfloat16 unless ``force``. ValueError for ``"fp16"`` off CUDA (it failed at the first call)."""
     global _warned_emulated_bf16
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA device (the model is on {device.type}); use 'bf16' on a CPU")
     if precision != "bf16" or device.type != "cpu" or force or current_processor().native_bf16:
         return precision
     if not _warned_emulated_bf16:
