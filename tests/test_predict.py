@@ -103,3 +103,19 @@ def test_predict_refuses_options_that_would_do_nothing(tmp_path, capsys):
                            (["--max-frames", "0"], "--max-frames must be >= 1")):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_input_named_like_the_results_file_keeps_its_own_json(tmp_path):
+    """An input detections.png wrote its --save-json file to OUT/detections.json, which the run's results then
+    overwrote (and detections.images.png the header)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("detections.png", "detections.images.png"):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(inputs / name)
+    out = tmp_path / "out"
+    assert main(["predict", str(inputs), "--model", "efficientdet_lite0", "--image-size", "64", "--output", str(out),
+                 "--score-threshold", "0", "--save-json", "--no-progress"]) == 0
+    assert isinstance(json.loads((out / "detections.json").read_text()), list)  # the run's results
+    assert json.loads((out / "detections.images.json").read_text())["image_ids"] == "inputs"
+    assert json.loads((out / "detections_2.json").read_text())["file_name"].endswith("detections.png")
+    assert json.loads((out / "detections.images_2.json").read_text())["file_name"].endswith("detections.images.png")

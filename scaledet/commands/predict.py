@@ -100,6 +100,10 @@ def tile_options(args: argparse.Namespace):
                        args.merge or defaults.merge, batch_size=args.batch_size)
 
 
+#: the run's results file is ``OUT/detections.json`` (and ``detections.images.json`` beside it)
+RESULTS_STEM = "detections"
+
+
 def _output_name(out_dir: Path, path: Path, used: set[str], suffix: str) -> Path:
     stem = path.stem
     name, n = stem, 1
@@ -160,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     category_ids = _dataset_category_ids(detector, dataset) if dataset is not None else category_ids_of(detector)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {"results": [], "images": [], "used": set(), "skipped": 0, "done": 0,
+    # the run's own files are never an input's name (an input detections.png wrote its JSON there, then lost it)
+    state = {"results": [], "images": [], "used": {RESULTS_STEM, RESULTS_STEM + ".images"}, "skipped": 0, "done": 0,
              "category_ids": category_ids}
     if dataset is not None:
         paths, units = [], list(range(len(dataset.records)))
@@ -183,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     for video in (p for p in paths if is_video(p)):
         _predict_video(detector, video, args, out_dir, state)
-    write_detections(out_dir / "detections.json", state["results"], state["images"],
+    write_detections(out_dir / f"{RESULTS_STEM}.json", state["results"], state["images"],
                      categories_of(state["category_ids"], detector.class_names),
                      image_ids="dataset" if dataset is not None else "inputs")
     print(f"{state['done']} image(s)/frame(s) -> {out_dir} ({len(state['results'])} detections >= "
