@@ -1,6 +1,7 @@
 """Errors a user can cause get one or two lines naming the file and the fix, exit 2, no traceback;
 ``scaledet --debug`` shows the traceback."""
 
+import argparse
 import importlib
 import json
 import os
@@ -386,6 +387,29 @@ def test_paper_errors_and_eval_sizes_are_one_line(tmp_path, capsys):
     assert "--gpu-json" in _error(capsys, ["paper", "--out", str(tmp_path), "--gpu-json", str(tmp_path / "no.json")])[0]
     lines = _error(capsys, ["eval", "--model", "efficientdet_d0", "--data", "shapes:val", "--batch-size", "0"])
     assert lines[0].endswith("--batch-size must be >= 1 and --workers >= 0, got 0 and 0")
+    lines = _error(capsys, ["eval", "--model", "efficientdet_d0", "--data", "shapes:val", "--tile", "64", "--workers", "2"])
+    assert lines[0].endswith("--workers 2 goes with whole-image evaluation: with --tile each image's tiles are read "
+                             "from its file as they are predicted (drop --workers)")
+
+
+def test_eval_through_tiles_sends_tiles_as_predict_does(monkeypatch):
+    """eval --tile sent its whole-image --batch-size (8) as the tiles per model call; by default it now sends
+    what predict --tile does (1 on a CPU)."""
+    import scaledet.commands.eval as eval_command
+    from scaledet.commands.predict import tile_options
+
+    seen = {}
+    monkeypatch.setattr("scaledet.evaluation.evaluate_model",
+                        lambda model, dataset, max_dets, batch_size, *rest, tile=None, **kw: seen.update(
+                            batch=batch_size, tile=tile) or {"AP": 0.0})
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    args = parser.parse_args(["--model", "efficientdet_lite0", "--image-size", "64", "--data", "shapes:val",
+                              "--tile", "64", "--no-progress"])
+    args.debug = False
+    eval_command._model_stats(args)
+    assert seen["batch"] == eval_command.WHOLE_IMAGE_BATCH and seen["tile"].batch_size is None
+    assert tile_options(args).batch_size is None  # predict_tiled then picks 1 on a CPU
 
 
 def test_an_unwritable_optimize_cache_costs_a_warning_not_the_result(tmp_path, monkeypatch):

@@ -22,6 +22,10 @@ from scaledet.commands import add_threads_option, apply_threads, warn_if_random_
 from scaledet.commands.predict import add_tile_arguments
 
 
+#: ``--batch-size`` of whole-image evaluation when not given
+WHOLE_IMAGE_BATCH = 8
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     files = parser.add_argument_group("evaluate a detections file")
     files.add_argument("--gt", help="COCO annotation JSON (ground truth)")
@@ -41,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "ImageSets/Main/val.txt exists)")
     model.add_argument("--allow-empty", action="store_true", help="accept data without any box (AP is then -1)")
     model.add_argument("--image-size", type=int, help="model input size override")
-    model.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    model.add_argument("--batch-size", type=int, default=None,
+                       help=f"images per forward pass (default {WHOLE_IMAGE_BATCH}); with --tile, tiles per model call "
+                            "(default 1 on a CPU, 4 on a GPU)")
     model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     add_threads_option(parser)
     model.add_argument("--workers", type=int, default=0, help="DataLoader workers")
@@ -89,15 +95,18 @@ def _model_stats(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("--weights / --model need --data DATASET (the images to evaluate on; --images is the "
                          "folder of a COCO --data); or score a file with --gt and --detections")
-    if args.batch_size < 1 or args.workers < 0:
+    if args.batch_size is not None and args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    if args.tile is not None and args.workers > 0:
+        raise ValueError(f"--workers {args.workers} goes with whole-image evaluation: with --tile each image's tiles "
+                         "are read from its file as they are predicted (drop --workers)")
     args.device = str(resolve_device(args.device))
     warn_if_random_weights(args.weights, args.model)
     keep_freed_memory()  # as scaledet predict: the batches' large buffers are reused, not mapped afresh
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size, device=args.device)
     dataset = open_eval_dataset(args.data, args.images, args.split, model, args.allow_empty, args.progress)
     print_report(dataset)
-    return evaluate_model(model, dataset, args.max_dets, args.batch_size, args.device, args.workers,
+    return evaluate_model(model, dataset, args.max_dets, args.batch_size or WHOLE_IMAGE_BATCH, args.device, args.workers,
                           results_path=args.results, tile=tile_options(args), backend=args.backend,
                           progress=args.progress)
 
