@@ -27,7 +27,6 @@ from scaledet.export import OnnxDetector, export_onnx
 from scaledet.inference.compare import compare_detection_sets
 from scaledet.models.base import Batch, Detector
 from scaledet.models.registry import build_for_processing
-from scaledet.weights import save_weights
 
 #: input sizes and width reductions that keep a model's checks to seconds
 EFFICIENTDET_SMALL = {"image_size": 128, "fpn_channels": 16, "fpn_repeats": 1, "head_repeats": 1}
@@ -149,7 +148,7 @@ def run_contract(name: str, tmp_path, options: dict, onnx: bool) -> None:
         eager = model(inputs)
 
     # save -> scaledet.load: bit-identical weights, the same config, the same detections
-    path = save_weights(model.state_dict(), tmp_path / f"{name}.safetensors", model.config)
+    path = model.save(tmp_path / f"{name}.safetensors")  # weights + config
     loaded = scaledet.load(path)
     assert loaded.config == model.config
     state, reloaded = model.state_dict(), loaded.state_dict()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -118,6 +119,13 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         return {"model": self.name, "num_classes": self.num_classes, "class_names": list(self.class_names),
                 "category_ids": list(self.category_ids), "image_size": list(self.image_size),
                 "overrides": overrides}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the weights as safetensors with :attr:`config` inside (class names, category ids, input size,
+        fitted anchors): :func:`scaledet.load` rebuilds this model from the file alone. Returns the path."""
+        from scaledet.weights import save_weights
+
+        return save_weights(self.state_dict(), path, self.config)
 
     def input_size(self) -> tuple[int, int]:
         """The (h, w) of the network input for a typical image at inference (benchmarks, profiles,
