@@ -118,3 +118,6 @@ def test_our_file_for_another_model_says_which_model_it_holds(tmp_path):
     with pytest.raises(UserError, match=r"l0.safetensors holds efficientdet_lite0 weights, which do not fit "
                                         r"efficientdet_d0: give --model efficientdet_lite0"):
         scaledet.load(path, model="efficientdet_d0")
+    for other in ("detr_r50", "retinanet_r50_fpn"):  # another family: its options failed first, named as unknown
+        with pytest.raises(UserError, match=rf"holds efficientdet_lite0 weights, which do not fit {other}: give"):
+            scaledet.load(path, model=other)

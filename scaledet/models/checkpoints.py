@@ -143,7 +143,16 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
     spec: CheckpointSpec = family.CHECKPOINT
     path = weights_file(spec, name, pretrained)
     state_dict, stored = read_checkpoint(path)
-    settings = build_settings(stored, num_classes, image_size, overrides)
+    other_model = stored is not None and stored.get("model") not in (None, name)
+    try:
+        settings = build_settings(stored, num_classes, image_size, overrides)
+        if other_model:  # another family's options fail here, before any weight is compared
+            with torch.device("meta"):
+                family.build(name, **{**settings, "class_names": None, "category_ids": None})
+    except ValueError:
+        if other_model:
+            raise _other_model_error(path, stored["model"], name) from None
+        raise
     file_classes, converted = (stored or {}).get("num_classes"), None
     if settings["num_classes"] is None:  # another project's file: count its classes on a weightless model
         with torch.device("meta"):
@@ -159,11 +168,15 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
     try:
         load_state_strict(model, converted, path, spec.class_head, file_classes)
     except CheckpointMismatch:
-        if stored is not None and stored.get("model") not in (None, name):  # the usual cause, said plainly
-            raise UserError(f"{path} holds {stored['model']} weights, which do not fit {name}: give --model "
-                            f"{stored['model']} (or no --model: our files name their model)") from None
+        if other_model:  # the usual cause, said plainly
+            raise _other_model_error(path, stored["model"], name) from None
         raise
     return model
+
+
+def _other_model_error(path: Path, stored_model: str, name: str) -> UserError:
+    return UserError(f"{path} holds {stored_model} weights, which do not fit {name}: give --model {stored_model} "
+                     "(model=...; or none: our files name their model)")
 
 
 def _convert(spec: CheckpointSpec, state_dict: StateDict, model: nn.Module, path: Path) -> StateDict:
