@@ -144,15 +144,9 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
     path = weights_file(spec, name, pretrained)
     state_dict, stored = read_checkpoint(path)
     other_model = stored is not None and stored.get("model") not in (None, name)
-    try:
-        settings = build_settings(stored, num_classes, image_size, overrides)
-        if other_model:  # another family's options fail here, before any weight is compared
-            with torch.device("meta"):
-                family.build(name, **{**settings, "class_names": None, "category_ids": None})
-    except ValueError:
-        if other_model:
-            raise _other_model_error(path, stored["model"], name) from None
-        raise
+    if other_model and _family_of(stored["model"]) is not family:  # its options and keys would be named instead
+        raise _other_model_error(path, stored["model"], name)
+    settings = build_settings(stored, num_classes, image_size, overrides)
     file_classes, converted = (stored or {}).get("num_classes"), None
     if settings["num_classes"] is None:  # another project's file: count its classes on a weightless model
         with torch.device("meta"):
@@ -172,6 +166,16 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
             raise _other_model_error(path, stored["model"], name) from None
         raise
     return model
+
+
+def _family_of(model: str):
+    """The registry family of model name ``model`` (None for a name no family has)."""
+    from scaledet.models.registry import family_of  # the registry imports this module
+
+    try:
+        return family_of(model)
+    except ValueError:
+        return None
 
 
 def _other_model_error(path: Path, stored_model: str, name: str) -> UserError:
