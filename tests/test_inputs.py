@@ -42,6 +42,16 @@ def test_targets_name_the_offending_target():
         check_targets([good, {"boxes": torch.tensor([[0.0, 0, 2, 2]]), "labels": torch.tensor([2])}], 2, 2)
     with pytest.raises(ValueError, match="got 2 images and 1 targets"):
         check_targets([good], 2, 2)
+    # a box wholly outside its image (here 1000-1200 px on 300 x 200) raised the loss silently; all boxes in [0, 1]
+    far = {"boxes": torch.tensor([[1000.0, 10, 1200, 50]]), "labels": torch.tensor([0])}
+    with pytest.raises(ValueError, match=r"target 1 has a box \[1000.0, 10.0, 1200.0, 50.0\] wholly outside its "
+                                         r"image \(300x200\)"):
+        check_targets([good, far], 2, 2, [(200, 300), (200, 300)])
+    normalised = {"boxes": torch.tensor([[0.1, 0.2, 0.5, 0.9]]), "labels": torch.tensor([0])}
+    with pytest.warns(UserWarning, match=r"every target box lies within \[0, 1\]: boxes are xyxy pixels"):
+        check_targets([normalised], 1, 2, [(200, 300)])
+    edge = {"boxes": torch.tensor([[0.0, 0, 300, 200], [300.0, 0, 300, 10]]), "labels": torch.tensor([0, 1])}
+    check_targets([edge], 1, 2, [(200, 300)])  # touching the border is inside
 
 
 @dataclasses.dataclass(frozen=True)

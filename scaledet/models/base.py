@@ -177,7 +177,7 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         if targets is None and self.training:
             raise ValueError("training mode needs targets (call model.eval() for detections)")
         if targets is not None:
-            check_targets(targets, len(images), self.num_classes)
+            check_targets(targets, len(images), self.num_classes, [tuple(i.shape[-2:]) for i in images])
             batch = self.preprocess(images, training=True)
             try:
                 return self.loss(self.forward_features(*batch.inputs), batch, list(targets))

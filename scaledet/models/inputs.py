@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,14 +57,29 @@ def _check_image(index: int, image: Tensor) -> None:
                          "(a 0..255 image must be divided by 255)")
 
 
-def check_targets(targets: Sequence[dict[str, Tensor]], num_images: int, num_classes: int) -> None:
+def check_targets(targets: Sequence[dict[str, Tensor]], num_images: int, num_classes: int,
+                  image_sizes: Sequence[tuple[int, int]] | None = None) -> None:
     """Validate one target dict per image: finite xyxy ``boxes`` ``[M, 4]`` with x2 >= x1 and
-    y2 >= y1, and int64 ``labels`` ``[M]`` in ``[0, num_classes)``."""
+    y2 >= y1, and int64 ``labels`` ``[M]`` in ``[0, num_classes)``. With the images' ``(H, W)``
+    ``image_sizes``: a box wholly outside its image is an error, and boxes that all lie within
+    ``[0, 1]`` on images larger than that get a warning (normalised coordinates, not pixels)."""
     if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
         count = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
         raise ValueError(f"targets must be a list with one dict per image: got {num_images} images and {count} targets")
     for index, target in enumerate(targets):
         _check_target(index, target, num_classes)
+    if image_sizes is None:
+        return
+    for index, (target, (height, width)) in enumerate(zip(targets, image_sizes)):
+        boxes = target["boxes"]
+        outside = (boxes[:, 0] > width) | (boxes[:, 1] > height) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+        if outside.any():
+            raise ValueError(f"target {index} has a box {boxes[outside][0].tolist()} wholly outside its image "
+                             f"({width}x{height}): boxes are xyxy pixels of the image they go with")
+    every = torch.cat([target["boxes"].reshape(-1, 4).float() for target in targets])
+    if len(every) and float(every.max()) <= 1.0 and min(min(size) for size in image_sizes) > 2:
+        warnings.warn("every target box lies within [0, 1]: boxes are xyxy pixels, not normalised coordinates "
+                      "(multiply by the image's width and height)", stacklevel=3)
 
 
 def _check_target(index: int, target: dict[str, Tensor], num_classes: int) -> None:

@@ -124,7 +124,7 @@ class DETR(DetrInputs, Detector):
         if targets is None or self.denoising is None or not self.training:
             return super().forward(images, targets)
         images = check_images(images)
-        check_targets(targets, len(images), self.num_classes)
+        check_targets(targets, len(images), self.num_classes, [tuple(i.shape[-2:]) for i in images])
         batch = self.preprocess(images, training=True)
         denoising = self.denoising.build(normalized_targets(batch.image_sizes, targets))
         batch.meta["denoising"] = denoising
