@@ -192,6 +192,8 @@ def test_full_image_pass_adds_large_objects():
     assert merged["boxes"][areas.argmax()].tolist() == pytest.approx([20, 30, 360, 220], abs=3)  # downscaled pass
     alone = predict_tiled(BrightBoxDetector(), image, tile=128, overlap=0.25)
     assert (alone["boxes"][:, 2] - alone["boxes"][:, 0]).max() < 200  # the tiles alone see only pieces
+    # the pieces of the object the full-image pass sees whole are dropped (they stayed beside it)
+    assert len(alone["boxes"]) > 1 and len(merged["boxes"]) == 1
 
 
 def test_crop_boxes_clips_and_drops_by_visible_area():

@@ -123,10 +123,13 @@ def predict_tiled(
             return model([source.read(tuple(windows[0].tolist())).to(device)])[0]
     batch_size = options.batch_size or default_batch_size(device)
     per_tile = _predict_windows(model, source, windows, batch_size, device)
-    kept = [_drop_cut_boxes(detections, index, windows, (source.height, source.width), options.edge_margin)
+    image_size = (source.height, source.width)
+    kept = [_drop_cut_boxes(detections, index, windows, image_size, options.edge_margin)
             for index, detections in enumerate(per_tile)]
     if options.full_image and len(windows) > 1:
-        kept.append(_predict_full_image(model, source, options.full_image_size or options.tile, device))
+        full = _predict_full_image(model, source, options.full_image_size or options.tile, device)
+        kept = [_drop_pieces_of_whole_objects(detections, index, windows, image_size, options.edge_margin, full)
+                for index, detections in enumerate(kept)] + [full]
     merged = merge_detections(_concatenate(kept), options.merge, options.iou_threshold)
     if options.max_detections is not None:
         merged = {key: value[: options.max_detections] for key, value in merged.items()}
@@ -186,9 +189,7 @@ def _drop_cut_boxes(detections: Detections, index: int, windows: Tensor, image_s
         return detections
     windows = windows.to(boxes.device, torch.float32)
     inner = _inner_sides(windows, image_size)  # [T, 4] bool: x1, y1, x2, y2 side inside the image
-    window = windows[index]
-    near = torch.cat([boxes[:, :2] <= window[:2] + margin, boxes[:, 2:] >= window[2:] - margin], dim=1)
-    cut = near & inner[index]  # [N, 4]
+    cut = _cut_sides(boxes, windows[index], inner[index], margin)  # [N, 4]
     if not cut.any():
         return detections
     push = torch.tensor([-margin, -margin, margin, margin], device=boxes.device)
@@ -197,6 +198,44 @@ def _drop_cut_boxes(detections: Detections, index: int, windows: Tensor, image_s
     inside = ((needed[:, None, :2] >= safe[None, :, :2]) & (needed[:, None, 2:] <= safe[None, :, 2:])).all(-1)
     inside[:, index] = False  # [N, T]
     drop = cut.any(1) & inside.any(1)
+    return {key: value[~drop] for key, value in detections.items()}
+
+
+def _cut_sides(boxes: Tensor, window: Tensor, inner: Tensor, margin: float) -> Tensor:
+    """``[N, 4]`` bool: which sides (x1, y1, x2, y2) of ``boxes`` lie within ``margin`` px of an ``inner`` side of
+    ``window`` (a tile border inside the image: the object may go on past it)."""
+    near = torch.cat([boxes[:, :2] <= window[:2] + margin, boxes[:, 2:] >= window[2:] - margin], dim=1)
+    return near & inner
+
+
+#: a cut piece this much inside a same-class full-image box (of its area) is a piece of that object
+PIECE_COVER = 0.8
+
+
+def _drop_pieces_of_whole_objects(detections: Detections, index: int, windows: Tensor, image_size: tuple[int, int],
+                                  margin: float, full: Detections) -> Detections:
+    """``detections`` of tile ``index`` without the pieces of objects the full-image pass sees whole.
+
+    A piece is a box cut by an inner border of its tile (:func:`_cut_sides`; what remains after
+    :func:`_drop_cut_boxes` is cut in every tile: an object larger than the overlap); it is dropped when at
+    least :data:`PIECE_COVER` of its area lies inside a larger full-image box of the same class scoring at least
+    half as much. Its IoU with that box is small, so the merge alone kept both.
+    """
+    boxes = detections["boxes"]
+    if not len(boxes) or not len(full["boxes"]):
+        return detections
+    windows = windows.to(boxes.device, torch.float32)
+    cut = _cut_sides(boxes, windows[index], _inner_sides(windows, image_size)[index], margin).any(1)  # [N]
+    whole = full["boxes"].to(boxes.device)
+    top_left = torch.maximum(boxes[:, None, :2], whole[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], whole[None, :, 2:])
+    overlap = (bottom_right - top_left).clamp(min=0).prod(-1)  # [N, F]
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+    whole_area = (whole[:, 2:] - whole[:, :2]).prod(-1)
+    covers = ((overlap >= PIECE_COVER * area[:, None]) & (whole_area[None] > area[:, None])
+              & (detections["labels"][:, None] == full["labels"].to(boxes.device)[None])
+              & (full["scores"].to(boxes.device)[None] >= 0.5 * detections["scores"][:, None]))
+    drop = cut & covers.any(1)
     return {key: value[~drop] for key, value in detections.items()}
 
 
