@@ -363,6 +363,13 @@ def test_uncompressed_files_are_read_window_by_window(tmp_path):
         reduced = np.asarray(Image.fromarray(array).reduce(3))
         assert torch.equal(small, torch.from_numpy(reduced.copy()).permute(2, 0, 1).float() / 255)
         assert scale == (1 / 3, 1 / 3)  # a small pixel is 3 image pixels (24 / 70 put boxes up to 2% short)
+    # a PNG of the same pixels is decoded whole, and reduced the same way in 8 bits (it went through a float copy of
+    # the whole image, 12 bytes a pixel, and a bilinear resize that put its full-image boxes elsewhere than the PPM's)
+    Image.fromarray(array).save(tmp_path / "same.png")
+    decoded = open_large_image(tmp_path / "same.png")
+    assert not isinstance(decoded, MappedImage)
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+               for a, b in zip(decoded.downscaled(32), open_large_image(tmp_path / "plain.ppm").downscaled(32)))
     # a 20000 x 20000 RGB file (sparse on disk): windows come from the file, nothing else is read
     path, size = tmp_path / "huge.ppm", 20000
     with open(path, "wb") as handle:
