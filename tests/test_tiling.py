@@ -432,3 +432,10 @@ def test_predict_tiled_reads_an_image_file_and_batches_as_the_command_does(tmp_p
     model.calls.clear()
     from_tensor = predict_tiled(model, torch.from_numpy(array).permute(2, 0, 1).float() / 255, tile=32, batch_size=4)
     assert max(model.calls) == 4 and torch.equal(from_file["boxes"], from_tensor["boxes"])
+
+
+def test_an_overlap_near_one_is_refused_not_run_for_hours():
+    """--overlap 0.99 of a 128 px tile steps 1 px: ~200,000 tiles for a 700 x 500 image, accepted silently."""
+    assert TileOptions(128, overlap=0.9).overlap == 0.9
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 0.9\]"):
+        TileOptions(128, overlap=0.99)

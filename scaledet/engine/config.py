@@ -196,8 +196,8 @@ class TrainConfig:
             raise OptionError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if self.tile is not None and self.tile < 16:
             raise OptionError("tile", f"must be at least 16 pixels, got {self.tile}")
-        if not 0.0 <= self.tile_overlap < 1.0:
-            raise OptionError("tile_overlap", f"must be in [0, 1), got {self.tile_overlap}")
+        if not 0.0 <= self.tile_overlap <= 0.9:  # as predict's --overlap (scaledet.inference.tiling.MAX_OVERLAP)
+            raise OptionError("tile_overlap", f"must be in [0, 0.9], got {self.tile_overlap}")
         if not 0.0 < self.tile_min_visible <= 1.0:
             raise OptionError("tile_min_visible", f"must be in (0, 1], got {self.tile_min_visible}")
         if self.threads < 0:

@@ -32,6 +32,10 @@ MERGES = ("nms", "wbf")
 Detections = dict[str, Tensor]
 
 
+#: the largest overlap taken: neighbouring tiles share 90% of a tile (ten tiles cover each pixel along a side)
+MAX_OVERLAP = 0.9
+
+
 @dataclass(frozen=True)
 class TileOptions:
     """How :func:`predict_tiled` cuts and merges (the CLI's ``--tile`` / ``--overlap`` / ``--full-image``).
@@ -62,8 +66,8 @@ class TileOptions:
     def __post_init__(self) -> None:
         if int(self.tile) < 16:
             raise ValueError(f"tile must be at least 16 pixels, got {self.tile}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1) (a fraction of the tile), got {self.overlap}")
+        if not 0.0 <= self.overlap <= MAX_OVERLAP:  # 0.99 of a 128 px tile: a step of 1 px, 200,000 tiles an image
+            raise ValueError(f"overlap must be in [0, {MAX_OVERLAP}] (a fraction of the tile), got {self.overlap}")
         if self.merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
         if self.batch_size is not None and self.batch_size < 1:
