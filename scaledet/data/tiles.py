@@ -137,10 +137,11 @@ def open_large_image(path: str | Path, max_pixels: int | None = -1) -> ImageSour
             return MappedImage(path, image.height, image.width, 3 if image.mode == "RGB" else 1, strips)
         width, height = image.size
         if limit is not None and width * height > limit:
+            whose = "PIL's decompression-bomb guard" if max_pixels == -1 else "the limit given"
             raise ImageTooLargeError(
                 f"{path}: {width}x{height} image ({width * height / 1e6:.1f} Mpx) is over the limit of "
-                f"{limit / 1e6:.1f} Mpx for decoding a whole {image.format} file (PIL's decompression-bomb guard; "
-                f"it needs {width * height * 3 / 2**30:.1f} GiB as 8-bit RGB): raise it with --max-pixels "
+                f"{limit / 1e6:.1f} Mpx for decoding a whole {image.format} file ({whose}; "
+                f"it needs {width * height * 3 / 2**20:,.1f} MiB as 8-bit RGB): raise it with --max-pixels "
                 f"{width * height} (max_pixels=) if you trust the file, or save it as an uncompressed TIFF / "
                 "PPM, which is read window by window")
         image.load()
