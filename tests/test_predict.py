@@ -54,6 +54,7 @@ def test_predict_folder_with_bad_file_and_video(tmp_path, capsys):
         [("gray.png", None), ("rgb.jpg", None)] + [("clip.mp4", f) for f in range(5)])
     gray = next(i for i in images if i["file_name"].endswith("gray.png"))
     assert (gray["width"], gray["height"]) == (40, 50)
+    assert gray["output"] == "gray.jpg" and {i["output"] for i in images if i["frame"] is not None} == {"clip.mp4"}
     results = json.loads((out / "detections.json").read_text())
     assert {r["image_id"] for r in results} == {i["id"] for i in images}  # threshold 0: 100 per image
     assert len(results) == 100 * len(images)

@@ -216,15 +216,16 @@ def _dataset_category_ids(detector, dataset) -> list[int | None]:
     return [dataset.label_to_category_id[label] if label >= 0 else None for label in mapping]
 
 
-def _register(frame, state: dict, args: argparse.Namespace) -> list[dict]:
-    """Give ``frame`` its image id (the dataset's, else the next of 1..N), record the image and its
-    result rows; returns the rows."""
+def _register(frame, state: dict, args: argparse.Namespace, output: Path) -> list[dict]:
+    """Give ``frame`` its image id (the dataset's, else the next of 1..N), record the image, the file drawn
+    for it in the output folder (``output``: ``b/img.png`` may be drawn as ``img_2.jpg``) and its result rows;
+    returns the rows."""
     from scaledet.evaluation.results import detection_rows
 
     image_id = frame.image_id if frame.image_id is not None else len(state["images"]) + 1
     height, width = frame.size
     state["images"].append({"id": image_id, "file_name": str(frame.source), "frame": frame.frame,
-                            "width": width, "height": height})
+                            "width": width, "height": height, "output": output.name})
     rows = detection_rows(image_id, frame.detections, state["category_ids"], args.score_threshold)
     state["results"] += rows
     state["done"] += 1
@@ -296,8 +297,8 @@ def _predict_images(detector, frames: list, args, out_dir: Path, state: dict) ->
         return
     _detect(detector, frames, args)
     for frame in frames:
-        rows = _register(frame, state, args)
         target = _output_name(out_dir, frame.source, state["used"], ".jpg")
+        rows = _register(frame, state, args, target)
         drawn = frame.drawn(detector.class_names, args.score_threshold)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target, quality=92)
         if args.save_json:
@@ -325,7 +326,7 @@ def _predict_video(detector, path: Path, args, out_dir: Path, state: dict) -> No
     def flush() -> None:
         _detect(detector, pending, args)
         for frame in pending:
-            rows = _register(frame, state, args)
+            rows = _register(frame, state, args, target)
             if args.save_json:
                 per_frame.append({"frame": frame.frame, "detections": rows})
             writer.write(frame.drawn(detector.class_names, args.score_threshold))

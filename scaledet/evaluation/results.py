@@ -16,10 +16,11 @@ Two files:
 * ``NAME.images.json`` beside it (:func:`images_path`) says what the ids mean, in COCO's layout::
 
       {"image_ids": "dataset" | "inputs",
-       "images": [{"id", "file_name", "width", "height", "frame"}],
+       "images": [{"id", "file_name", "width", "height", "frame"[, "output"]}],
        "categories": [{"id", "name"}]}
 
-  ``frame`` is the video frame index (``null`` for images).
+  ``frame`` is the video frame index (``null`` for images); ``output`` (``scaledet predict``) the name of the
+  file drawn for it in the output folder (same-named inputs of two folders are drawn as ``img.jpg``, ``img_2.jpg``).
 
 When :func:`align_to_ground_truth` scores such a file against a ground truth, ``"inputs"`` image
 ids are replaced by the ground truth's ids of the same file names, categories are matched by id
