@@ -20,6 +20,7 @@ import yaml
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.recipe import RECIPES, family_recipe, from_scratch_changes, scaled_lr
 from scaledet.errors import OptionError, UserError
+from scaledet.inference.tiling import MAX_OVERLAP
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -196,8 +197,8 @@ class TrainConfig:
             raise OptionError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if self.tile is not None and self.tile < 16:
             raise OptionError("tile", f"must be at least 16 pixels, got {self.tile}")
-        if not 0.0 <= self.tile_overlap <= 0.9:  # as predict's --overlap (scaledet.inference.tiling.MAX_OVERLAP)
-            raise OptionError("tile_overlap", f"must be in [0, 0.9], got {self.tile_overlap}")
+        if not 0.0 <= self.tile_overlap <= MAX_OVERLAP:  # as predict's --overlap
+            raise OptionError("tile_overlap", f"must be in [0, {MAX_OVERLAP}], got {self.tile_overlap}")
         if not 0.0 < self.tile_min_visible <= 1.0:
             raise OptionError("tile_min_visible", f"must be in (0, 1], got {self.tile_min_visible}")
         if self.threads < 0:

@@ -84,7 +84,7 @@ def collect_inputs(inputs: list[str], notes: list[str] | None = None) -> tuple[l
         if path.is_dir():
             every = files_under(path)
             found = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
-            others = [p for p in every if p not in set(found)]
+            others = [p for p in every if p.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
             if not found:
                 problems.append(f"{item}: no images or videos in this folder"
                                 + (f" ({len(others)} other file(s), e.g. {others[0].name})" if others else ""))
