@@ -192,8 +192,32 @@ def test_full_image_pass_adds_large_objects():
     assert merged["boxes"][areas.argmax()].tolist() == pytest.approx([20, 30, 360, 220], abs=3)  # downscaled pass
     alone = predict_tiled(BrightBoxDetector(), image, tile=128, overlap=0.25)
     assert (alone["boxes"][:, 2] - alone["boxes"][:, 0]).max() < 200  # the tiles alone see only pieces
-    # the pieces of the object the full-image pass sees whole are dropped (they stayed beside it)
-    assert len(alone["boxes"]) > 1 and len(merged["boxes"]) == 1
+
+
+class TruncationShyDetector(BrightBoxDetector):
+    """BrightBoxDetector scoring a box that touches its input's edge (a truncated view) 0.4, others 0.9."""
+
+    def __call__(self, images):
+        outputs = super().__call__(images)
+        for image, output in zip(images, outputs):
+            height, width = image.shape[-2:]
+            edge = ((output["boxes"][:, :2] <= 0).any(1) | (output["boxes"][:, 2] >= width)
+                    | (output["boxes"][:, 3] >= height))
+            output["scores"] = torch.where(edge, 0.4, output["scores"])
+        return outputs
+
+
+def test_full_image_pass_drops_the_pieces_of_the_object_it_sees_whole():
+    """The tiles' pieces of an object larger than a tile stayed beside the full-image box (IoU too small for
+    the merge); a piece, cut by an inner tile border, 80% inside a same-class full-image box scoring >= 1.5x
+    as much, is dropped. A confident box inside the large one is kept."""
+    image = image_with_box(256, 384, (20, 30, 360, 220))
+    merged = predict_tiled(TruncationShyDetector(), image, tile=128, overlap=0.25, full_image=True)
+    assert merged["boxes"].tolist() == [pytest.approx([20, 30, 360, 220], abs=3)]
+    pieces = predict_tiled(TruncationShyDetector(), image, tile=128, overlap=0.25)
+    assert len(pieces["boxes"]) > 1 and (pieces["scores"] == 0.4).all()
+    kept = predict_tiled(BrightBoxDetector(), image, tile=128, overlap=0.25, full_image=True)  # pieces at 0.9
+    assert len(kept["boxes"]) > 1
 
 
 def test_crop_boxes_clips_and_drops_by_visible_area():

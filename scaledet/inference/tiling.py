@@ -212,8 +212,11 @@ def _cut_sides(boxes: Tensor, window: Tensor, inner: Tensor, margin: float) -> T
     return near & inner
 
 
-#: a cut piece this much inside a same-class full-image box (of its area) is a piece of that object
+#: a cut box with this much of its area inside a larger same-class full-image box may be that object's piece
 PIECE_COVER = 0.8
+#: ... and is dropped only when the full-image box scores this many times more (the whole view clearly more
+#: confident): a real smaller object of the class inside the large one, seen whole by the tile, scores high
+PIECE_SCORE_RATIO = 1.5
 
 
 def _drop_pieces_of_whole_objects(detections: Detections, index: int, windows: Tensor, image_size: tuple[int, int],
@@ -221,9 +224,10 @@ def _drop_pieces_of_whole_objects(detections: Detections, index: int, windows: T
     """``detections`` of tile ``index`` without the pieces of objects the full-image pass sees whole.
 
     A piece is a box cut by an inner border of its tile (:func:`_cut_sides`; what remains after
-    :func:`_drop_cut_boxes` is cut in every tile: an object larger than the overlap); it is dropped when at
-    least :data:`PIECE_COVER` of its area lies inside a larger full-image box of the same class scoring at least
-    half as much. Its IoU with that box is small, so the merge alone kept both.
+    :func:`_drop_cut_boxes` is cut in every tile: an object larger than the overlap) with at least
+    :data:`PIECE_COVER` of its area inside a larger full-image box of the same class that scores at least
+    :data:`PIECE_SCORE_RATIO` times as much (so a box scoring above 1 / 1.5 is never dropped). Its IoU with the
+    whole box is small, so the merge kept both.
     """
     boxes = detections["boxes"]
     if not len(boxes) or not len(full["boxes"]):
@@ -238,7 +242,7 @@ def _drop_pieces_of_whole_objects(detections: Detections, index: int, windows: T
     whole_area = (whole[:, 2:] - whole[:, :2]).prod(-1)
     covers = ((overlap >= PIECE_COVER * area[:, None]) & (whole_area[None] > area[:, None])
               & (detections["labels"][:, None] == full["labels"].to(boxes.device)[None])
-              & (full["scores"].to(boxes.device)[None] >= 0.5 * detections["scores"][:, None]))
+              & (full["scores"].to(boxes.device)[None] >= PIECE_SCORE_RATIO * detections["scores"][:, None]))
     drop = cut & covers.any(1)
     return {key: value[~drop] for key, value in detections.items()}
 
