@@ -89,6 +89,11 @@ def test_collect_inputs_and_coco_rows(tmp_path):
     assert [p.name for p in paths] == ["x.png"]
     assert notes == [f"{tmp_path / 'a'}: left out 2 file(s) that are not images or videos (data.yaml, x.txt)"]
     assert problems == [f"{tmp_path / 'empty'}: no images or videos in this folder (1 other file(s), e.g. notes.txt)"]
+    # every suffix PIL opens is an image (.pnm, .jfif, .tga, .dib ... were left out as not images)
+    for name in ("a.pnm", "b.jfif", "c.TGA", "d.dib", "e.jpe", "f.Tif"):
+        (tmp_path / "a" / name).write_bytes(b"")
+    paths, _ = collect_inputs([str(tmp_path / "a")])
+    assert sorted(p.name for p in paths) == ["a.pnm", "b.jfif", "c.TGA", "d.dib", "e.jpe", "f.Tif", "x.png"]
     rows = detection_rows(7, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 8.0], [0, 0, 1, 1]]),
                               "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([3, 1])},
                           category_ids=[1, 5, 90, 91], threshold=0.5)

@@ -22,6 +22,19 @@ _EXIF_ORIENTATION = 0x0112
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+
+def _readable_suffixes() -> frozenset[str]:
+    """The file suffixes of every format PIL can open (.jpg, .png, .tif, .pnm, .jfif, .tga, ...), but MPEG's:
+    PIL only identifies those; they are videos."""
+    Image.init()
+    return frozenset(suffix for suffix, kind in Image.registered_extensions().items()
+                     if kind in Image.OPEN) - {".mpg", ".mpeg"}
+
+
+#: what a folder of images is taken to hold (predict, YOLO image folders, calibration folders)
+IMAGE_SUFFIXES = _readable_suffixes()
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the file header says: displayed size (after EXIF rotation), mode, orientation."""

@@ -18,14 +18,12 @@ from pathlib import Path
 import yaml
 
 from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
-from scaledet.data.images import files_under
+from scaledet.data.images import IMAGE_SUFFIXES, files_under
 from scaledet.data.report import DataReport
 from scaledet.errors import UserError
 
 #: a YOLO coordinate above this is not a fraction of the image (slightly above 1 is clipped, as other formats' boxes)
 PIXEL_LIKE = 1.5
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def read_data_yaml(path: Path) -> dict:

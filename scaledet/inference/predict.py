@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from scaledet.data.images import files_under
+from scaledet.data.images import IMAGE_SUFFIXES, files_under
 from scaledet.data.tiles import ImageSource, TensorImage, open_large_image
 from scaledet.inference.tiling import TileOptions, predict_tiled
 
 #: with tiled reading, images are drawn downscaled to at most this longest side (boxes stay full-resolution)
 PREVIEW_SIDE = 4096
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
