@@ -24,6 +24,10 @@ _LAZY = {"create_model": "scaledet.models.registry", "list_models": "scaledet.mo
          "predict_tiled": "scaledet.inference.tiling"}
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib

@@ -50,6 +50,8 @@ def test_targets_name_the_offending_target():
     normalised = {"boxes": torch.tensor([[0.1, 0.2, 0.5, 0.9]]), "labels": torch.tensor([0])}
     with pytest.warns(UserWarning, match=r"every target box lies within \[0, 1\]: boxes are xyxy pixels"):
         check_targets([normalised], 1, 2, [(200, 300)])
+    with pytest.raises(ValueError, match=r"target 0 boxes and labels must be tensors \(torch.tensor\(...\)\), got list"):
+        check_targets([{"boxes": [[0.0, 0, 2, 2]], "labels": torch.tensor([0])}], 1, 2)
     edge = {"boxes": torch.tensor([[0.0, 0, 300, 200], [300.0, 0, 300, 10]]), "labels": torch.tensor([0, 1])}
     check_targets([edge], 1, 2, [(200, 300)])  # touching the border is inside
 

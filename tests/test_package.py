@@ -52,6 +52,21 @@ def test_create_model_names_an_argument_of_the_wrong_kind(arguments, message):
         scaledet.create_model("efficientdet_d0", **arguments)
 
 
+def test_save_writes_what_load_reads_and_dir_lists_the_entry_points(tmp_path):
+    model = scaledet.create_model("efficientdet_lite0", num_classes=2, image_size=64)
+    with pytest.raises(ValueError, match=r"save writes safetensors: give a path ending in .safetensors, got '.*w.pt'"):
+        model.save(tmp_path / "w.pt")  # load took such a file for an empty or corrupt .pt
+    assert scaledet.load(model.save(tmp_path / "w.safetensors")).config == model.config
+    assert {"create_model", "load", "optimize", "predict_tiled"} <= set(dir(scaledet))
+
+
+def test_create_model_takes_numpy_integers():
+    import numpy as np
+
+    model = scaledet.create_model("efficientdet_d0", num_classes=np.int64(3), image_size=np.int64(128))
+    assert model.num_classes == 3 and model.image_size == (128, 128) and type(model.config["image_size"][0]) is int
+
+
 def test_weights_round_trip_with_config(tmp_path):
     state = {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5)}
     path = weights.save_weights(state, tmp_path / "w.safetensors", {"model": "efficientdet_d0", "num_classes": 3})

@@ -204,7 +204,8 @@ class TrainConfig:
         if self.threads < 0:
             raise OptionError("threads", f"must be >= 0 (0: automatic), got {self.threads}")
         if self.epochs is None and self.max_minutes is None and self.max_steps is None:
-            raise ValueError("give --epochs, --max-minutes or --max-steps: the run needs an end")
+            raise ValueError("give --epochs, --max-minutes or --max-steps (epochs, max_minutes or max_steps in "
+                             "Python): the run needs an end")
         dist_utils.resolve_device(self.device)  # a misspelt device or a missing GPU: one line, before the data loads
 
     def to_dict(self) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def predict_tiled(
         image = open_large_image(image)
     if not isinstance(image, Tensor) and not all(hasattr(image, key) for key in ("height", "width", "read")):
         raise ValueError(f"predict_tiled takes a Tensor[3, H, W], an ImageSource or an image file's path, got a "
-                         f"{type(image).__name__} (a PIL image: scaledet.data.load_image reads a file as a tensor)")
+                         f"{type(image).__name__} (scaledet.data.load_image reads a file as a tensor)")
     source = TensorImage(image) if isinstance(image, Tensor) else image
     device = _device_of(model) if device is None else torch.device(device)
     windows = tile_grid(source.height, source.width, options.tile, options.overlap)

@@ -125,6 +125,8 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         fitted anchors): :func:`scaledet.load` rebuilds this model from the file alone. Returns the path."""
         from scaledet.weights import save_weights
 
+        if Path(path).suffix != ".safetensors":  # what scaledet.load recognises as ours
+            raise ValueError(f"save writes safetensors: give a path ending in .safetensors, got {str(path)!r}")
         return save_weights(self.state_dict(), path, self.config)
 
     def input_size(self) -> tuple[int, int]:

@@ -86,6 +86,9 @@ def _check_target(index: int, target: dict[str, Tensor], num_classes: int) -> No
     if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
         raise ValueError(f"target {index} must be a dict with 'boxes' and 'labels'")
     boxes, labels = target["boxes"], target["labels"]
+    if not isinstance(boxes, Tensor) or not isinstance(labels, Tensor):
+        kinds = f"{type(boxes).__name__} and {type(labels).__name__}"
+        raise ValueError(f"target {index} boxes and labels must be tensors (torch.tensor(...)), got {kinds}")
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"target {index} boxes must be Tensor[M, 4] xyxy, got shape {tuple(boxes.shape)}")
     if not torch.isfinite(boxes).all():

@@ -105,6 +105,10 @@ def create_model(
         an ``nn.Module`` following the contract documented in :mod:`scaledet`.
     """
     _check_arguments(num_classes, pretrained, image_size, overrides)
+    if num_classes is not None:  # numpy's integers as Python's
+        num_classes = int(num_classes)
+    if image_size is not None:
+        image_size = int(image_size) if isinstance(image_size, numbers.Integral) else tuple(int(v) for v in image_size)
     family = family_of(name)
     if pretrained is None:
         return family.build(name, num_classes=num_classes, image_size=image_size, **overrides)
