@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tile_arguments(model, "predict through overlapping TILE x TILE native-resolution tiles (large images, "
                        "small objects); scored on the original images")
     parser.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("M1", "M10", "M100"),
-                        help="detection caps per image (with --data the last is raised automatically when an image "
-                             "holds more ground-truth objects)")  # fmt: skip
+                        help="detection caps per image (the last is raised to twice the largest ground-truth object "
+                             "count of one image when an image holds more, with a note)")  # fmt: skip
     parser.add_argument("--backend", default="pycocotools", choices=["pycocotools", "faster_coco_eval"],
                         help="COCO evaluation library (equal stats; default pycocotools)")
     parser.add_argument("--json", help="write the stats (AP, AP50, ..., ARl, per_class) here")
