@@ -13,7 +13,9 @@ on a learnability set, cached under the runs folder). For each target set and se
 * ``scratch``: the defaults from random weights;
 * ``pretrained``: the defaults from the pretrained weights (class predictor re-initialised when
   the class count differs);
-* ``pretrained lr X``: the same with ``--lr X`` for each ``--lrs`` value.
+* ``pretrained lr X``: the same with ``--lr X`` for each ``--lrs`` value;
+* ``pretrained, anchors fit`` (``--fit-anchors``): anchors re-fitted to the data, where the default keeps
+  the checkpoint's (``--no-scratch`` leaves the scratch runs out).
 
 Budgets are optimizer steps (``--max-steps``), not minutes, so the runs may share the machine
 (``--parallel``) without changing what they learn. Prints a table (AP, AP50 per variant, mean
@@ -88,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", required=True, choices=datasets.SET_NAMES)
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
     parser.add_argument("--lrs", type=float, nargs="*", default=[], help="also fine-tune at these lrs")
+    parser.add_argument("--fit-anchors", action="store_true",
+                        help="also fine-tune with --anchors fit (anchors re-fitted to the data; the default keeps the "
+                             "checkpoint's)")
+    parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="leave out the runs from scratch")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (budgets are steps, not minutes)")
@@ -105,12 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.sets:
         folder, info = datasets.prepare(name), datasets.describe(name)
         from_weights = ["--pretrained", str(weights), "--num-classes", str(info["num_classes"])]
-        variants = {"scratch": [], "pretrained": from_weights,
+        variants = {**({"scratch": []} if args.scratch else {}), "pretrained": from_weights,
+                    **({"pretrained, anchors fit": [*from_weights, "--anchors", "fit"]} if args.fit_anchors else {}),
                     **{f"pretrained lr {lr:g}": [*from_weights, "--lr", f"{lr:g}"] for lr in args.lrs}}
         record["sets"][name] = {"role": datasets.role(name), "runs": {variant: [] for variant in variants}}
         for seed in args.seeds:
             for variant, extra in variants.items():
-                out = runs / name / f"{variant.replace(' ', '_')}_seed{seed}"
+                out = runs / name / f"{variant.replace(', ', '_').replace(' ', '_')}_seed{seed}"
                 jobs.append((name, variant, folder, info["input_size"], seed, out, extra))
 
     def run(job):

@@ -26,6 +26,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
 
 
+#: ``--anchors`` values (see ``TrainConfig.anchors``)
+ANCHOR_CHOICES = ("auto", "fit", "default")
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs (data paths, model, recipe, runtime).
@@ -46,7 +49,10 @@ class TrainConfig:
     num_classes: int | None = None
     pretrained: str | None = None
     image_size: int | None = None
-    anchors: str = "auto"  # "auto": fitted to the training boxes when they cover them better; "default": published
+    # "auto": fitted to the training boxes when they cover them better, from scratch; with --pretrained the
+    # checkpoint's (its box head was trained for them); "fit": fitted from scratch and when fine-tuning;
+    # "default": the published ones (or the checkpoint's)
+    anchors: str = "auto"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # large images: train on native-resolution tile x tile crops, validate through tiles (None: off)
     tile: int | None = None
@@ -153,8 +159,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
-        if self.anchors not in ("auto", "default"):
-            raise OptionError("anchors", f"must be 'auto' or 'default', got {self.anchors!r}")
+        if self.anchors not in ANCHOR_CHOICES:
+            raise OptionError("anchors", f"must be one of {', '.join(ANCHOR_CHOICES)}, got {self.anchors!r}")
         if self.recipe not in RECIPES:
             raise OptionError("recipe", f"must be one of {RECIPES}, got {self.recipe!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -107,7 +107,7 @@ def _advice(report: dict[str, Any]) -> list[str]:
     if anchors and anchors["published"]["coverage"] < 0.9:
         gain = anchors["fitted"]["coverage"] - anchors["published"]["coverage"]
         advice.append(f"the published anchors cover {anchors['published']['coverage']:.0%} of the boxes; "
-                      + (f"--anchors auto (the default) uses fitted ones covering {anchors['fitted']['coverage']:.0%}"
+                      + (f"--anchors auto (the default, from scratch) uses fitted ones covering {anchors['fitted']['coverage']:.0%}"
                          if gain > 0 else "no anchor setting of the search does better"))
     if report["max_boxes_per_image"] > 100:
         advice.append(f"up to {report['max_boxes_per_image']} boxes per image: evaluation raises maxDets accordingly")

@@ -26,8 +26,10 @@ from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_inpu
 from scaledet.engine.trainer import Trainer, seed_everything
 from scaledet.errors import UserError
 from scaledet.evaluation import format_stats
+from scaledet.evaluation.results import is_placeholder_name, short_list
 from scaledet.inference.tiling import TileOptions
 from scaledet.models.base import Detector
+from scaledet.models.checkpoints import reinitialise_class_head
 from scaledet.models.inputs import category_ids_for
 from scaledet.models.registry import create_model, family_hook
 
@@ -80,7 +82,14 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
         raise ValueError(f"--num-classes {num_classes} but the training data has {len(class_names)} classes")
     model = create_model(config.model, num_classes=num_classes, pretrained=config.pretrained,
                          image_size=config.image_size, **config.model_overrides)
+    file_names = list(model.class_names)  # a checkpoint of this class count keeps its own names
     model.class_names = list(class_names)  # models derive ``config["class_names"]`` from this
+    if config.pretrained and file_names != list(class_names) and not all(is_placeholder_name(n) for n in file_names):
+        # the loaded rows predict the file's classes: kept, they would be relabelled with the data's names
+        heads = reinitialise_class_head(model)
+        if dist_utils.is_main():
+            print(f"model: the checkpoint's classes {short_list(file_names)} are not the training data's "
+                  f"{short_list(class_names)} in that order: re-initialised the class predictor ({', '.join(heads)})")
     model.category_ids = category_ids_for(category_ids, num_classes)  # ... and ``config["category_ids"]``
     return model
 
@@ -124,8 +133,12 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
         if dist_utils.is_main():
             print(format_diagnosis(report))
         user_anchors = {"anchor_scale", "aspect_ratios"} & set(config.model_overrides)
-        if config.anchors == "auto" and "anchors" in report and not user_anchors:
+        fit = config.anchors == "fit" or (config.anchors == "auto" and not config.pretrained)
+        if fit and "anchors" in report and not user_anchors:
             overrides.update(report["anchors"]["auto_overrides"])
+        elif config.anchors == "auto" and "anchors" in report and not user_anchors and dist_utils.is_main():
+            print("model: anchors of the checkpoint kept (its box head was trained for them; --anchors fit fits "
+                  "them to the training boxes)")
     if size != tuple(model.image_size) or overrides != config.model_overrides:
         seed_everything(config.seed)
         changed = dataclasses.replace(config, image_size=size, model_overrides=overrides)

@@ -367,20 +367,20 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
         known = set(model_names)
         lacking = [name for name in dataset_names if name not in known]
         if lacking:
-            warnings.warn(f"the model has no class {_listed(lacking)} of the dataset ({len(lacking)} of "
+            warnings.warn(f"the model has no class {short_list(lacking)} of the dataset ({len(lacking)} of "
                           f"{len(dataset_names)}): they score AP 0 and count in the mean AP", stacklevel=2)
         return mapping
     placeholders = any(all(is_placeholder_name(str(name)) for name in names) for names in (model_names, dataset_names))
     if len(model_names) == len(dataset_names) and placeholders:
-        warnings.warn(f"model classes {_listed(model_names)} are not named as the dataset's {_listed(dataset_names)}; "
+        warnings.warn(f"model classes {short_list(model_names)} are not named as the dataset's {short_list(dataset_names)}; "
                       "assuming the same class order", stacklevel=2)
         return list(range(len(model_names)))
-    raise ValueError(f"the model's classes {_listed(model_names)} share no name with the dataset's "
-                     f"{_listed(dataset_names)}: the weights were trained on other classes (use weights trained "
+    raise ValueError(f"the model's classes {short_list(model_names)} share no name with the dataset's "
+                     f"{short_list(dataset_names)}: the weights were trained on other classes (use weights trained "
                      "on this dataset's classes; classes are matched by name)")
 
 
-def _listed(names: Sequence[str], most: int = 5) -> str:
+def short_list(names: Sequence[str], most: int = 5) -> str:
     """``[a, b, c, ...]`` with at most ``most`` names."""
     shown = ", ".join(str(name) for name in names[:most])
     return f"[{shown}{', ...' if len(names) > most else ''}]"

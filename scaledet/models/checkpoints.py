@@ -168,6 +168,20 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
     return model
 
 
+def reinitialise_class_head(model: nn.Module) -> list[str]:
+    """Give ``model``'s class predictor (its family's ``CHECKPOINT.class_head`` keys) the fresh initialisation of
+    a model of the same config, in place (torch's RNG: seeded runs repeat); returns the keys' prefixes it has.
+    For fine-tuning onto other classes of the same count: the loaded rows predict the file's classes."""
+    from scaledet.models.registry import create_from_config  # the registry imports this module
+
+    prefixes = tuple(_family_of(model.name).CHECKPOINT.class_head)
+    fresh = create_from_config(model.config).state_dict()
+    state = model.state_dict()
+    state.update({key: fresh[key].to(value.device) for key, value in state.items() if key.startswith(prefixes)})
+    model.load_state_dict(state)
+    return [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
+
+
 def _family_of(model: str):
     """The registry family of model name ``model`` (None for a name no family has)."""
     from scaledet.models.registry import family_of  # the registry imports this module
