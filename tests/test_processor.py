@@ -3,6 +3,8 @@ processor kind."""
 
 import json
 
+import pytest
+
 from scaledet.inference.benchmark import (RESULTS_FORMAT, markdown_table, merge_json_results,
                                           merge_markdown_results)
 from scaledet.inference.processor import Processor, _cpuinfo, current_processor
@@ -90,3 +92,19 @@ def test_bench_ratios_are_rounded_once():
     rows = summarise("m", [reference, ours], 1)
     assert abs(rows[1]["vs_reference"] - 0.06236 / 0.18058) < 1e-12
     assert "| 62.4 | 16.04 | 0.35 | 1.00 |" in markdown_table(rows, "avx512")
+
+
+def test_results_files_of_another_kind_are_refused_not_rewritten(tmp_path):
+    """bench --json on a COCO annotation file rewrote it as a results file, --markdown on a notes file sorted its
+    sections and dropped a repeated one; both are refused, and the file is left as it was."""
+    from scaledet.inference.benchmark import read_markdown_sections
+
+    coco = tmp_path / "val.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match="val.json: not a bench results JSON"):
+        merge_json_results(coco, "avx2", {"results": [1]})
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\n## Setup\n\nA\n\n## Setup\n\nB\n")
+    with pytest.raises(ValueError, match=r"notes.md: not a bench results markdown \(its heading '## Setup'"):
+        read_markdown_sections(notes)
+    assert json.loads(coco.read_text())["images"] == [] and notes.read_text().count("## Setup") == 2

@@ -96,13 +96,16 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
     """``scaledet bench``; ``reference`` / ``command`` are given by ``benchmarks/bench_reference.py``
     (its reference engines, and its command line for the record)."""
     from scaledet.inference.benchmark import (machine_info, markdown_table, merge_json_results,
-                                              merge_markdown_results, read_results_tables, temporary_dir)
+                                              merge_markdown_results, read_markdown_sections, read_results_tables,
+                                              temporary_dir)
     from scaledet.inference.processor import current_processor
 
     _check_args(args)
     apply_threads(args.threads)
     if args.json:
         read_results_tables(Path(args.json))  # a file it cannot merge into: said now, not after the benchmark
+    if args.markdown:
+        read_markdown_sections(Path(args.markdown))
     processor = current_processor()
     print(f"processor: {processor.describe()}")
     results = []

@@ -20,6 +20,7 @@ its own kind's table and keeps the others (:func:`merge_json_results`, :func:`me
 from __future__ import annotations
 
 import json
+import re
 import os
 import platform
 import statistics
@@ -228,6 +229,8 @@ def results_by_processor(payload: dict) -> dict[str, dict]:
     table, no processor kind) becomes ``{kind or "unrecorded": payload}``."""
     if payload.get("format") == RESULTS_FORMAT:
         return dict(payload["tables"])
+    if not isinstance(payload.get("results"), list):  # any other JSON (an annotation file ...) is not one to rewrite
+        raise ValueError("neither a results file of this format nor an older one with 'results'")
     kind = payload.get("machine", {}).get("processor", {}).get("kind", "unrecorded")
     return {kind: payload}
 
@@ -268,6 +271,8 @@ def _markdown_sections(text: str) -> tuple[str, dict[str, str]]:
     for line in text.splitlines(keepends=True):
         if line.startswith("## "):
             key = line[3:].split(":", 1)[0].strip()
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", key) or key in sections:  # a notes file's own headings
+                raise ValueError(f"its heading {line.strip()!r} is not one section per processor kind")
             sections[key] = ""
         if key is None:
             preamble.append(line)
@@ -276,10 +281,21 @@ def _markdown_sections(text: str) -> tuple[str, dict[str, str]]:
     return "".join(preamble), sections
 
 
+def read_markdown_sections(path: Path) -> tuple[str, dict[str, str]]:
+    """:func:`_markdown_sections` of the file ``path`` (none when absent); a file that is not a results
+    markdown is a ValueError naming it (checked before a benchmark, not after it)."""
+    if not path.exists():
+        return "", {}
+    try:
+        return _markdown_sections(path.read_text())
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{path}: not a bench results markdown ({error}): give another --markdown") from None
+
+
 def merge_markdown_results(path: Path, kind: str, section: str) -> None:
     """Write ``section`` (starting ``## <kind>: ...``) into the markdown file ``path``, replacing that
     kind's section and keeping the others."""
-    preamble, sections = _markdown_sections(path.read_text()) if path.exists() else ("", {})
+    preamble, sections = read_markdown_sections(path)
     sections[kind] = section.rstrip() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(preamble + "\n".join(sections[key] for key in sorted(sections)))
