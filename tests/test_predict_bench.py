@@ -1,6 +1,7 @@
 """scaledet bench (tiny) writes a table and JSON with medians and equality checks; the benchmarks
 script adds the reference port's engine with the same weights."""
 
+import importlib
 import json
 
 import pytest
@@ -75,3 +76,17 @@ def test_bench_reference_adds_effdet_with_the_same_weights(tmp_path, capsys):
     assert "| efficientdet_lite0 | effdet | 1 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["bench", "--no-reference"])  # the installed command has no reference engines
+
+
+def test_a_bf16_row_on_a_processor_without_bf16_is_not_labelled_bf16(tmp_path, monkeypatch):
+    """optimize(precision='bf16') runs fp32 where bf16 is not native; the bench printed that run as
+    ours-opt-bf16. With fp32 in the table it is left out; alone, it is labelled with what ran."""
+    from scaledet.inference import benchmark
+
+    optimize_module = importlib.import_module("scaledet.inference.optimize")
+    monkeypatch.setattr(optimize_module, "supported_precision", lambda precision, device, force=False: "fp32")
+    engines, _ = benchmark.build_engines("efficientdet_lite0", "cpu", ["fp32", "bf16"], False, False, tmp_path)
+    assert [e.name for e in engines] == ["ours-eager", "ours-opt-fp32"]
+    engines, _ = benchmark.build_engines("efficientdet_lite0", "cpu", ["bf16"], False, False, tmp_path)
+    assert [e.name for e in engines] == ["ours-eager", "ours-opt-fp32"]
+    assert engines[1].note == "bf16 asked: not native on this processor, ran fp32"

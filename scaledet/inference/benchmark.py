@@ -121,9 +121,13 @@ def build_engines(name: str, device: str, precisions: list[str], compile: bool, 
                                   note=f"onnxruntime, calibrated on {int8_calibration} random images, {kept}"))
             continue
         for compiled in ([False, True] if compile else [False]):
-            label = f"ours-opt-{precision}" + ("+compile" if compiled else "")
             optimised = optimize(model, precision=precision, compile=compiled)
             notes = []
+            if optimised.precision != precision:  # bf16 on a CPU without it: the row says what ran
+                if optimised.precision in precisions:
+                    continue  # that precision has its own row
+                notes.append(f"{precision} asked: not native on this processor, ran {optimised.precision}")
+            label = f"ours-opt-{optimised.precision}" + ("+compile" if compiled else "")
             if optimised.winograd:
                 notes.append(f"{optimised.winograd} 3x3 convs on Winograd kernels (measured faster here)")
             if optimised.fused_blocks:
