@@ -75,9 +75,16 @@ def test_read_gpu_measurements_formats(tmp_path):
         path.write_text(json.dumps(data))
         got_latency, got_fusion = read_gpu_measurements(path)
         assert got_latency == latency and len(got_fusion) == fusion_rows
-    (tmp_path / "bad.json").write_text(json.dumps([{"name": "x"}]))
-    with pytest.raises(ValueError, match="no GPU latency"):
-        read_gpu_measurements(tmp_path / "bad.json")
+    # a scaledet bench --json file (what the help names) was read as a {model: ms} mapping: nothing, silently
+    rows = [{"engine": "ours-eager", "batch": 1, "median_ms": 6.5}, {"engine": "ours-eager", "batch": 8, "median_ms": 30.0},
+            {"engine": "ours-opt-fp16", "batch": 1, "median_ms": 4.0}]
+    bench_file = {"format": "scaledet-bench/2", "tables": {"avx512": {"results": [{"model": "efficientdet_d0", "rows": rows}]}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench_file))
+    assert read_gpu_measurements(tmp_path / "bench.json") == ({"efficientdet_d0": 6.5}, [])
+    for bad in ([{"name": "x"}], {"format": "other", "note": "x"}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="no GPU latency"):
+            read_gpu_measurements(tmp_path / "bad.json")
 
 
 def test_ablation_cache_resumes_and_summarises(tmp_path, monkeypatch):

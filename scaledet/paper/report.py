@@ -45,8 +45,9 @@ def read_gpu_measurements(path: Path) -> tuple[dict[str, float], list[dict[str, 
 
     Accepts our own ``measurements.json`` (written by ``scaledet paper --device cuda``), or a
     list / ``{"rows"|"results": [...]}`` of records with ``model`` and one of ``latency_ms``,
-    ``median_ms``, ``mean_ms``, ``ms`` (e.g. ``scaledet bench --device cuda --json``), or a plain
-    ``{model: ms}`` mapping.
+    ``median_ms``, ``mean_ms``, ``ms``, a ``scaledet bench --device cuda --json`` file (each model's
+    ``ours-eager`` row at batch 1, the network ``scaledet paper --device cuda`` times), or a plain
+    ``{model: ms}`` mapping. A file with none of these is a ValueError (it imported nothing, silently).
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -56,10 +57,14 @@ def read_gpu_measurements(path: Path) -> tuple[dict[str, float], list[dict[str, 
     if isinstance(data, dict) and "table2" in data:
         records = [r for r in data["table2"] if str(r.get("latency_device") or "").startswith("cuda")]
         fusion = [r for r in data.get("table6", []) if str(r.get("device", "")).startswith("cuda")]
+    elif isinstance(data, dict) and "tables" in data:  # scaledet bench --json: each model's eager row at batch 1
+        records = [{"model": result.get("model"), **row} for table in data["tables"].values()
+                   for result in table.get("results", []) for row in result.get("rows", [])
+                   if row.get("engine") == "ours-eager" and row.get("batch") == 1]
     elif isinstance(data, dict) and any(k in data for k in ("rows", "results")):
         records = data.get("rows") or data.get("results")
     elif isinstance(data, dict):
-        return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}, []
+        records = [{"model": str(k), "ms": v} for k, v in data.items() if isinstance(v, (int, float))]
     else:
         records = data
     latency = {}
