@@ -29,6 +29,8 @@ def test_bench_cli_tiny(tmp_path, capsys):
                                                           ("ours-eager", 2), ("ours-opt-fp32", 2)]
     assert all(r["runs"] == 2 and r["median_ms"] > 0 for r in rows)
     assert rows[0]["vs_eager"] == 1.0 and rows[0]["vs_reference"] is None
+    # --image-size sets the test images; the record says what the network ran on (lite0 resizes to 320)
+    assert payload["results"][0]["input_hw"] == [64, 64] and payload["results"][0]["network_input_hw"] == [320, 320]
     equal = payload["results"][0]["vs_eager_detections"]["ours-opt-fp32@b2"]
     assert equal["count_diff"] == 0 and equal["max_score_diff"] < 1e-4 and equal["equal_as_sets"] is True
     share = payload["results"][0]["postprocess_batch1"]

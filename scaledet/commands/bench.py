@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported), >= 1")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="input image size (default: the model's typical input, model.input_size(); DETR 800 1066)")
+                        help="size of the random test images (default: the model's typical input, model.input_size(); "
+                             "DETR 800 1066); the model resizes them to its own input size, as any image")
     parser.add_argument("--json", help="write machine info + rows here")
     parser.add_argument("--markdown", help="write the table (with the machine line) here")
 
@@ -88,8 +89,10 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path, reference=None) 
                 equality[f"{engine.name}@b{batch_size}"] = {**detection_differences(eager, other),
                                                             "equal_as_sets": sets.passed, "tied": sets.tied}
     share = postprocess_share(model, images[:1], args.runs) if args.device == "cpu" else None
-    return {"model": name, "input_hw": list(size), "rows": rows, "vs_eager_detections": equality,
-            "postprocess_batch1": share}
+    with torch.no_grad():  # what the network runs on: the model resizes the test image to its own input
+        network = list(model.preprocess([images[0].to(args.device)]).inputs[0].shape[-2:])
+    return {"model": name, "input_hw": list(size), "network_input_hw": network, "rows": rows,
+            "vs_eager_detections": equality, "postprocess_batch1": share}
 
 
 def run(args: argparse.Namespace, reference=None, command: str | None = None) -> int:
@@ -118,12 +121,15 @@ def run(args: argparse.Namespace, reference=None, command: str | None = None) ->
     table = markdown_table(rows, processor.kind)
     print(f"\nprocessor: {processor.describe()}\n{table}")
     for result in results:
+        (h, w), (net_h, net_w) = result["input_hw"], result["network_input_hw"]
+        print(f"{result['model']}: test images {h}x{w} px, network input {net_h}x{net_w} "
+              "(the model resizes every image to its own input; --image-size sets the test images)")
         if result["postprocess_batch1"]:
             p = result["postprocess_batch1"]
             print(f"{result['model']} post-processing (batch 1): {p['postprocess_ms']:.1f} ms of "
                   f"{p['total_ms']:.1f} ms = {100 * p['share']:.1f}%")
         for key, diff in result["vs_eager_detections"].items():
-            print(f"{result['model']} {key} vs ours-eager: "
+            print(f"{result['model']} {key} vs ours-eager (box differences in px): "
                   + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in diff.items()))
     machine_line = (f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
                     f"{machine['torch_threads']} thread(s), load average {machine['load_average_end']} at the end, "
