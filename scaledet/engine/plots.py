@@ -25,11 +25,14 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch" and r.get("AP") is not None]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")  # tight_layout warned on some logs
-    loss_keys = sorted({k for r in steps for k in r if "loss" in k})
+    every_loss = sorted({k for r in steps for k in r if "loss" in k})
+    loss_keys = [key for key in every_loss if not _auxiliary(key)]  # DETR-family runs log 20-40 terms
     for key in loss_keys:
         points = [(r["step"], r[key]) for r in steps if key in r]
         axes[0].plot(*zip(*points), label=key) if points else None
-    axes[0].set(title="training loss", xlabel="step", yscale="log")
+    hidden = len(every_loss) - len(loss_keys)
+    axes[0].set(title="training loss" + (f" ({hidden} auxiliary terms in log.jsonl)" if hidden else ""),
+                xlabel="step", yscale="log")
     if loss_keys:
         axes[0].legend()
     if steps:
@@ -45,6 +48,13 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
+
+
+def _auxiliary(key: str) -> bool:
+    """A loss term of an auxiliary decoder layer, the encoder's proposals or the denoising queries
+    (``loss_giou_aux_0``, ``loss_vfl_enc``, ``loss_bbox_dn_2``): logged, not drawn."""
+    parts = key.split("_")
+    return any(part in ("aux", "enc", "dn") or part.isdigit() for part in parts[1:])
 
 
 def plot_predictions(
