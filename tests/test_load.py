@@ -118,6 +118,12 @@ def test_our_file_for_another_model_says_which_model_it_holds(tmp_path):
     with pytest.raises(UserError, match=r"l0.safetensors holds efficientdet_lite0 weights, which do not fit "
                                         r"efficientdet_d0: give --model efficientdet_lite0"):
         scaledet.load(path, model="efficientdet_d0")
+    # same family, where the file's options make the weights fit: a ResNet-18 DETR file loaded as detr_r101 trained
+    # and saved the ResNet-18 network under that name
+    detr = scaledet.create_model("detr_r50", num_classes=2, backbone="resnet18", hidden_dim=32, num_heads=2, ffn_dim=64,
+                                 enc_layers=1, dec_layers=1, num_queries=4)
+    with pytest.raises(UserError, match=r"holds detr_r50 weights, which do not fit detr_r101: give --model detr_r50"):
+        scaledet.load(detr.save(tmp_path / "small_detr.safetensors"), model="detr_r101")
     for other in ("detr_r50", "retinanet_r50_fpn"):  # another family: its options failed first, named as unknown
         with pytest.raises(UserError, match=rf"holds efficientdet_lite0 weights, which do not fit {other}: give"):
             scaledet.load(path, model=other)

@@ -72,11 +72,13 @@ def use_tiles(config: TrainConfig, train: Dataset, val: Dataset | None) -> tuple
     return config, train, val
 
 
-def build_model(config: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> nn.Module:
+def build_model(config: TrainConfig, class_names: list[str], category_ids: list[int] | None = None,
+                quiet: bool = False) -> nn.Module:
     """``create_model`` from the config; the head has ``len(class_names)`` classes unless
     ``config.num_classes`` says otherwise (it must then agree with the data). ``category_ids``:
     the training set's ``label_to_category_id`` (default 1..K), saved with the weights so that
-    predictions are written in the dataset's own category ids."""
+    predictions are written in the dataset's own category ids. ``quiet``: a rebuild, whose notes the
+    first build printed."""
     num_classes = config.num_classes or len(class_names)
     if num_classes != len(class_names):
         raise ValueError(f"--num-classes {num_classes} but the training data has {len(class_names)} classes")
@@ -87,7 +89,7 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
     if config.pretrained and file_names != list(class_names) and not all(is_placeholder_name(n) for n in file_names):
         # the loaded rows predict the file's classes: kept, they would be relabelled with the data's names
         heads = reinitialise_class_head(model)
-        if dist_utils.is_main():
+        if dist_utils.is_main() and not quiet:
             print(f"model: the checkpoint's classes {short_list(file_names)} are not the training data's "
                   f"{short_list(class_names)} in that order: re-initialised the class predictor ({', '.join(heads)})")
     model.category_ids = category_ids_for(category_ids, num_classes)  # ... and ``config["category_ids"]``
@@ -139,19 +141,24 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
         elif config.anchors == "auto" and "anchors" in report and not user_anchors and dist_utils.is_main():
             print("model: anchors of the checkpoint kept (its box head was trained for them; --anchors fit fits "
                   "them to the training boxes)")
-    if size != tuple(model.image_size) or overrides != config.model_overrides:
+    first_size = tuple(model.image_size)
+    if size != first_size or overrides != config.model_overrides:
         seed_everything(config.seed)
         changed = dataclasses.replace(config, image_size=size, model_overrides=overrides)
         checkpoint_log = logging.getLogger("scaledet.models.checkpoints")
         was_disabled, checkpoint_log.disabled = checkpoint_log.disabled, True  # the first build said it
         try:
-            model = build_model(changed, list(train_set.class_names), category_ids)
+            model = build_model(changed, list(train_set.class_names), category_ids, quiet=True)
         finally:
             checkpoint_log.disabled = was_disabled
         if dist_utils.is_main():
-            anchors = {k: overrides[k] for k in ("anchor_scale", "aspect_ratios") if k in overrides}
-            print(f"model: input {size[0]}x{size[1]}" + (f", anchors {anchors}" if anchors else "")
-                  + " (fitted to the training data; --image-size / --anchors default choose otherwise)")
+            fitted = {k: overrides[k] for k in ("anchor_scale", "aspect_ratios")
+                      if k in overrides and overrides[k] != config.model_overrides.get(k)}
+            parts = ([f"input {size[0]}x{size[1]} (fitted to the training images; --image-size sets it)"]
+                     if size != first_size else [])
+            parts += [f"anchors {fitted} (fitted to the training boxes; --anchors default keeps the published ones)"]\
+                if fitted else []
+            print("model: " + ", ".join(parts))
     return model
 
 
