@@ -14,8 +14,9 @@ on a learnability set, cached under the runs folder). For each target set and se
 * ``pretrained``: the defaults from the pretrained weights (class predictor re-initialised when
   the class count differs);
 * ``pretrained lr X``: the same with ``--lr X`` for each ``--lrs`` value;
-* ``pretrained, anchors fit`` (``--fit-anchors``): anchors re-fitted to the data, where the default keeps
-  the checkpoint's (``--no-scratch`` leaves the scratch runs out).
+* ``pretrained, anchors V`` (``--anchor-variants fit default``): ``--anchors fit`` (the best fit for the data)
+  or ``default`` (the checkpoint's kept), where the default ``auto`` re-fits only when that covers the
+  boxes better than the checkpoint's (``--no-scratch`` leaves the scratch runs out).
 
 Budgets are optimizer steps (``--max-steps``), not minutes, so the runs may share the machine
 (``--parallel``) without changing what they learn. Prints a table (AP, AP50 per variant, mean
@@ -90,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", required=True, choices=datasets.SET_NAMES)
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
     parser.add_argument("--lrs", type=float, nargs="*", default=[], help="also fine-tune at these lrs")
-    parser.add_argument("--fit-anchors", action="store_true",
-                        help="also fine-tune with --anchors fit (anchors re-fitted to the data; the default keeps the "
-                             "checkpoint's)")
+    parser.add_argument("--anchor-variants", nargs="*", default=[], choices=["fit", "default"],
+                        help="also fine-tune with these --anchors values (fit: the best fit for the data; default: "
+                             "the checkpoint's kept; the default auto re-fits only when that covers the boxes better "
+                             "than the checkpoint's)")
     parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="leave out the runs from scratch")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder, info = datasets.prepare(name), datasets.describe(name)
         from_weights = ["--pretrained", str(weights), "--num-classes", str(info["num_classes"])]
         variants = {**({"scratch": []} if args.scratch else {}), "pretrained": from_weights,
-                    **({"pretrained, anchors fit": [*from_weights, "--anchors", "fit"]} if args.fit_anchors else {}),
+                    **{f"pretrained, anchors {value}": [*from_weights, "--anchors", value] for value in args.anchor_variants},
                     **{f"pretrained lr {lr:g}": [*from_weights, "--lr", f"{lr:g}"] for lr in args.lrs}}
         record["sets"][name] = {"role": datasets.role(name), "runs": {variant: [] for variant in variants}}
         for seed in args.seeds:

@@ -28,8 +28,9 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "tile_overlap": (float, "with --tile: fraction of a tile shared by neighbouring validation tiles (default 0.2)"),
     "tile_min_visible": (float, "with --tile: drop a box keeping less than this fraction of its area in a crop "
                               "(default 0.5)"),
-    "anchors": (str, "auto (default: fitted to the training boxes when that covers them better; with --pretrained "
-                     "the checkpoint's), fit (fitted, also when fine-tuning) or default (published)"),
+    "anchors": (str, "auto (default: fitted to the training boxes when that covers them better than the published "
+                     "anchors or, with --pretrained, the checkpoint's), fit (the best fit, also when fine-tuning) or "
+                     "default (published)"),
     "epochs": (int, "number of epochs"),
     "max_minutes": (float, "stop training after this wall time (still evaluates and saves)"),
     "max_steps": (int, "stop after this many optimizer steps"),

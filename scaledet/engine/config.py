@@ -49,9 +49,9 @@ class TrainConfig:
     num_classes: int | None = None
     pretrained: str | None = None
     image_size: int | None = None
-    # "auto": fitted to the training boxes when they cover them better, from scratch; with --pretrained the
-    # checkpoint's (its box head was trained for them); "fit": fitted from scratch and when fine-tuning;
-    # "default": the published ones (or the checkpoint's)
+    # "auto": fitted to the training boxes when that covers them better than the published anchors or, with
+    # --pretrained, than the checkpoint's (its box head was trained for them); "fit": the search's best even
+    # when fine-tuning; "default": the published ones (or the checkpoint's)
     anchors: str = "auto"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # large images: train on native-resolution tile x tile crops, validate through tiles (None: off)

@@ -23,7 +23,7 @@ TINY_SIDE = 8.0  # boxes with a side below this many input pixels are hard for a
 
 def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int, int] | None = None,
              native_size: tuple[int, int] = (512, 512), overrides: dict | None = None,
-             detector: Any = None) -> dict[str, Any]:
+             detector: Any = None, baseline: str = "published") -> dict[str, Any]:
     """Report on ``dataset`` (a :class:`scaledet.data.DetectionDataset`) for ``model``.
 
     ``image_size``: the network input size setting; ``None`` = what the auto recipe fits to the data
@@ -31,6 +31,8 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
     Box sizes are measured after the model's eval resize, i.e. in the pixels the anchors live in:
     ``detector``'s (:meth:`Detector.input_scale <scaledet.models.base.Detector.input_scale>`, e.g.
     DETR's shorter-side resize) when given, else the longest side fitted into the input, aspect kept.
+    ``baseline`` names the anchors ``overrides`` give, against which the fitted ones are measured ("published",
+    or "the checkpoint's" when fine-tuning: ``overrides`` then carry its anchor settings).
     """
     records = dataset.records
     stats = box_statistics(records)
@@ -84,6 +86,7 @@ def diagnose(dataset: Any, model: str = "efficientdet_d0", image_size: tuple[int
             "fitted": {"anchor_scale": best.anchor_scale, "aspect_ratios": [list(a) for a in best.aspect_ratios],
                        "coverage": round(best.coverage, 4), "mean_best_iou": round(best.mean_best_iou, 4)},
             "auto_overrides": best.overrides() if best != published else {},
+            "baseline": baseline,
         }
     report["advice"] = _advice(report)
     return report
@@ -106,9 +109,11 @@ def _advice(report: dict[str, Any]) -> list[str]:
     anchors = report.get("anchors")
     if anchors and anchors["published"]["coverage"] < 0.9:
         gain = anchors["fitted"]["coverage"] - anchors["published"]["coverage"]
-        advice.append(f"the published anchors cover {anchors['published']['coverage']:.0%} of the boxes; "
-                      + (f"--anchors auto (the default, from scratch) uses fitted ones covering {anchors['fitted']['coverage']:.0%}"
-                         if gain > 0 else "no anchor setting of the search does better"))
+        advice.append(f"{'the ' if anchors.get('baseline', 'published') == 'published' else ''}"
+                      f"{anchors.get('baseline', 'published')} anchors cover {anchors['published']['coverage']:.0%} "
+                      "of the boxes; " + (f"--anchors auto (the default) uses fitted ones covering "
+                                          f"{anchors['fitted']['coverage']:.0%}" if gain > 0 else
+                                          "no anchor setting of the search does better"))
     if report["max_boxes_per_image"] > 100:
         advice.append(f"up to {report['max_boxes_per_image']} boxes per image: evaluation raises maxDets accordingly")
     return advice
@@ -136,7 +141,8 @@ def format_diagnosis(report: dict[str, Any], max_categories: int = 20) -> str:
     anchors = report.get("anchors")
     if anchors:
         published, fitted = anchors["published"], anchors["fitted"]
-        lines.append(f"  anchors: published (scale {published['anchor_scale']:g}) cover {published['coverage']:.1%} of "
+        lines.append(f"  anchors: {anchors.get('baseline', 'published')} (scale {published['anchor_scale']:g}) cover "
+                     f"{published['coverage']:.1%} of "
                      f"boxes at IoU >= match threshold (mean best IoU {published['mean_best_iou']:.2f}); fitted "
                      f"(scale {fitted['anchor_scale']:g}, aspects {fitted['aspect_ratios']}) {fitted['coverage']:.1%} "
                      f"(mean {fitted['mean_best_iou']:.2f})")

@@ -116,6 +116,10 @@ def fit_input_size(config: TrainConfig, model: nn.Module, train_set: Dataset) ->
     return None if size == tuple(model.image_size) else size
 
 
+#: the variant options that set the anchors
+ANCHOR_KEYS = ("anchor_scale", "aspect_ratios")
+
+
 def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     """Seed, then build the model for ``train_set``: at the input size the recipe picks and, with
     ``anchors="auto"``, with anchors fitted to the training boxes when they cover them better than
@@ -131,16 +135,19 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     size = fit_input_size(config, model, train_set) or tuple(model.image_size)
     overrides = dict(config.model_overrides)
     if hasattr(train_set, "records"):
-        report = diagnose(train_set, config.model, size, overrides=config.model_overrides, detector=model)
+        # fine-tuning with --anchors auto: fitted anchors must beat the checkpoint's, which its box head was trained for
+        checkpoint_anchors = {key: value for key, value in getattr(model, "overrides", {}).items()
+                              if key in ANCHOR_KEYS} if config.pretrained and config.anchors == "auto" else {}
+        report = diagnose(train_set, config.model, size, overrides={**config.model_overrides, **checkpoint_anchors},
+                          detector=model,
+                          baseline="the checkpoint's" if config.pretrained and config.anchors == "auto" else "published")
         if dist_utils.is_main():
             print(format_diagnosis(report))
-        user_anchors = {"anchor_scale", "aspect_ratios"} & set(config.model_overrides)
-        fit = config.anchors == "fit" or (config.anchors == "auto" and not config.pretrained)
-        if fit and "anchors" in report and not user_anchors:
-            overrides.update(report["anchors"]["auto_overrides"])
-        elif config.anchors == "auto" and "anchors" in report and not user_anchors and dist_utils.is_main():
-            print("model: anchors of the checkpoint kept (its box head was trained for them; --anchors fit fits "
-                  "them to the training boxes)")
+        user_anchors = set(ANCHOR_KEYS) & set(config.model_overrides)
+        if config.anchors in ("auto", "fit") and "anchors" in report and not user_anchors:
+            fitted = report["anchors"]["fitted"]  # "fit" when fine-tuning: the search's best, even the published
+            overrides.update({key: fitted[key] for key in ANCHOR_KEYS} if config.anchors == "fit" and config.pretrained
+                             else report["anchors"]["auto_overrides"])
     first_size = tuple(model.image_size)
     if size != first_size or overrides != config.model_overrides:
         seed_everything(config.seed)
@@ -152,11 +159,12 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
         finally:
             checkpoint_log.disabled = was_disabled
         if dist_utils.is_main():
-            fitted = {k: overrides[k] for k in ("anchor_scale", "aspect_ratios")
+            fitted = {k: overrides[k] for k in ANCHOR_KEYS
                       if k in overrides and overrides[k] != config.model_overrides.get(k)}
             parts = ([f"input {size[0]}x{size[1]} (fitted to the training images; --image-size sets it)"]
                      if size != first_size else [])
-            parts += [f"anchors {fitted} (fitted to the training boxes; --anchors default keeps the published ones)"]\
+            unfitted = "the checkpoint's" if config.pretrained else "the published ones"
+            parts += [f"anchors {fitted} (fitted to the training boxes; --anchors default keeps {unfitted})"] \
                 if fitted else []
             print("model: " + ", ".join(parts))
     return model
