@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
     "eval": "COCO metrics for a model on a dataset, or for a detections file",
     "predict": "run a detector on images, folders, globs or videos and draw the results",
     "export": "export a detector to ONNX with NMS inside the graph",
-    "bench": "latency / throughput tables against the reference ports",
+    "bench": "latency / throughput tables of scaledet's engines (eager, optimised, onnxruntime, INT8)",
     "profile": "parameters, MACs and anchors per variant beside the paper's numbers",
     "paper": "reproduce the EfficientDet paper's tables and figures as a report",
 }

@@ -23,16 +23,16 @@ INT8_BENCH_CALIBRATION = 4
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=["efficientdet_d0"], help="model names")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="batch sizes (default 1 8)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16", "int8"],
-                        help="precisions of the optimised engine (int8: onnxruntime, CPU, calibrated on "
+                        help="precisions of the optimised engine (default fp32 bf16; int8: onnxruntime, CPU, calibrated on "
                              f"{INT8_BENCH_CALIBRATION} random images: a latency figure, not an accuracy one)")
     parser.add_argument("--compile", action="store_true", help="also time optimised + torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engine")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     add_threads_option(parser)
-    parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported), >= 1")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported; default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                         help="size of the random test images (default: the model's typical input, model.input_size(); "
                              "DETR 800 1066); the model resizes them to its own input size, as any image")
