@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from scaledet.inference.processor import current_processor
 from scaledet.paper import ablation, measure, tables
 from scaledet.paper.reference import FEATURE_NETWORKS
 
@@ -134,8 +135,10 @@ def test_paper_command_writes_the_report(tmp_path, monkeypatch, capsys):
              "runs": {f"{r.key}/{s}": {"AP": 0.01 * (i + s), "AP50": 0.1, "steps": 5, "wall_time_s": 1.0}
                       for i, r in enumerate(FEATURE_NETWORKS) for s in (0, 1)}}
     (tmp_path / "ablation_cache.json").write_text(json.dumps(cache))
-    assert main(["paper", "--out", str(tmp_path), "--no-latency", "--no-progress", "--seeds", "0", "1"]) == 0
+    assert main(["paper", "--out", str(tmp_path), "--no-latency", "--no-progress", "--seeds", "0", "1",
+                 "--note", "a busy machine"]) == 0
     report = (tmp_path / "report.md").read_text()
+    assert current_processor().describe() in report  # the processor, not just "x86_64"
     printed = capsys.readouterr().out
     for heading in ("Table 1", "Table 2", "Table 4", "Table 5", "Table 6", "Figures", "training ablation"):
         assert heading in report and heading in printed
@@ -149,4 +152,5 @@ def test_paper_command_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tables, "table4", lambda: pytest.fail("--reuse must not measure"))
     assert main(["paper", "--out", str(tmp_path), "--reuse", "--no-progress"]) == 0
     assert "| ResNet50 + FPN | `retinanet_r50_fpn` | 640 | 34.05M | 34M |" in (tmp_path / "report.md").read_text()
+    assert "Note on this run: a busy machine" in (tmp_path / "report.md").read_text()  # --reuse dropped it
     assert main(["paper", "--out", str(tmp_path / "empty"), "--reuse"]) == 2

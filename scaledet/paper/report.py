@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from scaledet.errors import UserError
+from scaledet.inference.processor import current_processor
 from scaledet.models.registry import family_hook
 from scaledet.paper import measure, tables
 from scaledet.paper.ablation import AblationBudget, ablation_markdown, load_cache, ranking_sentence, run_ablation, summarise
@@ -89,7 +89,7 @@ def _baselines(device: str | None) -> list[dict[str, Any]]:
 
 def _environment(options: ReportOptions) -> str:
     return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `{options.command}` "
-            f"(torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {platform.processor() or platform.machine()}, "
+            f"(torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {current_processor().describe()}, "
             f"{os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f} at the start; latency device: "
             f"{options.device if options.latency else 'not measured'}).")
 
@@ -104,6 +104,7 @@ def measure_tables(options: ReportOptions) -> dict[str, Any]:
     data["table6"] = tables.table6(options.device, progress=options.progress) if options.latency else []
     data["baselines"] = _baselines(device)
     data["environment"] = _environment(options)
+    data["note"] = options.note  # kept for --reuse, which re-renders without measuring
     return data
 
 
@@ -165,7 +166,7 @@ def render(data: dict[str, Any], options: ReportOptions, figures: list[Path], ab
     parts = [
         "# Reproducing the EfficientDet paper's comparisons with scaledet",
         data.get("environment") or _environment(options),
-        *([f"Note on this run: {options.note}"] if options.note else []),
+        *([f"Note on this run: {note}"] if (note := options.note or data.get("note")) else []),
         "Regenerate with `scaledet paper --out docs/paper` (add `--train-ablation` for the training rows, "
         "`--gpu-json FILE` to import GPU latencies). Paper numbers: Tan, Pang, Le, *EfficientDet*, CVPR 2020. "
         "MACs are multiply-accumulates of convolutions and matrix products (`FlopCounterMode` / 2); the paper's "
