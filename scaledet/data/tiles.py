@@ -191,7 +191,7 @@ class MappedImage:
 
     def downscaled(self, longest_side: int) -> tuple[Tensor, tuple[float, float]]:
         """The image reduced by a whole factor (box averages, PIL ``reduce``), read in bands of rows."""
-        factor = max(1, -(-max(self.height, self.width) // longest_side))
+        factor = _reduction(self.height, self.width, longest_side)
         band = factor * max(1, 1024 // factor)  # rows per read: a multiple of the factor, ~1024
         pieces = []
         for top in range(0, self.height, band):
@@ -223,9 +223,14 @@ class DecodedImage:
         :meth:`MappedImage.downscaled`; a float copy of the whole image cost 12 bytes a pixel)."""
         if self.array.dtype != np.uint8:
             return TensorImage(self.read((0, 0, self.width, self.height))).downscaled(longest_side)
-        factor = max(1, -(-max(self.height, self.width) // longest_side))
+        factor = _reduction(self.height, self.width, longest_side)
         small = np.asarray(Image.fromarray(self.array).reduce(factor)) if factor > 1 else self.array
         return _uint8_to_float(small), (1 / factor, 1 / factor)
+
+
+def _reduction(height: int, width: int, longest_side: int) -> int:
+    """The whole factor that brings the longer side to at most ``longest_side`` (1: no reduction)."""
+    return max(1, -(-max(height, width) // longest_side))
 
 
 def _uint8_to_float(array: np.ndarray) -> Tensor:

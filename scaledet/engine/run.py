@@ -136,11 +136,11 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
     overrides = dict(config.model_overrides)
     if hasattr(train_set, "records"):
         # fine-tuning with --anchors auto: fitted anchors must beat the checkpoint's, which its box head was trained for
+        against_checkpoint = bool(config.pretrained) and config.anchors == "auto"
         checkpoint_anchors = {key: value for key, value in getattr(model, "overrides", {}).items()
-                              if key in ANCHOR_KEYS} if config.pretrained and config.anchors == "auto" else {}
+                              if key in ANCHOR_KEYS} if against_checkpoint else {}
         report = diagnose(train_set, config.model, size, overrides={**config.model_overrides, **checkpoint_anchors},
-                          detector=model,
-                          baseline="the checkpoint's" if config.pretrained and config.anchors == "auto" else "published")
+                          detector=model, baseline="the checkpoint's" if against_checkpoint else "published")
         if dist_utils.is_main():
             print(format_diagnosis(report))
         user_anchors = set(ANCHOR_KEYS) & set(config.model_overrides)

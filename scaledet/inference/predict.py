@@ -22,6 +22,8 @@ from scaledet.inference.tiling import TileOptions, predict_tiled
 #: with tiled reading, images are drawn downscaled to at most this longest side (boxes stay full-resolution)
 PREVIEW_SIDE = 4096
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+#: what a folder given to predict is searched for
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 @dataclass
@@ -82,8 +84,8 @@ def collect_inputs(inputs: list[str], notes: list[str] | None = None) -> tuple[l
         path = Path(item)
         if path.is_dir():
             every = files_under(path)
-            found = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
-            others = [p for p in every if p.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            found = [p for p in every if p.suffix.lower() in MEDIA_SUFFIXES]
+            others = [p for p in every if p.suffix.lower() not in MEDIA_SUFFIXES]
             if not found:
                 problems.append(f"{item}: no images or videos in this folder"
                                 + (f" ({len(others)} other file(s), e.g. {others[0].name})" if others else ""))

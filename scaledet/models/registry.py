@@ -104,20 +104,18 @@ def create_model(
     Returns:
         an ``nn.Module`` following the contract documented in :mod:`scaledet`.
     """
-    _check_arguments(num_classes, pretrained, image_size, overrides)
-    if num_classes is not None:  # numpy's integers as Python's
-        num_classes = int(num_classes)
-    if image_size is not None:
-        image_size = int(image_size) if isinstance(image_size, numbers.Integral) else tuple(int(v) for v in image_size)
+    num_classes, image_size = _checked_arguments(num_classes, pretrained, image_size, overrides)
     family = family_of(name)
     if pretrained is None:
         return family.build(name, num_classes=num_classes, image_size=image_size, **overrides)
     return build_pretrained(family, name, pretrained, num_classes=num_classes, image_size=image_size, **overrides)
 
 
-def _check_arguments(num_classes: Any, pretrained: Any, image_size: Any, overrides: dict[str, Any]) -> None:
-    """ValueError naming an argument of :func:`create_model` of the wrong kind (``num_classes=2.5`` was
-    truncated to 2, ``class_names="cat"`` became three classes c, a, t, ``pretrained=True`` a TypeError)."""
+def _checked_arguments(num_classes: Any, pretrained: Any, image_size: Any,
+                       overrides: dict[str, Any]) -> tuple[int | None, int | tuple[int, int] | None]:
+    """``(num_classes, image_size)`` as Python ints (numpy's integers are taken); ValueError naming an argument
+    of :func:`create_model` of the wrong kind (``num_classes=2.5`` was truncated to 2, ``class_names="cat"``
+    became three classes c, a, t, ``pretrained=True`` a TypeError)."""
     def whole(value: Any) -> bool:  # numpy's integers too
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -129,10 +127,12 @@ def _check_arguments(num_classes: Any, pretrained: Any, image_size: Any, overrid
         pair = isinstance(image_size, (tuple, list)) and len(image_size) == 2
         sizes = [image_size] if whole(image_size) else list(image_size) if pair else []
         if not sizes or not all(whole(v) and v >= 1 for v in sizes):
-                raise ValueError(f"image_size must be an int or (height, width) of ints >= 1, got {image_size!r}")
+            raise ValueError(f"image_size must be an int or (height, width) of ints >= 1, got {image_size!r}")
+        image_size = int(image_size) if whole(image_size) else tuple(int(v) for v in sizes)
     for key in ("class_names", "category_ids"):
         if isinstance(overrides.get(key), (str, bytes)):
             raise ValueError(f"{key} must be a list (one entry per class), got the string {overrides[key]!r}")
+    return (None if num_classes is None else int(num_classes)), image_size
 
 
 def create_from_config(config: dict[str, Any], pretrained: str | Path | None = None) -> nn.Module:
