@@ -20,7 +20,8 @@ _VALUE_FLAGS: dict[str, tuple[Any, str]] = {
     "model": (str, "model name, e.g. efficientdet_d0 (default efficientdet_d0)"),
     "train": (str, "training data: COCO .json, VOC folder, YOLO data.yaml or shapes:train"),
     "val": (str, "validation data (same formats); evaluated with COCO metrics"),
-    "images": (str, "COCO only: folder holding the images"),
+    "images": (str, "COCO only: folder holding the images (of --train, and of --val unless --val-images)"),
+    "val_images": (str, "COCO only: folder holding --val's images, where they are not in --images"),
     "image_size": (int, "input size of the model: the square side (EfficientDet, RetinaNet; default: fitted to "
                         "the training images) or DETR's shorter side (default 800)"),
     "tile": (int, "large images: train on native-resolution TILE x TILE crops (around objects) and validate "

@@ -15,6 +15,7 @@ evaluation), ``records`` (one :class:`ImageRecord` per image), ``report``
 
 from __future__ import annotations
 
+import codecs
 import math
 import warnings
 from collections import Counter
@@ -139,6 +140,29 @@ def _clean_box(box: RawBox, width: int, height: int, report: DataReport) -> list
     if overshoot > CLIP_TOLERANCE_PX:  # beyond rounding (YOLO's 6-decimal fractions): worth a count
         report.note("clipped_box", f"{box.where}: box xyxy {[x1, y1, x2, y2]} clipped to {width}x{height}")
     return [cx1, cy1, cx2, cy2]
+
+
+def read_text(path: Path) -> str:
+    """A text file (labels, lists, class names, yaml, JSON) as a string: UTF-8 with or without a BOM, or
+    UTF-16 with its BOM (what Windows PowerShell's ``>`` writes); UserError naming the file otherwise."""
+    data = path.read_bytes()
+    try:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+
+
+def check_annotated_size(path: Path, width: int | None, height: int | None, info, report: DataReport) -> None:
+    """Note ``size_mismatch`` when the size an annotation file states (COCO ``width`` / ``height``, VOC
+    ``<size>``; ``None`` or 0 = not stated) differs from the file's displayed size ``info``; the boxes are
+    taken in the file's displayed frame either way."""
+    if not width or not height or (width, height) == (info.width, info.height):
+        return
+    turned = " (the file's EXIF rotation turns it: were the boxes drawn on the unrotated image?)" \
+        if (width, height) == (info.height, info.width) and info.orientation != 1 else ""
+    report.note("size_mismatch", f"{path}: annotated {width}x{height}, file is {info.width}x{info.height}{turned}")
 
 
 def corner_boxes_hint(boxes: Sequence[tuple[RawBox, int, int]], source: str) -> str | None:

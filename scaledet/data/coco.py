@@ -2,7 +2,8 @@
 
 Category ids (any integers, e.g. COCO's non-contiguous 1..90) become contiguous labels in
 order of increasing id; ``label_to_category_id`` maps back for evaluation. Images are looked
-up in ``images=`` if given, else beside the JSON, else in an ``images/`` folder next to it.
+up in ``images=`` if given, else beside the JSON, in an ``images/`` folder next to it, or in COCO's own
+layout (``annotations/instances_train2017.json`` -> ``train2017/``).
 
 Files written by other tools sometimes hold numbers as strings: ids, ``category_id``,
 ``bbox`` values and ``area`` given as numeric strings (``"7"``, ``"12.5"``) are read as
@@ -19,8 +20,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from scaledet.data.base import (DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, corner_boxes_hint,
-                                probe_records)
+from scaledet.data.base import (DetectionDataset, ImageRecord, RawBox, Transform, check_annotated_size, clean_boxes,
+                                corner_boxes_hint, probe_records, read_text)
 from scaledet.data.report import DataReport, DataWarning
 from scaledet.errors import UserError
 
@@ -28,12 +29,9 @@ from scaledet.errors import UserError
 def read_json(path: Path) -> object:
     """``json.load`` with a ValueError naming the file, line and column on bad JSON."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))  # a BOM (Windows editors write one) is not an error
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _require_list(data: dict, key: str, path: Path, required: bool = True) -> list:
@@ -112,13 +110,19 @@ def parse_categories(categories: list, path: Path) -> tuple[list[int], list[str]
     return ids, [by_id[i] for i in ids]
 
 
-def _image_candidates(file_name: str, json_dir: Path, images: Path | None) -> list[Path]:
-    """Where an image's ``file_name`` may be: under ``images`` when given, else beside the JSON or in
-    ``images/`` beside it; a name written with Windows' ``\\`` separators is also tried with ``/``."""
+def _image_candidates(file_name: str, json_path: Path, images: Path | None) -> list[Path]:
+    """Where an image's ``file_name`` may be: under ``images`` when given, else beside the JSON, in
+    ``images/`` beside it, or, for COCO's own layout (``annotations/instances_val2017.json`` with the
+    images in ``val2017/``), in the folder named by the JSON name's last ``_`` part beside the JSON or
+    beside its folder; a name written with Windows' ``\\`` separators is also tried with ``/``."""
     names = [file_name]
     if "\\" in file_name and os.sep == "/":
         names.append(file_name.replace("\\", "/"))
+    json_dir = json_path.parent
     folders = [images] if images is not None else [json_dir, json_dir / "images"]
+    if images is None and "_" in json_path.stem:
+        split_folder = json_path.stem.rsplit("_", 1)[1]
+        folders += [json_dir / split_folder, json_dir.parent / split_folder]
     return [folder / name for name in names for folder in folders]
 
 
@@ -166,7 +170,7 @@ class CocoDataset(DetectionDataset):
         for (image_id, row), info in zip(present.items(), infos):
             if info is None:
                 continue
-            self._check_size(row, info, report)
+            check_annotated_size(row["path"], row["width"], row["height"], info, report)
             boxes = clean_boxes(raw.get(image_id, []), info.width, info.height, report)
             records.append(ImageRecord(row["path"], image_id, info.width, info.height, **boxes))
             sized += [(box, info.width, info.height) for box in raw.get(image_id, [])]
@@ -187,7 +191,7 @@ class CocoDataset(DetectionDataset):
                 continue
             if image_id in out:
                 raise UserError(f"{path}: images[{index}] repeats image id {image_id}")
-            candidates = _image_candidates(str(row["file_name"]), path.parent, images_dir)
+            candidates = _image_candidates(str(row["file_name"]), path, images_dir)
             found = _resolve(candidates)
             if found is None:
                 places = " or ".join(str(c) for c in dict.fromkeys(candidates))
@@ -225,13 +229,4 @@ class CocoDataset(DetectionDataset):
             raw[image_id].append(RawBox([x, y, x + w, y + h], label_of[category_id], crowd, area, where))
         return raw
 
-    @staticmethod
-    def _check_size(row: dict, info, report: DataReport) -> None:
-        if row["width"] is None or row["height"] is None:
-            return
-        if (row["width"], row["height"]) != (info.width, info.height):
-            report.note(
-                "size_mismatch",
-                f"{row['path']}: annotated {row['width']}x{row['height']}, file is {info.width}x{info.height}",
-            )
 

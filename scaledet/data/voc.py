@@ -1,6 +1,11 @@
 """Pascal VOC folders (``Annotations/*.xml`` + ``JPEGImages/``) -> DetectionDataset.
 
 Accepted roots: the ``VOC2007``-style folder itself, or a ``VOCdevkit`` holding exactly one.
+Annotation files: ``Annotations/*.xml`` (any case of the suffix; macOS ``._`` and other hidden files
+ignored). Each XML's image is ``JPEGImages/<XML stem>.<image suffix>`` (as the VOC devkit and
+torchvision read it), else ``JPEGImages/<filename>`` from the XML; a stated ``<size>`` that differs
+from the file is noted (``size_mismatch``). Without a split, images in ``JPEGImages/`` that have no
+XML are counted as skipped (``missing_annotation``: a background image needs an XML without objects).
 Class names: ``classes.txt`` / ``labels.txt`` in the root if present, else the 20 VOC classes
 when every object name is one of them, else the sorted names found in *all* XML files (so
 train and val splits of one folder always agree). VOC's 1-based pixel corners become
@@ -13,7 +18,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
+from scaledet.data.base import (DetectionDataset, ImageRecord, RawBox, Transform, check_annotated_size, clean_boxes,
+                                probe_records, read_text)
+from scaledet.data.coco import as_int
+from scaledet.data.images import IMAGE_SUFFIXES
 from scaledet.data.report import DataReport
 from scaledet.errors import UserError
 
@@ -32,7 +40,7 @@ def find_voc_root(path: Path) -> Path | None:
 
 
 def _parse_xml(path: Path) -> dict:
-    """``{filename, objects: [(name, [x1,y1,x2,y2] strings, difficult)]}``."""
+    """``{filename, width, height (None where not stated), objects: [(name, [x1,y1,x2,y2] strings, difficult)]}``."""
     root = ET.parse(path).getroot()
     objects = []
     for obj in root.iter("object"):
@@ -41,7 +49,9 @@ def _parse_xml(path: Path) -> dict:
         difficult = obj.findtext("difficult", "0").strip().lower() in ("1", "true")
         objects.append((str(obj.findtext("name", "")).strip(), coords, difficult))
     return {
-        "filename": root.findtext("filename"),
+        "filename": (root.findtext("filename") or "").strip() or None,
+        "width": as_int(root.findtext("size/width")),
+        "height": as_int(root.findtext("size/height")),
         "objects": objects,
     }
 
@@ -74,12 +84,18 @@ class VOCDataset(DetectionDataset):
         names = class_names or self._class_names(found, parsed)
         label_of = {name: label for label, name in enumerate(names)}
         stems = self._split_stems(found, split, parsed, report)
-        paths = [found / "JPEGImages" / (parsed[s]["filename"] or f"{s}.jpg") for s in stems]
+        by_stem = _images_by_stem(found / "JPEGImages")
+        if split is None:
+            for stem in sorted(set(by_stem) - set(parsed)):
+                report.skip("missing_annotation", f"{by_stem[stem][0]}: no Annotations/{stem}.xml (a background image "
+                            "needs an XML without <object>)")
+        paths = [_image_of(found / "JPEGImages", stem, parsed[stem]["filename"], by_stem) for stem in stems]
         infos = probe_records(paths, found.name, report, check_images, progress)
         records = []
         for index, (stem, path, info) in enumerate(zip(stems, paths, infos)):
             if info is not None:
-                raw = self._raw_boxes(parsed[stem]["objects"], label_of, f"Annotations/{stem}.xml", report)
+                check_annotated_size(path, parsed[stem]["width"], parsed[stem]["height"], info, report)
+                raw = self._raw_boxes(parsed[stem]["objects"], label_of, f"Annotations/{parsed[stem]['xml']}", report)
                 boxes = clean_boxes(raw, info.width, info.height, report)
                 records.append(ImageRecord(path, index, info.width, info.height, **boxes))
         super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms, allow_empty)
@@ -87,9 +103,10 @@ class VOCDataset(DetectionDataset):
     @staticmethod
     def _parse_all(root: Path, report: DataReport) -> dict[str, dict]:
         parsed = {}
-        for xml in sorted((root / "Annotations").glob("*.xml")):
+        xmls = [p for p in (root / "Annotations").iterdir() if p.suffix.lower() == ".xml" and not p.name.startswith(".")]
+        for xml in sorted(xmls):
             try:
-                parsed[xml.stem] = _parse_xml(xml)
+                parsed[xml.stem] = {**_parse_xml(xml), "xml": xml.name}
             except ET.ParseError as error:
                 report.skip("bad_annotation_file", f"{xml}: invalid XML ({error})")
         return parsed
@@ -98,8 +115,8 @@ class VOCDataset(DetectionDataset):
     def _class_names(root: Path, parsed: dict[str, dict]) -> list[str]:
         for name in ("classes.txt", "labels.txt"):
             if (root / name).is_file():
-                return [line.strip() for line in (root / name).read_text().splitlines() if line.strip()]
-        found = {obj[0] for record in parsed.values() for obj in record["objects"]}
+                return [line.strip() for line in read_text(root / name).splitlines() if line.strip()]
+        found = {obj[0] for record in parsed.values() for obj in record["objects"] if obj[0]}
         return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
 
     @staticmethod
@@ -111,9 +128,9 @@ class VOCDataset(DetectionDataset):
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise UserError(f"{root}: split {split!r} not found ({split_file} missing)")
-        stems = [line.split()[0] for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        stems = [line.split()[0] for line in read_text(split_file).splitlines() if line.strip()]
         for stem in stems:
-            if stem not in parsed and not (root / "Annotations" / f"{stem}.xml").is_file():
+            if stem not in parsed and not (root / "Annotations" / f"{stem}.xml").is_file():  # else: unparsable
                 report.skip("missing_annotation", f"{split_file}: {stem!r} has no Annotations/{stem}.xml")
         return [s for s in stems if s in parsed]
 
@@ -122,6 +139,9 @@ class VOCDataset(DetectionDataset):
         raw = []
         for index, (name, coords, difficult) in enumerate(objects):
             here = f"{where}: object[{index}] {name!r}"
+            if not name:
+                report.skip("unknown_category", f"{where}: object[{index}] has no <name>")
+                continue
             if name not in label_of:
                 report.skip("unknown_category", f"{here}: class {name!r} not in the class list")
                 continue
@@ -132,3 +152,28 @@ class VOCDataset(DetectionDataset):
                 continue
             raw.append(RawBox([x1 - 1.0, y1 - 1.0, x2, y2], label_of[name], difficult, None, here))
         return raw
+
+
+def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
+    """``JPEGImages``' image files by stem (sorted, ``.jpg`` first where a stem has several)."""
+    found: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                found.setdefault(path.stem, []).append(path)
+    for paths in found.values():
+        paths.sort(key=lambda p: (p.suffix.lower() not in (".jpg", ".jpeg"), p.name))
+    return found
+
+
+def _image_of(folder: Path, stem: str, filename: str | None, by_stem: dict[str, list[Path]]) -> Path:
+    """The image of ``Annotations/<stem>.xml``: the file its ``<filename>`` names when that is one of
+    ``JPEGImages/<stem>.*``, else ``JPEGImages/<stem>.*`` (a ``<filename>`` another tool left stale, without
+    a suffix or in other case), else the named file; a missing one is reported by the image check."""
+    named = folder / filename if filename else None
+    candidates = by_stem.get(stem, [])
+    if named is not None and named in candidates:
+        return named
+    if candidates:
+        return candidates[0]
+    return named if named is not None else folder / f"{stem}.jpg"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records
+from scaledet.data.base import DetectionDataset, ImageRecord, RawBox, Transform, clean_boxes, probe_records, read_text
+from scaledet.data.coco import as_int
 from scaledet.data.images import IMAGE_SUFFIXES, files_under
 from scaledet.data.report import DataReport
 from scaledet.errors import UserError
@@ -29,21 +30,26 @@ PIXEL_LIKE = 1.5
 def read_data_yaml(path: Path) -> dict:
     """Parse and check ``data.yaml``; UserError naming the file on a bad one."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as error:
         raise UserError(f"{path}: invalid YAML ({error})") from None
     if not isinstance(data, dict) or "names" not in data:
         raise UserError(f"{path}: a YOLO data.yaml needs a 'names' entry")
     names = data["names"]
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise UserError(f"{path}: 'names' keys must be 0..{len(names) - 1}, got {sorted(names)}")
-        names = [names[i] for i in range(len(names))]
+    if isinstance(names, dict):  # keys 0..K-1, as numbers or as strings of them ("0": cat)
+        keys = {as_int(key): name for key, name in names.items()}
+        if len(keys) != len(names) or set(keys) != set(range(len(names))):
+            raise UserError(f"{path}: 'names' keys must be the class indices 0..{len(names) - 1}, got "
+                            f"{sorted(names, key=str)}")
+        names = [keys[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise UserError(f"{path}: 'names' must be a non-empty list or dict")
-    data["names"] = [str(n) for n in names]
-    if data.get("nc") is not None and data["nc"] != len(names):
-        raise UserError(f"{path}: 'nc' is {data['nc']} but 'names' lists {len(names)} classes; make them agree")
+    empty = [index for index, name in enumerate(names) if name is None or not str(name).strip()]
+    if empty:
+        raise UserError(f"{path}: 'names' has no name for class {empty[0]}; give every class a name")
+    data["names"] = [str(n).strip() for n in names]
+    if data.get("nc") is not None and as_int(data["nc"]) != len(names):
+        raise UserError(f"{path}: 'nc' is {data['nc']!r} but 'names' lists {len(names)} classes; make them agree")
     return data
 
 
@@ -61,7 +67,7 @@ def _list_images(entry: str | list, root: Path, where: str) -> list[Path]:
         if path.is_dir():
             images.extend(p for p in files_under(path) if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.suffix == ".txt" and path.is_file():
-            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
             images.extend(root / line for line in lines)
         else:
             raise UserError(
@@ -81,14 +87,20 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def parse_label_file(path: Path, width: int, height: int, num_classes: int, report: DataReport) -> list[RawBox]:
+def parse_label_file(path: Path, width: int, height: int, num_classes: int, report: DataReport) -> list[RawBox] | None:
     """Boxes in pixels from one YOLO label file; bad lines are skipped and reported, a missing
-    file is counted as ``missing_label`` (an image without objects)."""
+    file is counted as ``missing_label`` (an image without objects); ``None`` for a file that is not
+    text (``bad_annotation_file``: the image is skipped, not trained on as a background image)."""
     if not path.is_file():
         report.note("missing_label", f"{path}: label file not found")
         return []
+    try:
+        text = read_text(path)
+    except UserError as error:
+        report.skip("bad_annotation_file", str(error))
+        return None
     raw = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):  # -sig: a BOM goes
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         where = f"{path}:{number}"
         if not fields:
@@ -155,7 +167,7 @@ class YOLODataset(DetectionDataset):
         names = data["names"]
         records = []
         for index, (image, info) in enumerate(zip(images, infos)):
-            if info is not None:
-                raw = parse_label_file(label_path(image), info.width, info.height, len(names), report)
+            raw = None if info is None else parse_label_file(label_path(image), info.width, info.height, len(names), report)
+            if raw is not None:
                 records.append(ImageRecord(image, index, info.width, info.height, **clean_boxes(raw, info.width, info.height, report)))
         super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms, allow_empty)

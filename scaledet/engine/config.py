@@ -43,7 +43,8 @@ class TrainConfig:
     model: str = "efficientdet_d0"
     train: str | None = None
     val: str | None = None
-    images: str | None = None
+    images: str | None = None  # COCO: the image folder (of both sets unless val_images is given)
+    val_images: str | None = None  # COCO: the validation set's image folder (default: images)
     data_options: dict[str, Any] = field(default_factory=dict)  # extra open_dataset kwargs (e.g. shapes sizes)
     allow_empty: bool = False  # accept train / val data without a single box (background images only)
     num_classes: int | None = None

@@ -44,7 +44,8 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     """
     options = {"allow_empty": config.allow_empty, "progress": config.progress, **config.data_options}
     train = open_dataset(config.train, images=config.images, split="train", **options)
-    val = open_dataset(config.val, images=config.images, split="val", **options) if config.val else None
+    val_images = config.val_images or config.images
+    val = open_dataset(config.val, images=val_images, split="val", **options) if config.val else None
     if dist_utils.is_main():
         for name, dataset in (("train", train), ("val", val)):
             if dataset is not None:

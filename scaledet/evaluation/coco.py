@@ -87,7 +87,9 @@ def _load_gt(gt) -> dict:
     """Ground truth as a COCO dict from a dict, a path or a dataset with ``coco_gt()``."""
     if hasattr(gt, "coco_gt"):
         return gt.coco_gt()
+    source = "ground truth"
     if isinstance(gt, (str, Path)):
+        source = str(gt)
         gt = read_json(Path(gt))
     if not isinstance(gt, dict) or not {"images", "categories"} <= gt.keys():
         raise ValueError("ground truth must be a COCO dict / JSON file with 'images' and 'categories'")
@@ -97,9 +99,12 @@ def _load_gt(gt) -> dict:
                   for index, category in enumerate(gt["categories"])]
     annotations = []
     for index, ann in enumerate(gt.get("annotations", [])):
-        where = f"ground truth annotations[{index}]"
+        where = f"{source}: annotations[{index}]"
         if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
-            raise ValueError(f"{where} needs image_id, category_id and bbox")
+            missing = sorted({"image_id", "category_id", "bbox"} - ann.keys()) if isinstance(ann, dict) else None
+            raise ValueError(f"{where} needs image_id, category_id and bbox" +
+                             (f" (it has no {', '.join(missing)}: COCO evaluation scores boxes, so every ground-truth "
+                              "annotation needs its bbox [x, y, width, height])" if missing else ""))
         bbox = coco_bbox(ann["bbox"], where)
         ids = {key: record_id(ann, key, where) for key in ("image_id", "category_id")}
         annotations.append({"id": index + 1, "iscrowd": 0, "area": bbox[2] * bbox[3], **ann, **ids, "bbox": bbox})

@@ -1,0 +1,168 @@
+"""Layouts and encodings other tools write: Windows text encodings, VOC folders from labelling tools,
+YOLO yaml variants, COCO's own folder layout. Each case loads as the user meant, or fails naming the file."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scaledet.data import DataWarning, open_dataset
+from scaledet.errors import UserError
+
+
+def _image(path, w=48, h=32, exif_orientation=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.full((h, w, 3), 120, np.uint8))
+    if exif_orientation is None:
+        image.save(path)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        image.save(path, exif=exif)
+    return path
+
+
+def _open(path, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = open_dataset(path, progress=False, **kwargs)
+    return dataset, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+
+
+def _voc_xml(filename, objects=(("dog", (2, 2, 20, 20)),), size=None):
+    parts = [f"<annotation><filename>{filename}</filename>" if filename is not None else "<annotation>"]
+    if size:
+        parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
+    for name, (x1, y1, x2, y2) in objects:
+        name_tag = f"<name>{name}</name>" if name is not None else ""
+        parts.append(f"<object>{name_tag}<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+                     f"<ymax>{y2}</ymax></bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+def _yolo(root, label_bytes=b"0 0.5 0.5 0.5 0.5\n", yaml_text="train: images\nval: images\nnames: [cat, dog]\n"):
+    _image(root / "images" / "a.png")
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    (root / "labels" / "a.txt").write_bytes(label_bytes)
+    (root / "data.yaml").write_text(yaml_text, encoding="utf-8")
+    return root / "data.yaml"
+
+
+def test_windows_text_encodings_are_read_and_other_encodings_name_the_file(tmp_path):
+    # a label file PowerShell's ">" wrote (UTF-16 with a BOM) reads as its text
+    dataset, _ = _open(_yolo(tmp_path / "u16", "1 0.5 0.5 0.5 0.5\r\n".encode("utf-16")), split="train")
+    assert dataset.records[0].labels.tolist() == [1]
+    # a Latin-1 label file is that image's problem, named and counted, not the whole set's; the image is not
+    # trained on as a background image
+    root = tmp_path / "latin"
+    path = _yolo(root)
+    _image(root / "images" / "b.png")
+    (root / "labels" / "b.txt").write_bytes("0 0.5 0.5 0.5 0.5 # \xe9t\xe9\n".encode("latin-1"))
+    dataset, messages = _open(path, split="train")
+    assert len(dataset) == 1 and dataset.report.counts == {"bad_annotation_file": 1}
+    assert any("b.txt: not UTF-8 text" in m and "save it as UTF-8" in m for m in messages)
+    # a data.yaml in Latin-1 is an error naming it
+    (root / "data.yaml").write_bytes("train: images\nval: images\nnames: [caf\xe9, dog]\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"data\.yaml: not UTF-8 text .*save it as UTF-8"):
+        open_dataset(root / "data.yaml", split="train")
+    # a COCO JSON with a BOM (Windows editors) loads
+    _image(tmp_path / "coco" / "a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}]}
+    (tmp_path / "coco" / "ann.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(coco).encode())
+    assert len(open_dataset(tmp_path / "coco" / "ann.json", progress=False)) == 1
+
+
+def test_voc_class_list_with_a_bom_keeps_its_first_class(tmp_path):
+    root = tmp_path / "VOC"
+    _image(root / "JPEGImages" / "a.jpg")
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg"))
+    (root / "classes.txt").write_bytes(b"\xef\xbb\xbfdog\ncat\n")
+    dataset, _ = _open(root)
+    assert dataset.class_names == ["dog", "cat"] and dataset.records[0].labels.tolist() == [0]
+    assert dataset.report.counts == {}
+
+
+def test_voc_folders_from_labelling_tools(tmp_path):
+    root = tmp_path / "VOC"
+    annotations = root / "Annotations"
+    annotations.mkdir(parents=True)
+    for stem in ("upper", "stale", "nosuffix", "other", "b1", "sized", "unnamed"):
+        _image(root / "JPEGImages" / f"{stem}.jpg")
+    _image(root / "JPEGImages" / "background.jpg")  # no XML: counted, not dropped silently
+    (annotations / "upper.XML").write_text(_voc_xml("upper.jpg", objects=[("gadget", (2, 2, 20, 20))]))  # upper-case suffix
+    (annotations / "._upper.xml").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: ignored
+    (annotations / "stale.xml").write_text(_voc_xml("renamed_since.jpg"))
+    (annotations / "nosuffix.xml").write_text(_voc_xml("nosuffix"))
+    (annotations / "other.xml").write_text(_voc_xml("b1.jpg", objects=[("widget", (1, 1, 9, 9))]))  # copied XML
+    (annotations / "b1.xml").write_text(_voc_xml("b1.jpg"))
+    (annotations / "sized.xml").write_text(_voc_xml("sized.jpg", size=(96, 64)))
+    (annotations / "unnamed.xml").write_text(_voc_xml("unnamed.jpg", objects=[(None, (2, 2, 9, 9)), ("gadget", (3, 3, 9, 9))]))
+    dataset, messages = _open(root)
+    paths = {record.path.name for record in dataset.records}
+    assert paths == {"upper.jpg", "stale.jpg", "nosuffix.jpg", "other.jpg", "b1.jpg", "sized.jpg", "unnamed.jpg"}
+    assert "" not in dataset.class_names
+    assert dataset.report.counts == {"missing_annotation": 1, "unknown_category": 1, "size_mismatch": 1}
+    assert any("background.jpg: no Annotations/background.xml" in m for m in messages)
+    assert any("unnamed.xml: object[0] has no <name>" in m for m in messages)
+    assert "annotated 96x64, file is 48x32" in dataset.report.examples["size_mismatch"][0]
+
+
+def test_voc_size_turned_by_exif_is_named(tmp_path):
+    root = tmp_path / "VOC"
+    _image(root / "JPEGImages" / "phone.jpg", w=64, h=48, exif_orientation=6)  # displayed 48x64
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "phone.xml").write_text(_voc_xml("phone.jpg", objects=[("dog", (5, 5, 40, 30))], size=(64, 48)))
+    dataset, _ = _open(root)
+    (message,) = dataset.report.examples["size_mismatch"]
+    assert "annotated 64x48, file is 48x64" in message and "EXIF rotation" in message
+
+
+def test_yolo_yaml_names_as_string_keys_and_nc_as_a_string(tmp_path):
+    path = _yolo(tmp_path / "a", yaml_text='train: images\nval: images\nnc: "2"\nnames: {"1": dog, "0": cat}\n')
+    dataset, _ = _open(path, split="train")
+    assert dataset.class_names == ["cat", "dog"]
+    path = _yolo(tmp_path / "b", yaml_text="train: images\nval: images\nnames: [cat, null]\n")
+    with pytest.raises(UserError, match=r"data\.yaml: 'names' has no name for class 1"):
+        open_dataset(path, split="train")
+    path = _yolo(tmp_path / "c", yaml_text="train: images\nval: images\nnames: {0: cat, 2: dog}\n")
+    with pytest.raises(UserError, match=r"'names' keys must be the class indices 0\.\.1, got \[0, 2\]"):
+        open_dataset(path, split="train")
+
+
+def test_coco_layout_annotations_folder_beside_the_image_folders(tmp_path):
+    """COCO's own layout: annotations/instances_val2017.json, images in val2017/ beside annotations/."""
+    _image(tmp_path / "val2017" / "000000000001.jpg")
+    (tmp_path / "annotations").mkdir()
+    coco = {"images": [{"id": 1, "file_name": "000000000001.jpg"}], "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}]}
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
+    dataset, messages = _open(tmp_path / "annotations" / "instances_val2017.json")
+    assert [r.path for r in dataset.records] == [tmp_path / "val2017" / "000000000001.jpg"] and not messages
+
+
+def test_train_and_val_images_in_separate_folders(tmp_path, monkeypatch):
+    from scaledet.engine import TrainConfig
+    from scaledet.engine import run
+
+    seen = []
+    monkeypatch.setattr(run, "open_dataset", lambda path, images, split, **options: seen.append((split, images)))
+    config = TrainConfig.for_model("efficientdet_d0", train="t.json", val="v.json", images="train_imgs", epochs=1,
+                                   progress=False)
+    run.open_datasets(config)
+    config.val_images = "val_imgs"
+    run.open_datasets(config)
+    assert seen == [("train", "train_imgs"), ("val", "train_imgs"), ("train", "train_imgs"), ("val", "val_imgs")]
+
+
+def test_evaluation_ground_truth_without_a_bbox_names_the_file(tmp_path):
+    from scaledet.evaluation.coco import evaluate_detections
+
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 48, "height": 32}], "categories": [{"id": 1, "name": "cat"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9, 1, 9, 9]]}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(ValueError, match=r"gt\.json: annotations\[0\] needs image_id, category_id and bbox \(it has no bbox"):
+        evaluate_detections(str(tmp_path / "gt.json"), [])
