@@ -166,3 +166,28 @@ def test_evaluation_ground_truth_without_a_bbox_names_the_file(tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     with pytest.raises(ValueError, match=r"gt\.json: annotations\[0\] needs image_id, category_id and bbox \(it has no bbox"):
         evaluate_detections(str(tmp_path / "gt.json"), [])
+
+
+def test_voc_folders_without_split_files_train_and_validate(tmp_path, capsys):
+    """Labelling tools export VOC without ImageSets/Main/train.txt (or with CVAT's default.txt): two such
+    folders train and validate on every annotated image; one folder as both is refused (validating on the
+    training images), as is a missing split the user named."""
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import open_datasets
+
+    for name in ("train_voc", "val_voc"):
+        _image(tmp_path / name / "JPEGImages" / "a.jpg")
+        (tmp_path / name / "Annotations").mkdir()
+        (tmp_path / name / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg"))
+    (tmp_path / "val_voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "val_voc" / "ImageSets" / "Main" / "default.txt").write_text("a\n")
+    config = TrainConfig.for_model("efficientdet_d0", train=str(tmp_path / "train_voc"), val=str(tmp_path / "val_voc"),
+                                   epochs=1, progress=False)
+    train, val = open_datasets(config)
+    assert len(train) == 1 and len(val) == 1
+    assert "train_voc has no ImageSets/Main/train.txt: every annotated image is used" in capsys.readouterr().out
+    config.val = config.train
+    with pytest.raises(UserError, match="same VOC folder .* would validate on the training images"):
+        open_datasets(config)
+    with pytest.raises(UserError, match="split 'train' not found"):
+        open_dataset(tmp_path / "train_voc", split="train")

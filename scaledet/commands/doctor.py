@@ -16,7 +16,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, YOLO data.yaml or shapes:train")
     parser.add_argument("--images", help="COCO only: folder holding the images")
-    parser.add_argument("--split", help="VOC / YOLO split (default train)")
+    parser.add_argument("--split", help="VOC / YOLO split (default train; a VOC folder without ImageSets/Main/train.txt: "
+                                            "every annotated image)")
     parser.add_argument("--model", default="efficientdet_d0", help="model the report is for (default efficientdet_d0)")
     parser.add_argument("--image-size", type=int, help="network input size (default: fitted to the data)")
     parser.add_argument("--allow-empty", action="store_true", help="accept data without any box")
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from scaledet.data import open_dataset, print_report
     from scaledet.data.tiles import TileCropDataset
+    from scaledet.data.voc import split_or_every_image
     from scaledet.engine.doctor import diagnose, format_diagnosis
     from scaledet.engine.run import check_writable
     from scaledet.errors import UserError
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.split is not None and (str(args.data).lower().endswith(".json") or str(args.data).startswith("shapes")):
         raise UserError(f"--split is for a VOC folder or a YOLO data.yaml; {args.data} is one split already")
-    args.split = args.split or "train"
+    if args.split is None:  # a VOC folder without ImageSets/Main/train.txt: every annotated image, as train does
+        args.split = split_or_every_image(args.data, "train")
     if args.json_path:
         check_writable(Path(args.json_path).parent, "the report", "--json")  # before the work, not after
     if args.tile is None and args.tile_min_visible != 0.5:

@@ -56,6 +56,16 @@ def _parse_xml(path: Path) -> dict:
     }
 
 
+def split_or_every_image(path: str | Path, split: str) -> str | None:
+    """``split``, or ``None`` (every annotated image) for a VOC folder without ``ImageSets/Main/<split>.txt``
+    (labelling tools' exports: none, or CVAT's ``default.txt``), so that ``train --train A --val B`` works on
+    two such folders; ``split`` for every other path (where a missing split stays an error)."""
+    root = find_voc_root(Path(path)) if Path(path).is_dir() else None
+    if root is None or (root / "ImageSets" / "Main" / f"{split}.txt").is_file():
+        return split
+    return None
+
+
 class VOCDataset(DetectionDataset):
     """A Pascal VOC detection folder.
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from scaledet.data import open_dataset, print_report, train_transforms
 from scaledet.data.tiles import TileCropDataset
+from scaledet.data.voc import find_voc_root, split_or_every_image
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.checkpoint import load_training_checkpoint, resume_path
 from scaledet.engine.config import TrainConfig
@@ -43,15 +44,28 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     (and so the input size) is known.
     """
     options = {"allow_empty": config.allow_empty, "progress": config.progress, **config.data_options}
-    train = open_dataset(config.train, images=config.images, split="train", **options)
+    splits = {"train": split_or_every_image(config.train, "train"),
+              "val": split_or_every_image(config.val, "val") if config.val else "val"}
+    for name, split in splits.items():
+        if split is None and dist_utils.is_main():
+            print(f"{name}: {getattr(config, name)} has no ImageSets/Main/{name}.txt: every annotated image is used")
+    if splits["train"] is None and splits["val"] is None and _same_folder(config.train, config.val):
+        raise UserError(f"--train and --val are the same VOC folder ({config.val}) without ImageSets/Main/train.txt "
+                        "and val.txt: it would validate on the training images; write the two split files (one "
+                        "image name per line) or give two folders")
+    train = open_dataset(config.train, images=config.images, split=splits["train"], **options)
     val_images = config.val_images or config.images
-    val = open_dataset(config.val, images=val_images, split="val", **options) if config.val else None
+    val = open_dataset(config.val, images=val_images, split=splits["val"], **options) if config.val else None
     if dist_utils.is_main():
         for name, dataset in (("train", train), ("val", val)):
             if dataset is not None:
                 print(f"{name}: ", end="")
                 print_report(dataset)
     return train, val
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return find_voc_root(Path(a)).resolve() == find_voc_root(Path(b)).resolve()
 
 
 def use_tiles(config: TrainConfig, train: Dataset, val: Dataset | None) -> tuple[TrainConfig, Dataset, Dataset | None]:
