@@ -191,3 +191,37 @@ def test_voc_folders_without_split_files_train_and_validate(tmp_path, capsys):
         open_datasets(config)
     with pytest.raises(UserError, match="split 'train' not found"):
         open_dataset(tmp_path / "train_voc", split="train")
+
+
+def test_yolo_pose_labels_roboflow_paths_and_windows_lists(tmp_path):
+    # a pose set: class cx cy w h then kpt_shape's numbers; read as a polygon they gave another box
+    path = _yolo(tmp_path / "pose", b"0 0.5 0.5 0.5 0.5 0.1 0.1 2 0.9 0.9 2\n0 0.5 0.5 0.5 0.5 0.1\n",
+                 "train: images\nval: images\nkpt_shape: [2, 3]\nnames: [person]\n")
+    dataset, messages = _open(path, split="train")
+    assert dataset.records[0].boxes.tolist() == [[12.0, 8.0, 36.0, 24.0]]
+    assert dataset.report.counts == {"bad_yolo_line": 1} and any("expected 11" in m for m in messages)
+    # Roboflow writes "../train/images" with the yaml beside train/
+    root = tmp_path / "roboflow"
+    _image(root / "train" / "images" / "a.png")
+    (root / "train" / "labels").mkdir()
+    (root / "train" / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../train/images\nnc: 1\nnames: ['a']\n")
+    assert len(open_dataset(root / "data.yaml", split="train", progress=False)) == 1
+    # an image list written on Windows
+    (root / "train.txt").write_text("train\\images\\a.png\r\n")
+    (root / "data.yaml").write_text("train: train.txt\nval: train.txt\nnames: ['a']\n")
+    assert len(open_dataset(root / "data.yaml", split="train", progress=False)) == 1
+
+
+def test_paths_that_are_almost_datasets_say_what_to_give(tmp_path):
+    for year in ("VOC2007", "VOC2012"):
+        _image(tmp_path / "VOCdevkit" / year / "JPEGImages" / "a.jpg")
+        (tmp_path / "VOCdevkit" / year / "Annotations").mkdir()
+    with pytest.raises(UserError, match=r"VOCdevkit: holds 2 Pascal VOC folders \(VOC2007, VOC2012\); give one"):
+        open_dataset(tmp_path / "VOCdevkit")
+    with pytest.raises(UserError, match=r"Annotations: give the VOC folder that holds Annotations/ and JPEGImages/"):
+        open_dataset(tmp_path / "VOCdevkit" / "VOC2007" / "Annotations")
+    (tmp_path / "detections.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2],
+                                                           "score": 0.9}]))
+    with pytest.raises(UserError, match=r"a detections \(results\) file; score it .* scaledet eval --gt GT.json"):
+        open_dataset(tmp_path / "detections.json")

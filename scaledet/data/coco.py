@@ -158,7 +158,10 @@ class CocoDataset(DetectionDataset):
         path = Path(annotation_file)
         data = read_json(path)
         if not isinstance(data, dict):
-            raise UserError(f"{path}: a COCO file must be a JSON object, got {type(data).__name__}")
+            results = isinstance(data, list) and data and isinstance(data[0], dict) and "score" in data[0]
+            hint = (": this is a detections (results) file; score it against its ground truth with scaledet eval "
+                    f"--gt GT.json --detections {path.name}") if results else ""
+            raise UserError(f"{path}: a COCO file must be a JSON object, got {type(data).__name__}{hint}")
         report = DataReport(source=str(path))
         category_ids, names = parse_categories(_require_list(data, "categories", path), path)
         label_of = {cid: label for label, cid in enumerate(category_ids)}

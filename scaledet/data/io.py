@@ -61,6 +61,12 @@ def open_dataset(
         return _check_options(YOLODataset, kwargs, path, given=("data_yaml", "split"))(path, split=split, **kwargs)
     if path.is_dir() and find_voc_root(path) is not None:
         return _check_options(VOCDataset, kwargs, path, given=("root", "split"))(path, split=split, **kwargs)
+    voc_children = [c.name for c in sorted(path.glob("*")) if (c / "Annotations").is_dir()] if path.is_dir() else []
+    if len(voc_children) > 1:
+        raise UserError(f"{path}: holds {len(voc_children)} Pascal VOC folders ({', '.join(voc_children)}); give one of "
+                        "them")
+    if path.name == "Annotations" and (path.parent / "JPEGImages").is_dir():
+        raise UserError(f"{path}: give the VOC folder that holds Annotations/ and JPEGImages/ ({path.parent})")
     raise UserError(f"{path}: not a COCO .json, a YOLO data.yaml or a Pascal VOC folder (with Annotations/)")
 
 

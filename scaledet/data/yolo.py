@@ -6,7 +6,7 @@ and without it the yaml's folder is the root, wherever the command runs), ``trai
 the root) and ``names`` (list, or dict index -> name). Labels are found by replacing the last
 ``images`` path component with ``labels`` and the suffix with ``.txt``; each line is
 ``class cx cy w h`` normalised to ``[0, 1]`` (or ``class x1 y1 x2 y2 x3 y3 ...`` polygon, whose
-bounding box is used). A missing label file means an image without objects (counted as
+bounding box is used; a pose set's keypoints, after ``kpt_shape``, are dropped). A missing label file means an image without objects (counted as
 ``missing_label``; when no image has a box the dataset refuses to load unless
 ``allow_empty=True``). Class ``k`` has category id ``k + 1``.
 """
@@ -53,6 +53,16 @@ def read_data_yaml(path: Path) -> dict:
     return data
 
 
+def _keypoint_fields(data: dict, path: Path) -> int:
+    """Numbers of keypoints per label line of a pose set (``kpt_shape: [K, 2 or 3]``), else 0."""
+    shape = data.get("kpt_shape")
+    if shape is None:
+        return 0
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise UserError(f"{path}: 'kpt_shape' must be [keypoints, 2 or 3], got {shape!r}")
+    return shape[0] * shape[1]
+
+
 def dataset_root(data: dict, yaml_path: Path) -> Path:
     """The folder split entries are relative to: ``path:`` (absolute, or relative to the yaml's
     folder), else the yaml's folder."""
@@ -64,10 +74,12 @@ def _list_images(entry: str | list, root: Path, where: str) -> list[Path]:
     images: list[Path] = []
     for item in entries:
         path = root / str(item)  # an absolute item replaces root
+        if not path.exists() and str(item).startswith("../") and (root / str(item)[3:]).exists():
+            path = root / str(item)[3:]  # Roboflow's exports: "../train/images" with the yaml beside train/
         if path.is_dir():
             images.extend(p for p in files_under(path) if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.suffix == ".txt" and path.is_file():
-            lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+            lines = [line.strip().replace("\\", "/") for line in read_text(path).splitlines() if line.strip()]
             images.extend(root / line for line in lines)
         else:
             raise UserError(
@@ -87,10 +99,13 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def parse_label_file(path: Path, width: int, height: int, num_classes: int, report: DataReport) -> list[RawBox] | None:
+def parse_label_file(path: Path, width: int, height: int, num_classes: int, report: DataReport,
+                     keypoint_fields: int = 0) -> list[RawBox] | None:
     """Boxes in pixels from one YOLO label file; bad lines are skipped and reported, a missing
     file is counted as ``missing_label`` (an image without objects); ``None`` for a file that is not
-    text (``bad_annotation_file``: the image is skipped, not trained on as a background image)."""
+    text (``bad_annotation_file``: the image is skipped, not trained on as a background image).
+    ``keypoint_fields``: a pose set's numbers after ``class cx cy w h`` on each line (``kpt_shape``'s
+    product), which are dropped (read as a polygon they would give another box)."""
     if not path.is_file():
         report.note("missing_label", f"{path}: label file not found")
         return []
@@ -105,6 +120,12 @@ def parse_label_file(path: Path, width: int, height: int, num_classes: int, repo
         where = f"{path}:{number}"
         if not fields:
             continue
+        if keypoint_fields:
+            if len(fields) != 5 + keypoint_fields:
+                report.skip("bad_yolo_line", f"{where}: {len(fields)} fields, expected {5 + keypoint_fields} "
+                            "(class cx cy w h and the keypoints of the yaml's kpt_shape)")
+                continue
+            fields = fields[:5]
         if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
             report.skip("bad_yolo_line", f"{where}: {len(fields)} fields, expected 5 (class cx cy w h) or a polygon")
             continue
@@ -165,9 +186,11 @@ class YOLODataset(DetectionDataset):
         images = _list_images(data[split], dataset_root(data, path), f"{path}: {split}")
         infos = probe_records(images, path.name, report, check_images, progress)
         names = data["names"]
+        keypoint_fields = _keypoint_fields(data, path)
         records = []
         for index, (image, info) in enumerate(zip(images, infos)):
-            raw = None if info is None else parse_label_file(label_path(image), info.width, info.height, len(names), report)
+            raw = None if info is None else parse_label_file(label_path(image), info.width, info.height, len(names),
+                                                             report, keypoint_fields)
             if raw is not None:
                 records.append(ImageRecord(image, index, info.width, info.height, **clean_boxes(raw, info.width, info.height, report)))
         super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms, allow_empty)
