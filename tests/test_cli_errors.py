@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,12 +318,20 @@ def test_ctrl_c_in_training_says_what_resume_would_continue_from(tmp_path, tiny_
     def interrupted(config):
         raise KeyboardInterrupt
 
+    def interrupted_after_a_checkpoint(config):
+        (Path(config.out) / "last.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(scaledet.engine.run, "train_from_config", interrupted)
     out = tmp_path / "run"
     assert main(["train", *_shapes(tiny_config), "--out", str(out)]) == 130
     assert capsys.readouterr().err == "scaledet train: interrupted; nothing was saved yet: run the same command again\n"
     out.mkdir()
     (out / "last.pt").write_bytes(b"")
+    os.utime(out / "last.pt", (1e9, 1e9))  # an earlier run's checkpoint is not this run's to resume
+    assert main(["train", *_shapes(tiny_config), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.endswith("nothing was saved yet: run the same command again\n")
+    monkeypatch.setattr(scaledet.engine.run, "train_from_config", interrupted_after_a_checkpoint)
     assert main(["train", *_shapes(tiny_config), "--out", str(out)]) == 130
     assert capsys.readouterr().err.endswith(f"the same command with --resume continues from {out / 'last.pt'}\n")
 

@@ -165,3 +165,20 @@ def test_the_final_record_numbers_its_epoch_as_the_epoch_records_do(tmp_path):
     _train(tmp_path, epochs=2)
     rows = [(r["epoch"], r["step"], bool(r.get("final"))) for r in read_log(tmp_path) if r["kind"] == "epoch"]
     assert rows == [(0, 5, False), (1, 10, False), (1, 10, True)]
+
+
+def test_resume_refuses_another_process_count_or_other_class_names(tmp_path):
+    """The step / epoch counts and the image order depend on the number of processes; a class head read
+    under other names relabels every detection. Both are refused, not resumed silently."""
+    from scaledet.errors import UserError
+
+    model_config = {"model": "tiny", "num_classes": 2, "image_size": [64, 64], "overrides": {},
+                    "class_names": ["cat", "dog"]}
+    state = {"world_size": 2, "config": {}, "model_config": model_config}
+    with pytest.raises(UserError, match=r"trained as 2 process\(es\) and this run has 1: .* --processes 2"):
+        ckpt.check_resume("last.pt", state, {}, model_config, world_size=1)
+    assert ckpt.check_resume("last.pt", state, {}, model_config, world_size=2) == []
+    renamed = {**model_config, "class_names": ["dog", "cat"]}
+    with pytest.raises(UserError, match=r"trained on the classes \[cat, dog\]; the data now gives \[dog, cat\]"):
+        ckpt.check_resume("last.pt", state, {}, renamed, world_size=2)
+    assert ckpt.check_resume("last.pt", {**state, "world_size": None}, {}, model_config) == []  # older checkpoints

@@ -83,3 +83,75 @@ def test_train_command_with_two_processes(tmp_path, capsys):
         metrics[key] for key in ("AP", "AP50", "AR1", "AR10", "AR100")]
 
     assert main([*common, "--train", str(tmp_path / "missing.json"), "--out", str(tmp_path / "bad")]) != 0
+
+
+def _locked_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = TrainConfig.for_model("tiny", epochs=1, batch_size=4, ema_decay=0.0, out=out, progress=False)
+    try:
+        Trainer(config, TinyDetector(), RectangleDataset(8))
+        outcome = "trained"
+    except SystemExit as stop:
+        outcome = f"SystemExit {stop.code}"
+    except Exception as error:  # noqa: BLE001 - the test reads which one
+        outcome = f"{type(error).__name__}: {error}"
+    with open(f"{out}/../rank{rank}.txt", "w") as handle:
+        handle.write(outcome)
+    torch.distributed.destroy_process_group()
+
+
+def test_an_output_folder_in_use_stops_every_rank_with_rank_0_s_error(tmp_path):
+    """Only rank 0 locks the folder; the others must end quietly with it, not on a broken collective."""
+    from scaledet.engine.lock import RunLock
+
+    out = tmp_path / "run"
+    lock = RunLock(out)
+    lock.acquire()  # another live run (this process) holds the folder
+    try:
+        mp.spawn(_locked_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    finally:
+        lock.release()
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
+    assert rank0.startswith("UserError") and "in use" in rank0, rank0
+    assert rank1 == "SystemExit 2"
+
+
+_LAUNCHER = """
+import sys
+from scaledet.engine.distributed import run_processes
+child = ("import os, sys, time; open(sys.argv[1] + '/' + str(os.getpid()), 'w').close()\\n"
+         "try:\\n    time.sleep(60)\\nexcept KeyboardInterrupt:\\n    sys.exit(130)")
+try:
+    sys.exit(run_processes([sys.executable, "-c", child, sys.argv[1]], [{}, {}]))
+except KeyboardInterrupt as stop:
+    print(type(stop).__name__)
+    sys.exit(130)
+"""
+
+
+def test_sigterm_to_the_launcher_stops_its_processes(tmp_path):
+    """``scaledet train --processes K`` killed with SIGTERM (a scheduler, ``kill``) must not leave its K
+    processes training on their own: they get Ctrl-C and end (as after Ctrl-C, naming the checkpoint)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(children) == 2
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130 and output.strip() == "LauncherStopped"
+    for pid in children:  # reaped by the launcher: gone, not re-parented and still running
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"process {pid} outlived its launcher")

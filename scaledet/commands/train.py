@@ -10,6 +10,7 @@ are overridden by flags. Unset recipe options take the recipe's defaults for the
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +127,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{option_source(error.option, args)} {error.requirement}") from None
     if config.train is None:
         raise UserError("give --train DATA (or 'train:' in the --config file)")
-    if args.processes > 1 and world_size() == 1:  # not yet inside the processes it launches
-        return launch_local(args.processes, ["train", *command_line(args)], threads=args.threads)
+    started = time.time()
     try:
+        if args.processes > 1 and world_size() == 1:  # not yet inside the processes it launches
+            debug = ["--debug"] if args.debug else []
+            return launch_local(args.processes, [*debug, "train", *command_line(args)], threads=args.threads)
         train_from_config(config)
     except KeyboardInterrupt:
-        checkpoint = Path(config.out) / "last.pt"
         if args.debug:
             raise
-        resume = (f"the same command with --resume continues from {checkpoint}" if checkpoint.is_file()
-                  else "nothing was saved yet: run the same command again")
-        raise Interrupted(f"interrupted; {resume}") from None
+        raise Interrupted(f"interrupted; {_what_next(config, started)}") from None
     return 0
+
+
+def _what_next(config, started: float) -> str:
+    """After an interruption: resume from ``OUT/last.pt`` when this run wrote it (or resumed from it), else
+    start again (a ``last.pt`` an earlier run left there is not this run's)."""
+    checkpoint = Path(config.out) / "last.pt"
+    # file times come from a coarse clock that may trail time.time() by milliseconds: 1 s of margin
+    ours = checkpoint.is_file() and (config.resume is not None or checkpoint.stat().st_mtime >= started - 1.0)
+    return (f"the same command with --resume continues from {checkpoint}" if ours
+            else "nothing was saved yet: run the same command again")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from scaledet.errors import UserError
+from scaledet.evaluation.results import short_list
 from scaledet.weights import readable_as_umask_allows, torch_load_weights_only
 
 
@@ -95,7 +96,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_resume(path: str | Path, state: dict[str, Any], config: dict[str, Any],
-                 model_config: dict[str, Any]) -> list[str]:
+                 model_config: dict[str, Any], world_size: int = 1) -> list[str]:
     """Compare a checkpoint with the run about to continue it.
 
     Args:
@@ -103,14 +104,21 @@ def check_resume(path: str | Path, state: dict[str, Any], config: dict[str, Any]
         state: :func:`load_training_checkpoint`'s dict (its ``config`` and ``model_config``).
         config: the resumed run's ``TrainConfig.to_dict()``.
         model_config: the config of the model the resumed run built (``model.config``; ``{}`` if none).
+        world_size: the resumed run's number of processes.
 
     Returns:
         the options that differ in how the run continues, as ``--name NEW (was OLD)`` (empty: the same run).
 
     Raises:
         UserError: the model differs (name, classes, input size, anchors): its weights would not fit,
-            or would load onto other anchors.
+            or would load onto other anchors; the class names differ; the number of processes differs
+            (steps, epochs and the image order depend on it).
     """
+    trained_as = state.get("world_size")  # absent in checkpoints written before 2026-12-07
+    if trained_as is not None and trained_as != world_size:
+        raise UserError(f"{path} was trained as {trained_as} process(es) and this run has {world_size}: its step and "
+                        f"epoch counts and the order of its images depend on that; resume with --processes {trained_as}, "
+                        "or start a new run (--pretrained PATH takes its weights)")
     stored_model = state.get("model_config") or {}
     if stored_model and model_config:
         was = {key: stored_model.get(key) for key in MODEL_KEYS}
@@ -119,6 +127,11 @@ def check_resume(path: str | Path, state: dict[str, Any], config: dict[str, Any]
             raise UserError(f"{path} is a run of {_describe_model(was)}; this command builds {_describe_model(now)}: "
                             "resume with the options and data the run started with (--model, --image-size, "
                             "--anchors, --tile), or start a new run with another --out")
+        if stored_model.get("class_names") and stored_model["class_names"] != _plain(model_config.get("class_names")):
+            raise UserError(f"{path} was trained on the classes {short_list(stored_model['class_names'])}; the data now "
+                            f"gives {short_list(model_config.get('class_names') or [])}: its class head would be read "
+                            "as other classes; resume with the data the run started with, or start a new run "
+                            "(--pretrained PATH fine-tunes from its weights)")
     stored = state.get("config") or {}
     current = _plain(config)
     return [f"--{key.replace('_', '-')} {_show(current.get(key))} (was {_show(stored.get(key))})"

@@ -9,9 +9,11 @@ variables everything runs in one process and the helpers are no-ops.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -83,9 +85,19 @@ def launch_local(processes: int, scaledet_args: list[str], threads: int | None =
             else max(1, idle_threads() // processes)
     rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(processes),
                   "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(threads)}
-    children = [subprocess.Popen([sys.executable, "-m", "scaledet", *scaledet_args],
-                                 env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-                for rank in range(processes)]
+    return run_processes([sys.executable, "-m", "scaledet", *scaledet_args],
+                         [{**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+                          for rank in range(processes)])
+
+
+def run_processes(command: list[str], environments: list[dict[str, str]]) -> int:
+    """Run ``command`` once per environment and wait: 0 when every process succeeded, else the first
+    failure's exit status (the others are stopped). Ctrl-C, SIGTERM or SIGHUP here stop them too: they
+    get Ctrl-C and :data:`INTERRUPT_GRACE_S` seconds to end (a checkpoint being written), then are terminated;
+    the interruption is raised again (:class:`LauncherStopped` for the signals)."""
+    children = [subprocess.Popen(command, env=environment) for environment in environments]
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Python allows handlers
+    previous = {signum: signal.signal(signum, _stop_launcher) for signum in STOP_SIGNALS} if in_main_thread else {}
     try:
         while True:
             codes = [child.poll() for child in children]
@@ -93,12 +105,51 @@ def launch_local(processes: int, scaledet_args: list[str], threads: int | None =
             if failed or all(code == 0 for code in codes):
                 return failed[0] if failed else 0
             time.sleep(0.2)
-    finally:  # a failed rank (or Ctrl-C here) must not leave the others waiting in a collective
+    except (KeyboardInterrupt, LauncherStopped):
+        _interrupt(children)  # each process stops as after Ctrl-C: it names the checkpoint to resume from
+        raise
+    finally:  # a failed rank (or an interruption here) must not leave the others waiting in a collective
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for child in children:
             if child.poll() is None:
                 child.terminate()
         for child in children:
             child.wait()
+
+
+#: signals that stop a ``launch_local`` run (Ctrl-C is Python's KeyboardInterrupt)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+#: seconds the launched processes get to finish after an interruption (a checkpoint being written) before
+#: they are terminated
+INTERRUPT_GRACE_S = 20.0
+
+
+class LauncherStopped(KeyboardInterrupt):
+    """SIGTERM / SIGHUP to the ``--processes`` launcher: handled as Ctrl-C, so its processes stop too."""
+
+
+def _stop_launcher(signum: int, frame) -> None:
+    raise LauncherStopped(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def _interrupt(children: list[subprocess.Popen]) -> None:
+    """Give the launched processes Ctrl-C and up to :data:`INTERRUPT_GRACE_S` seconds to end by themselves.
+    A terminal's Ctrl-C already reached them (one process group): only those still running after a
+    second get it from here (the launcher alone was signalled)."""
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    signalled = False
+    while time.monotonic() < deadline and any(child.poll() is None for child in children):
+        if not signalled and time.monotonic() > deadline - INTERRUPT_GRACE_S + 1.0:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+            signalled = True
+        try:
+            time.sleep(0.1)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            return
 
 
 def free_port() -> int:

@@ -48,6 +48,7 @@ from scaledet.engine.logging import RunLogger, read_log
 from scaledet.engine.plots import plot_curves, plot_predictions
 from scaledet.engine.recipe import PlanValues, configure_threads, eval_interval, plan_values
 from scaledet.engine.schedule import LRSchedule
+from scaledet.errors import UserError
 from scaledet.evaluation.results import is_placeholder_name
 from scaledet.models.base import default_param_groups
 from scaledet.weights import save_weights
@@ -230,12 +231,27 @@ class Trainer:
             self._set_plan(self.planned_steps)
         if self.is_main and not config.resume:
             _warn_if_replacing(self.out)
-        self.logger = RunLogger(self.out, tensorboard=config.tensorboard, enabled=self.is_main,
-                                append=bool(config.resume))
+        self.logger = self._open_logger()
         if config.resume:
             self.load(resume_path(self.out, config.resume))
 
     # ---- set-up ---------------------------------------------------------------------------
+
+    def _open_logger(self) -> RunLogger:
+        """The run's logger (rank 0 locks and writes the output folder). Under DDP every rank learns
+        whether rank 0 could, so that a folder in use ends all of them with rank 0's one-line error,
+        not the others with a broken collective's traceback."""
+        failure: Exception | None = None
+        try:
+            logger = RunLogger(self.out, tensorboard=self.config.tensorboard, enabled=self.is_main,
+                               append=bool(self.config.resume))
+        except (UserError, OSError) as error:
+            failure = error
+        if dist_utils.any_rank(failure is not None, self.device) and failure is None:
+            raise SystemExit(2)  # rank 0 reports why
+        if failure is not None:
+            raise failure
+        return logger
 
     def _setup_determinism(self) -> None:
         seed_everything(self.config.seed)
@@ -363,6 +379,7 @@ class Trainer:
             "best_ap": self.best_ap,
             "elapsed": self.elapsed(),
             "plan_steps": self.plan.steps if self.plan is not None else None,
+            "world_size": dist_utils.world_size(),
             "rng": rng_state(),
             "config": json.loads(json.dumps(self.config.to_dict())),
             "model_config": json.loads(json.dumps(getattr(self.model, "config", {}))),
@@ -377,7 +394,8 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from a checkpoint written by :meth:`save`."""
         state = load_training_checkpoint(path)
-        changed = check_resume(path, state, self.config.to_dict(), getattr(self.model, "config", {}))
+        changed = check_resume(path, state, self.config.to_dict(), getattr(self.model, "config", {}),
+                               dist_utils.world_size())
         if changed and self.is_main:
             warnings.warn(f"resuming {path} with other options than it started with (given now, or defaults "
                           f"where an option is left out): {', '.join(changed)}; the run continues with these (its "
