@@ -182,3 +182,9 @@ def test_resume_refuses_another_process_count_or_other_class_names(tmp_path):
     with pytest.raises(UserError, match=r"trained on the classes \[cat, dog\]; the data now gives \[dog, cat\]"):
         ckpt.check_resume("last.pt", state, {}, renamed, world_size=2)
     assert ckpt.check_resume("last.pt", {**state, "world_size": None}, {}, model_config) == []  # older checkpoints
+
+
+def test_resume_given_a_run_folder_means_its_last_checkpoint(tmp_path):
+    assert ckpt.resume_path(tmp_path / "out", "auto") == tmp_path / "out" / "last.pt"
+    assert ckpt.resume_path(tmp_path / "out", str(tmp_path)) == tmp_path / "last.pt"
+    assert ckpt.resume_path(tmp_path / "out", str(tmp_path / "best.pt")) == tmp_path / "best.pt"

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                             default=None, help=help_text)
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="continue from a checkpoint (default OUT/last.pt)")
+                        help="continue from a checkpoint, or a run folder's last.pt (default OUT/last.pt)")
     parser.add_argument("--processes", type=int, default=1,
                         help="DDP processes on this machine, as torchrun --standalone --nproc_per_node=K "
                              "(default 1; on a CPU each gets the idle cores / K threads, --batch-size is per process)")

@@ -231,5 +231,3 @@ class CocoDataset(DetectionDataset):
             area = as_number(ann["area"]) if "area" in ann else None
             raw[image_id].append(RawBox([x, y, x + w, y + h], label_of[category_id], crowd, area, where))
         return raw
-
-

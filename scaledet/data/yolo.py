@@ -6,9 +6,9 @@ and without it the yaml's folder is the root, wherever the command runs), ``trai
 the root) and ``names`` (list, or dict index -> name). Labels are found by replacing the last
 ``images`` path component with ``labels`` and the suffix with ``.txt``; each line is
 ``class cx cy w h`` normalised to ``[0, 1]`` (or ``class x1 y1 x2 y2 x3 y3 ...`` polygon, whose
-bounding box is used; a pose set's keypoints, after ``kpt_shape``, are dropped). A missing label file means an image without objects (counted as
-``missing_label``; when no image has a box the dataset refuses to load unless
-``allow_empty=True``). Class ``k`` has category id ``k + 1``.
+bounding box is used; a pose set's keypoints, after ``kpt_shape``, are dropped). A missing label
+file means an image without objects (counted as ``missing_label``; when no image has a box the
+dataset refuses to load unless ``allow_empty=True``). Class ``k`` has category id ``k + 1``.
 """
 
 from __future__ import annotations

@@ -70,8 +70,10 @@ PLAN_KEYS = ("train", "val", "epochs", "max_steps", "max_minutes", "batch_size",
 
 
 def resume_path(out: str | Path, resume: str | None) -> Path:
-    """The checkpoint ``--resume`` means: ``OUT/last.pt`` for ``"auto"`` (plain ``--resume``), else the path given."""
-    return Path(out) / "last.pt" if resume == "auto" else Path(str(resume))
+    """The checkpoint ``--resume`` means: ``OUT/last.pt`` for ``"auto"`` (plain ``--resume``), ``DIR/last.pt``
+    for a run's folder, else the path given."""
+    path = Path(out) / "last.pt" if resume == "auto" else Path(str(resume))
+    return path / "last.pt" if path.is_dir() else path
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def run_processes(command: list[str], environments: list[dict[str, str]]) -> int
             if failed or all(code == 0 for code in codes):
                 return failed[0] if failed else 0
             time.sleep(0.2)
-    except (KeyboardInterrupt, LauncherStopped):
+    except KeyboardInterrupt:  # Ctrl-C, or LauncherStopped for the signals
         _interrupt(children)  # each process stops as after Ctrl-C: it names the checkpoint to resume from
         raise
     finally:  # a failed rank (or an interruption here) must not leave the others waiting in a collective
@@ -138,10 +138,10 @@ def _interrupt(children: list[subprocess.Popen]) -> None:
     """Give the launched processes Ctrl-C and up to :data:`INTERRUPT_GRACE_S` seconds to end by themselves.
     A terminal's Ctrl-C already reached them (one process group): only those still running after a
     second get it from here (the launcher alone was signalled)."""
-    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    start = time.monotonic()
     signalled = False
-    while time.monotonic() < deadline and any(child.poll() is None for child in children):
-        if not signalled and time.monotonic() > deadline - INTERRUPT_GRACE_S + 1.0:
+    while time.monotonic() - start < INTERRUPT_GRACE_S and any(child.poll() is None for child in children):
+        if not signalled and time.monotonic() - start > 1.0:
             for child in children:
                 if child.poll() is None:
                     child.send_signal(signal.SIGINT)
