@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,20 @@ def corrupt_file_error(path: str | Path, error: BaseException, fix: str) -> User
     return UserError(f"{path} is empty or corrupt ({reason}): {fix}")
 
 
+#: how a torch.save file of the legacy (non-zip) format starts: its magic number, pickled with protocol 2
+_LEGACY_TORCH_HEAD = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+
+
+def _is_plain_pickle(path: str | Path) -> bool:
+    """True for a file that starts as a pickle but is neither a torch.save zip nor its legacy format
+    (``pickle.dump`` of a model, a ``joblib`` file): read by its first bytes, never unpickled."""
+    if not Path(path).is_file():
+        return False  # torch.load names a missing file or a folder itself
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_TORCH_HEAD))
+    return head[:1] == b"\x80" and not head.startswith(_LEGACY_TORCH_HEAD) and not zipfile.is_zipfile(path)
+
+
 def _is_refused_code(error: pickle.UnpicklingError) -> bool:
     """True when ``weights_only`` refused an object (pickled code), False for unreadable bytes."""
     text = str(error)
@@ -116,6 +131,10 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
     if suffix in NOT_WEIGHTS_SUFFIXES:  # a run folder's other files: not "corrupt", just not weights
         raise UserError(f"{path} is not a weights file (a {suffix} file): give a run's weights.safetensors (or its "
                         "last.pt / best.pt), another project's checkpoint, or an exported .onnx")
+    if _is_plain_pickle(path):
+        raise UserError(f"{path} is a plain Python pickle, not a torch.save or safetensors weights file: refused for "
+                        "safety (unpickling can run code); save only the tensors, e.g. torch.save(model.state_dict(), "
+                        "PATH), or use .safetensors")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError:

@@ -188,3 +188,13 @@ def test_resume_given_a_run_folder_means_its_last_checkpoint(tmp_path):
     assert ckpt.resume_path(tmp_path / "out", "auto") == tmp_path / "out" / "last.pt"
     assert ckpt.resume_path(tmp_path / "out", str(tmp_path)) == tmp_path / "last.pt"
     assert ckpt.resume_path(tmp_path / "out", str(tmp_path / "best.pt")) == tmp_path / "best.pt"
+
+
+def test_a_run_removes_what_killed_checkpoint_saves_left(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (out / ".notes.tmp").write_bytes(b"the user's")
+    config = TrainConfig.for_model("tiny", max_steps=1, batch_size=4, ema_decay=0.0, out=str(out), progress=False)
+    Trainer(config, TinyDetector(), RectangleDataset(8))
+    assert not (out / ".last.pt.abc123.tmp").exists() and (out / ".notes.tmp").exists()

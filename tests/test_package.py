@@ -95,6 +95,15 @@ def test_load_checkpoint_unwraps_and_refuses_pickled_objects(tmp_path):
     assert "weights_only" not in str(info.value)  # never suggests loading it unsafely
     with pytest.raises(FileNotFoundError):
         weights.load_checkpoint(tmp_path / "missing.pth")
+    # a plain pickle (pickle.dump of a model, joblib) is named as one, from its first bytes, never unpickled
+    import pickle
+
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"w": _Evil()}, protocol=4))
+    with pytest.raises(ValueError, match=r"plain\.pt is a plain Python pickle, not a torch\.save .* refused for safety"):
+        weights.load_checkpoint(tmp_path / "plain.pt")
+    # torch.save's legacy (non-zip) format still loads
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(weights.load_checkpoint(tmp_path / "legacy.pth")["w"], torch.ones(2))
 
 
 def test_download_checks_hash_and_reports_offline(tmp_path):

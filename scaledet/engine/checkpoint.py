@@ -57,6 +57,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: checkpoints whose half-written temporary files (``.NAME.*.tmp``, from a save that was killed) a run removes
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+
+
+def remove_stale_temporaries(out: str | Path) -> None:
+    """Remove what killed checkpoint saves left in ``out`` (each up to a checkpoint's size). Called by the
+    run that holds ``out``'s lock, so no save of another run can be under way."""
+    for name in CHECKPOINT_NAMES:
+        for temporary in Path(out).glob(f".{name}.*.tmp"):
+            temporary.unlink(missing_ok=True)
+
+
 #: what to do about a checkpoint that cannot be resumed from
 RESUME_FIX = "start without --resume (a new run replaces it), or --resume another checkpoint (e.g. OUT/best.pt)"
 

@@ -38,8 +38,8 @@ from scaledet.data.transforms import collate_fn
 from scaledet.engine import distributed as dist_utils
 from scaledet.engine.distributed import resolve_device
 from scaledet.engine.allocator import keep_freed_memory
-from scaledet.engine.checkpoint import (atomic_torch_save, check_resume, load_training_checkpoint, resume_path,
-                                       rng_state, set_rng_state)
+from scaledet.engine.checkpoint import (atomic_torch_save, check_resume, load_training_checkpoint,
+                                        remove_stale_temporaries, resume_path, rng_state, set_rng_state)
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.data import EpochSampler, SeededDataset
 from scaledet.engine.ema import create_ema, set_ema_decay
@@ -251,6 +251,8 @@ class Trainer:
             raise SystemExit(2)  # rank 0 reports why
         if failure is not None:
             raise failure
+        if self.is_main:
+            remove_stale_temporaries(self.out)  # the lock is ours: no other save is under way
         return logger
 
     def _setup_determinism(self) -> None:
