@@ -34,8 +34,9 @@ def load(path: str | Path | None, *, model: str | None = None, num_classes: int 
               DETR ``.pth``, Hugging Face DETR ``.bin`` / ``.safetensors`` - detected and converted
               by the family's converter; these carry no config, so ``model`` is required;
             * ``"coco"``: the published COCO weights of ``model`` (downloaded, hash-checked);
-            * an exported ``.onnx`` file: an :class:`~scaledet.export.OnnxDetector`
-              (onnxruntime, CPU), which takes no other argument;
+            * an exported ``.onnx`` file (any case of the suffix): an :class:`~scaledet.export.OnnxDetector`
+              (onnxruntime, CPU), which takes no other argument; an INT8 file (``scaledet export --int8``) a
+              :class:`~scaledet.inference.quantize.QuantizedDetector` (``precision="int8"``, its report);
             * ``None``: a randomly initialised ``model``.
         model: model name (:func:`scaledet.list_models`); default the file's.
         num_classes: default the file's; a different count re-initialises the class predictor.
@@ -55,7 +56,7 @@ def load(path: str | Path | None, *, model: str | None = None, num_classes: int 
             given, or does not fit the model (the message names the missing, unexpected and
             mis-shaped keys); arguments an ONNX file cannot take.
     """
-    if path is not None and Path(path).suffix == ".onnx":
+    if path is not None and Path(path).suffix.lower() == ".onnx":
         return _load_onnx(Path(path), model, num_classes, image_size, overrides)
     if model is None:
         model = _stored_model_name(path)
@@ -89,6 +90,10 @@ def _load_onnx(path: Path, model: str | None, num_classes: int | None, image_siz
     if given:
         raise UserError(f"{path} is an exported graph: {', '.join(given)} cannot change it (export it again)")
     detector = OnnxDetector(path)
+    from scaledet.inference.quantize import INT8_KEY, QuantizedDetector
+
+    if INT8_KEY in detector.session.get_modelmeta().custom_metadata_map:  # precision "int8", its report, VNNI check
+        detector = QuantizedDetector(path)
     if model is not None and model != detector.config["model"]:
         raise UserError(f"{path} holds {detector.config['model']}, not {model}")
     return detector

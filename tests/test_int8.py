@@ -421,3 +421,37 @@ def test_pt2e_folds_the_batchnorm_of_every_call_of_a_shared_convolution():
         for expected, got in zip(head(*inputs), quantized(*inputs)):
             error = (expected - got).abs().max().item()
             assert error < 0.1 * expected.abs().max().item(), error
+
+
+def test_an_int8_file_loads_as_int8_whatever_the_case_of_its_suffix(float_file, tmp_path):
+    """scaledet.load (predict / eval --weights) of an INT8 file gives the INT8 runner: its precision, its
+    report and the VNNI check, not a float OnnxDetector; ``.ONNX`` is an ONNX file too."""
+    _, path = float_file
+    quantize_onnx(path, tmp_path / "M.ONNX", tiny_images(2), rules=["none"], threads=1)
+    loaded = scaledet.load(tmp_path / "M.ONNX")
+    assert isinstance(loaded, QuantizedDetector) and loaded.precision == "int8" and loaded.report["float_rule"] == "none"
+    assert not isinstance(scaledet.load(path), QuantizedDetector)
+
+
+def test_export_int8_check_with_nothing_to_compare_is_inconclusive_not_pass(tmp_path, capsys, monkeypatch):
+    from scaledet.inference import quantize
+
+    monkeypatch.setattr(quantize, "detection_agreement", lambda *args: quantize.Agreement())  # the float finds nothing
+    code = main(["export", "--model", "efficientdet_lite0", "--image-size", "64", "--int8", "--calibration",
+                 "shapes:val", "--calibration-images", "2", "--output", str(tmp_path / "x.onnx"), "--check"])
+    out = capsys.readouterr().out
+    assert code == 1 and "INCONCLUSIVE: the float model finds nothing" in out and "PASS" not in out
+
+
+def test_an_unreadable_calibration_image_is_skipped_with_a_line(tmp_path, capsys):
+    from PIL import Image
+
+    from scaledet.commands.export import calibration_images
+
+    Image.new("RGB", (40, 30), (90, 0, 0)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    images = calibration_images(str(tmp_path), 2)
+    assert len(images) == 1 and f"--calibration: skipped {tmp_path / 'b.jpg'}: cannot read image" in capsys.readouterr().out
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(ValueError, match="none of its images could be read"):
+        calibration_images(str(tmp_path), 2)

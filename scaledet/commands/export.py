@@ -74,6 +74,7 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
     import torch
 
     from scaledet.data import load_image, open_dataset
+    from scaledet.data.images import IMAGE_ERRORS
     from scaledet.evaluation.results import label_mapping
     from scaledet.inference.predict import IMAGE_SUFFIXES, collect_inputs
 
@@ -97,7 +98,15 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
         raise ValueError(f"--calibration {data}: no images found" + (f" ({problems[0]})" if problems else "")
                          + "; give a folder or glob of images, or a dataset such as shapes:val or a COCO .json")
     step = max(len(paths) // count, 1)
-    return [load_image(p) for p in paths[::step][:count]]
+    images = []
+    for path in paths[::step][:count]:
+        try:
+            images.append(load_image(path))
+        except IMAGE_ERRORS as error:  # as predict does: one line, the rest still calibrate
+            print(f"--calibration: skipped {path}: cannot read image ({error})")
+    if not images:
+        raise ValueError(f"--calibration {data}: none of its images could be read; give readable images")
+    return images
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and args.box_tol is not None:
         raise ValueError("--box-tol is the float check's: the --int8 check matches boxes by IoU >= 0.8 (--score-tol "
                          "sets its score tolerance)")
-    if args.weights and Path(args.weights).suffix == ".onnx":
+    if args.weights and Path(args.weights).suffix.lower() == ".onnx":
         raise ValueError("--weights is already an ONNX file")
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration DATA: a folder or glob of images like the ones to detect on, "
@@ -186,6 +195,12 @@ def _export_int8(model, args: argparse.Namespace) -> int:
         agreement = detection_agreement(reference, QuantizedDetector(output)(images), tolerance)
         passed = agreement.passes(tolerance)
         print(f"check, int8 onnxruntime vs eager on {len(images)} calibration images: {agreement.summary()} "
-              f"({tolerance})\n{'PASS' if passed else 'FAIL'}")
+              f"({tolerance})")
+        if agreement.reference == 0:  # 0 of 0 matched compares nothing: as the float check, not a PASS
+            print(f"INCONCLUSIVE: the float model finds nothing scoring {tolerance.min_score:g} or more on the "
+                  "calibration images, so there was nothing to compare; calibrate on images with objects the "
+                  "model detects (trained weights, --calibration DATA of its kind)")
+            return 1
+        print("PASS" if passed else "FAIL")
         return 0 if passed else 1
     return 0
