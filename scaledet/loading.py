@@ -89,11 +89,11 @@ def _load_onnx(path: Path, model: str | None, num_classes: int | None, image_siz
              if value is not None]
     if given:
         raise UserError(f"{path} is an exported graph: {', '.join(given)} cannot change it (export it again)")
-    detector = OnnxDetector(path)
     from scaledet.inference.quantize import INT8_KEY, QuantizedDetector
 
+    detector = OnnxDetector(path)
     if INT8_KEY in detector.session.get_modelmeta().custom_metadata_map:  # precision "int8", its report, VNNI check
-        detector = QuantizedDetector(path)
+        detector = QuantizedDetector(path, session=detector.session)
     if model is not None and model != detector.config["model"]:
         raise UserError(f"{path} holds {detector.config['model']}, not {model}")
     return detector

@@ -142,8 +142,10 @@ class TrainConfig:
         """Merge a YAML file (optional) with command-line ``flags`` (flags win; ``None`` = unset)."""
         values: dict[str, Any] = {}
         if yaml_path is not None:
+            from scaledet.data.base import read_text  # imported here: the data layer, for a config file only
+
             try:
-                loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+                loaded = yaml.safe_load(read_text(Path(yaml_path))) or {}  # as every data file: BOM, UTF-16
             except yaml.YAMLError as error:
                 mark = getattr(error, "problem_mark", None)
                 where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -126,7 +127,9 @@ class OnnxDetector:
     engine = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 session: Any = None) -> None:
+        """``session``: an ``onnxruntime.InferenceSession`` of ``path`` already made (not made again)."""
         import onnxruntime as ort  # optional dependency
 
         from scaledet.weights import REDOWNLOAD_FIX, corrupt_file_error
@@ -134,8 +137,8 @@ class OnnxDetector:
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads),
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = session or ort.InferenceSession(str(path), session_options(threads),
+                                                           providers=providers or ["CPUExecutionProvider"])
         except (ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                 ort.capi.onnxruntime_pybind11_state.InvalidGraph) as error:  # truncated, or not an ONNX graph
             raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None

@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy
 import torch
@@ -490,8 +491,9 @@ class QuantizedDetector(OnnxDetector):
 
     precision = "int8"
 
-    def __init__(self, path: str | Path, threads: int | None = None, report: QuantizationReport | None = None) -> None:
-        super().__init__(path, threads=threads)
+    def __init__(self, path: str | Path, threads: int | None = None, report: QuantizationReport | None = None,
+                 session: Any = None) -> None:
+        super().__init__(path, threads=threads, session=session)
         self.path = Path(path)
         meta = self.session.get_modelmeta().custom_metadata_map
         if INT8_KEY not in meta:
