@@ -2,6 +2,7 @@
 
 import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -40,6 +41,69 @@ def test_resume_mid_epoch_gives_identical_weights(tmp_path, optimizer, workers):
     torch.manual_seed(0)
     initial = TinyDetector().state_dict()["head.weight"]
     assert not torch.allclose(initial, straight.model.state_dict()["head.weight"])
+
+
+class CtrlCDataset(RectangleDataset):
+    """Loading its first sample after ``armed`` appears, it sends SIGINT to the training process and to
+    the process loading it, as a terminal's Ctrl-C reaches the whole process group (data workers too)."""
+
+    def __init__(self, armed, **kwargs):
+        super().__init__(**kwargs)
+        self.armed = armed
+
+    def __getitem__(self, index):
+        if self.armed.exists():
+            self.armed.unlink()
+            trainer_pid = os.getppid() if torch.utils.data.get_worker_info() is not None else os.getpid()
+            os.kill(trainer_pid, signal.SIGINT)
+            if trainer_pid != os.getpid():
+                os.kill(os.getpid(), signal.SIGINT)
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ctrl_c_ends_the_step_saves_there_and_resume_is_exact(tmp_path, workers):
+    """Ctrl-C inside an epoch: the step in progress ends, last.pt is written there (not the epoch end's: up
+    to an epoch lost) and resuming it gives the weights of the run without the interruption. A data worker
+    that got the Ctrl-C too keeps loading the batches that step needs."""
+    straight, _ = _train(tmp_path / "straight")
+    armed = tmp_path / "armed"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        torch.manual_seed(0)
+        config = TrainConfig.for_model("tiny", epochs=3, batch_size=2, grad_accum=2, lr=0.05, optimizer="sgd",
+                                       ema_decay=0.9, out=str(tmp_path / "run"), progress=False, log_every=1,
+                                       workers=workers)
+        # armed after step 6: the Ctrl-C comes while step 7 (inside epoch 1) loads its batches
+        arm = lambda trainer, record: armed.touch() if record["step"] == 6 else None  # noqa: E731
+        trainer = Trainer(config, TinyDetector(), CtrlCDataset(armed, length=20), callbacks=[arm])
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    state = ckpt.load_training_checkpoint(tmp_path / "run" / "last.pt")
+    assert trainer.interrupted and 7 <= state["step"] <= 10 and state["epoch"] == 1 and state["batch_in_epoch"] > 0
+    resumed, _ = _train(tmp_path / "run", resume="auto", workers=workers)
+    assert resumed.step == 15
+    for name, expected in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], expected), name
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        def twice(trainer, record):
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # the first asks the step to end ...
+                os.kill(os.getpid(), signal.SIGINT)  # ... the second does not wait for it
+        config = TrainConfig.for_model("tiny", epochs=3, batch_size=2, out=str(tmp_path / "run"), progress=False)
+        trainer = Trainer(config, TinyDetector(), RectangleDataset(20), callbacks=[twice])
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert trainer.step == 2 and not (tmp_path / "run" / "last.pt").exists()  # nothing half-saved
 
 
 def test_checkpoint_loads_with_weights_only_and_has_everything(tmp_path):

@@ -49,6 +49,43 @@ def test_two_gloo_ranks_stay_identical_and_learn(tmp_path):
     assert [h["loss"] for h in results[0]["history"]] == [h["loss"] for h in results[1]["history"]]
 
 
+def _ctrl_c_worker(rank: int, world: int, port: int, out: str) -> None:
+    import signal
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def ctrl_c_on_rank_1(trainer, record):
+        if rank == 1 and record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = TrainConfig.for_model("tiny", epochs=6, batch_size=4, lr=0.05, optimizer="sgd", ema_decay=0.0,
+                                   out=out, progress=False, seed=0)
+    trainer = Trainer(config, TinyDetector(), RectangleDataset(24), callbacks=[ctrl_c_on_rank_1])
+    try:
+        trainer.fit()
+        stopped = "finished"
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump({"stopped": stopped, "step": trainer.step, "asked": trainer.interrupted}, handle)
+    torch.distributed.destroy_process_group()
+
+
+def test_ctrl_c_on_one_rank_ends_every_rank_after_the_same_step(tmp_path):
+    """Ctrl-C seen by one process: all stop after that step (no rank left waiting in a collective) and
+    rank 0 saves it, mid-epoch."""
+    from scaledet.engine.checkpoint import load_training_checkpoint
+
+    mp.spawn(_ctrl_c_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["stopped"] for r in results] == ["interrupted", "interrupted"] and [r["step"] for r in results] == [2, 2]
+    state = load_training_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 2 and state["epoch"] == 0 and state["batch_in_epoch"] == 2  # 3 steps per epoch
+
+
 def test_processes_flag_passes_every_option_to_its_processes():
     from scaledet.cli import build_parser
     from scaledet.commands.train import command_line

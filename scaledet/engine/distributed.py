@@ -105,8 +105,9 @@ def run_processes(command: list[str], environments: list[dict[str, str]]) -> int
             if failed or all(code == 0 for code in codes):
                 return failed[0] if failed else 0
             time.sleep(0.2)
-    except KeyboardInterrupt:  # Ctrl-C, or LauncherStopped for the signals
-        _interrupt(children)  # each process stops as after Ctrl-C: it names the checkpoint to resume from
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or LauncherStopped for the signals
+        # each process stops as after Ctrl-C: it ends its step, saves, names the checkpoint to resume from
+        _interrupt(children, reached=not isinstance(interrupt, LauncherStopped) and _in_foreground_of_a_terminal())
         raise
     finally:  # a failed rank (or an interruption here) must not leave the others waiting in a collective
         for signum, handler in previous.items():
@@ -134,22 +135,32 @@ def _stop_launcher(signum: int, frame) -> None:
     raise LauncherStopped(f"stopped by signal {signal.Signals(signum).name}")
 
 
-def _interrupt(children: list[subprocess.Popen]) -> None:
-    """Give the launched processes Ctrl-C and up to :data:`INTERRUPT_GRACE_S` seconds to end by themselves.
-    A terminal's Ctrl-C already reached them (one process group): only those still running after a
-    second get it from here (the launcher alone was signalled)."""
+def _interrupt(children: list[subprocess.Popen], reached: bool) -> None:
+    """Give the launched processes Ctrl-C (unless it ``reached`` them already: a terminal's Ctrl-C goes to
+    its whole foreground process group) and up to :data:`INTERRUPT_GRACE_S` seconds to end by themselves:
+    a training process finishes its step and saves it. A second Ctrl-C stops the wait (the caller then
+    terminates them)."""
+    if not reached:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
     start = time.monotonic()
-    signalled = False
     while time.monotonic() - start < INTERRUPT_GRACE_S and any(child.poll() is None for child in children):
-        if not signalled and time.monotonic() - start > 1.0:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
-            signalled = True
         try:
             time.sleep(0.1)
         except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
             return
+
+
+def _in_foreground_of_a_terminal() -> bool:
+    """True when this process belongs to a terminal's foreground process group, whose Ctrl-C reaches every
+    process of the group (the launched ones too); False without a terminal (a script's ``kill -INT``)."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            return os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+        except (AttributeError, OSError, ValueError):  # not a terminal, closed, or no such call here
+            continue
+    return False
 
 
 def free_port() -> int:
@@ -199,11 +210,17 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any rank (used for the wall-time stop)."""
+    return any_rank_each([flag], device)[0]
+
+
+def any_rank_each(flags: list[bool], device: torch.device) -> list[bool]:
+    """:func:`any_rank` of several flags in one collective: flag ``i`` is true on every rank if it is
+    true on any."""
     if not is_distributed():
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    tensor = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
+    return [bool(value > 0) for value in tensor.tolist()]
 
 
 def gather_objects(items: list[Any]) -> list[Any]:

@@ -22,6 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -67,6 +70,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """A data-loading worker ignores Ctrl-C: a terminal sends it to the whole process group, and a worker
+    that ended on it would fail the step :meth:`Trainer.fit` finishes before it saves (the main process
+    ends the workers when it stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _warn_if_replacing(out: Path) -> None:
@@ -227,6 +237,8 @@ class Trainer:
         self.max_dets: list[int] = [1, 10, 100]  # the caps of the last evaluation (raised for dense images)
         self._stats_step = -1
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+        self._stepping = False  # inside an epoch's steps: a first Ctrl-C waits for the step's end (fit)
+        self.interrupted = False  # a Ctrl-C asked the steps to stop; fit saves last.pt and raises KeyboardInterrupt
         if self.planned_steps and not config.max_minutes:
             self._set_plan(self.planned_steps)
         if self.is_main and not config.resume:
@@ -349,7 +361,7 @@ class Trainer:
         loader = DataLoader(
             SeededDataset(dataset, self.config.seed), batch_size=self.config.batch_size, sampler=sampler,
             num_workers=self.config.workers, collate_fn=collate_fn, drop_last=True, generator=generator,
-            persistent_workers=False, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_ctrl_c,
         )
         return loader, sampler
 
@@ -435,24 +447,65 @@ class Trainer:
         return min(max(values), 1.0)
 
     def _should_stop(self) -> bool:
-        local = self.config.max_minutes is not None and self.elapsed() >= 60 * self.config.max_minutes
+        """After a step: stop for Ctrl-C (:attr:`interrupted`), the time budget, ``max_steps`` or the planned
+        steps. Ctrl-C and the clock are per process: every rank learns of either on any rank here (one
+        collective, on every call, so that all ranks stop after the same step and stop alike)."""
+        timed_out = self.config.max_minutes is not None and self.elapsed() >= 60 * self.config.max_minutes
+        self.interrupted, timed_out = dist_utils.any_rank_each([self.interrupted, timed_out], self.device)
+        if self.interrupted or timed_out:
+            return True
         if self.config.max_steps is not None and self.step >= self.config.max_steps:
             return True
-        if self.planned_steps and self.config.epochs and self.step >= self.planned_steps:
-            return True
-        return dist_utils.any_rank(local, self.device)
+        return bool(self.planned_steps and self.config.epochs and self.step >= self.planned_steps)
 
     def fit(self) -> dict[str, Any]:
-        """Train until epochs / max_steps / max_minutes, then evaluate and write the run outputs."""
+        """Train until epochs / max_steps / max_minutes, then evaluate and write the run outputs.
+
+        Ctrl-C during the steps (in the main thread, where SIGINT has Python's default handler) ends the
+        step in progress, saves ``last.pt`` there (an exact resume point, mid-epoch) and raises
+        ``KeyboardInterrupt``; a second Ctrl-C, or one during an evaluation, stops at once (the last
+        ``last.pt`` is then that of the last epoch end). With several processes every one stops after
+        the same step."""
         self._start = time.monotonic()
         self.model.train()
-        # resumed at (or past) its end, e.g. stopped in the final evaluation: no step more, only the outputs
-        stopped = self.step > 0 and self._should_stop()
-        while not stopped and (self.config.epochs is None or self.epoch < self.config.epochs):
-            stopped = self._train_epoch()
-            if self.batch_in_epoch >= self.steps_per_epoch * self.config.grad_accum:
-                self._end_epoch()
+        with self._ctrl_c_ends_the_step():
+            # resumed at (or past) its end, e.g. stopped in the final evaluation: no step more, only the outputs
+            stopped = self.step > 0 and self._should_stop()
+            while not stopped and (self.config.epochs is None or self.epoch < self.config.epochs):
+                stopped = self._train_epoch()
+                # a Ctrl-C after the epoch's last stop check: every rank learns of it (and Ctrl-C now stops at once)
+                self.interrupted = dist_utils.any_rank(self.interrupted, self.device)
+                if self.interrupted:
+                    self.save("last.pt")
+                    raise KeyboardInterrupt(f"interrupted after step {self.step}")
+                if self.batch_in_epoch >= self.steps_per_epoch * self.config.grad_accum:
+                    self._end_epoch()
         return self._finish()
+
+    @contextlib.contextmanager
+    def _ctrl_c_ends_the_step(self):
+        """SIGINT handled as :meth:`fit` says inside the block: the first one during the steps sets
+        :attr:`interrupted`, which :meth:`_should_stop` reads after the step (a Ctrl-C in the middle of
+        an optimizer update would leave the weights half-updated, no state to save). Nothing changes
+        outside the main thread, or where SIGINT has another handler (ignored in a background job)."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+
+        def on_ctrl_c(signum, frame) -> None:
+            if self.interrupted or not self._stepping:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            if self.is_main:
+                print(f"\nCtrl-C: stopping at the end of this step to save {self.out / 'last.pt'} there "
+                      "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _train_epoch(self) -> bool:
         """One (possibly resumed) epoch; returns True if a stop condition hit inside it."""
@@ -464,25 +517,28 @@ class Trainer:
         )
         accumulated: list[dict[str, float]] = []
         batches_left = self.steps_per_epoch * self.config.grad_accum - self.batch_in_epoch
-        for images, targets in self.loader:
-            if batches_left <= 0:
-                break
-            batches_left -= 1
-            losses = self._forward_backward(images, targets)
-            self.batch_in_epoch += 1
-            if losses is not None:
-                accumulated.append(losses)
-            if self.batch_in_epoch % self.config.grad_accum:
-                continue
-            record = self._optimizer_step(accumulated)
-            accumulated = []
-            bar.update(1)
-            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
-            if self._should_stop():
-                bar.close()
-                return True
-        bar.close()
-        return False
+        self._stepping = True
+        try:
+            for images, targets in self.loader:
+                if batches_left <= 0:
+                    break
+                batches_left -= 1
+                losses = self._forward_backward(images, targets)
+                self.batch_in_epoch += 1
+                if losses is not None:
+                    accumulated.append(losses)
+                if self.batch_in_epoch % self.config.grad_accum:
+                    continue
+                record = self._optimizer_step(accumulated)
+                accumulated = []
+                bar.update(1)
+                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", lr=f"{record['lr']:.2e}")
+                if self._should_stop():
+                    return True
+            return False
+        finally:
+            self._stepping = False
+            bar.close()
 
     def _forward_backward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float] | None:
         """Loss of one micro-batch, backpropagated (scaled by 1/grad_accum); None if not finite."""
