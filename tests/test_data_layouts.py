@@ -162,10 +162,51 @@ def test_evaluation_ground_truth_without_a_bbox_names_the_file(tmp_path):
     from scaledet.evaluation.coco import evaluate_detections
 
     gt = {"images": [{"id": 1, "file_name": "a.png", "width": 48, "height": 32}], "categories": [{"id": 1, "name": "cat"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9, 1, 9, 9]]}]}
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9]]}]}  # odd: no polygon
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     with pytest.raises(ValueError, match=r"gt\.json: annotations\[0\] needs image_id, category_id and bbox \(it has no bbox"):
         evaluate_detections(str(tmp_path / "gt.json"), [])
+
+
+def test_coco_annotations_with_only_a_segmentation_get_the_box_it_spans(tmp_path):
+    """Mask tools export COCO without bbox: polygons and RLE (compressed and not) give their extent, in
+    training and in evaluation alike (they were skipped as malformed boxes, or refused by eval)."""
+    from pycocotools import mask as coco_mask
+
+    from scaledet.data.coco import box_from_segmentation
+    from scaledet.evaluation.coco import evaluate_detections
+
+    _image(tmp_path / "a.png", w=48, h=32)
+    pixels = np.zeros((32, 48), np.uint8, order="F")
+    pixels[4:10, 30:40] = 1  # rows 4-9, columns 30-39: box [30, 4, 10, 6]
+    compressed = coco_mask.encode(pixels)
+    compressed["counts"] = compressed["counts"].decode()
+    runs, flat, value, length = [], pixels.flatten(order="F"), 0, 0  # uncompressed RLE: run lengths, 0s first
+    for pixel in flat:
+        if pixel != value:
+            runs.append(length)
+            value, length = pixel, 0
+        length += 1
+    runs.append(length)
+    gt = {"images": [{"id": 7, "file_name": "a.png", "width": 48, "height": 32}],
+          "categories": [{"id": 3, "name": "cat"}],
+          "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "segmentation": [[2, 3, 12, 3, 12, 20], [5, 25, 6, 26]]},
+                          {"id": 2, "image_id": 7, "category_id": 3, "segmentation": compressed},
+                          {"id": 3, "image_id": 7, "category_id": 3, "segmentation": {"size": [32, 48], "counts": runs}},
+                          {"id": 4, "image_id": 7, "category_id": 3, "segmentation": []}]}  # nothing: skipped
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert box_from_segmentation(gt["annotations"][0]["segmentation"]) == [2, 3, 10, 23]
+    assert box_from_segmentation(compressed) == box_from_segmentation(gt["annotations"][2]["segmentation"]) == [30, 4, 10, 6]
+    assert box_from_segmentation([[1, "x"]]) is None and box_from_segmentation({"counts": "x"}) is None
+    dataset, messages = _open(tmp_path / "gt.json")
+    assert sorted(dataset.records[0].boxes.tolist()) == [[2, 3, 12, 26], [30, 4, 40, 10], [30, 4, 40, 10]]
+    assert dataset.report.counts["box_from_segmentation"] == 3 and dataset.report.counts["malformed_box"] == 1
+    assert not [m for m in messages if "spans" in m]  # a note (kept), not a warning
+    detections = [{"image_id": 7, "category_id": 3, "bbox": box, "score": 0.9}
+                  for box in ([2, 3, 10, 23], [30, 4, 10, 6], [30, 4, 10, 6])]
+    gt["annotations"] = gt["annotations"][:3]  # evaluation refuses ground truth it cannot score (the empty one)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert evaluate_detections(str(tmp_path / "gt.json"), detections)["AP"] == pytest.approx(1.0)
 
 
 def test_voc_folders_without_split_files_train_and_validate(tmp_path, capsys):

@@ -9,7 +9,9 @@ Files written by other tools sometimes hold numbers as strings: ids, ``category_
 ``bbox`` values and ``area`` given as numeric strings (``"7"``, ``"12.5"``) are read as
 numbers, and ``iscrowd`` accepts ``0``/``1``, ``true``/``false`` and the strings ``"0"``,
 ``"1"``, ``"true"``, ``"false"``, ``"yes"``, ``"no"`` (a string is never truthy by itself:
-``"0"`` is not a crowd box). Other values are skipped and counted in the report.
+``"0"`` is not a crowd box). Other values are skipped and counted in the report. An annotation
+without a ``bbox`` but with a ``segmentation`` (polygons or RLE) gets the box its segmentation spans
+(:func:`box_from_segmentation`; counted as ``box_from_segmentation``), here and in evaluation.
 """
 
 from __future__ import annotations
@@ -74,6 +76,44 @@ def as_number(value: object) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def box_from_segmentation(segmentation: object) -> list[float] | None:
+    """The ``[x, y, width, height]`` a COCO ``segmentation`` spans, for annotations written without a
+    ``bbox`` (some mask tools' exports); ``None`` when it holds nothing readable.
+
+    Polygons (``[[x1, y1, x2, y2, ...], ...]``): the extent of their vertices, as COCO's own boxes.
+    RLE (``{"size": [h, w], "counts": ...}``, compressed string or uncompressed list): the extent of
+    its pixels (pycocotools' ``toBbox``).
+    """
+    if isinstance(segmentation, dict):
+        from pycocotools import mask as coco_mask
+
+        size = segmentation.get("size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and "counts" in segmentation):
+            return None
+        counts = segmentation["counts"]
+        if not isinstance(counts, (list, str, bytes)):
+            return None
+        try:  # run lengths as a list: compressed first; a string is compressed already
+            rle = coco_mask.frPyObjects(segmentation, int(size[0]), int(size[1])) if isinstance(counts, list) \
+                else {"size": [int(size[0]), int(size[1])], "counts": counts}
+            box = [float(v) for v in coco_mask.toBbox(rle)]
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return box if box[2] > 0 and box[3] > 0 else None
+    if not isinstance(segmentation, list):
+        return None
+    xs, ys = [], []
+    for polygon in segmentation:
+        values = [as_number(v) for v in polygon] if isinstance(polygon, list) else [None]
+        if None in values or len(values) % 2 or any(v != v for v in values):  # not numbers, odd count, NaN
+            return None
+        xs += values[0::2]
+        ys += values[1::2]
+    if not xs:
+        return None
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
 _FLAG_STRINGS = {"0": False, "1": True, "false": False, "true": True, "no": False, "yes": True}
@@ -219,6 +259,10 @@ class CocoDataset(DetectionDataset):
                 report.skip("unknown_category", f"{where}: category_id {ann.get('category_id')!r} not in 'categories'")
                 continue
             bbox = ann.get("bbox")
+            if bbox is None and ann.get("segmentation"):  # a mask tool's export: the box its outline spans
+                bbox = box_from_segmentation(ann["segmentation"])
+                if bbox is not None:
+                    report.note("box_from_segmentation", f"{where}: no bbox; its segmentation spans {bbox}")
             values = [as_number(v) for v in bbox] if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else None
             if values is None or None in values:
                 report.skip("malformed_box", f"{where}: bbox {bbox!r} is not [x, y, w, h]")

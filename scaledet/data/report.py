@@ -37,10 +37,12 @@ REASONS: dict[str, str] = {
     "size_mismatch": "annotated image size differs from the file: file size used (kept)",
     "converted_image": "grayscale / palette / RGBA / 16-bit / CMYK image: converted to RGB (kept)",
     "exif_rotated": "EXIF orientation applied (kept)",
+    "box_from_segmentation": "COCO annotation without a bbox: box from its segmentation (kept)",
 }
 
 #: reasons that keep the record (reported as notes, not warnings)
-KEPT_REASONS = frozenset({"clipped_box", "size_mismatch", "converted_image", "exif_rotated", "missing_label"})
+KEPT_REASONS = frozenset({"clipped_box", "size_mismatch", "converted_image", "exif_rotated", "missing_label",
+                          "box_from_segmentation"})
 
 
 class DataWarning(UserWarning):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scaledet.data.coco import as_number, read_json
+from scaledet.data.coco import as_number, box_from_segmentation, read_json
 from scaledet.evaluation.results import (
     align_to_ground_truth,
     check_ids,
@@ -100,11 +100,15 @@ def _load_gt(gt) -> dict:
     annotations = []
     for index, ann in enumerate(gt.get("annotations", [])):
         where = f"{source}: annotations[{index}]"
+        if isinstance(ann, dict) and ann.get("bbox") is None and ann.get("segmentation"):
+            spanned = box_from_segmentation(ann["segmentation"])  # as the training reader does
+            ann = {**ann, "bbox": spanned} if spanned is not None else ann
         if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
             missing = sorted({"image_id", "category_id", "bbox"} - ann.keys()) if isinstance(ann, dict) else None
             raise ValueError(f"{where} needs image_id, category_id and bbox" +
                              (f" (it has no {', '.join(missing)}: COCO evaluation scores boxes, so every ground-truth "
-                              "annotation needs its bbox [x, y, width, height])" if missing else ""))
+                              "annotation needs its bbox [x, y, width, height], or a segmentation it spans)"
+                              if missing else ""))
         bbox = coco_bbox(ann["bbox"], where)
         ids = {key: record_id(ann, key, where) for key in ("image_id", "category_id")}
         annotations.append({"id": index + 1, "iscrowd": 0, "area": bbox[2] * bbox[3], **ann, **ids, "bbox": bbox})
