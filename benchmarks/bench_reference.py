@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_arguments(parser)
     parser.add_argument("--no-reference", action="store_true", help="skip effdet / transformers")
     args = parser.parse_args(argv)
+    if args.weights and not args.no_reference:
+        parser.error("--weights: the reference engines make their own weights (ours load them); "
+                     "add --no-reference to time a file of ours")
     return bench.run(args, reference=None if args.no_reference else reference_engine,
                      command=" ".join([PROG, *argv]))
 

@@ -84,4 +84,34 @@ def test_export_check_prints_the_verdict_and_exits_by_it(tmp_path, capsys, monke
     monkeypatch.setattr(type(model), "__call__", lambda self, images: [
         {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)} for _ in images])
     assert main(["export", "--weights", str(weights), "--output", str(output), "--check"]) == 1
-    assert "INCONCLUSIVE, neither finds anything" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "INCONCLUSIVE, neither finds anything" in printed and "give --check-images DATA" in printed
+
+
+def test_export_check_on_the_users_images(tmp_path, capsys):
+    """--check-images: the float check compares on real images (a folder, or a dataset) instead of noise, on
+    which a trained model finds nothing; the option is refused where it would do nothing."""
+    from PIL import Image
+
+    model = randomise_efficientdet(scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=128))
+    weights = save_weights(model.state_dict(), tmp_path / "l0.safetensors", model.config)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(1)
+    for index, (h, w) in enumerate([(90, 120), (140, 100), (64, 64)]):
+        pixels = (torch.rand(h, w, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    output = tmp_path / "l0.onnx"
+    assert main(["export", "--weights", str(weights), "--output", str(output), "--check",
+                 "--check-images", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "check, onnxruntime vs eager on 3 images: " in printed and printed.rstrip().endswith("PASS")
+    assert main(["export", "--weights", str(weights), "--output", str(output), "--check",
+                 "--check-images", "shapes:val"]) == 0
+    assert "vs eager on 8 images" in capsys.readouterr().out
+    assert main(["export", "--weights", str(weights), "--output", str(output), "--check-images", str(folder)]) == 2
+    assert "--check-images: for the float --check only" in capsys.readouterr().err
+    assert main(["export", "--weights", str(weights), "--output", str(output), "--check",
+                 "--check-images", str(tmp_path / "none")]) == 2
+    assert "--check-images" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """INT8: onnxruntime static quantization of the exported graph (scaledet.inference.quantize), through
 scaledet.optimize(precision="int8") and scaledet export --int8."""
 
+import gc
 import json
 import warnings
 
@@ -272,6 +273,13 @@ def test_optimize_int8_keeps_the_detector_contract():
     for det, ref in zip(result, eager):
         assert det["boxes"].shape[1] == 4 and (det["boxes"] <= 64.5).all()  # input-image pixels, like eager
         assert det["labels"].dtype == ref["labels"].dtype == torch.int64
+    folder = fast.path.parent  # the temporary float and INT8 files go with the detector, quietly
+    assert folder.name.startswith("scaledet-int8-") and (folder / "float.onnx").is_file()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del fast
+        gc.collect()
+    assert not folder.exists() and not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 @pytest.mark.slow

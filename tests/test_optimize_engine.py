@@ -1,8 +1,10 @@
 """optimize(engine=...): onnxruntime as an fp32 engine, and the measured, cached automatic choice."""
 
+import gc
 import importlib
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -27,6 +29,15 @@ def test_onnxruntime_engine_gives_the_optimised_detections():
     assert_equal_detections(reference, fast(images), score_tol=1e-4, box_tol=1e-2)
     torch_engine = scaledet.optimize(model, engine="torch")
     assert (torch_engine.engine, torch_engine.precision) == ("torch", "fp32")
+    # its temporary ONNX file lives as long as the engine, and goes quietly (no ResourceWarning: Implicitly ...)
+    folder = fast.path.parent
+    assert fast.path.is_file() and folder.name.startswith("scaledet-onnx-")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del fast
+        gc.collect()
+    assert not folder.exists()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
 
 
 class FakeTorch:

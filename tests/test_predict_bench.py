@@ -39,6 +39,42 @@ def test_bench_cli_tiny(tmp_path, capsys):
     assert f"| {current_processor().kind} | efficientdet_lite0 | ours-opt-fp32 | 2 |" in capsys.readouterr().out
 
 
+def test_bench_times_a_weights_file_and_names_its_model(tmp_path, capsys):
+    import scaledet
+
+    weights = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=64).save(tmp_path / "w.safetensors")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--weights", str(weights), "--batch-sizes", "1", "--runs", "1", "--warmup", "0",
+                 "--no-onnx", "--precision", "fp32", "--json", str(out)]) == 0
+    result = this_processor_table(out)["results"][0]
+    assert result["model"] == "efficientdet_lite0" and result["weights"] == str(weights)
+    assert result["network_input_hw"] == [64, 64]  # the file's image size, not the registry's 320
+    assert main(["bench", "--models", "efficientdet_d0", "detr_r50", "--weights", str(weights)]) == 2
+    assert "--weights gives 1 file(s) for 2 --models" in capsys.readouterr().err
+    assert main(["bench", "--weights", str(tmp_path / "w.onnx")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_tied_random_scores_are_called_untestable_not_unequal():
+    import torch
+
+    from scaledet.commands.bench import _untestable
+    from scaledet.inference.compare import compare_detection_sets
+
+    def detections(boxes):
+        return [{"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.full((len(boxes),), 0.01),
+                 "labels": torch.zeros(len(boxes), dtype=torch.int64)}]
+
+    # every score alike (random weights): the engines kept different boxes of the same score
+    tied = compare_detection_sets(detections([[0, 0, 10, 10], [20, 20, 30, 30]]),
+                                  detections([[0, 0, 10, 10], [40, 40, 50, 50]]))
+    assert not tied.passed and _untestable(tied)
+    moved = compare_detection_sets(detections([[0, 0, 10, 10]]),  # one box that moved: a real difference
+                                   [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.5]),
+                                     "labels": torch.zeros(1, dtype=torch.int64)}])
+    assert not moved.passed and not _untestable(moved)
+
+
 def test_bench_rejects_fp16_on_cpu(capsys):
     assert main(["bench", "--precision", "fp16"]) == 2
     assert "fp16 needs --device cuda" in capsys.readouterr().err

@@ -25,6 +25,8 @@ from scaledet.commands import add_threads_option, apply_threads, warn_if_random_
 
 #: ``--calibration-images`` when not given
 CALIBRATION_IMAGES = 64
+#: the most ``--check-images`` the float check compares on
+CHECK_IMAGES = 8
 #: the library's ``DEFAULT_PERCENTILE`` as ``--help`` states it (importing the quantizer would load torch and
 #: torchvision for ``--help``; a test keeps the two equal)
 HELP_PERCENTILE = 99.999
@@ -40,8 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or newer, default 18)")
     parser.add_argument("--image-size", type=int, help="model input size override")
     parser.add_argument("--check", action="store_true",
-                        help="run onnxruntime and eager on two random images, compare the detections and print "
-                             "PASS or FAIL (exit status 1 on FAIL)")
+                        help="run onnxruntime and eager on two random images (or --check-images), compare the "
+                             "detections and print PASS or FAIL (exit status 1 on FAIL or nothing to compare)")
+    parser.add_argument("--check-images", metavar="DATA",
+                        help=f"--check on up to {CHECK_IMAGES} of these images instead: a folder or glob of images, "
+                             "or a dataset (shapes:val, a COCO .json, ...); a trained model finds little on noise")
     parser.add_argument("--score-tol", type=float,
                         help="--check: largest score difference (default 1e-4; with --int8 that of a matched "
                              "detection, default 0.1)")
@@ -65,12 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "every agreeing rule on this machine and keep the fastest (slower export)")
 
 
-def calibration_images(data: str, count: int, class_names: list[str] | None = None) -> list:
+def calibration_images(data: str, count: int, class_names: list[str] | None = None,
+                       flag: str = "--calibration") -> list:
     """Up to ``count`` calibration items from ``data``, evenly spread over it: from a dataset
     (:func:`scaledet.data.open_dataset`: ``shapes...``, ``.json``, ``.yaml``, a folder with
     ``Annotations/``) ``(image, target)`` pairs with labels in the order of ``class_names`` (the
     model's; the INT8 rule is then judged by AP), or bare images when its classes are not the
-    model's; from files / folders / globs, images (float ``[3, H, W]`` in [0, 1])."""
+    model's or ``class_names`` is None; from files / folders / globs, images (float ``[3, H, W]`` in
+    [0, 1]). ``flag``: the option that gave ``data``, named in messages."""
     import torch
 
     from scaledet.data import load_image, open_dataset
@@ -85,8 +92,9 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
         step = max(len(dataset) // count, 1)
         items = [dataset[i] for i in range(0, len(dataset), step)][:count]
         if class_names is None or set(class_names) != set(dataset.class_names):
-            print(f"--calibration {data}: its classes are not the model's; the INT8 layers are judged by agreement "
-                  "with float, not by AP")
+            if class_names is not None:
+                print(f"{flag} {data}: its classes are not the model's; the INT8 layers are judged by agreement "
+                      "with float, not by AP")
             return [image for image, _ in items]
         to_model = torch.empty(len(dataset.class_names), dtype=torch.long)
         to_model[torch.tensor(label_mapping(class_names, dataset.class_names))] = torch.arange(len(class_names))
@@ -95,7 +103,7 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
     paths, problems = collect_inputs([data])
     paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
-        raise ValueError(f"--calibration {data}: no images found" + (f" ({problems[0]})" if problems else "")
+        raise ValueError(f"{flag} {data}: no images found" + (f" ({problems[0]})" if problems else "")
                          + "; give a folder or glob of images, or a dataset such as shapes:val or a COCO .json")
     step = max(len(paths) // count, 1)
     images = []
@@ -103,9 +111,9 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
         try:
             images.append(load_image(path))
         except IMAGE_ERRORS as error:  # as predict does: one line, the rest still calibrate
-            print(f"--calibration: skipped {path}: cannot read image ({error})")
+            print(f"{flag}: skipped {path}: cannot read image ({error})")
     if not images:
-        raise ValueError(f"--calibration {data}: none of its images could be read; give readable images")
+        raise ValueError(f"{flag} {data}: none of its images could be read; give readable images")
     return images
 
 
@@ -122,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and not (args.check and value >= 0):
             raise ValueError(f"--{name.replace('_', '-')} {value:g}: " + ("a tolerance is >= 0" if args.check else
                              "it is a tolerance of --check: add --check or drop it"))
+    if args.check_images and not (args.check and not args.int8):
+        raise ValueError("--check-images: for the float --check only (add --check; the --int8 check compares on the "
+                         "calibration images)")
     if args.int8 and args.box_tol is not None:
         raise ValueError("--box-tol is the float check's: the --int8 check matches boxes by IoU >= 0.8 (--score-tol "
                          "sets its score tolerance)")
@@ -143,14 +154,20 @@ def run(args: argparse.Namespace) -> int:
     path = export_onnx(model, output, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
     if args.check:
-        generator = torch.Generator().manual_seed(0)
-        images = [torch.rand(3, 480, 640, generator=generator), torch.rand(3, 500, 375, generator=generator)]
+        if args.check_images:
+            images, kind = calibration_images(args.check_images, CHECK_IMAGES, flag="--check-images"), "images"
+        else:
+            generator = torch.Generator().manual_seed(0)
+            images = [torch.rand(3, 480, 640, generator=generator), torch.rand(3, 500, 375, generator=generator)]
+            kind = "random images"
         with torch.no_grad():
             reference = model(images)
         exported = OnnxDetector(path)(images)
         if not any(len(d["scores"]) for d in [*reference, *exported]):
-            print(f"check, onnxruntime vs eager on {len(images)} random images: INCONCLUSIVE, neither finds anything "
-                  "(a trained model's scores stay under its threshold on noise), so nothing was compared")
+            hint = ("(a trained model's scores stay under its threshold on noise: give --check-images DATA)"
+                    if not args.check_images else "(images without the model's objects?)")
+            print(f"check, onnxruntime vs eager on {len(images)} {kind}: INCONCLUSIVE, neither finds anything "
+                  f"{hint}, so nothing was compared")
             return 1
         comparison = compare_detection_sets(reference, exported, 1e-4 if args.score_tol is None else args.score_tol,
                                             1e-2 if args.box_tol is None else args.box_tol)

@@ -5,7 +5,9 @@ The graph is the family's :meth:`~scaledet.models.base.Detector.export_spec` mod
 post-processing, NMS included where the family has it; batch dimension dynamic, opset >= 18): its
 inputs are what :meth:`~scaledet.models.base.Detector.export_feeds` makes of a preprocessed batch, its
 outputs what :meth:`~scaledet.models.base.Detector.detections_from_export` turns into detections.
-The model's ``config`` is stored in the file's metadata (key ``"config"``, JSON), so
+The file's metadata holds the family's preprocessing written out for deployers without Python
+(key ``"preprocessing"``, :mod:`scaledet.models.preprocessing`) and the model's ``config`` (key
+``"config"``, JSON), so
 :class:`OnnxDetector` needs only the file: it rebuilds the model on the ``meta`` device (no weights)
 for the pre- and post-processing around the graph.
 """
@@ -16,11 +18,13 @@ import contextlib
 import copy
 import json
 import logging
+import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -33,6 +37,9 @@ from scaledet.models.ops import ONNX_TRANSLATIONS
 #: torch's exporter writes opset 18 and later; for 17 it "converts" and, failing (Pad), keeps 18
 MIN_OPSET = 18
 CONFIG_KEY = "config"
+#: metadata key of :meth:`~scaledet.models.base.Detector.preprocessing_spec` (JSON)
+PREPROCESSING_KEY = "preprocessing"
+T = TypeVar("T")
 
 
 def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: tuple[int, int] | None = None,
@@ -82,7 +89,9 @@ def _export_program(model: Detector, input_size: tuple[int, int] | None, opset: 
     written = program.model.opset_imports.get("", opset)
     if written != opset:  # the exporter fell back to another version: the file would not be what was asked
         raise ValueError(f"torch's ONNX exporter wrote opset {written}, not {opset}: give --opset {written}")
-    program.model.metadata_props.update({**spec.metadata, CONFIG_KEY: json.dumps(model.config)})
+    preprocessing = model.preprocessing_spec()  # for deployers without Python (docs/inference.md)
+    program.model.metadata_props.update({**spec.metadata, CONFIG_KEY: json.dumps(model.config),
+                                         **({PREPROCESSING_KEY: json.dumps(preprocessing)} if preprocessing else {})})
     return program
 
 
@@ -119,7 +128,7 @@ class OnnxDetector:
 
     ``preprocess -> export_feeds -> onnxruntime -> detections_from_export`` of the model rebuilt from
     the stored config (:func:`~scaledet.models.registry.build_for_processing`). Attributes: ``model``
-    (that weightless model), ``config``, ``class_names``, ``category_ids``, ``num_classes``,
+    (that weightless model), ``path``, ``config``, ``class_names``, ``category_ids``, ``num_classes``,
     ``image_size``, ``session``, and, as for ``scaledet.optimize``'s results, ``engine`` and
     ``precision`` (an INT8 file: :class:`~scaledet.inference.quantize.QuantizedDetector`).
     """
@@ -145,6 +154,7 @@ class OnnxDetector:
         meta = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in meta:
             raise ValueError(f"{path} is not a scaledet ONNX export (no {CONFIG_KEY!r} metadata)")
+        self.path = Path(path)
         self.config = json.loads(meta[CONFIG_KEY])
         self.model = build_for_processing(self.config)
         self.class_names, self.category_ids = self.model.class_names, self.model.category_ids
@@ -165,8 +175,21 @@ def onnxruntime_detector(model: Detector, threads: int | None = None) -> OnnxDet
     """``model`` exported (a CPU copy; ``model`` is left untouched) to a temporary file that lives as
     long as the returned :class:`OnnxDetector`, which runs it with ``threads`` onnxruntime threads
     (default ``torch.get_num_threads()``). What ``scaledet.optimize(model, engine="onnxruntime")`` gives."""
-    folder = tempfile.TemporaryDirectory(prefix="scaledet-onnx-")
-    path = export_onnx(copy.deepcopy(model).cpu().eval(), Path(folder.name) / "model.onnx")
-    detector = OnnxDetector(path, threads=threads or torch.get_num_threads())
-    detector._folder = folder  # deleted with the detector
-    return detector
+    threads = threads or torch.get_num_threads()
+    return with_temporary_folder("scaledet-onnx-", lambda folder: OnnxDetector(
+        export_onnx(copy.deepcopy(model).cpu().eval(), folder / "model.onnx"), threads=threads))
+
+
+def with_temporary_folder(prefix: str, build: Callable[[Path], T]) -> T:
+    """``build(folder)`` given a new temporary folder that lives as long as the object it returns:
+    removed when that object is garbage-collected or the interpreter exits (quietly: a
+    ``TemporaryDirectory`` kept on the object warns ``ResourceWarning: Implicitly cleaning up``),
+    and at once when ``build`` fails."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        owner = build(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    weakref.finalize(owner, shutil.rmtree, folder, ignore_errors=True)
+    return owner

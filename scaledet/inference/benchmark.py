@@ -94,15 +94,16 @@ def machine_info(device: str) -> dict:
 
 def build_engines(name: str, device: str, precisions: list[str], compile: bool, onnx: bool, tmp: Path,
                   reference: ReferenceFactory | None = None, image_size: tuple[int, int] | None = None,
-                  int8_calibration: int = 4) -> tuple[list[Engine], nn.Module]:
-    """All engines for model ``name``: the reference first when ``reference`` gives one (our engines
+                  int8_calibration: int = 4, model: nn.Module | None = None) -> tuple[list[Engine], nn.Module]:
+    """All engines for model ``name`` (``model``: that detector with its weights; default random
+    weights, or the reference's): the reference first when ``reference`` gives one (our engines
     then share its weights), ``ours-eager``, ``ours-opt-<precision>`` [``+compile``], and
     ``ours-onnxrt`` (CPU, ``onnx``). Precision ``"int8"`` is ``ours-int8`` (onnxruntime, CPU, no compile
     variant), calibrated on ``int8_calibration`` random images of ``image_size`` (default
     ``model.input_size()``): its latency is real, its accuracy says nothing. Returns ``(engines, our
     eager model)``."""
-    found = reference(name, device, tmp) if reference is not None else None
-    reference_engine, model = found if found is not None else (None, create_model(name))
+    found = reference(name, device, tmp) if reference is not None and model is None else None
+    reference_engine, model = found if found is not None else (None, model if model is not None else create_model(name))
     model = model.eval().to(device)
     engines = [reference_engine] if reference_engine is not None else []
     engines.append(Engine("ours-eager", model, detections=_same))

@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from scaledet.export.onnx import CONFIG_KEY, OnnxDetector, export_onnx, session_options
+from scaledet.export.onnx import (CONFIG_KEY, PREPROCESSING_KEY, OnnxDetector, export_onnx, session_options,
+                                  with_temporary_folder)
 from scaledet.inference.processor import current_processor
 from scaledet.inference.quantize_graph import (FLOAT_RULES, check_scales, constant_scales_folded, float_rules,
                                                network_nodes, spatial_means_as_global_pools)
@@ -378,7 +379,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, calibration: Seque
                                 sorted({modules.get(node, node) for node in float_nodes}), verified, choose, float_ms,
                                 None if float_ap is None else round(float_ap, 4),
                                 max_ap_drop if float_ap is not None else None, percentile)
-    _write_metadata(output, float_detector.config, report)
+    _write_metadata(output, float_detector.session.get_modelmeta().custom_metadata_map, report)
     return report
 
 
@@ -466,14 +467,15 @@ def _module_paths(path: str | Path) -> dict[str, str]:
     return paths
 
 
-def _write_metadata(path: Path, config: dict, report: QuantizationReport) -> None:
-    """Store the model config (so :class:`~scaledet.export.OnnxDetector` can run the file) and the
-    report (without the per-node list) in ``path``'s metadata."""
+def _write_metadata(path: Path, float_metadata: dict[str, str], report: QuantizationReport) -> None:
+    """Store the float file's model config (so :class:`~scaledet.export.OnnxDetector` can run the file) and
+    preprocessing description, and the report (without the per-node list), in ``path``'s metadata."""
     import onnx
 
     proto = onnx.load(str(path))
     summary = {k: v for k, v in asdict(report).items() if k != "float_nodes"}
-    values = {CONFIG_KEY: json.dumps(config), INT8_KEY: json.dumps(summary)}
+    values = {key: float_metadata[key] for key in (CONFIG_KEY, PREPROCESSING_KEY) if key in float_metadata}
+    values[INT8_KEY] = json.dumps(summary)
     kept = [p for p in proto.metadata_props if p.key not in values]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -486,7 +488,7 @@ class QuantizedDetector(OnnxDetector):
     """An INT8 file (:func:`quantize_onnx`) run by onnxruntime behind the detector eval contract:
     ``detector(list of float Tensor[3, H, W] in [0, 1]) -> list[dict(boxes [N, 4] xyxy input-image
     pixels, scores [N], labels [N] int64)]``, CPU only. Not an ``nn.Module``: no ``.to()``, no
-    training. Attributes as :class:`~scaledet.export.OnnxDetector`, plus ``path``, ``precision``
+    training. Attributes as :class:`~scaledet.export.OnnxDetector`, plus ``precision``
     (``"int8"``) and ``report`` (the stored :class:`QuantizationReport` summary, a dict)."""
 
     precision = "int8"
@@ -494,7 +496,6 @@ class QuantizedDetector(OnnxDetector):
     def __init__(self, path: str | Path, threads: int | None = None, report: QuantizationReport | None = None,
                  session: Any = None) -> None:
         super().__init__(path, threads=threads, session=session)
-        self.path = Path(path)
         meta = self.session.get_modelmeta().custom_metadata_map
         if INT8_KEY not in meta:
             raise ValueError(f"{path} is not a scaledet INT8 file (no {INT8_KEY!r} metadata); "
@@ -520,11 +521,12 @@ def quantize_int8(model: Detector, calibration: Sequence | None, output: str | P
     """
     check_calibration(calibration)  # a clear error before exporting
     threads = threads or torch.get_num_threads()
-    folder = tempfile.TemporaryDirectory(prefix="scaledet-int8-")
-    float_path = export_onnx(copy.deepcopy(model).cpu().eval(), Path(folder.name) / "float.onnx")  # model untouched
-    output = Path(output) if output is not None else Path(folder.name) / "int8.onnx"
-    report = quantize_onnx(float_path, output, calibration, tolerance, threads=threads, choose=choose,
-                           max_ap_drop=max_ap_drop, percentile=percentile)
-    detector = QuantizedDetector(output, threads=threads, report=report)
-    detector._folder = folder  # the temporary files live as long as the detector
-    return detector
+
+    def build(folder: Path) -> QuantizedDetector:  # the temporary files live as long as the detector
+        float_path = export_onnx(copy.deepcopy(model).cpu().eval(), folder / "float.onnx")  # model untouched
+        int8_path = Path(output) if output is not None else folder / "int8.onnx"
+        report = quantize_onnx(float_path, int8_path, calibration, tolerance, threads=threads, choose=choose,
+                               max_ap_drop=max_ap_drop, percentile=percentile)
+        return QuantizedDetector(int8_path, threads=threads, report=report)
+
+    return with_temporary_folder("scaledet-int8-", build)

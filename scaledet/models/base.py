@@ -227,6 +227,13 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
         """The exported graph's inputs (by name) for a preprocessed batch."""
 
+    def preprocessing_spec(self) -> dict[str, Any] | None:
+        """:meth:`preprocess` + :meth:`export_feeds` (eval) and the graph's box units, written out for
+        deployers without Python: the exported file keeps it in its metadata (key ``"preprocessing"``,
+        JSON; format ``scaledet-preprocessing/1``, described in docs/inference.md, "Feeding the ONNX
+        graph without Python"). ``None`` (the default): not described."""
+        return None
+
     @abc.abstractmethod
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """The exported graph's outputs -> the eval contract (boxes in each input image's pixels)."""

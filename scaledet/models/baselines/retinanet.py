@@ -35,6 +35,7 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from scaledet.models import preprocessing
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.checkpoints import CheckpointSpec
 from scaledet.models.coco_names import COCO_NAMES_BY_ID
@@ -214,6 +215,24 @@ class RetinaNetDetector(Detector):
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels."""
         return _to_input_pixels(split_by_image(*outputs, num_images=len(batch.image_sizes)), batch)
+
+    def preprocessing_spec(self) -> dict:
+        """:meth:`preprocess` (torchvision's transform) written out (:mod:`scaledet.models.preprocessing`):
+        normalised first, then the longest side resized to S (sizes floored, no antialiasing), padded
+        bottom / right with zeros to the S x S square."""
+        transform = self.net.transform
+        return preprocessing.spec(
+            constants={"S": int(transform.max_size)},
+            let=[("scale", "min(S / min(h, w), S / max(h, w))"), ("new_h", "floor(h * scale)"),
+                 ("new_w", "floor(w * scale)")],
+            steps=[preprocessing.normalize(transform.image_mean, transform.image_std),
+                   preprocessing.resize("(new_h, new_w)", antialias=False), preprocessing.pad("(S, S)")],
+            feeds={"images": preprocessing.BATCH, "image_sizes": "[new_h, new_w]"},
+            boxes="batch_index [M], boxes [M, 4] xyxy in resized-image pixels: x times w / new_w, y times h / new_h "
+                  "for the image's pixels; scores [M], labels [M] (0-based: the 'config' metadata's class_names / "
+                  "category_ids)",
+            notes=["an image whose short side the resize would floor to 0 pixels (a 2000 x 3 strip) is first "
+                   "stretched (bilinear) to short side ceil(max(h, w) / S) + 1"])
 
 
 def _thick_enough(image: Tensor, side: int) -> Tensor:

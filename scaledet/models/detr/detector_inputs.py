@@ -15,10 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from scaledet.models import preprocessing
 from scaledet.models.base import Batch, Detections
 from scaledet.models.detr import export, transforms
 from scaledet.models.detr.postprocess import per_image
-from scaledet.models.detr.preprocess import Preprocessor, describe_resize, resize_scale, typical_input_size
+from scaledet.models.detr.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocessor, describe_resize, resize_scale,
+                                             typical_input_size)
 
 
 class DetrInputs:
@@ -70,3 +72,21 @@ class DetrInputs:
         and sorted by score -> one dict per image."""
         boxes, scores, labels = outputs
         return per_image(boxes, scores, labels)
+
+    def preprocessing_spec(self) -> dict:
+        """The eval :meth:`preprocess` written out (:mod:`scaledet.models.preprocessing`): DETR's resize
+        (:func:`~scaledet.models.detr.preprocess.resized_size`), ImageNet normalisation, zero padding to
+        the batch's largest image with a mask."""
+        min_size, max_size = self.preprocessor.min_size, self.preprocessor.max_size
+        short_side = "(min_size if max(h, w) / min(h, w) * min_size <= max_size else " \
+                     "max(1, round(max_size * min(h, w) / max(h, w))))"
+        return preprocessing.spec(
+            constants={"min_size": min_size, "max_size": max_size},
+            let=[("short", short_side),
+                 ("new_h", "h if min_size <= 0 else (int(short) if h <= w else int(short * h / w))"),
+                 ("new_w", "w if min_size <= 0 else (int(short * w / h) if h <= w else int(short))")],
+            steps=[preprocessing.resize("(new_h, new_w)", antialias=True),
+                   preprocessing.normalize(IMAGENET_MEAN, IMAGENET_STD), preprocessing.pad(preprocessing.LARGEST_IN_BATCH)],
+            feeds={"images": preprocessing.BATCH, "mask": preprocessing.PADDING_MASK, "image_sizes": "[h, w]"},
+            boxes="boxes [B, N, 4] xyxy in each image's own pixels (clipped to it), scores [B, N], labels [B, N] "
+                  "(0-based: the 'config' metadata's class_names / category_ids), sorted by score")

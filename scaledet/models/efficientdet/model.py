@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaledet.models import preprocessing
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec
 from scaledet.models.ops import split_by_image
 
@@ -194,6 +195,20 @@ class EfficientDet(Detector):
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
         """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels."""
         return _to_input_pixels(split_by_image(*outputs, num_images=len(batch.image_sizes)), batch.meta["scales"])
+
+    def preprocessing_spec(self) -> dict:
+        """:meth:`preprocess` written out (:mod:`scaledet.models.preprocessing`): longest side fitted into
+        ``image_size``, normalised, padded bottom / right with zeros (the mean colour) to ``image_size``."""
+        height, width = self.image_size
+        return preprocessing.spec(
+            constants={"H": height, "W": width},
+            let=[("scale", "min(H / h, W / w)"), ("new_h", "max(1, min(H, round(h * scale)))"),
+                 ("new_w", "max(1, min(W, round(w * scale)))")],
+            steps=[preprocessing.resize("(new_h, new_w)", antialias="scale < 1"),
+                   preprocessing.normalize(self.variant.mean, self.variant.std), preprocessing.pad("(H, W)")],
+            feeds={"images": preprocessing.BATCH, "valid_sizes": "[h * scale, w * scale]"},
+            boxes="batch_index [M], boxes [M, 4] xyxy in network-input pixels: divide by the image's scale for its "
+                  "pixels; scores [M], labels [M] (0-based: the 'config' metadata's class_names / category_ids)")
 
 
 def _to_input_pixels(detections: list[Detections], scales: list[float]) -> list[Detections]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from scaledet.models import preprocessing
 from scaledet.models.base import Batch, Detections, Detector, ExportSpec, default_param_groups
 from scaledet.models.detr import transforms as detr_transforms
 from scaledet.models.detr.preprocess import normalized_targets
@@ -166,4 +167,15 @@ class RTDETR(Detector):
         """The graph's ``(boxes [B, Q, 4], scores [B, Q], labels [B, Q])`` -> one dict per image."""
         boxes, scores, labels = outputs
         return [{"boxes": b, "scores": s, "labels": l} for b, s, l in zip(boxes, scores, labels)]
+
+    def preprocessing_spec(self) -> dict:
+        """:meth:`preprocess` written out (:mod:`scaledet.models.preprocessing`): stretched to
+        ``image_size``, values left in [0, 1] (no normalisation), no padding."""
+        height, width = self.image_size
+        return preprocessing.spec(
+            constants={"H": height, "W": width}, let=[],
+            steps=[preprocessing.resize("(H, W)", antialias=True)],
+            feeds={"images": preprocessing.BATCH, "image_sizes": "[h, w]"},
+            boxes="boxes [B, Q, 4] xyxy in each image's own pixels, scores [B, Q], labels [B, Q] (0-based: the "
+                  "'config' metadata's class_names / category_ids)")
 
