@@ -86,7 +86,8 @@ class DetrInputs:
                  ("new_h", "h if min_size <= 0 else (int(short) if h <= w else int(short * h / w))"),
                  ("new_w", "w if min_size <= 0 else (int(short * w / h) if h <= w else int(short))")],
             steps=[preprocessing.resize("(new_h, new_w)", antialias=True),
-                   preprocessing.normalize(IMAGENET_MEAN, IMAGENET_STD), preprocessing.pad(preprocessing.LARGEST_IN_BATCH)],
+                   preprocessing.normalize(IMAGENET_MEAN, IMAGENET_STD),
+                   preprocessing.pad(preprocessing.LARGEST_IN_BATCH)],
             feeds={"images": preprocessing.BATCH, "mask": preprocessing.PADDING_MASK, "image_sizes": "[h, w]"},
             boxes="boxes [B, N, 4] xyxy in each image's own pixels (clipped to it), scores [B, N], labels [B, N] "
                   "(0-based: the 'config' metadata's class_names / category_ids), sorted by score")
