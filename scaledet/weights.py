@@ -10,6 +10,10 @@ tensors and plain containers only, never arbitrary pickled objects. A file that 
 (empty, truncated, not a checkpoint) or that holds pickled code raises
 :class:`~scaledet.errors.UserError` naming the file and what to do.
 
+Damaged bytes are refused, not loaded: ``torch.load`` skips the CRC-32 every ``torch.save`` zip member
+carries (a flipped bit in a tensor loads silently), so :func:`check_zip_crc` verifies them first; our
+safetensors files carry a CRC-32 of their tensors in the metadata (``scaledet_crc32``, checked on load).
+
 :func:`compare_state_dicts` is the one strict comparison of a checkpoint with a model (missing,
 unexpected and mis-shaped keys), used by every loader (:mod:`scaledet.models.checkpoints`).
 """
@@ -21,6 +25,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,8 @@ from scaledet.errors import UserError
 
 FORMAT_TAG = "scaledet"
 CONFIG_KEY = "scaledet_config"
+#: metadata key of our safetensors files: :func:`tensors_crc32` of the tensors, as 8 hex digits
+CHECKSUM_KEY = "scaledet_crc32"
 
 
 def config_path_for(weights_path: str | Path) -> Path:
@@ -56,7 +63,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, config: 
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         temp_name = handle.name
     try:
-        save_file(tensors, temp_name, metadata={CONFIG_KEY: text})
+        save_file(tensors, temp_name, metadata={CONFIG_KEY: text, CHECKSUM_KEY: tensors_crc32(tensors)})
         with open(temp_name, "rb") as handle:
             os.fsync(handle.fileno())
         readable_as_umask_allows(temp_name)
@@ -70,6 +77,53 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, config: 
 
 #: what to do about a weights file that cannot be read
 REDOWNLOAD_FIX = "download or export it again"
+
+
+def tensors_crc32(tensors: Mapping[str, torch.Tensor]) -> str:
+    """CRC-32 (8 hex digits) of a state dict: every key, dtype, shape and byte, in key order.
+
+    Independent of how a file lays the tensors out, so the same tensors give the same value after a
+    save and a load."""
+    crc = 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        if tensor.numel():
+            crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
+def _damaged_error(path: str | Path, where: str, fix: str) -> UserError:
+    return UserError(f"{path} is corrupt ({where} fails the file's CRC-32 check: its bytes changed after it was "
+                     f"written, e.g. a disk or copy error): {fix}")
+
+
+def check_zip_crc(path: str | Path, fix: str = REDOWNLOAD_FIX) -> None:
+    """Verify the CRC-32 of every member of a ``torch.save`` zip file (``torch.load`` does not).
+
+    Members saved without one (``torch.utils.serialization.config.save.compute_crc32 = False`` writes 0)
+    are skipped; files that are not zips (torch's legacy format) are left to ``torch.load``.
+
+    Raises:
+        UserError: a member's bytes do not match its CRC-32 (``PATH is corrupt ('MEMBER' fails ...): FIX``).
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.CRC == 0 or member.is_dir():
+                    continue
+                try:
+                    with archive.open(member) as stream:
+                        while stream.read(1 << 24):
+                            pass
+                except zipfile.BadZipFile as error:
+                    if "CRC" not in str(error):
+                        raise
+                    raise _damaged_error(path, repr(member.filename), fix) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError):
+        return  # a zip torch cannot read either: torch.load names the problem
 
 
 def readable_as_umask_allows(path: str | Path) -> None:
@@ -135,6 +189,7 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
         raise UserError(f"{path} is a plain Python pickle, not a torch.save or safetensors weights file: refused for "
                         "safety (unpickling can run code); save only the tensors, e.g. torch.save(model.state_dict(), "
                         "PATH), or use .safetensors")
+    check_zip_crc(path, fix)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError:
@@ -186,6 +241,19 @@ def read_weights_config(path: str | Path) -> dict[str, Any] | None:
     if sidecar.exists():
         return json.loads(sidecar.read_text())
     return None
+
+
+def check_safetensors_crc(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Compare the tensors loaded from a safetensors file with the CRC-32 our :func:`save_weights` stored in
+    it (files without one, e.g. other projects', are not checked).
+
+    Raises:
+        UserError: they differ (``PATH is corrupt (its tensors fail ...): download or export it again``).
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        expected = (handle.metadata() or {}).get(CHECKSUM_KEY)
+    if expected is not None and tensors_crc32(tensors) != expected:
+        raise _damaged_error(path, "its tensors' data", REDOWNLOAD_FIX)
 
 
 def is_safetensors(path: str | Path) -> bool:
@@ -253,6 +321,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             raise
         except Exception as error:  # SafetensorError on bad bytes
             raise corrupt_file_error(path, error, REDOWNLOAD_FIX) from None
+        check_safetensors_crc(path, state_dict)
         config = read_weights_config(path)
     else:
         loaded = torch_load_weights_only(path)

@@ -111,6 +111,30 @@ def test_voc_folders_from_labelling_tools(tmp_path):
     assert "annotated 96x64, file is 48x32" in dataset.report.examples["size_mismatch"][0]
 
 
+def test_voc_written_0_based_is_read_unshifted(tmp_path):
+    """VOC corners are 1-based (1 is the first pixel): a box at 0 only 0-based writers (CVAT, ...) produce, and
+    shifting their boxes by -1 would move every box a pixel and clip those at the edge."""
+    one_based = tmp_path / "devkit"
+    _image(one_based / "JPEGImages" / "a.jpg")
+    (one_based / "Annotations").mkdir()
+    (one_based / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg", objects=[("dog", (1, 5, 20, 20))]))
+    dataset, _ = _open(one_based)
+    assert dataset.records[0].boxes.tolist() == [[0.0, 4.0, 20.0, 20.0]] and dataset.report.counts == {}
+
+    zero_based = tmp_path / "cvat"
+    for stem in ("a", "b"):
+        _image(zero_based / "JPEGImages" / f"{stem}.jpg")
+    (zero_based / "Annotations").mkdir()
+    (zero_based / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg", objects=[("dog", (3.5, 5, 20, 20))]))
+    (zero_based / "Annotations" / "b.xml").write_text(_voc_xml("b.jpg", objects=[("dog", (0, 2, 9, 31))]))
+    dataset, messages = _open(zero_based)
+    assert [record.boxes.tolist() for record in dataset.records] == [[[3.5, 5.0, 20.0, 20.0]], [[0.0, 2.0, 9.0, 31.0]]]
+    assert dataset.report.counts == {"zero_based_voc": 1} and not messages  # a note, kept: no warning
+    assert dataset.report.examples["zero_based_voc"] == [
+        "1 box(es) start below 1 (first: Annotations/b.xml: object[0] at (0, 2)), which VOC's 1-based corners "
+        "cannot: every box of this folder is read as 0-based, unshifted"]
+
+
 def test_voc_size_turned_by_exif_is_named(tmp_path):
     root = tmp_path / "VOC"
     _image(root / "JPEGImages" / "phone.jpg", w=64, h=48, exif_orientation=6)  # displayed 48x64

@@ -192,3 +192,28 @@ def test_sigterm_to_the_launcher_stops_its_processes(tmp_path):
         except ProcessLookupError:
             continue
         raise AssertionError(f"process {pid} outlived its launcher")
+
+
+def test_after_a_terminal_s_ctrl_c_the_launcher_waits_for_a_slow_step(monkeypatch):
+    """A step (and its checkpoint) may take longer than the grace a signal gets; after a terminal's Ctrl-C the
+    launcher waits until its processes end (the person can press Ctrl-C again); otherwise the grace holds."""
+    import subprocess
+    import sys
+    import time
+
+    from scaledet.engine import distributed
+
+    monkeypatch.setattr(distributed, "INTERRUPT_GRACE_S", 0.3)
+    slow = [sys.executable, "-c", "import time; time.sleep(1.5)"]
+    children = [subprocess.Popen(slow) for _ in range(2)]
+    distributed._interrupt(children, reached=True, grace_s=None)  # a terminal's Ctrl-C reached them already
+    assert all(child.poll() == 0 for child in children)  # ended by themselves: the step was saved
+    children = [subprocess.Popen(slow) for _ in range(2)]
+    try:
+        start = time.monotonic()
+        distributed._interrupt(children, reached=True, grace_s=distributed.INTERRUPT_GRACE_S)
+        assert time.monotonic() - start < 1.2 and any(child.poll() is None for child in children)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()

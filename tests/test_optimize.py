@@ -222,12 +222,14 @@ class FakeOptimized:
 
     bf16_score_shift = 0.0
     built: list[str] = []
+    seen: list[tuple[int, int]] = []  # the image sizes called with
 
     def __init__(self, model, precision, compile=False):
         self.precision = precision
         FakeOptimized.built.append(precision)
 
     def __call__(self, images):
+        FakeOptimized.seen.extend(tuple(image.shape[-2:]) for image in images)
         if self.precision == "fp32":
             time.sleep(0.02)
         scores = torch.tensor([0.9, 0.5]) + (self.bf16_score_shift if self.precision == "bf16" else 0.0)
@@ -275,3 +277,36 @@ def test_auto_precision_key_and_disk_cache(monkeypatch, tmp_path):
     files[0].unlink()
     assert optimize_module.choose_precision(model, runs=1) == "fp32" and not files[0].exists()
     assert FakeOptimized.built == ["fp32", "bf16"]
+
+
+def test_auto_choices_are_judged_per_weights_and_on_the_given_images(monkeypatch, tmp_path):
+    """Whether bf16's detections agree with fp32's depends on the weights: a choice made for random weights
+    must not be reused for trained ones of the same config; images given are what the choice judges."""
+    optimize_module = importlib.import_module("scaledet.inference.optimize")
+    monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path))
+    monkeypatch.delenv("SCALEDET_OPTIMIZE_CACHE", raising=False)
+    monkeypatch.setattr(optimize_module, "OptimizedDetector", FakeOptimized)
+    monkeypatch.setattr(optimize_module, "current_processor", lambda: _processor(native_bf16=True))
+    model = scaledet.create_model("efficientdet_lite0", num_classes=3, image_size=64).eval()
+    cpu = torch.device("cpu")
+    key = optimize_module.precision_cache_key(model, cpu, compile=False)
+    assert key["images"] == "noise" and len(key["weights"]) == 8
+    winograd_keys = []
+    with monkeypatch.context() as patched:  # the key the kernel timings are cached under, without measuring
+        patched.setattr(optimize_module, "_cached_choice", lambda key, choice, use: winograd_keys.append(key) or {})
+        optimize_module.winograd_choices(model)
+        with torch.no_grad():
+            next(model.parameters()).add_(0.5)  # "trained": the same config, other weights
+        optimize_module.winograd_choices(model)
+    assert winograd_keys[0] == winograd_keys[1] and "weights" not in winograd_keys[0]  # timings: any weights
+    assert optimize_module.precision_cache_key(model, cpu, compile=False)["weights"] != key["weights"]
+    images = [torch.rand(3, 40, 56), torch.rand(3, 32, 32)]
+    with_images = optimize_module.precision_cache_key(model, cpu, False, images)
+    assert with_images["images"] != "noise" and with_images != optimize_module.precision_cache_key(model, cpu, False)
+    FakeOptimized.seen.clear()
+    assert optimize_module.choose_precision(model, runs=1, images=images) == "bf16"
+    assert set(FakeOptimized.seen) == {(40, 56), (32, 32)}  # timed on the first, agreement judged on both
+    (record,) = [json.loads(path.read_text()) for path in (tmp_path / "optimize").glob("precision-*.json")]
+    assert record["key"]["images"] == with_images["images"]
+    with pytest.raises(ValueError, match="calibration images are for precision='int8' or 'auto'"):
+        scaledet.optimize(model, precision="fp32", calibration=images)

@@ -38,11 +38,13 @@ REASONS: dict[str, str] = {
     "converted_image": "grayscale / palette / RGBA / 16-bit / CMYK image: converted to RGB (kept)",
     "exif_rotated": "EXIF orientation applied (kept)",
     "box_from_segmentation": "COCO annotation without a bbox: box from its segmentation (kept)",
+    "zero_based_voc": "VOC folder with boxes at x or y 0, impossible in VOC's 1-based corners: its boxes are read "
+                      "as 0-based, not shifted by 1 pixel (kept)",
 }
 
 #: reasons that keep the record (reported as notes, not warnings)
 KEPT_REASONS = frozenset({"clipped_box", "size_mismatch", "converted_image", "exif_rotated", "missing_label",
-                          "box_from_segmentation"})
+                          "box_from_segmentation", "zero_based_voc"})
 
 
 class DataWarning(UserWarning):

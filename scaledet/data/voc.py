@@ -9,8 +9,10 @@ XML are counted as skipped (``missing_annotation``: a background image needs an 
 Class names: ``classes.txt`` / ``labels.txt`` in the root if present, else the 20 VOC classes
 when every object name is one of them, else the sorted names found in *all* XML files (so
 train and val splits of one folder always agree). VOC's 1-based pixel corners become
-0-based xyxy (``xmin - 1, ymin - 1, xmax, ymax``); ``difficult`` objects are flagged like
-COCO crowd boxes (not trained on, ignored by evaluation).
+0-based xyxy (``xmin - 1, ymin - 1, xmax, ymax``), unless a box of the folder starts below 1 (a 0 that
+1-based corners cannot hold: labelling tools such as CVAT write 0-based corners), then every box of the
+folder is read as 0-based, unshifted (noted once, ``zero_based_voc``); ``difficult`` objects are flagged
+like COCO crowd boxes (not trained on, ignored by evaluation).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class VOCDataset(DetectionDataset):
         names = class_names or self._class_names(found, parsed)
         label_of = {name: label for label, name in enumerate(names)}
         stems = self._split_stems(found, split, parsed, report)
+        corner_shift = self._corner_shift(parsed, report)
         by_stem = _images_by_stem(found / "JPEGImages")
         if split is None:
             for stem in sorted(set(by_stem) - set(parsed)):
@@ -105,7 +108,8 @@ class VOCDataset(DetectionDataset):
         for index, (stem, path, info) in enumerate(zip(stems, paths, infos)):
             if info is not None:
                 check_annotated_size(path, parsed[stem]["width"], parsed[stem]["height"], info, report)
-                raw = self._raw_boxes(parsed[stem]["objects"], label_of, f"Annotations/{parsed[stem]['xml']}", report)
+                raw = self._raw_boxes(parsed[stem]["objects"], label_of, f"Annotations/{parsed[stem]['xml']}", report,
+                                      corner_shift)
                 boxes = clean_boxes(raw, info.width, info.height, report)
                 records.append(ImageRecord(path, index, info.width, info.height, **boxes))
         super().__init__(records, names, list(range(1, len(names) + 1)), report, transforms, allow_empty)
@@ -145,7 +149,28 @@ class VOCDataset(DetectionDataset):
         return [s for s in stems if s in parsed]
 
     @staticmethod
-    def _raw_boxes(objects: list, label_of: dict, where: str, report: DataReport) -> list[RawBox]:
+    def _corner_shift(parsed: dict[str, dict], report: DataReport) -> float:
+        """What to subtract from ``xmin`` / ``ymin``: 1 for VOC's 1-based corners; 0 when some box of the
+        folder (any split) starts below 1, which only 0-based corners can (noted once, with the count)."""
+        starts_below_one, first = 0, None
+        for record in parsed.values():
+            for index, (_, coords, _) in enumerate(record["objects"]):
+                try:
+                    below = min(float(coords[0]), float(coords[1])) < 1.0
+                except (TypeError, ValueError):
+                    continue
+                if below:
+                    starts_below_one += 1
+                    first = first or f"Annotations/{record['xml']}: object[{index}] at ({coords[0]}, {coords[1]})"
+        if not starts_below_one:
+            return 1.0
+        report.note("zero_based_voc", f"{starts_below_one} box(es) start below 1 (first: {first}), which VOC's "
+                    "1-based corners cannot: every box of this folder is read as 0-based, unshifted")
+        return 0.0
+
+    @staticmethod
+    def _raw_boxes(objects: list, label_of: dict, where: str, report: DataReport,
+                   corner_shift: float = 1.0) -> list[RawBox]:
         raw = []
         for index, (name, coords, difficult) in enumerate(objects):
             here = f"{where}: object[{index}] {name!r}"
@@ -160,7 +185,7 @@ class VOCDataset(DetectionDataset):
             except (TypeError, ValueError):
                 report.skip("malformed_box", f"{here}: bndbox {coords} is not 4 numbers")
                 continue
-            raw.append(RawBox([x1 - 1.0, y1 - 1.0, x2, y2], label_of[name], difficult, None, here))
+            raw.append(RawBox([x1 - corner_shift, y1 - corner_shift, x2, y2], label_of[name], difficult, None, here))
         return raw
 
 

@@ -93,8 +93,9 @@ def launch_local(processes: int, scaledet_args: list[str], threads: int | None =
 def run_processes(command: list[str], environments: list[dict[str, str]]) -> int:
     """Run ``command`` once per environment and wait: 0 when every process succeeded, else the first
     failure's exit status (the others are stopped). Ctrl-C, SIGTERM or SIGHUP here stop them too: they
-    get Ctrl-C and :data:`INTERRUPT_GRACE_S` seconds to end (a checkpoint being written), then are terminated;
-    the interruption is raised again (:class:`LauncherStopped` for the signals)."""
+    get Ctrl-C and time to end (finish a step, write a checkpoint), then are terminated: as long as they take
+    after a terminal's Ctrl-C (a person is there to press it again), :data:`INTERRUPT_GRACE_S` seconds
+    otherwise; the interruption is raised again (:class:`LauncherStopped` for the signals)."""
     children = [subprocess.Popen(command, env=environment) for environment in environments]
     in_main_thread = threading.current_thread() is threading.main_thread()  # where Python allows handlers
     previous = {signum: signal.signal(signum, _stop_launcher) for signum in STOP_SIGNALS} if in_main_thread else {}
@@ -107,7 +108,8 @@ def run_processes(command: list[str], environments: list[dict[str, str]]) -> int
             time.sleep(0.2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or LauncherStopped for the signals
         # each process stops as after Ctrl-C: it ends its step, saves, names the checkpoint to resume from
-        _interrupt(children, reached=not isinstance(interrupt, LauncherStopped) and _in_foreground_of_a_terminal())
+        from_terminal = not isinstance(interrupt, LauncherStopped) and _in_foreground_of_a_terminal()
+        _interrupt(children, reached=from_terminal, grace_s=None if from_terminal else INTERRUPT_GRACE_S)
         raise
     finally:  # a failed rank (or an interruption here) must not leave the others waiting in a collective
         for signum, handler in previous.items():
@@ -122,8 +124,8 @@ def run_processes(command: list[str], environments: list[dict[str, str]]) -> int
 #: signals that stop a ``launch_local`` run (Ctrl-C is Python's KeyboardInterrupt)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-#: seconds the launched processes get to finish after an interruption (a checkpoint being written) before
-#: they are terminated
+#: seconds the launched processes get to finish after a signal or a scripted Ctrl-C (``kill -INT``; a step and a
+#: checkpoint being written) before they are terminated
 INTERRUPT_GRACE_S = 20.0
 
 
@@ -135,17 +137,18 @@ def _stop_launcher(signum: int, frame) -> None:
     raise LauncherStopped(f"stopped by signal {signal.Signals(signum).name}")
 
 
-def _interrupt(children: list[subprocess.Popen], reached: bool) -> None:
+def _interrupt(children: list[subprocess.Popen], reached: bool, grace_s: float | None) -> None:
     """Give the launched processes Ctrl-C (unless it ``reached`` them already: a terminal's Ctrl-C goes to
-    its whole foreground process group) and up to :data:`INTERRUPT_GRACE_S` seconds to end by themselves:
-    a training process finishes its step and saves it. A second Ctrl-C stops the wait (the caller then
-    terminates them)."""
+    its whole foreground process group) and up to ``grace_s`` seconds (``None``: as long as they take) to end
+    by themselves: a training process finishes its step and saves it, however long a step takes. A second
+    Ctrl-C stops the wait (the caller then terminates them)."""
     if not reached:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
     start = time.monotonic()
-    while time.monotonic() - start < INTERRUPT_GRACE_S and any(child.poll() is None for child in children):
+    while ((grace_s is None or time.monotonic() - start < grace_s)
+           and any(child.poll() is None for child in children)):
         try:
             time.sleep(0.1)
         except KeyboardInterrupt:  # a second Ctrl-C: stop waiting

@@ -24,9 +24,10 @@ What it does to a deep copy (the original model is left untouched), through the 
   native bfloat16 (:attr:`Processor.native_bf16 <scaledet.inference.processor.Processor.native_bf16>`:
   AVX512-BF16 or AMX-BF16, with ATen's AVX-512 kernels in use) bfloat16 is emulated and slower than
   float32, so ``"bf16"`` warns once and gives fp32 unless ``force=True``;
-* ``precision="auto"``: the fastest precision this device runs natively whose detections on an example
-  input stay within :data:`AUTO_SCORE_TOL` / :data:`AUTO_BOX_TOL` of fp32 (:func:`choose_precision`,
-  measured once per processor, model config and input size, and cached on disk);
+* ``precision="auto"``: the fastest precision this device runs natively whose detections on example
+  inputs (the ``calibration`` images when given, else one noise image) stay within :data:`AUTO_SCORE_TOL` /
+  :data:`AUTO_BOX_TOL` of fp32 (:func:`choose_precision`, measured once per processor, model config and
+  weights, input size and example images, and cached on disk);
 * ``precision="int8"``: static post-training quantization with onnxruntime, see
   :func:`scaledet.inference.quantize.quantize_int8` (needs ``calibration`` images);
 * ``engine="onnxruntime"``: fp32 on the CPU through the exported graph and onnxruntime instead
@@ -60,6 +61,7 @@ from scaledet.inference.residual import fuse_residual_blocks
 from scaledet.inference.winograd import KERNELS, apply_winograd, measure_winograd
 from scaledet.models.base import Detections, Detector
 from scaledet.models.inputs import check_images
+from scaledet.weights import tensors_crc32
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: every ``precision`` :func:`optimize` takes
@@ -227,8 +229,10 @@ def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *,
             processor; ``"torch"`` off the CPU, for bf16 / fp16, with ``compile`` or without
             onnxruntime). ``precision="int8"`` always runs in onnxruntime.
         force: use ``"bf16"`` even where it is emulated.
-        calibration: ``precision="int8"`` only: images (``list[Tensor[3, H, W]]`` in [0, 1]) like the
-            ones the model will see, for the activation ranges (a few dozen are enough).
+        calibration: images (``list[Tensor[3, H, W]]`` in [0, 1]) like the ones the model will see:
+            ``precision="int8"``'s activation ranges (a few dozen are enough); with ``"auto"`` precision or
+            engine, what the choice judges agreement on (a few; the first is timed), instead of one noise
+            image, which a trained model may answer with nothing worth comparing.
         cache: ``precision="auto"`` and ``engine="auto"`` read and write their choices in
             :func:`optimize_cache_dir` (also off with ``SCALEDET_OPTIMIZE_CACHE=0``).
 
@@ -250,14 +254,15 @@ def optimize(model: Detector, precision: str = "fp32", compile: bool = False, *,
         from scaledet.inference.quantize import quantize_int8
 
         return quantize_int8(model, calibration)
-    if calibration is not None:
-        raise ValueError(f"calibration images are for precision='int8' (got precision={precision!r})")
+    if calibration is not None and "auto" not in (precision, engine):
+        raise ValueError(f"calibration images are for precision='int8' or 'auto', or engine='auto' (got "
+                         f"precision={precision!r}, engine={engine!r})")
     device = next(model.parameters()).device
     if precision == "auto":
-        precision = choose_precision(model, compile, cache)
+        precision = choose_precision(model, compile, cache, images=calibration)
     precision = supported_precision(precision, device, force)
     if engine == "auto":
-        engine, measured = _choose_engine(model, precision, compile, cache)
+        engine, measured = _choose_engine(model, precision, compile, cache, images=calibration)
         if measured is not None:  # built while measuring: no second export
             return measured
     if engine == "onnxruntime":
@@ -304,16 +309,21 @@ def optimize_cache_dir() -> Path:
     return Path(root) / "optimize"
 
 
-def precision_cache_key(model: Detector, device: torch.device, compile: bool) -> dict:
+def precision_cache_key(model: Detector, device: torch.device, compile: bool,
+                        images: list[Tensor] | None = None) -> dict:
     """What a ``precision="auto"`` choice depends on: the processor (kind, generation and kernel caps; the
-    GPU's name on CUDA), the model's config, its input size, compile, and the torch version."""
+    GPU's name on CUDA), the model's config and weights (whether detections agree depends on them: their
+    :func:`~scaledet.weights.tensors_crc32`), its input size, the example ``images`` (their CRC-32;
+    ``"noise"`` for :func:`example_image`), compile, and the torch version."""
     if device.type == "cuda":
         processor = torch.cuda.get_device_name(device)
     else:
         here = current_processor()
         processor = {"kind": here.kind, "generation": here.generation, "kernel_caps": here.kernel_caps}
-    return {"processor": processor, "config": model.config, "input_size": list(model.input_size()),
-            "compile": compile, "torch": torch.__version__}
+    examples = tensors_crc32({str(index): image for index, image in enumerate(images)}) if images else "noise"
+    return {"processor": processor, "config": model.config, "weights": tensors_crc32(model.state_dict()),
+            "input_size": list(model.input_size()), "images": examples, "compile": compile,
+            "torch": torch.__version__}
 
 
 def _cache_file(key: dict, choice: str) -> Path:
@@ -324,6 +334,18 @@ def _cache_file(key: dict, choice: str) -> Path:
 def example_image(model: Detector, device: torch.device) -> Tensor:
     """The input the automatic choices measure on: uniform noise (seed 0) at the model's input size."""
     return torch.rand(3, *model.input_size(), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def judge(detectors: dict[str, Any], model: Detector, device: torch.device, images: list[Tensor] | None,
+          runs: int) -> tuple[dict[str, float], dict]:
+    """:func:`time_interleaved` on the first of ``images`` (default: :func:`example_image`) and each detector's
+    detections of every image (``{name: [dict per image]}``), for an automatic choice."""
+    examples = [image.to(device) for image in images] if images else [example_image(model, device)]
+    medians, outputs = time_interleaved(detectors, examples[0], runs)
+    if len(examples) > 1:
+        outputs = {name: outputs[name] + [detector([image])[0] for image in examples[1:]]
+                   for name, detector in detectors.items()}
+    return medians, outputs
 
 
 def time_interleaved(detectors: dict[str, Any], image: Tensor, runs: int) -> tuple[dict[str, float], dict]:
@@ -376,9 +398,11 @@ def _store_choice(key: dict, choice: str, chosen: Any, measured: dict, use_cache
                           stacklevel=2)
 
 
-def choose_precision(model: Detector, compile: bool = False, cache: bool = True, runs: int = 5) -> str:
-    """The fastest of :func:`native_precisions` whose detections on one example image (random, seed 0, the
-    model's :meth:`~scaledet.models.base.Detector.input_size`) match optimised fp32's within
+def choose_precision(model: Detector, compile: bool = False, cache: bool = True, runs: int = 5,
+                     images: list[Tensor] | None = None) -> str:
+    """The fastest of :func:`native_precisions` whose detections on ``images`` (``list[Tensor[3, H, W]]`` in
+    [0, 1], the first one timed; default: one example image, random, seed 0, the model's
+    :meth:`~scaledet.models.base.Detector.input_size`) match optimised fp32's within
     :data:`AUTO_SCORE_TOL` / :data:`AUTO_BOX_TOL` (as sets, see
     :func:`~scaledet.inference.compare.compare_detection_sets`); medians of ``runs`` interleaved calls.
     Only fp32 available: fp32 without measuring. The choice and its measurements are cached in
@@ -389,12 +413,12 @@ def choose_precision(model: Detector, compile: bool = False, cache: bool = True,
     if len(candidates) == 1:
         return candidates[0]
     use_cache = _cache_on(cache)
-    key = precision_cache_key(model, device, compile)
+    key = precision_cache_key(model, device, compile, images)
     cached = _cached_choice(key, "precision", use_cache)
     if cached is not None:
         return cached
     detectors = {precision: OptimizedDetector(model, precision, compile) for precision in candidates}
-    medians, outputs = time_interleaved(detectors, example_image(model, device), runs)
+    medians, outputs = judge(detectors, model, device, images, runs)
     measured = {}
     for precision in candidates:
         agreement = compare_detection_sets(outputs["fp32"], outputs[precision], AUTO_SCORE_TOL, AUTO_BOX_TOL)
@@ -409,10 +433,12 @@ def winograd_choices(model: Detector, cache: bool = True) -> dict[str, list]:
     :class:`OptimizedDetector` makes) runs fastest, measured on one example image (random, seed 0, the
     model's input size) by :func:`~scaledet.inference.winograd.measure_winograd`: ``{conv name: [[H*W,
     kernel, {kernel: ms}], ...]}``. Cached in :func:`optimize_cache_dir` under :func:`precision_cache_key`
-    plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``: neither read nor written)."""
+    less the weights and images, plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``: neither
+    read nor written)."""
     device = next(model.parameters()).device
     use_cache = _cache_on(cache)
     key = {**precision_cache_key(model, device, False), "threads": torch.get_num_threads(), "kernels": KERNELS}
+    del key["weights"], key["images"]  # timings of shapes: the same for any weights
     cached = _cached_choice(key, "winograd", use_cache)
     if cached is not None:
         return cached
@@ -430,9 +456,9 @@ def onnxruntime_available() -> bool:
 
 
 def choose_engine(model: Detector, precision: str = "fp32", compile: bool = False, cache: bool = True,
-                  runs: int = 5) -> str:
+                  runs: int = 5, images: list[Tensor] | None = None) -> str:
     """``"onnxruntime"`` when, on this CPU, the exported graph in onnxruntime is faster than the
-    optimised PyTorch model (:class:`OptimizedDetector` at fp32) on one example image (as in
+    optimised PyTorch model (:class:`OptimizedDetector` at fp32) on ``images`` (as in
     :func:`choose_precision`: medians of ``runs`` interleaved calls) and its detections match within
     :data:`AUTO_SCORE_TOL` / :data:`AUTO_BOX_TOL`; else ``"torch"``. ``"torch"`` without measuring off
     the CPU, for precisions other than fp32, with ``compile`` or without onnxruntime. Cached like
@@ -441,10 +467,11 @@ def choose_engine(model: Detector, precision: str = "fp32", compile: bool = Fals
     Why it measures: which engine wins depends on the processor. D0 at 512, batch 1, one thread:
     onnxruntime 51.5 vs 61.1 ms on an AMD EPYC, 121.1 vs 171.2 ms on an Intel Xeon, both with AVX-512
     (README "Speed (CPU)", docs/inference.md)."""
-    return _choose_engine(model, precision, compile, cache, runs)[0]
+    return _choose_engine(model, precision, compile, cache, runs, images)[0]
 
 
-def _choose_engine(model: Detector, precision: str, compile: bool, cache: bool, runs: int = 5) -> tuple[str, Any]:
+def _choose_engine(model: Detector, precision: str, compile: bool, cache: bool, runs: int = 5,
+                   images: list[Tensor] | None = None) -> tuple[str, Any]:
     """:func:`choose_engine`'s choice, and the detector it built for it while measuring (``None`` when
     nothing was measured: a cached choice, or ``"torch"`` by rule)."""
     device = next(model.parameters()).device
@@ -455,13 +482,13 @@ def _choose_engine(model: Detector, precision: str, compile: bool, cache: bool, 
     from scaledet.export import onnxruntime_detector
 
     use_cache = _cache_on(cache)
-    key = {**precision_cache_key(model, device, compile), "onnxruntime": onnxruntime.__version__,
+    key = {**precision_cache_key(model, device, compile, images), "onnxruntime": onnxruntime.__version__,
            "threads": torch.get_num_threads()}
     cached = _cached_choice(key, "engine", use_cache)
     if cached is not None:
         return cached, None
     detectors = {"torch": OptimizedDetector(model, precision), "onnxruntime": onnxruntime_detector(model)}
-    medians, outputs = time_interleaved(detectors, example_image(model, device), runs)
+    medians, outputs = judge(detectors, model, device, images, runs)
     agrees = compare_detection_sets(outputs["torch"], outputs["onnxruntime"], AUTO_SCORE_TOL, AUTO_BOX_TOL).passed
     measured = {"torch": {"median_ms": medians["torch"]},
                 "onnxruntime": {"median_ms": medians["onnxruntime"], "agrees": agrees}}
