@@ -309,21 +309,26 @@ def optimize_cache_dir() -> Path:
     return Path(root) / "optimize"
 
 
-def precision_cache_key(model: Detector, device: torch.device, compile: bool,
-                        images: list[Tensor] | None = None) -> dict:
-    """What a ``precision="auto"`` choice depends on: the processor (kind, generation and kernel caps; the
-    GPU's name on CUDA), the model's config and weights (whether detections agree depends on them: their
-    :func:`~scaledet.weights.tensors_crc32`), its input size, the example ``images`` (their CRC-32;
-    ``"noise"`` for :func:`example_image`), compile, and the torch version."""
+def timing_cache_key(model: Detector, device: torch.device, compile: bool) -> dict:
+    """What a measured speed depends on: the processor (kind, generation and kernel caps; the GPU's name on
+    CUDA), the model's config, its input size, compile, and the torch version (not the weights' values)."""
     if device.type == "cuda":
         processor = torch.cuda.get_device_name(device)
     else:
         here = current_processor()
         processor = {"kind": here.kind, "generation": here.generation, "kernel_caps": here.kernel_caps}
+    return {"processor": processor, "config": model.config, "input_size": list(model.input_size()),
+            "compile": compile, "torch": torch.__version__}
+
+
+def precision_cache_key(model: Detector, device: torch.device, compile: bool,
+                        images: list[Tensor] | None = None) -> dict:
+    """What a ``precision="auto"`` choice depends on: :func:`timing_cache_key`, plus the model's weights
+    (whether detections agree depends on them: their :func:`~scaledet.weights.tensors_crc32`) and the example
+    ``images`` (their CRC-32; ``"noise"`` for :func:`example_image`)."""
     examples = tensors_crc32({str(index): image for index, image in enumerate(images)}) if images else "noise"
-    return {"processor": processor, "config": model.config, "weights": tensors_crc32(model.state_dict()),
-            "input_size": list(model.input_size()), "images": examples, "compile": compile,
-            "torch": torch.__version__}
+    return {**timing_cache_key(model, device, compile), "weights": tensors_crc32(model.state_dict()),
+            "images": examples}
 
 
 def _cache_file(key: dict, choice: str) -> Path:
@@ -432,13 +437,12 @@ def winograd_choices(model: Detector, cache: bool = True) -> dict[str, list]:
     """Which kernel each 3x3 conv of ``model`` (a folded, channels_last CPU copy, as
     :class:`OptimizedDetector` makes) runs fastest, measured on one example image (random, seed 0, the
     model's input size) by :func:`~scaledet.inference.winograd.measure_winograd`: ``{conv name: [[H*W,
-    kernel, {kernel: ms}], ...]}``. Cached in :func:`optimize_cache_dir` under :func:`precision_cache_key`
-    less the weights and images, plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``: neither
+    kernel, {kernel: ms}], ...]}``. Cached in :func:`optimize_cache_dir` under :func:`timing_cache_key`
+    plus the threads (``cache=False`` or ``SCALEDET_OPTIMIZE_CACHE=0``: neither
     read nor written)."""
     device = next(model.parameters()).device
     use_cache = _cache_on(cache)
-    key = {**precision_cache_key(model, device, False), "threads": torch.get_num_threads(), "kernels": KERNELS}
-    del key["weights"], key["images"]  # timings of shapes: the same for any weights
+    key = {**timing_cache_key(model, device, False), "threads": torch.get_num_threads(), "kernels": KERNELS}
     cached = _cached_choice(key, "winograd", use_cache)
     if cached is not None:
         return cached
