@@ -93,7 +93,8 @@ def tensors_crc32(tensors: Mapping[str, torch.Tensor]) -> str:
     return f"{crc:08x}"
 
 
-def _damaged_error(path: str | Path, where: str, fix: str) -> UserError:
+def damaged_error(path: str | Path, where: str, fix: str) -> UserError:
+    """``PATH is corrupt (WHERE fails the file's CRC-32 check ...): FIX`` for bytes that changed after writing."""
     return UserError(f"{path} is corrupt ({where} fails the file's CRC-32 check: its bytes changed after it was "
                      f"written, e.g. a disk or copy error): {fix}")
 
@@ -121,7 +122,7 @@ def check_zip_crc(path: str | Path, fix: str = REDOWNLOAD_FIX) -> None:
                 except zipfile.BadZipFile as error:
                     if "CRC" not in str(error):
                         raise
-                    raise _damaged_error(path, repr(member.filename), fix) from None
+                    raise damaged_error(path, repr(member.filename), fix) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError):
         return  # a zip torch cannot read either: torch.load names the problem
 
@@ -253,7 +254,7 @@ def check_safetensors_crc(path: str | Path, tensors: Mapping[str, torch.Tensor])
     with safe_open(str(path), framework="pt") as handle:
         expected = (handle.metadata() or {}).get(CHECKSUM_KEY)
     if expected is not None and tensors_crc32(tensors) != expected:
-        raise _damaged_error(path, "its tensors' data", REDOWNLOAD_FIX)
+        raise damaged_error(path, "its tensors' data", REDOWNLOAD_FIX)
 
 
 def is_safetensors(path: str | Path) -> bool:

@@ -12,6 +12,7 @@ import scaledet
 from benchmarks.reference import spread_random_weights
 from scaledet.cli import main
 from scaledet.export import OnnxDetector, export_onnx
+from scaledet.export.onnx import CHECKSUM_KEY, graph_crc32
 from scaledet.inference.quantize import (INT8_KEY, QuantizedDetector, Tolerance, _kept_rule, calibration_ap,
                                          check_calibration, detection_agreement, quantize_onnx)
 from scaledet.inference.quantize_graph import FLOAT_RULES, float_rules, network_nodes, spatial_means_as_global_pools
@@ -436,7 +437,10 @@ def test_an_int8_file_loads_as_int8_whatever_the_case_of_its_suffix(float_file, 
     report and the VNNI check, not a float OnnxDetector; ``.ONNX`` is an ONNX file too."""
     _, path = float_file
     quantize_onnx(path, tmp_path / "M.ONNX", tiny_images(2), rules=["none"], threads=1)
-    loaded = scaledet.load(tmp_path / "M.ONNX")
+    loaded = scaledet.load(tmp_path / "M.ONNX")  # its checksum is the INT8 graph's, not the float file's
+    stored = {p.key: p.value for p in onnx.load(str(tmp_path / "M.ONNX")).metadata_props}
+    assert stored[CHECKSUM_KEY] == graph_crc32(onnx.load(str(tmp_path / "M.ONNX")))
+    assert stored[CHECKSUM_KEY] != {p.key: p.value for p in onnx.load(str(path)).metadata_props}[CHECKSUM_KEY]
     assert isinstance(loaded, QuantizedDetector) and loaded.precision == "int8" and loaded.report["float_rule"] == "none"
     assert not isinstance(scaledet.load(path), QuantizedDetector)
 

@@ -120,3 +120,65 @@ def test_cli_refuses_damaged_weights_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "weights.safetensors is corrupt (its tensors' data fails the file's CRC-32 check" in err
+
+
+def _small_export(tmp_path):
+    from scaledet import create_model
+    from scaledet.export import export_onnx
+
+    model = create_model("efficientdet_d0", num_classes=2, image_size=64, backbone="mobilenetv3_small_050",
+                         fpn_channels=16, fpn_repeats=1, head_repeats=1).eval()
+    return export_onnx(model, tmp_path / "model.onnx")
+
+
+def _flip_byte_in_largest_onnx_weight(path) -> None:
+    import onnx
+
+    largest = max(onnx.load(str(path)).graph.initializer, key=lambda init: len(init.raw_data))
+    data = bytearray(path.read_bytes())
+    start = data.find(largest.raw_data)
+    assert start > 0 and data.find(largest.raw_data, start + 1) < 0
+    data[start + 3] ^= 0x40  # the exponent byte of its first float
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_onnx_export_is_refused(tmp_path, capsys):
+    import onnxruntime
+
+    from scaledet.export import OnnxDetector
+
+    path = _small_export(tmp_path)
+    OnnxDetector(path)  # as written: checks out
+    _flip_byte_in_largest_onnx_weight(path)
+    onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # unnoticed by onnxruntime
+    with pytest.raises(UserError, match=r"model\.onnx is corrupt \(its graph fails the file's CRC-32 check.*"
+                                        r"download or export it again"):
+        OnnxDetector(path)
+    code = main(["predict", "--weights", str(path), "--output", str(tmp_path / "out"), str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "model.onnx is corrupt (its graph fails the file's CRC-32 check" in err
+
+
+def test_onnx_checksum_covers_the_metadata_and_files_without_one_still_load(tmp_path):
+    import onnx
+
+    from scaledet.export import OnnxDetector
+    from scaledet.export.onnx import CHECKSUM_KEY, CONFIG_KEY, graph_crc32
+
+    path = _small_export(tmp_path)
+    proto = onnx.load(str(path))
+    stored = {prop.key: prop.value for prop in proto.metadata_props}
+    assert stored[CHECKSUM_KEY] == graph_crc32(proto)
+    config = next(prop for prop in proto.metadata_props if prop.key == CONFIG_KEY)
+    config.value = config.value.replace('"class_1"', '"person"')
+    assert graph_crc32(proto) != stored[CHECKSUM_KEY]  # the config is covered too
+    onnx.save(proto, str(path))
+    with pytest.raises(UserError, match="fails the file's CRC-32 check"):
+        OnnxDetector(path)
+    older = onnx.load(str(path))  # as files exported before the checksum (or by others): not checked
+    kept = [prop for prop in older.metadata_props if prop.key != CHECKSUM_KEY]
+    del older.metadata_props[:]
+    older.metadata_props.extend(kept)
+    onnx.save(older, str(path))
+    assert OnnxDetector(path).class_names == ["class_0", "person"]

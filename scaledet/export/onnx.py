@@ -9,7 +9,9 @@ The file's metadata holds the family's preprocessing written out for deployers w
 (key ``"preprocessing"``, :mod:`scaledet.models.preprocessing`) and the model's ``config`` (key
 ``"config"``, JSON), so
 :class:`OnnxDetector` needs only the file: it rebuilds the model on the ``meta`` device (no weights)
-for the pre- and post-processing around the graph.
+for the pre- and post-processing around the graph. Key ``"scaledet.crc32"`` holds a CRC-32 of the graph
+(every node, attribute and weight) and of the other metadata: onnxruntime loads a file whose weight bytes
+changed on disk or in a copy without a word, :class:`OnnxDetector` refuses it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import shutil
 import tempfile
+import zlib
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -39,6 +42,8 @@ MIN_OPSET = 18
 CONFIG_KEY = "config"
 #: metadata key of :meth:`~scaledet.models.base.Detector.preprocessing_spec` (JSON)
 PREPROCESSING_KEY = "preprocessing"
+#: metadata key of :func:`graph_crc32` (files written before it, or by others, have none: not checked)
+CHECKSUM_KEY = "scaledet.crc32"
 T = TypeVar("T")
 
 
@@ -72,7 +77,59 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
+    import onnx
+
+    save_with_metadata(onnx.load(str(path)), path, {})  # the checksum of the graph as written
     return path
+
+
+def graph_crc32(proto) -> str:
+    """CRC-32 (8 hex digits) of an ``onnx.ModelProto``'s graph (its deterministic serialisation: every
+    node, attribute and weight held in the file) and of its metadata other than :data:`CHECKSUM_KEY`."""
+    crc = zlib.crc32(proto.graph.SerializeToString(deterministic=True))
+    for prop in sorted(proto.metadata_props, key=lambda prop: prop.key):
+        if prop.key != CHECKSUM_KEY:
+            crc = zlib.crc32(f"{prop.key}={prop.value}\n".encode(), crc)
+    return f"{crc:08x}"
+
+
+def save_with_metadata(proto, path: str | Path, values: dict[str, str]) -> None:
+    """Write ``proto`` (an ``onnx.ModelProto``, changed in place) to ``path`` with its metadata keys
+    ``values`` replaced and :data:`CHECKSUM_KEY` set to :func:`graph_crc32` of the result."""
+    import onnx
+
+    values = {**values, CHECKSUM_KEY: ""}
+    kept = [prop for prop in proto.metadata_props if prop.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        if key != CHECKSUM_KEY:
+            proto.metadata_props.add(key=key, value=value)
+    proto.metadata_props.add(key=CHECKSUM_KEY, value=graph_crc32(proto))
+    onnx.save(proto, str(path))
+
+
+def check_graph_crc(path: str | Path) -> None:
+    """Compare ``path``'s graph with the :data:`CHECKSUM_KEY` stored in it. Files without one are not
+    checked, nor any where the ``onnx`` package is missing (onnxruntime alone cannot serialise a graph);
+    one that does not parse is left to onnxruntime, whose error :class:`OnnxDetector` reports.
+
+    Raises:
+        UserError: they differ (``PATH is corrupt (its graph fails the file's CRC-32 check ...): FIX``).
+    """
+    try:
+        import onnx
+    except ImportError:
+        return
+    from scaledet.weights import REDOWNLOAD_FIX, damaged_error
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and others: onnxruntime names the problem next
+        return
+    expected = next((prop.value for prop in proto.metadata_props if prop.key == CHECKSUM_KEY), None)
+    if expected is not None and graph_crc32(proto) != expected:
+        raise damaged_error(path, "its graph", REDOWNLOAD_FIX)
 
 
 def _export_program(model: Detector, input_size: tuple[int, int] | None, opset: int, verbose: bool):
@@ -122,7 +179,8 @@ def session_options(threads: int | None = None):
 
 
 class OnnxDetector:
-    """Runs an exported file with onnxruntime behind the detector contract:
+    """Runs an exported file with onnxruntime behind the detector contract (its checksum verified first,
+    :func:`check_graph_crc`):
     ``detector(list of float Tensor[3, H, W] in [0, 1]) -> list[dict(boxes [N, 4] xyxy input-image
     pixels, scores [N], labels [N] int64)]``, on the CPU.
 
@@ -145,6 +203,8 @@ class OnnxDetector:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
+        if session is None:
+            check_graph_crc(path)
         try:
             self.session = session or ort.InferenceSession(str(path), session_options(threads),
                                                            providers=providers or ["CPUExecutionProvider"])

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from scaledet.export.onnx import (CONFIG_KEY, PREPROCESSING_KEY, OnnxDetector, export_onnx, session_options,
-                                  with_temporary_folder)
+from scaledet.export.onnx import (CONFIG_KEY, PREPROCESSING_KEY, OnnxDetector, export_onnx, save_with_metadata,
+                                  session_options, with_temporary_folder)
 from scaledet.inference.processor import current_processor
 from scaledet.inference.quantize_graph import (FLOAT_RULES, check_scales, constant_scales_folded, float_rules,
                                                network_nodes, spatial_means_as_global_pools)
@@ -469,19 +469,14 @@ def _module_paths(path: str | Path) -> dict[str, str]:
 
 def _write_metadata(path: Path, float_metadata: dict[str, str], report: QuantizationReport) -> None:
     """Store the float file's model config (so :class:`~scaledet.export.OnnxDetector` can run the file) and
-    preprocessing description, and the report (without the per-node list), in ``path``'s metadata."""
+    preprocessing description, and the report (without the per-node list), in ``path``'s metadata, with
+    the INT8 graph's own checksum (:func:`~scaledet.export.onnx.save_with_metadata`)."""
     import onnx
 
-    proto = onnx.load(str(path))
     summary = {k: v for k, v in asdict(report).items() if k != "float_nodes"}
     values = {key: float_metadata[key] for key in (CONFIG_KEY, PREPROCESSING_KEY) if key in float_metadata}
     values[INT8_KEY] = json.dumps(summary)
-    kept = [p for p in proto.metadata_props if p.key not in values]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in values.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+    save_with_metadata(onnx.load(str(path)), path, values)
 
 
 class QuantizedDetector(OnnxDetector):
