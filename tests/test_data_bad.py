@@ -159,6 +159,33 @@ def test_unknown_category_and_unknown_image_id_are_skipped(tmp_path, ok_image):
     assert dataset[0][1]["labels"].tolist() == [0]
 
 
+def test_float_tiffs_outside_0_1_are_stretched_with_a_warning_not_clipped(tmp_path, monkeypatch):
+    from scaledet.data import images as image_io
+    from scaledet.data.tiles import open_large_image
+
+    monkeypatch.setattr(image_io, "_warned_stretched", False)
+    unit = np.linspace(0, 1, 32 * 48, dtype=np.float32).reshape(32, 48)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    elevation = (100 + 900 * unit).astype(np.float32)  # metres: all of it above 1
+    elevation[10, 10] = np.nan
+    expected = unit.copy()
+    expected[10, 10] = 0.0  # NaN -> 0
+    Image.fromarray(elevation, mode="F").save(tmp_path / "elevation.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = image_io.load_image(tmp_path / "unit.tif")
+        assert not caught  # already in [0, 1]: as it is
+        stretched = image_io.load_image(tmp_path / "elevation.tif")
+        image_io.load_image(tmp_path / "elevation.tif")
+    assert torch.allclose(kept[0], torch.from_numpy(unit)) and torch.equal(kept[0], kept[2])
+    assert torch.allclose(stretched[0], torch.from_numpy(expected), atol=1e-5)  # the old code: all 1.0
+    assert len(caught) == 1 and caught[0].category is DataWarning  # once per process
+    assert str(caught[0].message).startswith(f"{tmp_path / 'elevation.tif'}: mode F values span [100, 1000], "
+                                             "outside [0, 1]: it and every such image are stretched")
+    window = open_large_image(tmp_path / "elevation.tif").read((0, 0, 48, 32))  # the tiling reader agrees
+    assert torch.allclose(window, stretched)
+
+
 def test_invalid_json_names_file_line_and_column(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"images": [\n  {"id": 1,, "file_name": "x.png"}]}')

@@ -2,12 +2,17 @@
 
 Every file is EXIF-transposed (boxes are annotated on the image as displayed) and
 converted to 8-bit-equivalent RGB: grayscale, palette, RGBA/LA (alpha dropped), CMYK and
-16-bit grayscale (scaled by 1/65535) are all accepted.
+16-bit grayscale (scaled by 1/65535) are all accepted. 32-bit grayscale (float TIFFs, PIL mode ``F``;
+signed integers, mode ``I``) have no fixed range: values already in ``[0, 1]`` (``I``: ``[0, 65535]``,
+scaled by 1/65535) are kept, any other image is stretched from its own finite minimum..maximum to
+``[0, 1]`` with a :class:`~scaledet.data.report.DataWarning` (once per process) rather than clipped, which
+turned e.g. a reflectance or elevation image into a blank one. NaN and infinite pixels become 0.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +123,28 @@ def needs_conversion(mode: str) -> bool:
     return mode != "RGB"
 
 
+_warned_stretched = False
+
+
+def _in_unit_range(values: np.ndarray, mode: str, source: str | Path) -> np.ndarray:
+    """``values`` (float32) stretched from their finite min..max to [0, 1] when any lies outside; NaN / inf -> 0."""
+    global _warned_stretched
+    finite = np.isfinite(values)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    if low < 0.0 or high > 1.0:
+        if not _warned_stretched:
+            from scaledet.data.report import DataWarning
+
+            full = "[0, 1]" if mode == "F" else "[0, 65535]"
+            warnings.warn(f"{source}: mode {mode} values span [{low:g}, {high:g}], outside {full}: it and every such "
+                          "image are stretched from their own minimum..maximum to [0, 1] (not clipped); convert them "
+                          "to 8 or 16 bits with one fixed range to choose the scaling yourself (warned once)",
+                          DataWarning, stacklevel=2)
+            _warned_stretched = True
+        values = (values - np.float32(low)) / np.float32(high - low) if high > low else np.zeros_like(values)
+    return np.where(finite, values, np.float32(0.0)).astype(np.float32, copy=False)
+
+
 def load_image(path: Path) -> torch.Tensor:
     """Decode ``path`` fully into float ``Tensor[3,H,W]`` RGB in ``[0, 1]``, EXIF-transposed.
 
@@ -127,17 +154,16 @@ def load_image(path: Path) -> torch.Tensor:
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
-        return pil_to_float(image)
+        return pil_to_float(image, path)
 
 
-def pil_to_float(image: Image.Image) -> torch.Tensor:
-    """Any PIL image -> float ``Tensor[3,H,W]`` RGB in ``[0, 1]``."""
-    if image.mode in _WIDE_MODES:
-        array = np.asarray(image, dtype=np.float32) / _WIDE_MODES[image.mode]
-        gray = torch.from_numpy(np.clip(array, 0.0, 1.0))
-        return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
-    if image.mode == "F":
-        gray = torch.from_numpy(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0))
+def pil_to_float(image: Image.Image, source: str | Path = "an image") -> torch.Tensor:
+    """Any PIL image -> float ``Tensor[3,H,W]`` RGB in ``[0, 1]`` (``source`` names it in a warning;
+    32-bit grayscale: see the module docstring)."""
+    if image.mode in _WIDE_MODES or image.mode == "F":
+        full_scale = _WIDE_MODES.get(image.mode, 1.0)
+        gray = torch.from_numpy(_in_unit_range(np.asarray(image, dtype=np.float32) / np.float32(full_scale),
+                                               image.mode, source))
         return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
     if image.mode != "RGB":
         image = image.convert("RGB")

@@ -146,7 +146,7 @@ def open_large_image(path: str | Path, max_pixels: int | None = -1) -> ImageSour
                 "PPM, which is read window by window")
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # a copy of a 100 Mpx image is 400 MB
-        return DecodedImage(image)
+        return DecodedImage(image, path)
 
 
 def _raw_strips(image: Image.Image) -> list[tuple[int, int, int]] | None:
@@ -207,11 +207,12 @@ class MappedImage:
 class DecodedImage:
     """A decoded PIL image kept as 8-bit ``[H, W, 3]`` (16-bit and float modes as float32 ``[H, W, 3]``)."""
 
-    def __init__(self, image: Image.Image) -> None:
+    def __init__(self, image: Image.Image, source: str | Path = "an image") -> None:
+        """``source``: the file, named in :func:`~scaledet.data.images.pil_to_float`'s warning."""
         if image.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "1"):
             self.array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         else:  # wide modes keep their precision (pil_to_float scales them)
-            self.array = pil_to_float(image).permute(1, 2, 0).numpy()
+            self.array = pil_to_float(image, source).permute(1, 2, 0).numpy()
         self.height, self.width = self.array.shape[:2]
 
     def read(self, window: Window) -> Tensor:
