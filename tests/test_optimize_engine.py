@@ -112,3 +112,22 @@ def test_engine_argument_errors():
         scaledet.optimize(model, precision="int8", engine="torch")
     with pytest.raises(ValueError, match="engine='onnxruntime' runs fp32 on the CPU"):
         scaledet.optimize(model, precision="bf16", engine="onnxruntime", force=True)
+
+
+def test_predict_says_which_engine_auto_picked(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from scaledet.cli import main
+
+    monkeypatch.setenv("SCALEDET_CACHE", str(tmp_path / "cache"))
+    model = scaledet.create_model("efficientdet_lite0", num_classes=2, image_size=64).eval()
+    model.save(tmp_path / "weights.safetensors")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(tmp_path / "images" / "a.png")
+    assert main(["predict", str(tmp_path / "images"), "--weights", str(tmp_path / "weights.safetensors"),
+                 "--output", str(tmp_path / "out"), "--optimize", "--engine", "auto", "--no-progress"]) == 0
+    picked = [line for line in capsys.readouterr().out.splitlines() if line.startswith("engine: ")]
+    record = json.loads(next((tmp_path / "cache" / "optimize").glob("engine-*.json")).read_text())
+    assert picked == [f"engine: {record['engine']} (--engine auto: the faster of torch and onnxruntime on this "
+                      "processor)"]

@@ -68,6 +68,8 @@ def load_detector(args: argparse.Namespace):
         if isinstance(detector, OnnxDetector):
             raise ValueError("--optimize, --precision and --engine apply to torch models, not to an ONNX file")
         detector = scaledet.optimize(detector, precision=args.precision, engine=args.engine)
+        if args.engine == "auto":  # say what was picked (measured once per processor and model, then cached)
+            print(f"engine: {detector.engine} (--engine auto: the faster of torch and onnxruntime on this processor)")
     return detector
 
 
