@@ -467,3 +467,21 @@ def test_an_unreadable_calibration_image_is_skipped_with_a_line(tmp_path, capsys
     (tmp_path / "a.png").unlink()
     with pytest.raises(ValueError, match="none of its images could be read"):
         calibration_images(str(tmp_path), 2)
+
+
+def test_int8_profile_benchmark_groups_kernel_time_by_part(tmp_path):
+    """benchmarks/int8_profile.py --smoke: both graphs profiled, every kernel counted in one part."""
+    from benchmarks.int8_profile import PARTS, main as profile_main, part_of
+
+    assert part_of("QLinearConv", {"group": 32, "kernel": (3, 3)}, []) == "conv depthwise"
+    assert part_of("Conv", {"group": 1, "kernel": (1, 1)}, []) == "conv 1x1"
+    assert part_of("QLinearMul", {}, [[1, 8, 8, 32], [], [], [1, 8, 8, 32], [], [], [], []]) == "SiLU"
+    assert part_of("QLinearMul", {}, [[1, 8, 8, 32], [], [], [1, 1, 1, 32], [], [], [], []]).startswith("gates")
+    assert part_of("Sigmoid", {}, [[1, 32, 1, 1]]).startswith("gates") and part_of("QuickGelu", {}, []) == "SiLU"
+    assert profile_main(["--smoke", "--out", str(tmp_path / "profile")]) == 0
+    record = json.loads((tmp_path / "profile.json").read_text())
+    for graph in ("float", "int8"):
+        assert set(record[graph]["parts_ms"]) == set(PARTS) and record[graph]["kernel_ms"] > 0
+        assert abs(sum(record[graph]["parts_ms"].values()) - record[graph]["kernel_ms"]) < 0.05
+    assert record["int8"]["top_ops_ms"].get("QLinearConv", 0) > 0 and "Conv" not in record["int8"]["top_ops_ms"]
+    assert "| **all kernels** |" in (tmp_path / "profile.md").read_text()
