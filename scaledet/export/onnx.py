@@ -22,9 +22,9 @@ import json
 import logging
 import shutil
 import tempfile
-import zlib
 import warnings
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,13 +98,11 @@ def save_with_metadata(proto, path: str | Path, values: dict[str, str]) -> None:
     ``values`` replaced and :data:`CHECKSUM_KEY` set to :func:`graph_crc32` of the result."""
     import onnx
 
-    values = {**values, CHECKSUM_KEY: ""}
-    kept = [prop for prop in proto.metadata_props if prop.key not in values]
+    kept = [prop for prop in proto.metadata_props if prop.key not in values and prop.key != CHECKSUM_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     for key, value in values.items():
-        if key != CHECKSUM_KEY:
-            proto.metadata_props.add(key=key, value=value)
+        proto.metadata_props.add(key=key, value=value)
     proto.metadata_props.add(key=CHECKSUM_KEY, value=graph_crc32(proto))
     onnx.save(proto, str(path))
 
