@@ -142,7 +142,8 @@ def _in_unit_range(values: np.ndarray, mode: str, source: str | Path) -> np.ndar
                           DataWarning, stacklevel=2)
             _warned_stretched = True
         values = (values - np.float32(low)) / np.float32(high - low) if high > low else np.zeros_like(values)
-    return np.where(finite, values, np.float32(0.0)).astype(np.float32, copy=False)
+    values = values if finite.all() else np.where(finite, values, np.float32(0.0))
+    return values.astype(np.float32, copy=False)
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -161,9 +162,10 @@ def pil_to_float(image: Image.Image, source: str | Path = "an image") -> torch.T
     """Any PIL image -> float ``Tensor[3,H,W]`` RGB in ``[0, 1]`` (``source`` names it in a warning;
     32-bit grayscale: see the module docstring)."""
     if image.mode in _WIDE_MODES or image.mode == "F":
-        full_scale = _WIDE_MODES.get(image.mode, 1.0)
-        gray = torch.from_numpy(_in_unit_range(np.asarray(image, dtype=np.float32) / np.float32(full_scale),
-                                               image.mode, source))
+        array = np.asarray(image, dtype=np.float32) / np.float32(_WIDE_MODES.get(image.mode, 1.0))
+        if image.mode in ("F", "I"):  # 32-bit: any range (16-bit modes are in [0, 1] once scaled)
+            array = _in_unit_range(array, image.mode, source)
+        gray = torch.from_numpy(array)
         return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
     if image.mode != "RGB":
         image = image.convert("RGB")

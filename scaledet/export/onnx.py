@@ -76,10 +76,7 @@ def export_onnx(model: Detector, path: str | Path, opset: int = 18, input_size: 
         model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
-    import onnx
-
-    save_with_metadata(onnx.load(str(path)), path, {})  # the checksum of the graph as written
+    save_with_metadata(program.model_proto, path, {})  # the bytes program.save writes, with their checksum
     return path
 
 
