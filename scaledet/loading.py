@@ -74,7 +74,7 @@ def _stored_model_name(path: str | Path | None) -> str:
     if Path(path).suffix == ".safetensors":
         config = read_weights_config(path)
     else:  # a training checkpoint of ours (last.pt / best.pt) names its model; other projects' files do not
-        loaded = torch_load_weights_only(path)
+        loaded = torch_load_weights_only(path, peek=True)  # create_model reads and checks the file
         config = loaded["model_config"] if is_training_checkpoint(loaded) else None
     if not config or "model" not in config:
         raise UserError(f"{path} does not name its model (not a scaledet weights file): give the model name "

@@ -169,12 +169,15 @@ NOT_WEIGHTS_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".txt", ".yaml", ".
                                   ".log", ".md", ".xml"})
 
 
-def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
+def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX, peek: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one clear error per failure.
 
     Args:
         path: the file.
         fix: what the user should do about an unreadable file (ends the message).
+        peek: for reading a checkpoint's small entries (its config) before the real load: the tensors of a
+            zip file are memory-mapped, not read, and the CRC-32 check is left to that load (D0's 60 MB
+            ``last.pt``: 0.27 instead of 0.38 s, the rest is unpickling). Legacy (non-zip) files are read whole.
 
     Raises:
         UserError: the file is empty or corrupt (``PATH is empty or corrupt (...): FIX``), or it
@@ -190,9 +193,11 @@ def torch_load_weights_only(path: str | Path, fix: str = REDOWNLOAD_FIX) -> Any:
         raise UserError(f"{path} is a plain Python pickle, not a torch.save or safetensors weights file: refused for "
                         "safety (unpickling can run code); save only the tensors, e.g. torch.save(model.state_dict(), "
                         "PATH), or use .safetensors")
-    check_zip_crc(path, fix)
+    mapped = peek and zipfile.is_zipfile(path)
+    if not mapped:
+        check_zip_crc(path, fix)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except OSError:
         raise
     except pickle.UnpicklingError as error:

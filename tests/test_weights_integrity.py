@@ -75,6 +75,25 @@ def test_a_damaged_training_checkpoint_names_the_resume_fix(tmp_path):
         load_training_checkpoint(path)
 
 
+def test_load_names_the_model_of_a_damaged_checkpoint_and_still_refuses_it(tmp_path):
+    """``scaledet.load(last.pt)`` peeks at the file's config (tensors mapped, CRC-32 unchecked) to name the model,
+    then reads it for real: the damage is caught there, before a single weight is used."""
+    import scaledet
+    from scaledet import create_model
+
+    model = create_model("efficientdet_d0", num_classes=2, image_size=64, backbone="mobilenetv3_small_050",
+                         fpn_channels=16, fpn_repeats=1, head_repeats=1)
+    path = atomic_torch_save({"model": model.state_dict(), "step": 5, "model_config": model.config},
+                             tmp_path / "last.pt")
+    assert torch_load_weights_only(path, peek=True)["model_config"] == model.config
+    loaded = scaledet.load(path).state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
+    _flip_byte_in_zip_member(path, "data/0")
+    assert torch_load_weights_only(path, peek=True)["step"] == 5  # the peek does not check
+    with pytest.raises(UserError, match=r"last\.pt is corrupt \('[^']*/data/0' fails the file's CRC-32 check"):
+        scaledet.load(path)
+
+
 def test_our_safetensors_carry_a_checksum_that_is_checked(tmp_path):
     state = {"b.weight": torch.randn(5, 3), "a.count": torch.tensor(7), "flags": torch.tensor([True, False]),
              "half": torch.randn(4, dtype=torch.bfloat16), "empty": torch.zeros(0, 2)}
