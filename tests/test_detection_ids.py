@@ -11,7 +11,7 @@ from PIL import Image
 import scaledet.commands.predict as predict_command
 from scaledet import create_model
 from scaledet.cli import main
-from scaledet.data import open_dataset
+from scaledet.data import DataWarning, open_dataset
 from scaledet.engine.config import TrainConfig
 from scaledet.engine.run import build_model
 from scaledet.evaluation.results import categories_of, detection_rows, write_detections
@@ -180,6 +180,26 @@ def test_the_python_trainer_gives_a_model_without_ids_the_datasets(coco_set, tmp
     assert other.category_ids == [1, 2, 3]
 
 
+def test_a_validation_set_whose_classes_cannot_be_matched_fails_before_training(coco_set, tmp_path):
+    """A validation set naming two of its classes alike stopped the run at its first evaluation, after the training
+    time was spent (and scored 'red' detections as one of the two): now the Trainer refuses it when built."""
+    from scaledet.engine import Trainer
+
+    train = open_dataset(coco_set)
+    gt = json.loads(coco_set.read_text())
+    gt["categories"] = [{**category, "name": train.class_names[0]} for category in gt["categories"]]
+    (tmp_path / "repeated.json").write_text(json.dumps(gt))
+    with pytest.warns(DataWarning, match=r"'cat' \(3 classes\)"):
+        val = open_dataset(tmp_path / "repeated.json")
+    model = create_model("efficientdet_d0", num_classes=3, image_size=64, class_names=train.class_names,
+                         backbone="mobilenetv3_small_050", fpn_channels=16, fpn_repeats=1, head_repeats=1)
+    config = TrainConfig.for_model("efficientdet_d0", max_steps=1, batch_size=3, out=str(tmp_path / "run"),
+                                   progress=False, threads=1)
+    with pytest.raises(ValueError, match=r"the dataset's classes repeat the name\(s\) \[cat\]"):
+        Trainer(config, model, train, val)
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
 def test_file_names_match_across_windows_and_posix_separators():
     from collections import defaultdict
 
@@ -188,8 +208,9 @@ def test_file_names_match_across_windows_and_posix_separators():
     by_base = defaultdict(list)
     for image in ({"id": 7, "file_name": "train\\a.png"}, {"id": 8, "file_name": "val/a.png"}):
         by_base[_name_parts(image["file_name"])[-1]].append(image)
-    assert _same_file({"id": 0, "file_name": "coco/images/train/a.png"}, by_base)["id"] == 7
-    assert _same_file({"id": 0, "file_name": "C:\\data\\val\\a.png"}, by_base)["id"] == 8
+    assert _same_file({"id": 0, "file_name": "coco/images/train/a.png"}, by_base)[0]["id"] == 7
+    assert _same_file({"id": 0, "file_name": "C:\\data\\val\\a.png"}, by_base)[0]["id"] == 8
+    assert _same_file({"id": 0, "file_name": "a.png"}, by_base) == (None, by_base["a.png"])  # which of the two?
 
 
 def test_two_predicted_files_matching_one_ground_truth_image_are_an_error(tmp_path):
@@ -207,3 +228,19 @@ def test_two_predicted_files_matching_one_ground_truth_image_are_an_error(tmp_pa
         evaluate_detections(gt, str(path))
     one = write_detections(tmp_path / "one.json", rows[:1], images[:1], [{"id": 1, "name": "a"}], image_ids="inputs")
     assert evaluate_detections(gt, str(one))["AP"] == pytest.approx(1.0)
+
+
+def test_a_bare_file_name_matching_two_ground_truth_images_is_called_ambiguous(tmp_path):
+    """img.png predicted from inside a/, the ground truth has a/img.png and b/img.png: the error said the image is
+    not in the ground truth, when it is there twice."""
+    from scaledet.evaluation import evaluate_detections
+
+    gt = {"images": [{"id": 5, "file_name": "a/img.png", "width": 64, "height": 64},
+                     {"id": 6, "file_name": "b/img.png", "width": 64, "height": 64}],
+          "categories": [{"id": 1, "name": "a"}], "annotations": []}
+    images = [{"id": 1, "file_name": "img.png", "width": 64, "height": 64, "frame": None}]
+    rows = [{"image_id": 1, "category_id": 1, "bbox": [8.0, 8.0, 20.0, 20.0], "score": 0.9}]
+    path = write_detections(tmp_path / "detections.json", rows, images, [{"id": 1, "name": "a"}], image_ids="inputs")
+    with pytest.raises(ValueError, match=r"detections.json: img.png matches 2 images of the ground truth by file name "
+                                         r"\(a/img.png, b/img.png\), so it cannot be told which"):
+        evaluate_detections(gt, str(path))

@@ -258,3 +258,28 @@ def test_a_long_evaluation_says_it_is_scoring(capsys, monkeypatch):
     monkeypatch.setattr(coco, "LONG_EVALUATION_ROWS", 1)
     evaluate_detections(gt, dets)
     assert capsys.readouterr().err.startswith(f"scoring {len(dets):,} detections on {len(gt['images'])} images with pycocotools")
+
+
+def test_a_name_two_categories_share_keeps_both_per_class_rows():
+    """Categories 3 and 17 both named 'red': the per-class table was keyed by name, so one class's AP was lost."""
+    gt, dets = _scene(8)
+    gt["categories"] = [{"id": 3, "name": "red"}, {"id": 17, "name": "red"}, {"id": 88, "name": "blue"}]
+    reference = {c: _pycocotools(gt, dets, cat_ids=[c])[0] for c in CATEGORY_IDS}
+    per_class = evaluate_detections(gt, dets)["per_class"]
+    assert set(per_class) == {"red (id 3)", "red (id 17)", "blue"}
+    assert per_class["red (id 3)"]["AP"] == pytest.approx(reference[3], abs=1e-6)
+    assert per_class["red (id 17)"]["AP"] == pytest.approx(reference[17], abs=1e-6)
+
+
+def test_classes_are_not_matched_by_a_name_one_side_repeats():
+    """A model's 'red', 'green', 'blue' against a dataset naming two categories 'red': green was silently matched to
+    nothing and 'red' to one of the two (AP 0.26 for 0.71); now an error names the repeat. The same list on both
+    sides needs no matching by name and is kept."""
+    from scaledet.evaluation.results import label_mapping
+
+    with pytest.raises(ValueError, match=r"the dataset's classes repeat the name\(s\) \[red\], so the model's classes "
+                                         r"\[red, green, blue\] cannot be matched"):
+        label_mapping(["red", "green", "blue"], ["red", "red", "blue"])
+    with pytest.raises(ValueError, match=r"the model's classes repeat the name\(s\) \[red\]"):
+        label_mapping(["red", "red", "blue"], ["blue", "red", "green"])
+    assert label_mapping(["red", "red", "blue"], ["red", "red", "blue"]) == [0, 1, 2]

@@ -266,10 +266,12 @@ class DetectionDataset(Dataset):
         for name in class_names:
             folded.setdefault(name.strip().lower(), []).append(name)
         alike = [names for names in folded.values() if len(names) > 1]
-        if alike:  # 'Cup' and 'cup' are two classes to a detector: almost always a labelling slip
-            warnings.warn(f"{report.source}: class names that differ only in case or spaces are separate classes: "
-                          + "; ".join(" / ".join(repr(n) for n in names) for names in alike)
-                          + " (rename them if they are one class)", DataWarning, stacklevel=2)
+        if alike:  # 'Cup' and 'cup' (or 'cup' twice) are two classes to a detector: almost always a labelling slip
+            warnings.warn(f"{report.source}: class names that repeat or differ only in case or spaces are separate "
+                          "classes: " + "; ".join(f"{names[0]!r} ({len(names)} classes)" if len(set(names)) == 1
+                                                  else " / ".join(repr(n) for n in names) for names in alike)
+                          + " (rename them if they are one class; evaluation against other data matches classes by "
+                          "name)", DataWarning, stacklevel=2)
         self.records = records
         self.class_names = list(class_names)
         self.label_to_category_id = list(label_to_category_id)

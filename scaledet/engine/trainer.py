@@ -52,7 +52,7 @@ from scaledet.engine.plots import plot_curves, plot_predictions
 from scaledet.engine.recipe import PlanValues, configure_threads, eval_interval, plan_values
 from scaledet.engine.schedule import LRSchedule
 from scaledet.errors import UserError
-from scaledet.evaluation.results import is_placeholder_name
+from scaledet.evaluation.results import is_placeholder_name, label_mapping
 from scaledet.models.base import default_param_groups
 from scaledet.weights import save_weights
 
@@ -115,6 +115,17 @@ def check_model_and_data(config: TrainConfig, model: nn.Module, dataset: Dataset
     if (names is not None and data_names is not None and len(names) == len(data_names)
             and all(is_placeholder_name(str(n)) for n in names)):
         model.class_names = [str(n) for n in data_names]
+
+
+def check_val_classes(model: nn.Module, val_set: Dataset) -> None:
+    """Fail before training, not at the first evaluation, when the validation set's classes cannot be matched to
+    the model's by name (:func:`~scaledet.evaluation.results.label_mapping`'s errors: no shared name, a repeated
+    name); its warnings (classes one side lacks) come with each evaluation."""
+    names, val_names = getattr(model, "class_names", None), getattr(val_set, "class_names", None)
+    if names is not None and val_names is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            label_mapping(list(names), list(val_names))
 
 
 def adopt_category_ids(model: nn.Module, dataset: Dataset) -> bool:
@@ -194,6 +205,8 @@ class Trainer:
         self._setup_determinism()
         check_model_and_data(config, model, train_set)
         adopt_category_ids(model, train_set)
+        if val_set is not None:
+            check_val_classes(model, val_set)
         self.model = self._prepare_model(model)
         self.optimizer = build_optimizer(self.model, config)
         self.schedule = LRSchedule(

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,16 +138,19 @@ def summarize_eval(coco_eval) -> dict[str, float]:
 
 
 def per_class_ap(coco_eval, names: dict[int, str]) -> dict[str, dict[str, float]]:
-    """``{class name: {"AP": .., "AP50": ..}}`` over all areas at ``maxDets[-1]``; -1 without GT."""
+    """``{class name: {"AP": .., "AP50": ..}}`` over all areas at ``maxDets[-1]``; -1 without GT. A name
+    that several category ids share is keyed ``"name (id N)"`` for each, so no class's row is lost."""
     precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
     at50 = np.where(np.isclose(coco_eval.params.iouThrs, 0.5))[0]
+    shared = Counter(names[category_id] for category_id in coco_eval.params.catIds)
     out = {}
     for k, category_id in enumerate(coco_eval.params.catIds):
         table = {}
         for key, values in (("AP", precision[:, :, k, 0, -1]), ("AP50", precision[at50, :, k, 0, -1])):
             valid = values[values > -1]
             table[key] = float(np.mean(valid)) if valid.size else -1.0
-        out[names[category_id]] = table
+        name = names[category_id]
+        out[name if shared[name] == 1 else f"{name} (id {category_id})"] = table
     return out
 
 

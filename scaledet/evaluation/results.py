@@ -263,7 +263,12 @@ def _images_by_file_name(rows: list[dict], header: dict, gt: dict, detections_na
     mapping, unmatched, matched_by = {}, [], {}
     used = {row["image_id"] for row in rows}
     for image in header["images"]:
-        gt_image = _same_file(image, by_base)
+        gt_image, ambiguous = _same_file(image, by_base)
+        if ambiguous and image["id"] in used:
+            raise ValueError(f"{detections_name}: {_file_label(image)} matches {len(ambiguous)} images of {gt_name} by "
+                             f"file name ({', '.join(str(c['file_name']) for c in ambiguous[:3])}), so it cannot be "
+                             "told which: predict the dataset itself (scaledet predict --data) or give the images "
+                             "with their folders as the ground truth names them")
         if gt_image is None:
             unmatched.append(image)
             continue
@@ -282,11 +287,12 @@ def _images_by_file_name(rows: list[dict], header: dict, gt: dict, detections_na
     return [{**row, "image_id": mapping[row["image_id"]]} for row in rows], set(mapping.values())
 
 
-def _same_file(image: dict, by_base: dict[str, list[dict]]) -> dict | None:
-    """The ground-truth image of the same file: one base-name match, else the one whose path is a
-    tail of the other's; None for video frames, no match or an ambiguous one."""
+def _same_file(image: dict, by_base: dict[str, list[dict]]) -> tuple[dict | None, list[dict]]:
+    """``(the ground-truth image of the same file, [])``: one base-name match, else the one whose path
+    is a tail of the other's; ``(None, [])`` for video frames and no match; ``(None, candidates)`` when
+    several ground-truth images fit (``a/img.png`` and ``b/img.png`` for a bare ``img.png``)."""
     if image.get("frame") is not None or not image.get("file_name"):
-        return None
+        return None, []
     parts = _name_parts(image["file_name"])
     candidates = by_base.get(parts[-1], [])
     if len(candidates) > 1:
@@ -294,8 +300,9 @@ def _same_file(image: dict, by_base: dict[str, list[dict]]) -> dict | None:
             gt_parts = _name_parts(gt_image["file_name"])
             n = min(len(parts), len(gt_parts))
             return parts[-n:] == gt_parts[-n:] and n == len(gt_parts)
-        candidates = [c for c in candidates if tail_matches(c)]
-    return candidates[0] if len(candidates) == 1 else None
+        matching = [c for c in candidates if tail_matches(c)]
+        return (matching[0], []) if len(matching) == 1 else (None, matching or candidates)
+    return (candidates[0] if candidates else None), []
 
 
 def _name_parts(file_name: object) -> tuple[str, ...]:
@@ -361,6 +368,12 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
     model_names, dataset_names = list(model_names), list(dataset_names)
     if model_names == dataset_names:
         return list(range(len(model_names)))
+    for side, names in (("the model's", model_names), ("the dataset's", dataset_names)):
+        repeated = sorted({str(name) for name in names if names.count(name) > 1})
+        if repeated:  # 'red' twice: which of the two would a 'red' detection be scored as?
+            raise ValueError(f"{side} classes repeat the name(s) {short_list(repeated)}, so the model's classes "
+                             f"{short_list(model_names)} cannot be matched to the dataset's {short_list(dataset_names)} "
+                             "by name: give each class its own name")
     index = {name: i for i, name in enumerate(dataset_names)}
     mapping = [index.get(name, -1) for name in model_names]
     if any(m >= 0 for m in mapping):
