@@ -258,6 +258,36 @@ def test_voc_folders_without_split_files_train_and_validate(tmp_path, capsys):
         open_dataset(tmp_path / "train_voc", split="train")
 
 
+def test_validating_on_the_training_images_is_warned_about(tmp_path, capsys):
+    """The same COCO JSON as --train and --val (or a data.yaml whose val: is its train:) was taken without a word,
+    where the same VOC folder is refused: now a warning with the count, since it may be meant."""
+    from scaledet.engine import TrainConfig
+    from scaledet.engine.run import open_datasets
+
+    images = []
+    for k in range(3):
+        _image(tmp_path / "images" / f"{k}.png")
+        images.append({"id": k + 1, "file_name": f"{k}.png", "width": 48, "height": 32})
+    annotations = [{"id": k + 1, "image_id": k + 1, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400,
+                    "iscrowd": 0} for k in range(3)]
+    gt = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "all.json").write_text(json.dumps(gt))
+    (tmp_path / "last.json").write_text(json.dumps({**gt, "images": images[2:], "annotations": annotations[2:]}))
+    (tmp_path / "first.json").write_text(json.dumps({**gt, "images": images[:2], "annotations": annotations[:2]}))
+    config = TrainConfig.for_model("efficientdet_d0", train=str(tmp_path / "all.json"), val=str(tmp_path / "all.json"),
+                                   epochs=1, progress=False)
+    with pytest.warns(DataWarning, match=r"3 of 3 validation images are training images too \(e.g. .*0.png\): the "
+                                         r"validation AP will measure what the model memorised"):
+        open_datasets(config)
+    config.val = str(tmp_path / "last.json")
+    with pytest.warns(DataWarning, match="1 of 1 validation images are training images too"):
+        open_datasets(config)
+    config.train = str(tmp_path / "first.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_datasets(config)
+
+
 def test_yolo_pose_labels_roboflow_paths_and_windows_lists(tmp_path):
     # a pose set: class cx cy w h then kpt_shape's numbers; read as a polygon they gave another box
     path = _yolo(tmp_path / "pose", b"0 0.5 0.5 0.5 0.5 0.1 0.1 2 0.9 0.9 2\n0 0.5 0.5 0.5 0.5 0.1\n",

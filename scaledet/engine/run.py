@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from scaledet.data import open_dataset, print_report, train_transforms
+from scaledet.data import DataWarning, open_dataset, print_report, train_transforms
 from scaledet.data.tiles import TileCropDataset
 from scaledet.data.voc import find_voc_root, split_or_every_image
 from scaledet.engine import distributed as dist_utils
@@ -61,7 +62,25 @@ def open_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
             if dataset is not None:
                 print(f"{name}: ", end="")
                 print_report(dataset)
+        if val is not None:
+            warn_if_validating_on_training_images(train, val)
     return train, val
+
+
+def warn_if_validating_on_training_images(train: Dataset, val: Dataset) -> int:
+    """A :class:`~scaledet.data.DataWarning` when image files of ``val`` are also in ``train`` (the same COCO JSON
+    or YOLO folder given twice, as some tutorials' data.yaml do): its AP then measures what the model memorised.
+    A warning, not an error: it may be meant (an overfitting check). Returns how many are shared."""
+    def files(dataset: Dataset) -> list[str]:
+        return [os.path.abspath(record.path) for record in getattr(dataset, "records", []) if record.path is not None]
+
+    trained = set(files(train))
+    shared = [path for path in files(val) if path in trained]
+    if shared:
+        warnings.warn(f"{len(shared)} of {len(val)} validation images are training images too (e.g. {shared[0]}): "
+                      "the validation AP will measure what the model memorised, not how it does on new images; give "
+                      "--val other images", DataWarning, stacklevel=2)
+    return len(shared)
 
 
 def _same_folder(a: str, b: str) -> bool:
