@@ -200,6 +200,12 @@ def test_coco_structure_errors_name_the_record(tmp_path):
     path = _coco(tmp_path, [], [], categories=[{"name": "no id"}])
     with pytest.raises(ValueError, match=r"categories\[0\] needs an integer 'id'"):
         CocoDataset(path)
+    (tmp_path / "nocat.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match=r"nocat\.json: the COCO field 'categories' is missing"):
+        CocoDataset(tmp_path / "nocat.json")
+    (tmp_path / "nocat.json").write_text(json.dumps({"images": [], "categories": None}))
+    with pytest.raises(ValueError, match=r"nocat\.json: COCO field 'categories' must be a list, got NoneType"):
+        CocoDataset(tmp_path / "nocat.json")
 
 
 def _yolo(tmp_path, lines):

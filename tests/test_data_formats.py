@@ -100,8 +100,12 @@ def test_yolo_yaml_splits_names_dict_and_polygons(tmp_path):
     _check_sample(train, [0, 1])
     val = open_dataset(tmp_path / "data.yaml", split="val")
     assert torch.allclose(val[0][1]["boxes"], torch.tensor([BOXES[0]]), atol=1e-4)
-    with pytest.raises(ValueError, match=r"choose split= one of \['train', 'val'\]"):
+    with pytest.raises(ValueError, match=r"split must be one of \['train', 'val'\] \(got None\)"):
         open_dataset(tmp_path / "data.yaml")
+    (tmp_path / "train_only.yaml").write_text("train: images/train\nnames: {0: cat, 1: dog}\n")
+    with pytest.raises(ValueError, match=r"train_only.yaml has no 'val' entry \(it lists train\): add a line "
+                                         r"'val: images/val'"):
+        open_dataset(tmp_path / "train_only.yaml", split="val")
 
 
 def test_open_dataset_rejects_unknown_paths(tmp_path):

@@ -256,6 +256,11 @@ def test_voc_folders_without_split_files_train_and_validate(tmp_path, capsys):
         open_datasets(config)
     with pytest.raises(UserError, match="split 'train' not found"):
         open_dataset(tmp_path / "train_voc", split="train")
+    # a split file listing names with their image suffix (or folder), as some export scripts write: the same image
+    (tmp_path / "val_voc" / "ImageSets" / "Main" / "val.txt").write_text("JPEGImages/a.JPG\nb.jpg\n")
+    with pytest.warns(DataWarning, match=r"'b.jpg' has no Annotations/b.jpg.xml"):
+        listed = open_dataset(tmp_path / "val_voc", split="val")
+    assert len(listed) == 1 and listed.report.counts == {"missing_annotation": 1}
 
 
 def test_validating_on_the_training_images_is_warned_about(tmp_path, capsys):

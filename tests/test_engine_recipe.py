@@ -71,7 +71,9 @@ def test_yaml_then_flags(tmp_path):
         (dict(), "the run needs an end"),
         (dict(epochs=1, ema_decay=1.5), "ema_decay must be in"),
         (dict(epochs=1, freeze_bn_fraction=1.0), "freeze_bn_fraction must be in"),
-        (dict(epochs=1, learning_rate=0.1), "unknown training option"),
+        (dict(epochs=1, learning_rate=0.1), r"unknown training option\(s\): learning_rate \(did you mean lr\?\)"),
+        (dict(epochs=1, imgsz=640, batch_sise=8, colour=1), r"option\(s\): batch_sise \(did you mean batch_size\?\), "
+                                                          r"colour, imgsz \(did you mean image_size\?\)$"),
         (dict(epochs=1, recipe="fast"), "recipe must be one of"),
         (dict(epochs=1, warmup_fraction=1.5), "warmup_fraction must be in"),
     ],

@@ -38,6 +38,9 @@ def read_json(path: Path) -> object:
 
 def _require_list(data: dict, key: str, path: Path, required: bool = True) -> list:
     value = data.get(key, None if required else [])
+    if key not in data and required:
+        raise UserError(f"{path}: the COCO field {key!r} is missing (a COCO JSON has 'images', 'annotations' and "
+                        "'categories' lists)")
     if not isinstance(value, list):
         raise UserError(f"{path}: COCO field {key!r} must be a list, got {type(value).__name__}")
     return value

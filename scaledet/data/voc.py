@@ -142,7 +142,7 @@ class VOCDataset(DetectionDataset):
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise UserError(f"{root}: split {split!r} not found ({split_file} missing)")
-        stems = [line.split()[0] for line in read_text(split_file).splitlines() if line.strip()]
+        stems = [_listed_stem(line.split()[0], parsed) for line in read_text(split_file).splitlines() if line.strip()]
         for stem in stems:
             if stem not in parsed and not (root / "Annotations" / f"{stem}.xml").is_file():  # else: unparsable
                 report.skip("missing_annotation", f"{split_file}: {stem!r} has no Annotations/{stem}.xml")
@@ -212,3 +212,12 @@ def _image_of(folder: Path, stem: str, filename: str | None, by_stem: dict[str, 
     if candidates:
         return candidates[0]
     return named if named is not None else folder / f"{stem}.jpg"
+
+
+def _listed_stem(listed: str, parsed: dict) -> str:
+    """The image name a split file's line means: VOC lists bare names (``2008_000123``); ``a.jpg`` or
+    ``JPEGImages/a.jpg``, as some export scripts write, name the annotated image ``a`` too."""
+    if listed in parsed:
+        return listed
+    path = Path(listed.replace("\\", "/"))
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES and path.stem in parsed else listed

@@ -181,7 +181,10 @@ class YOLODataset(DetectionDataset):
         data = read_data_yaml(path)
         splits = [s for s in ("train", "val", "test") if data.get(s)]
         if split not in splits:
-            raise UserError(f"{path}: choose split= one of {splits} (got {split!r})")
+            if split in ("train", "val", "test"):  # the command asked for it: --val data.yaml, eval --data ...
+                raise UserError(f"{path} has no {split!r} entry (it lists {', '.join(splits) or 'no split'}): add a line "
+                                f"'{split}: images/{split}' (a folder of images, a list file or a list of either)")
+            raise UserError(f"{path}: split must be one of {splits} (got {split!r})")
         report = DataReport(source=f"{path} [{split}]")
         images = _list_images(data[split], dataset_root(data, path), f"{path}: {split}")
         infos = probe_records(images, path.name, report, check_images, progress)

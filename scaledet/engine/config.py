@@ -118,9 +118,10 @@ class TrainConfig:
         (:func:`~scaledet.engine.recipe.from_scratch_changes`: a backbone published for fine-tuning
         trains its BatchNorm, all its stages and, unless ``backbone_lr`` is given, at ``lr``).
         """
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown training option(s): {', '.join(_with_suggestion(key, known) for key in sorted(unknown))}")
         given = {key: value for key, value in values.items() if value is not None}
         recipe = given.get("recipe", "auto")
         row = family_recipe(model, recipe)
@@ -259,3 +260,19 @@ def _typed(name: str, value: Any, fields: dict[str, str], source: str | Path) ->
 
 
 __all__ = ["TrainConfig", "family_recipe"]
+
+
+#: what other detection toolkits (Ultralytics, Detectron2, mmdetection, effdet's train.py) call some of the options
+OTHER_TOOLKITS_NAMES = {"learning_rate": "lr", "lr0": "lr", "base_lr": "lr", "batch": "batch_size",
+                        "imgsz": "image_size", "img_size": "image_size", "input_size": "image_size",
+                        "max_iter": "max_steps", "iterations": "max_steps", "num_workers": "workers",
+                        "weights": "pretrained", "opt": "optimizer", "model_ema_decay": "ema_decay",
+                        "warmup": "warmup_epochs", "nc": "num_classes", "data": "train"}
+
+
+def _with_suggestion(key: str, known: list[str]) -> str:
+    """``key (did you mean NAME?)`` for a misspelt option or another toolkit's name for one; else ``key``."""
+    import difflib
+
+    guess = OTHER_TOOLKITS_NAMES.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
+    return f"{key} (did you mean {guess}?)" if guess else key
