@@ -228,6 +228,22 @@ def test_yolo_line_with_wrong_field_count_is_skipped(tmp_path):
     assert dataset[0][1]["boxes"].tolist() == [[30.0, 10.0, 50.0, 30.0]]
 
 
+def test_yolo_label_files_without_an_image_are_counted(tmp_path):
+    """labels/b.txt whose image was saved as .heic (not a suffix Pillow reads) was dropped without a word; now a
+    skip with a count. A split given as a .txt list is not checked (lists may share one folder)."""
+    path = _yolo(tmp_path, ["0 0.5 0.5 0.25 0.5"])
+    (tmp_path / "images" / "b.heic").write_bytes(b"not read")
+    (tmp_path / "labels" / "b.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "labels" / "classes.txt").write_text("a\nb\n")
+    with pytest.warns(DataWarning, match=r"labels/b.txt: no image of the split has this name \(an image saved with a "
+                                         r"suffix Pillow cannot read, e.g. .heic, or in another folder\?\)"):
+        dataset = YOLODataset(path, split="train")
+    assert len(dataset) == 1 and dataset.report.counts == {"label_without_image": 1}
+    (tmp_path / "train.txt").write_text("images/a.png\n")
+    path.write_text("path: .\ntrain: train.txt\nnames: [a, b]\n")
+    assert YOLODataset(path, split="train").report.counts == {}
+
+
 def test_empty_datasets_raise_naming_the_source(tmp_path):
     with pytest.raises(ValueError, match=r"ann\.json: dataset has no usable images"):
         CocoDataset(_coco(tmp_path, [], []))

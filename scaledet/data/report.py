@@ -33,6 +33,7 @@ REASONS: dict[str, str] = {
                               "line skipped",
     "missing_annotation": "image listed in the split has no annotation file: image skipped",
     "missing_label": "YOLO label file not found: image has no objects (kept)",
+    "label_without_image": "YOLO label file that no image of the split has (another suffix or folder?): labels unused",
     "clipped_box": "box partly outside the image: clipped (kept)",
     "size_mismatch": "annotated image size differs from the file: file size used (kept)",
     "converted_image": "grayscale / palette / RGBA / 16-bit / CMYK image: converted to RGB (kept)",

@@ -89,6 +89,20 @@ def _list_images(entry: str | list, root: Path, where: str) -> list[Path]:
     return images
 
 
+def labels_without_image(entry: str | list, images: list[Path]) -> list[Path]:
+    """Label files in the ``labels/`` folders of a split's image folders that none of its images has: an
+    image saved with a suffix Pillow does not read (``.heic``) or in another folder trains as nothing.
+    Splits given as ``.txt`` lists are not checked (several lists may share one folder)."""
+    entries = entry if isinstance(entry, list) else [entry]
+    if any(str(item).endswith(".txt") for item in entries):
+        return []
+    labels = {image: label_path(image) for image in images}
+    used = set(labels.values())
+    folders = {label.parent for image, label in labels.items() if label.parent != image.parent}  # not labels beside images
+    return sorted(label for folder in folders for label in folder.glob("*.txt")
+                  if label not in used and label.name != "classes.txt")
+
+
 def label_path(image: Path) -> Path:
     """``.../images/a/b.jpg`` -> ``.../labels/a/b.txt`` (last ``images`` component)."""
     parts = list(image.parts)
@@ -187,6 +201,9 @@ class YOLODataset(DetectionDataset):
             raise UserError(f"{path}: split must be one of {splits} (got {split!r})")
         report = DataReport(source=f"{path} [{split}]")
         images = _list_images(data[split], dataset_root(data, path), f"{path}: {split}")
+        for orphan in labels_without_image(data[split], images):
+            report.skip("label_without_image", f"{orphan}: no image of the split has this name (an image saved with "
+                                               "a suffix Pillow cannot read, e.g. .heic, or in another folder?)")
         infos = probe_records(images, path.name, report, check_images, progress)
         names = data["names"]
         keypoint_fields = _keypoint_fields(data, path)
