@@ -31,7 +31,7 @@ from scaledet.evaluation import format_stats
 from scaledet.evaluation.results import is_placeholder_name, short_list
 from scaledet.inference.tiling import TileOptions
 from scaledet.models.base import Detector
-from scaledet.models.checkpoints import reinitialise_class_head
+from scaledet.models.checkpoints import reinitialise_class_head, reorder_class_head
 from scaledet.models.inputs import category_ids_for
 from scaledet.models.registry import create_model, family_hook
 
@@ -121,11 +121,19 @@ def build_model(config: TrainConfig, class_names: list[str], category_ids: list[
     file_names = list(model.class_names)  # a checkpoint of this class count keeps its own names
     model.class_names = list(class_names)  # models derive ``config["class_names"]`` from this
     if config.pretrained and file_names != list(class_names) and not all(is_placeholder_name(n) for n in file_names):
-        # the loaded rows predict the file's classes: kept, they would be relabelled with the data's names
-        heads = reinitialise_class_head(model)
+        # the loaded rows predict the file's classes: reordered to the data's order, or re-initialised (kept, they
+        # would be relabelled with the data's names)
+        same_classes = sorted(file_names) == sorted(class_names) and len(set(file_names)) == len(file_names)
+        heads = reorder_class_head(model, [file_names.index(name) for name in class_names]) if same_classes else []
+        if heads:
+            message = (f"the checkpoint's classes {short_list(file_names)} are the training data's "
+                       f"{short_list(class_names)} in another order: reordered the class predictor's rows to match")
+        else:
+            heads = reinitialise_class_head(model)
+            message = (f"the checkpoint's classes {short_list(file_names)} are not the training data's "
+                       f"{short_list(class_names)} in that order: re-initialised the class predictor")
         if dist_utils.is_main() and not quiet:
-            print(f"model: the checkpoint's classes {short_list(file_names)} are not the training data's "
-                  f"{short_list(class_names)} in that order: re-initialised the class predictor ({', '.join(heads)})")
+            print(f"model: {message} ({', '.join(heads)})")
     model.category_ids = category_ids_for(category_ids, num_classes)  # ... and ``config["category_ids"]``
     return model
 

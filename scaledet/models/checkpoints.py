@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -175,6 +175,44 @@ def reinitialise_class_head(model: nn.Module) -> list[str]:
     state.update({key: fresh[key].to(value.device) for key, value in state.items() if key.startswith(prefixes)})
     model.load_state_dict(state)
     return [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
+
+
+def reorder_class_head(model: nn.Module, order: Sequence[int]) -> list[str]:
+    """Permute ``model``'s class predictor in place so that its class ``i`` predicts what its class ``order[i]``
+    predicted: for fine-tuning weights onto the same classes listed in another order (a VOC folder read
+    alphabetically, a COCO file's categories re-sorted), which keeps what the rows learned instead of
+    re-initialising them. Returns the prefixes of the keys it changed.
+
+    Which tensors hold classes, and how many rows each class has, is read from the shapes of the same model
+    built (on the ``meta`` device) for one class more: a tensor whose first dimension grows by ``R`` holds
+    ``R`` rows per class, class fastest (row ``r * K + k``: EfficientDet's and RetinaNet's anchors, DETR's
+    single row), then its extra rows (DETR's "no object", RT-DETR's denoising padding), which stay. A model with
+    a class-dependent size in another dimension is left unchanged and ``[]`` returned (re-initialise it instead)."""
+    from scaledet.models.registry import create_from_config  # the registry imports this module
+
+    num_classes = model.num_classes
+    if sorted(order) != list(range(num_classes)):
+        raise ValueError(f"order must be a permutation of range({num_classes}), got {list(order)}")
+    with torch.device("meta"):
+        bigger = create_from_config({**model.config, "num_classes": num_classes + 1, "class_names": None,
+                                     "category_ids": None}).state_dict()
+    state = model.state_dict()
+    index = torch.tensor(list(order))
+    changed = {}
+    for key, value in state.items():
+        grown = bigger.get(key)
+        if grown is None or grown.shape == value.shape:
+            continue
+        if grown.shape[1:] != value.shape[1:]:
+            return []  # classes along another dimension: not a layout this knows
+        rows = grown.shape[0] - value.shape[0]
+        per_class = torch.arange(rows).repeat_interleave(num_classes) * num_classes + index.repeat(rows)
+        source = torch.cat([per_class, torch.arange(rows * num_classes, value.shape[0])]).to(value.device)
+        changed[key] = value.index_select(0, source)
+    state.update(changed)
+    model.load_state_dict(state)
+    prefixes = tuple(_family_of(model.name).CHECKPOINT.class_head)
+    return [prefix for prefix in prefixes if any(key.startswith(prefix) for key in changed)] or sorted(changed)
 
 
 def _family_of(model: str):
