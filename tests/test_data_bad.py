@@ -445,7 +445,8 @@ def test_yolo_nc_that_disagrees_with_names_is_an_error(tmp_path):
 def test_class_names_differing_only_in_case_are_named(tmp_path, ok_image):
     categories = ({"id": 1, "name": "cup"}, {"id": 2, "name": "Cup"}, {"id": 3, "name": "horse"})
     _, warned = _open(_coco(tmp_path, [_image(1, ok_image)], [_box(1, [1, 1, 10, 10])], categories))
-    assert any("class names that repeat or differ only in case or spaces are separate classes: 'cup' / 'Cup'" in w for w in warned)
+    assert any("class names that repeat or differ only in case or spaces are separate classes: 'cup' / 'Cup'" in w
+               for w in warned)
 
 
 def test_yolo_bom_float_class_and_pixel_coordinates(tmp_path):

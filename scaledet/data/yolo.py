@@ -98,7 +98,7 @@ def labels_without_image(entry: str | list, images: list[Path]) -> list[Path]:
         return []
     labels = {image: label_path(image) for image in images}
     used = set(labels.values())
-    folders = {label.parent for image, label in labels.items() if label.parent != image.parent}  # not labels beside images
+    folders = {label.parent for image, label in labels.items() if label.parent != image.parent}  # (not beside images)
     return sorted(label for folder in folders for label in folder.glob("*.txt")
                   if label not in used and label.name != "classes.txt")
 
@@ -196,8 +196,9 @@ class YOLODataset(DetectionDataset):
         splits = [s for s in ("train", "val", "test") if data.get(s)]
         if split not in splits:
             if split in ("train", "val", "test"):  # the command asked for it: --val data.yaml, eval --data ...
-                raise UserError(f"{path} has no {split!r} entry (it lists {', '.join(splits) or 'no split'}): add a line "
-                                f"'{split}: images/{split}' (a folder of images, a list file or a list of either)")
+                listed = ", ".join(splits) or "no split"
+                raise UserError(f"{path} has no {split!r} entry (it lists {listed}): add a line '{split}: images/{split}' "
+                                "(a folder of images, a list file or a list of either)")
             raise UserError(f"{path}: split must be one of {splits} (got {split!r})")
         report = DataReport(source=f"{path} [{split}]")
         images = _list_images(data[split], dataset_root(data, path), f"{path}: {split}")

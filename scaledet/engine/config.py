@@ -121,7 +121,8 @@ class TrainConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(_with_suggestion(key, known) for key in sorted(unknown))}")
+            named = ", ".join(_with_suggestion(key, known) for key in sorted(unknown))
+            raise ValueError(f"unknown training option(s): {named}")
         given = {key: value for key, value in values.items() if value is not None}
         recipe = given.get("recipe", "auto")
         row = family_recipe(model, recipe)

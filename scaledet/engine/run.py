@@ -28,10 +28,8 @@ from scaledet.engine.recipe import augmentation_for, box_statistics, fitted_inpu
 from scaledet.engine.trainer import Trainer, seed_everything
 from scaledet.errors import UserError
 from scaledet.evaluation import format_stats
-from scaledet.evaluation.results import is_placeholder_name, short_list
 from scaledet.inference.tiling import TileOptions
 from scaledet.models.base import Detector
-from scaledet.models.checkpoints import reinitialise_class_head, reorder_class_head
 from scaledet.models.inputs import category_ids_for
 from scaledet.models.registry import create_model, family_hook
 
@@ -106,34 +104,19 @@ def use_tiles(config: TrainConfig, train: Dataset, val: Dataset | None) -> tuple
     return config, train, val
 
 
-def build_model(config: TrainConfig, class_names: list[str], category_ids: list[int] | None = None,
-                quiet: bool = False) -> nn.Module:
+def build_model(config: TrainConfig, class_names: list[str], category_ids: list[int] | None = None) -> nn.Module:
     """``create_model`` from the config; the head has ``len(class_names)`` classes unless
     ``config.num_classes`` says otherwise (it must then agree with the data). ``category_ids``:
     the training set's ``label_to_category_id`` (default 1..K), saved with the weights so that
-    predictions are written in the dataset's own category ids. ``quiet``: a rebuild, whose notes the
-    first build printed."""
+    predictions are written in the dataset's own category ids. With ``--pretrained``, the file's class
+    predictor rows are matched to ``class_names`` by name (:func:`~scaledet.models.checkpoints.match_class_rows`)."""
     num_classes = config.num_classes or len(class_names)
     if num_classes != len(class_names):
         raise ValueError(f"--num-classes {num_classes} but the training data has {len(class_names)} classes")
+    names = {"class_names": list(class_names)} if config.pretrained else {}  # the file's rows are matched by name
     model = create_model(config.model, num_classes=num_classes, pretrained=config.pretrained,
-                         image_size=config.image_size, **config.model_overrides)
-    file_names = list(model.class_names)  # a checkpoint of this class count keeps its own names
+                         image_size=config.image_size, **names, **config.model_overrides)
     model.class_names = list(class_names)  # models derive ``config["class_names"]`` from this
-    if config.pretrained and file_names != list(class_names) and not all(is_placeholder_name(n) for n in file_names):
-        # the loaded rows predict the file's classes: reordered to the data's order, or re-initialised (kept, they
-        # would be relabelled with the data's names)
-        same_classes = sorted(file_names) == sorted(class_names) and len(set(file_names)) == len(file_names)
-        heads = reorder_class_head(model, [file_names.index(name) for name in class_names]) if same_classes else []
-        if heads:
-            message = (f"the checkpoint's classes {short_list(file_names)} are the training data's "
-                       f"{short_list(class_names)} in another order: reordered the class predictor's rows to match")
-        else:
-            heads = reinitialise_class_head(model)
-            message = (f"the checkpoint's classes {short_list(file_names)} are not the training data's "
-                       f"{short_list(class_names)} in that order: re-initialised the class predictor")
-        if dist_utils.is_main() and not quiet:
-            print(f"model: {message} ({', '.join(heads)})")
     model.category_ids = category_ids_for(category_ids, num_classes)  # ... and ``config["category_ids"]``
     return model
 
@@ -197,7 +180,7 @@ def prepare_model(config: TrainConfig, train_set: Dataset) -> nn.Module:
         checkpoint_log = logging.getLogger("scaledet.models.checkpoints")
         was_disabled, checkpoint_log.disabled = checkpoint_log.disabled, True  # the first build said it
         try:
-            model = build_model(changed, list(train_set.class_names), category_ids, quiet=True)
+            model = build_model(changed, list(train_set.class_names), category_ids)
         finally:
             checkpoint_log.disabled = was_disabled
         if dist_utils.is_main():

@@ -372,8 +372,8 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
         repeated = sorted({str(name) for name in names if names.count(name) > 1})
         if repeated:  # 'red' twice: which of the two would a 'red' detection be scored as?
             raise ValueError(f"{side} classes repeat the name(s) {short_list(repeated)}, so the model's classes "
-                             f"{short_list(model_names)} cannot be matched to the dataset's {short_list(dataset_names)} "
-                             "by name: give each class its own name")
+                             f"{short_list(model_names)} cannot be matched to the dataset's "
+                             f"{short_list(dataset_names)} by name: give each class its own name")
     index = {name: i for i, name in enumerate(dataset_names)}
     mapping = [index.get(name, -1) for name in model_names]
     if any(m >= 0 for m in mapping):

@@ -20,10 +20,12 @@ file has no config. ``class_names`` / ``category_ids`` come from the file only w
 keeps the file's class count.
 
 Loading is strict (:func:`load_state_strict`): every key of the model must be in the file with
-its shape, and nothing else; the single exception is a class count that differs from the
-file's, which keeps the model's freshly initialised class predictor (one log line says so). Any
-other difference raises :class:`CheckpointMismatch` naming the missing, unexpected and
-mis-shaped keys.
+its shape, and nothing else; the single exception is the class predictor. Given ``class_names``
+other than the file's, its rows are matched by name (:func:`match_class_rows`: the file's rows for
+the classes it has, in the model's order, fresh ones for new classes); with no name shared, or a
+class count that differs from the file's without names to match, the model keeps its freshly
+initialised class predictor. One log line says which. Any other difference raises
+:class:`CheckpointMismatch` naming the missing, unexpected and mis-shaped keys.
 """
 
 from __future__ import annotations
@@ -159,60 +161,104 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
         converted = _convert(spec, state_dict, model, path)
     if file_classes is None:
         file_classes = spec.num_classes(converted, model)
-    load_state_strict(model, converted, path, spec.class_head, file_classes)
+    reset = file_classes is not None and file_classes != model.num_classes
+    wanted, file_names = overrides.get("class_names"), _file_class_names(family, name, stored, path, file_classes)
+    if wanted is not None and file_names is not None and list(wanted) != file_names:  # rows matched by name
+        converted, shared = match_class_rows(converted, model, file_names)
+        reset = not shared  # no name shared: the file's rows predict other classes, whatever the count
+        if shared:
+            new = [class_name for class_name in model.class_names if class_name not in shared]
+            log.warning("%s: the class predictor's rows of %s are the checkpoint's (matched by name%s)%s", path,
+                        _names(shared), ", reordered" if not new and len(shared) == len(file_names) else "",
+                        f"; {_names(new)} re-initialised" if new else "")
+    load_state_strict(model, converted, path, spec.class_head, reset)
+    if reset:  # said once the load succeeded, naming only the heads this model has
+        heads = [prefix for prefix in spec.class_head if any(key.startswith(prefix) for key in model.state_dict())]
+        log.warning("%s: checkpoint has %d classes %s, model %s has %d %s: loaded everything else and re-initialised "
+                    "the class predictor (%s)", path, file_classes, _names(file_names or []), model.name,
+                    model.num_classes, _names(model.class_names), ", ".join(heads))
     return model
 
 
-def reinitialise_class_head(model: nn.Module) -> list[str]:
-    """Give ``model``'s class predictor (its family's ``CHECKPOINT.class_head`` keys) the fresh initialisation of
-    a model of the same config, in place (torch's RNG: seeded runs repeat); returns the keys' prefixes it has.
-    For fine-tuning onto other classes of the same count: the loaded rows predict the file's classes."""
+def _names(names: Sequence[str], most: int = 5) -> str:
+    shown = ", ".join(str(name) for name in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}]"
+
+
+def _file_class_names(family: ModuleType, name: str, stored: dict[str, Any] | None, path: Path,
+                      file_classes: int | None) -> list[str] | None:
+    """The class names of a weights file, when it names its classes: ours store them; another project's
+    file has the family's names for its class count (COCO's for the published weights) or those of a
+    Hugging Face ``config.json`` beside it. ``None`` for placeholder names (``class_0`` ...) or no count."""
+    from scaledet.evaluation.results import is_placeholder_name  # (scaledet.evaluation imports the models)
+
+    if file_classes is None:
+        return None
+    names = (stored or {}).get("class_names")
+    if stored is None:
+        names = sidecar_class_names(path, file_classes)
+        if names is None:
+            with torch.device("meta"):
+                names = family.build(name, num_classes=file_classes).class_names
+    if not isinstance(names, list) or len(names) != file_classes or all(is_placeholder_name(str(n)) for n in names):
+        return None
+    return [str(n) for n in names]
+
+
+def class_rows(model: nn.Module) -> dict[str, int] | None:
+    """``{key: R}`` for each tensor of ``model`` whose first dimension holds its classes: ``R`` rows per class,
+    class fastest (row ``r * K + k``: EfficientDet's and RetinaNet's anchors, DETR's single row), then extra
+    rows that are no class (DETR's "no object", RT-DETR's denoising padding). Read from the shapes of the same
+    model built on the ``meta`` device for one class more; ``None`` when a size depends on the class count
+    along another dimension (a layout this does not know)."""
     from scaledet.models.registry import create_from_config  # the registry imports this module
 
-    prefixes = tuple(_family_of(model.name).CHECKPOINT.class_head)
-    fresh = create_from_config(model.config).state_dict()
-    state = model.state_dict()
-    state.update({key: fresh[key].to(value.device) for key, value in state.items() if key.startswith(prefixes)})
-    model.load_state_dict(state)
-    return [prefix for prefix in prefixes if any(key.startswith(prefix) for key in state)]
-
-
-def reorder_class_head(model: nn.Module, order: Sequence[int]) -> list[str]:
-    """Permute ``model``'s class predictor in place so that its class ``i`` predicts what its class ``order[i]``
-    predicted: for fine-tuning weights onto the same classes listed in another order (a VOC folder read
-    alphabetically, a COCO file's categories re-sorted), which keeps what the rows learned instead of
-    re-initialising them. Returns the prefixes of the keys it changed.
-
-    Which tensors hold classes, and how many rows each class has, is read from the shapes of the same model
-    built (on the ``meta`` device) for one class more: a tensor whose first dimension grows by ``R`` holds
-    ``R`` rows per class, class fastest (row ``r * K + k``: EfficientDet's and RetinaNet's anchors, DETR's
-    single row), then its extra rows (DETR's "no object", RT-DETR's denoising padding), which stay. A model with
-    a class-dependent size in another dimension is left unchanged and ``[]`` returned (re-initialise it instead)."""
-    from scaledet.models.registry import create_from_config  # the registry imports this module
-
-    num_classes = model.num_classes
-    if sorted(order) != list(range(num_classes)):
-        raise ValueError(f"order must be a permutation of range({num_classes}), got {list(order)}")
     with torch.device("meta"):
-        bigger = create_from_config({**model.config, "num_classes": num_classes + 1, "class_names": None,
+        bigger = create_from_config({**model.config, "num_classes": model.num_classes + 1, "class_names": None,
                                      "category_ids": None}).state_dict()
-    state = model.state_dict()
-    index = torch.tensor(list(order))
-    changed = {}
-    for key, value in state.items():
+    rows = {}
+    for key, value in model.state_dict().items():
         grown = bigger.get(key)
         if grown is None or grown.shape == value.shape:
             continue
         if grown.shape[1:] != value.shape[1:]:
-            return []  # classes along another dimension: not a layout this knows
-        rows = grown.shape[0] - value.shape[0]
-        per_class = torch.arange(rows).repeat_interleave(num_classes) * num_classes + index.repeat(rows)
-        source = torch.cat([per_class, torch.arange(rows * num_classes, value.shape[0])]).to(value.device)
-        changed[key] = value.index_select(0, source)
-    state.update(changed)
-    model.load_state_dict(state)
-    prefixes = tuple(_family_of(model.name).CHECKPOINT.class_head)
-    return [prefix for prefix in prefixes if any(key.startswith(prefix) for key in changed)] or sorted(changed)
+            return None
+        rows[key] = grown.shape[0] - value.shape[0]
+    return rows
+
+
+def match_class_rows(state_dict: StateDict, model: nn.Module, file_names: Sequence[str]) -> tuple[StateDict, list[str]]:
+    """``state_dict`` (our key names, the file's ``file_names`` classes) with its class predictor matched to
+    ``model``'s classes by name: a class the file has (once) gets the file's rows, in the model's order; any other
+    keeps the model's fresh initialisation; the extra rows (DETR's "no object") are the file's. For fine-tuning
+    onto the same classes in another order (a VOC folder read alphabetically), onto some of the file's classes
+    (``person`` and ``car`` from COCO) or onto some new ones beside them.
+
+    Returns ``(state dict for the model, the model's class names taken from the file)``; the state dict is
+    ``state_dict`` unchanged (the caller re-initialises) when no name is shared or the layout is unknown.
+    """
+    def plain(name: str) -> str:  # "Person " is COCO's "person"
+        return str(name).strip().lower()
+
+    rows = class_rows(model)
+    names, file_keys = list(model.class_names), [plain(name) for name in file_names]
+    index = {key: k for k, key in enumerate(file_keys) if file_keys.count(key) == 1}
+    shared = [name for name in names if plain(name) in index]
+    if rows is None or not shared:
+        return state_dict, []
+    fresh, num_classes, file_classes = model.state_dict(), len(names), len(file_keys)
+    matched = dict(state_dict)
+    for key, per_class in rows.items():
+        if key not in state_dict:
+            continue
+        source, target = state_dict[key], fresh[key].clone().to(state_dict[key].dtype)
+        for k, name in enumerate(names):
+            if plain(name) in index:
+                file_k = index[plain(name)]
+                target[k:per_class * num_classes:num_classes] = source[file_k:per_class * file_classes:file_classes]
+        target[per_class * num_classes:] = source[per_class * file_classes:]
+        matched[key] = target
+    return matched, shared
 
 
 def _family_of(model: str):
@@ -238,31 +284,26 @@ def _convert(spec: CheckpointSpec, state_dict: StateDict, model: nn.Module, path
 
 
 def load_state_strict(model: nn.Module, state_dict: StateDict, source: str | Path,
-                      class_head: tuple[str, ...] = (), file_classes: int | None = None) -> None:
+                      class_head: tuple[str, ...] = (), reset: bool = False) -> None:
     """Load ``state_dict`` (our key names) into ``model`` strictly, in place.
 
-    When ``file_classes`` differs from ``model.num_classes``, the keys under ``class_head`` keep
-    the model's fresh initialisation and everything else is loaded. BatchNorm counters
-    (``*.num_batches_tracked``) a file lacks keep the model's (some converters drop them).
+    With ``reset`` (the file predicts other classes), the keys under ``class_head`` keep the model's fresh
+    initialisation and everything else is loaded. BatchNorm counters (``*.num_batches_tracked``) a file lacks
+    keep the model's (some converters drop them).
 
     Raises:
         CheckpointMismatch: ``"SOURCE does not fit MODEL (K classes): missing (N): ...;
             unexpected (N): ...; shape mismatch (N): key: checkpoint (a,) vs model (b,)"``.
     """
     expected = model.state_dict()
-    reset = class_head if file_classes is not None and file_classes != model.num_classes else ()
-    given = {key: value for key, value in state_dict.items() if not key.startswith(reset)}
+    reset_keys = class_head if reset else ()
+    given = {key: value for key, value in state_dict.items() if not key.startswith(reset_keys)}
     kept = {key: value for key, value in expected.items()
-            if key.startswith(reset) or (key.endswith(COUNTER_SUFFIX) and key not in given)}
+            if key.startswith(reset_keys) or (key.endswith(COUNTER_SUFFIX) and key not in given)}
     report = compare_state_dicts({**kept, **given}, expected)
     if report:
         raise CheckpointMismatch(f"{source} does not fit {model.name} ({model.num_classes} classes): {report}")
     model.load_state_dict({**kept, **given}, strict=True)
-    if reset:  # said once the load succeeded, naming only the heads this model has
-        heads = [prefix for prefix in reset if any(key.startswith(prefix) for key in expected)]
-        log.warning("%s: checkpoint has %d classes, model %s has %d: loaded everything else and "
-                    "re-initialised the class predictor (%s)", source, file_classes, model.name,
-                    model.num_classes, ", ".join(heads))
 
 
 def sidecar_class_names(path: Path, num_classes: int) -> list[str] | None:
