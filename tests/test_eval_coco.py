@@ -283,3 +283,5 @@ def test_classes_are_not_matched_by_a_name_one_side_repeats():
     with pytest.raises(ValueError, match=r"the model's classes repeat the name\(s\) \[red\]"):
         label_mapping(["red", "red", "blue"], ["blue", "red", "green"])
     assert label_mapping(["red", "red", "blue"], ["red", "red", "blue"]) == [0, 1, 2]
+    # a name repeated on one side only, like 'N/A' in the COCO-91 label space of DETR's published weights: no matter
+    assert label_mapping(["N/A", "person", "N/A", "car"], ["car", "person"]) == [-1, 1, -1, 0]

@@ -368,9 +368,10 @@ def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> l
     model_names, dataset_names = list(model_names), list(dataset_names)
     if model_names == dataset_names:
         return list(range(len(model_names)))
-    for side, names in (("the model's", model_names), ("the dataset's", dataset_names)):
-        repeated = sorted({str(name) for name in names if names.count(name) > 1})
-        if repeated:  # 'red' twice: which of the two would a 'red' detection be scored as?
+    sides = (("the model's", model_names, dataset_names), ("the dataset's", dataset_names, model_names))
+    for side, names, other in sides:  # 'N/A' of the COCO-91 label space's gaps, repeated on one side only: harmless
+        repeated = sorted({str(name) for name in names if names.count(name) > 1 and name in other})
+        if repeated:  # 'red' twice on one side, once on the other: which would a 'red' detection be scored as?
             raise ValueError(f"{side} classes repeat the name(s) {short_list(repeated)}, so the model's classes "
                              f"{short_list(model_names)} cannot be matched to the dataset's "
                              f"{short_list(dataset_names)} by name: give each class its own name")
