@@ -162,14 +162,17 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
     if file_classes is None:
         file_classes = spec.num_classes(converted, model)
     reset = file_classes is not None and file_classes != model.num_classes
-    wanted, file_names = overrides.get("class_names"), _file_class_names(family, name, stored, path, file_classes)
+    wanted = overrides.get("class_names")
+    file_names = _file_class_names(family, name, stored, path, file_classes) if wanted is not None or reset else None
     if wanted is not None and file_names is not None and list(wanted) != file_names:  # rows matched by name
         converted, shared = match_class_rows(converted, model, file_names)
         reset = not shared  # no name shared: the file's rows predict other classes, whatever the count
         if shared:
             new = [class_name for class_name in model.class_names if class_name not in shared]
+            reordered = not new and len(shared) == len(file_names) and [plain_name(n) for n in shared] != [
+                plain_name(n) for n in file_names]
             log.warning("%s: the class predictor's rows of %s are the checkpoint's (matched by name%s)%s", path,
-                        _names(shared), ", reordered" if not new and len(shared) == len(file_names) else "",
+                        _names(shared), ", reordered" if reordered else "",
                         f"; {_names(new)} re-initialised" if new else "")
     load_state_strict(model, converted, path, spec.class_head, reset)
     if reset:  # said once the load succeeded, naming only the heads this model has
@@ -227,6 +230,11 @@ def class_rows(model: nn.Module) -> dict[str, int] | None:
     return rows
 
 
+def plain_name(name: str) -> str:
+    """A class name as matched between a checkpoint and data: ``"Person "`` is COCO's ``"person"``."""
+    return str(name).strip().lower()
+
+
 def match_class_rows(state_dict: StateDict, model: nn.Module, file_names: Sequence[str]) -> tuple[StateDict, list[str]]:
     """``state_dict`` (our key names, the file's ``file_names`` classes) with its class predictor matched to
     ``model``'s classes by name: a class the file has (once) gets the file's rows, in the model's order; any other
@@ -237,13 +245,10 @@ def match_class_rows(state_dict: StateDict, model: nn.Module, file_names: Sequen
     Returns ``(state dict for the model, the model's class names taken from the file)``; the state dict is
     ``state_dict`` unchanged (the caller re-initialises) when no name is shared or the layout is unknown.
     """
-    def plain(name: str) -> str:  # "Person " is COCO's "person"
-        return str(name).strip().lower()
-
     rows = class_rows(model)
-    names, file_keys = list(model.class_names), [plain(name) for name in file_names]
+    names, file_keys = list(model.class_names), [plain_name(name) for name in file_names]
     index = {key: k for k, key in enumerate(file_keys) if file_keys.count(key) == 1}
-    shared = [name for name in names if plain(name) in index]
+    shared = [name for name in names if plain_name(name) in index]
     if rows is None or not shared:
         return state_dict, []
     fresh, num_classes, file_classes = model.state_dict(), len(names), len(file_keys)
@@ -253,8 +258,8 @@ def match_class_rows(state_dict: StateDict, model: nn.Module, file_names: Sequen
             continue
         source, target = state_dict[key], fresh[key].clone().to(state_dict[key].dtype)
         for k, name in enumerate(names):
-            if plain(name) in index:
-                file_k = index[plain(name)]
+            if plain_name(name) in index:
+                file_k = index[plain_name(name)]
                 target[k:per_class * num_classes:num_classes] = source[file_k:per_class * file_classes:file_classes]
         target[per_class * num_classes:] = source[per_class * file_classes:]
         matched[key] = target
