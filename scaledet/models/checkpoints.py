@@ -254,9 +254,11 @@ def match_class_rows(state_dict: StateDict, model: nn.Module, file_names: Sequen
     fresh, num_classes, file_classes = model.state_dict(), len(names), len(file_keys)
     matched = dict(state_dict)
     for key, per_class in rows.items():
-        if key not in state_dict:
-            continue
-        source, target = state_dict[key], fresh[key].clone().to(state_dict[key].dtype)
+        source = state_dict.get(key)
+        extra = fresh[key].shape[0] - per_class * num_classes
+        if source is None or source.shape != (per_class * file_classes + extra, *fresh[key].shape[1:]):
+            continue  # not laid out as the model's: the strict load names it
+        target = fresh[key].clone().to(source.dtype)
         for k, name in enumerate(names):
             if plain_name(name) in index:
                 file_k = index[plain_name(name)]
