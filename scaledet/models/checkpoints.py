@@ -161,6 +161,8 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
         converted = _convert(spec, state_dict, model, path)
     if file_classes is None:
         file_classes = spec.num_classes(converted, model)
+    from scaledet.evaluation.results import short_list  # (scaledet.evaluation imports the models)
+
     reset = file_classes is not None and file_classes != model.num_classes
     wanted = overrides.get("class_names")
     file_names = _file_class_names(family, name, stored, path, file_classes) if wanted is not None or reset else None
@@ -172,20 +174,15 @@ def build_pretrained(family: ModuleType, name: str, pretrained: str | Path, num_
             reordered = not new and len(shared) == len(file_names) and [plain_name(n) for n in shared] != [
                 plain_name(n) for n in file_names]
             log.warning("%s: the class predictor's rows of %s are the checkpoint's (matched by name%s)%s", path,
-                        _names(shared), ", reordered" if reordered else "",
-                        f"; {_names(new)} re-initialised" if new else "")
+                        short_list(shared), ", reordered" if reordered else "",
+                        f"; {short_list(new)} re-initialised" if new else "")
     load_state_strict(model, converted, path, spec.class_head, reset)
     if reset:  # said once the load succeeded, naming only the heads this model has
         heads = [prefix for prefix in spec.class_head if any(key.startswith(prefix) for key in model.state_dict())]
         log.warning("%s: checkpoint has %d classes %s, model %s has %d %s: loaded everything else and re-initialised "
-                    "the class predictor (%s)", path, file_classes, _names(file_names or []), model.name,
-                    model.num_classes, _names(model.class_names), ", ".join(heads))
+                    "the class predictor (%s)", path, file_classes, short_list(file_names or []), model.name,
+                    model.num_classes, short_list(model.class_names), ", ".join(heads))
     return model
-
-
-def _names(names: Sequence[str], most: int = 5) -> str:
-    shown = ", ".join(str(name) for name in names[:most])
-    return f"[{shown}{', ...' if len(names) > most else ''}]"
 
 
 def _file_class_names(family: ModuleType, name: str, stored: dict[str, Any] | None, path: Path,
