@@ -16,7 +16,11 @@ on a learnability set, cached under the runs folder). For each target set and se
 * ``pretrained lr X``: the same with ``--lr X`` for each ``--lrs`` value;
 * ``pretrained, anchors V`` (``--anchor-variants fit default``): ``--anchors fit`` (the best fit for the data)
   or ``default`` (the checkpoint's kept), where the default ``auto`` re-fits only when that covers the
-  boxes better than the checkpoint's (``--no-scratch`` leaves the scratch runs out).
+  boxes better than the checkpoint's (``--no-scratch`` leaves the scratch runs out);
+* ``pretrained, class rows fresh`` (``--fresh-class-rows``): the same weights with their classes
+  renamed, so no class name is shared and the class predictor starts from scratch, as it did for
+  any change of class count before rows were matched by name. Against ``pretrained`` (the rows of
+  the classes the target set shares with the checkpoint kept) it measures what the matching brings.
 
 Budgets are optimizer steps (``--max-steps``), not minutes, so the runs may share the machine
 (``--parallel``) without changing what they learn. Prints a table (AP, AP50 per variant, mean
@@ -38,6 +42,7 @@ from benchmarks.learnability import datasets  # noqa: E402
 from benchmarks.learnability.run import REPO, RESULTS, _mean_std, machine_info, scaledet_train  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from benchmarks.record import write_results  # noqa: E402
+from scaledet.weights import read_checkpoint, save_weights  # noqa: E402
 
 
 def train(folder: Path, image_size: int, steps: int, seed: int, out: Path, threads: int | None,
@@ -58,6 +63,21 @@ def pretrain(name: str, steps: int, runs: Path, threads: int | None) -> Path:
         result = train(datasets.prepare(name), datasets.describe(name)["input_size"], steps, 0, out, threads)
         print(f"pretrained on {name}: AP {result['AP']:.3f} AP50 {result['AP50']:.3f}", flush=True)
     return weights
+
+
+def with_classes_renamed(weights: Path) -> Path:
+    """A copy of our weights file ``weights`` whose classes are named ``renamed 1``, ``renamed 2``, ...
+
+    Fine-tuned from it, no class name is shared with the data, so the class predictor starts fresh.
+    """
+    out = weights.with_name(weights.stem + "_classes_renamed.safetensors")
+    if not out.exists():
+        state_dict, config = read_checkpoint(weights)
+        if not config or not config.get("class_names"):
+            raise SystemExit(f"{weights} names no classes: --fresh-class-rows needs one of our weights files")
+        names = [f"renamed {index + 1}" for index in range(len(config["class_names"]))]
+        save_weights(state_dict, out, {**config, "class_names": names})
+    return out
 
 
 def summarise(results: list[dict]) -> dict:
@@ -95,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also fine-tune with these --anchors values (fit: the best fit for the data; default: "
                              "the checkpoint's kept; the default auto re-fits only when that covers the boxes better "
                              "than the checkpoint's)")
+    parser.add_argument("--fresh-class-rows", action="store_true",
+                        help="also fine-tune with the class predictor started fresh (the weights' classes renamed)")
     parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="leave out the runs from scratch")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -115,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from_weights = ["--pretrained", str(weights), "--num-classes", str(info["num_classes"])]
         variants = {**({"scratch": []} if args.scratch else {}), "pretrained": from_weights,
                     **{f"pretrained, anchors {value}": [*from_weights, "--anchors", value] for value in args.anchor_variants},
-                    **{f"pretrained lr {lr:g}": [*from_weights, "--lr", f"{lr:g}"] for lr in args.lrs}}
+                    **{f"pretrained lr {lr:g}": [*from_weights, "--lr", f"{lr:g}"] for lr in args.lrs},
+                    **({"pretrained, class rows fresh": ["--pretrained", str(with_classes_renamed(weights)),
+                                                        "--num-classes", str(info["num_classes"])]}
+                       if args.fresh_class_rows else {})}
         record["sets"][name] = {"role": datasets.role(name), "runs": {variant: [] for variant in variants}}
         for seed in args.seeds:
             for variant, extra in variants.items():
