@@ -10,6 +10,7 @@ import torch
 
 from scaledet.engine import Trainer, TrainConfig
 from scaledet.engine import checkpoint as ckpt
+from scaledet.evaluation import STAT_KEYS
 from tests.fixtures import RectangleDataset, TinyDetector
 
 
@@ -88,6 +89,61 @@ def test_ctrl_c_ends_the_step_saves_there_and_resume_is_exact(tmp_path, workers)
     assert resumed.step == 15
     for name, expected in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], expected), name
+
+
+def _ctrl_c_run(tmp_path, **overrides):
+    """A run as _train's with a Ctrl-C handler as in a terminal; (trainer, its last.pt state) after the stop."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        torch.manual_seed(0)
+        config = TrainConfig.for_model("tiny", epochs=3, batch_size=2, grad_accum=2, lr=0.05, optimizer="sgd",
+                                       ema_decay=0.9, out=str(tmp_path / "run"), progress=False, log_every=1,
+                                       eval_every=1)
+        trainer = Trainer(config, TinyDetector(), RectangleDataset(20), **overrides)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return trainer, ckpt.load_training_checkpoint(tmp_path / "run" / "last.pt")
+
+
+def _assert_resumes_exactly(tmp_path):
+    straight, _ = _train(tmp_path / "straight", eval_every=1)
+    resumed, _ = _train(tmp_path / "run", resume="auto", eval_every=1)
+    assert resumed.step == 15
+    for name, expected in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], expected), name
+
+
+def test_ctrl_c_in_an_epoch_end_evaluation_saves_the_step_it_followed(tmp_path):
+    """Stopped at once, as evaluations may be long, but not losing the epoch: last.pt is the state after the
+    epoch's last step (before, it stayed the previous epoch end's)."""
+    def evaluation_with_a_ctrl_c(trainer):
+        if trainer.step == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return dict.fromkeys(STAT_KEYS, 0.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "run_evaluation", evaluation_with_a_ctrl_c)
+        trainer, state = _ctrl_c_run(tmp_path, val_set=RectangleDataset(8))
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (10, 2, 0)
+    _assert_resumes_exactly(tmp_path)
+
+
+def test_ctrl_c_while_an_epoch_end_saves_stops_after_the_next_step(tmp_path):
+    trainer_saves = Trainer.save
+
+    def save_with_a_ctrl_c(trainer, name="last.pt"):
+        if trainer.step == 5 and not trainer.interrupted:  # the epoch end's write
+            os.kill(os.getpid(), signal.SIGINT)
+        return trainer_saves(trainer, name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "save", save_with_a_ctrl_c)
+        patch.setattr(Trainer, "run_evaluation", lambda trainer: dict.fromkeys(STAT_KEYS, 0.0))
+        trainer, state = _ctrl_c_run(tmp_path, val_set=RectangleDataset(8))
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 2)
+    _assert_resumes_exactly(tmp_path)
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):

@@ -250,7 +250,7 @@ class Trainer:
         self.max_dets: list[int] = [1, 10, 100]  # the caps of the last evaluation (raised for dense images)
         self._stats_step = -1
         self._records: list[tuple[int, int, dict[str, torch.Tensor]]] = []
-        self._stepping = False  # inside an epoch's steps: a first Ctrl-C waits for the step's end (fit)
+        self._ctrl_c_waits = False  # training, outside evaluations: a first Ctrl-C waits for the step's end (fit)
         self.interrupted = False  # a Ctrl-C asked the steps to stop; fit saves last.pt and raises KeyboardInterrupt
         if self.planned_steps and not config.max_minutes:
             self._set_plan(self.planned_steps)
@@ -474,26 +474,36 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until epochs / max_steps / max_minutes, then evaluate and write the run outputs.
 
-        Ctrl-C during the steps (in the main thread, where SIGINT has Python's default handler) ends the
+        Ctrl-C while training (in the main thread, where SIGINT has Python's default handler) ends the
         step in progress, saves ``last.pt`` there (an exact resume point, mid-epoch) and raises
-        ``KeyboardInterrupt``; a second Ctrl-C, or one during an evaluation, stops at once (the last
-        ``last.pt`` is then that of the last epoch end). With several processes every one stops after
-        the same step."""
+        ``KeyboardInterrupt``; one between two steps (an epoch end's checkpoint write) stops after the next
+        step. A second Ctrl-C, or one during an evaluation, stops at once; an evaluation stopped so saves
+        ``last.pt`` first, at the step it followed (the resumed run skips that evaluation). With several
+        processes every one stops after the same step."""
         self._start = time.monotonic()
         self.model.train()
         with self._ctrl_c_ends_the_step():
             # resumed at (or past) its end, e.g. stopped in the final evaluation: no step more, only the outputs
             stopped = self.step > 0 and self._should_stop()
-            while not stopped and (self.config.epochs is None or self.epoch < self.config.epochs):
-                stopped = self._train_epoch()
-                # a Ctrl-C after the epoch's last stop check: every rank learns of it (and Ctrl-C now stops at once)
-                self.interrupted = dist_utils.any_rank(self.interrupted, self.device)
-                if self.interrupted:
-                    self.save("last.pt")
-                    raise KeyboardInterrupt(f"interrupted after step {self.step}")
-                if self.batch_in_epoch >= self.steps_per_epoch * self.config.grad_accum:
-                    self._end_epoch()
+            self._ctrl_c_waits = True
+            try:
+                while not stopped and (self.config.epochs is None or self.epoch < self.config.epochs):
+                    stopped = self._train_epoch()
+                    self._stop_if_interrupted()  # a Ctrl-C after the epoch's last stop check (no evaluation then)
+                    if self.batch_in_epoch >= self.steps_per_epoch * self.config.grad_accum:
+                        self._end_epoch()
+                self._stop_if_interrupted()  # a Ctrl-C while the last epoch end saved last.pt
+            finally:
+                self._ctrl_c_waits = False
         return self._finish()
+
+    def _stop_if_interrupted(self) -> None:
+        """Between steps: after a Ctrl-C on any rank (every rank learns of it here), save ``last.pt`` and
+        raise ``KeyboardInterrupt``."""
+        self.interrupted = dist_utils.any_rank(self.interrupted, self.device)
+        if self.interrupted:
+            self.save("last.pt")
+            raise KeyboardInterrupt(f"interrupted after step {self.step}")
 
     @contextlib.contextmanager
     def _ctrl_c_ends_the_step(self):
@@ -507,7 +517,7 @@ class Trainer:
             return
 
         def on_ctrl_c(signum, frame) -> None:
-            if self.interrupted or not self._stepping:
+            if self.interrupted or not self._ctrl_c_waits:
                 raise KeyboardInterrupt
             self.interrupted = True
             if self.is_main:
@@ -530,7 +540,6 @@ class Trainer:
         )
         accumulated: list[dict[str, float]] = []
         batches_left = self.steps_per_epoch * self.config.grad_accum - self.batch_in_epoch
-        self._stepping = True
         try:
             for images, targets in self.loader:
                 if batches_left <= 0:
@@ -550,7 +559,6 @@ class Trainer:
                     return True
             return False
         finally:
-            self._stepping = False
             bar.close()
 
     def _forward_backward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, float] | None:
@@ -630,7 +638,7 @@ class Trainer:
         due = bool(self.eval_every) and (finished + 1) % self.eval_every == 0
         last_epoch = self.config.epochs is not None and self.epoch >= self.config.epochs
         if self.val_set is not None and due and not (last_epoch or self._should_stop()):
-            record.update(self.run_evaluation())
+            record.update(self._evaluate_or_save_on_ctrl_c())
         self.logger.log("epoch", record)
         self.save("last.pt")
         self._maybe_save_best()
@@ -659,12 +667,25 @@ class Trainer:
         self.last_stats, self._stats_step = stats, self.step
         return stats
 
+    def _evaluate_or_save_on_ctrl_c(self) -> dict[str, float]:
+        """:meth:`run_evaluation`, which a Ctrl-C stops at once: ``last.pt`` is then saved at the step the
+        evaluation followed (an exact resume point; without it, the steps since the last epoch end were lost)."""
+        waits, self._ctrl_c_waits = self._ctrl_c_waits, False
+        try:
+            return self.run_evaluation()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.save("last.pt")  # (a second Ctrl-C here stops the atomic write, keeping the previous file)
+            raise
+        finally:
+            self._ctrl_c_waits = waits
+
     def _finish(self) -> dict[str, Any]:
         """Final evaluation, checkpoints, weights, metrics.json and pictures."""
         stats: dict[str, float] = {}
         if self.val_set is not None:
             fresh = self.last_stats is not None and self._stats_step == self.step
-            stats = self.last_stats if fresh else self.run_evaluation()
+            stats = self.last_stats if fresh else self._evaluate_or_save_on_ctrl_c()
         # the index of the epoch the last step belongs to, as the epoch rows count (metrics.json: epochs completed)
         last = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
         self.logger.log("epoch", {"epoch": last, "step": self.step, "time": round(self.elapsed(), 3),
