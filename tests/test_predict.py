@@ -125,3 +125,20 @@ def test_an_input_named_like_the_results_file_keeps_its_own_json(tmp_path):
     assert json.loads((out / "detections.images.json").read_text())["image_ids"] == "inputs"
     assert json.loads((out / "detections_2.json").read_text())["file_name"].endswith("detections.png")
     assert json.loads((out / "detections.images_2.json").read_text())["file_name"].endswith("detections.images.png")
+
+
+def test_predict_refuses_an_output_folder_holding_its_inputs(tmp_path, capsys):
+    """`predict photos --output photos` wrote the drawn a.jpg over the input a.jpg (and a second run drew on
+    the drawings); the dataset's images under --data alike."""
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / "a.jpg")
+    before = (photos / "a.jpg").read_bytes()
+    for inputs in ([str(photos)], [str(photos / "a.jpg")], [str(photos / "*.jpg")]):
+        assert main(["predict", *inputs, "--model", "efficientdet_lite0", "--image-size", "64",
+                     "--output", str(photos), "--no-progress"]) == 2
+        assert f"--output {photos} holds the input {photos / 'a.jpg'}" in capsys.readouterr().err
+    assert (photos / "a.jpg").read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["a.jpg"]
+    # another folder is fine
+    assert main(["predict", str(photos), "--model", "efficientdet_lite0", "--image-size", "64",
+                 "--output", str(tmp_path / "out"), "--no-progress"]) == 0

@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         state["skipped"] = len(problems)
         units = [p for p in paths if not is_video(p)]
+    inputs = paths if dataset is None else [record.path for record in dataset.records if record.path is not None]
+    _refuse_output_among_inputs(out_dir, inputs)
     progress = tqdm(total=len(units), desc="images", unit="img", disable=not units or not args.progress)
     for start in range(0, len(units), args.batch_size):
         chunk = units[start : start + args.batch_size]
@@ -196,6 +198,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{state['done']} image(s)/frame(s) -> {out_dir} ({len(state['results'])} detections >= "
           f"{args.score_threshold}); {state['skipped']} input(s) skipped")
     return 0 if state["done"] else 1  # nothing predicted (missing, unreadable or no inputs) is a failure
+
+
+def _refuse_output_among_inputs(out_dir: Path, inputs: list[Path]) -> None:
+    """ValueError when the output folder holds input images or videos: their drawn copies (``<name>.jpg``)
+    would be written over them, and a second run would take the drawn copies for inputs."""
+    folder = out_dir.resolve()
+    among = next((path for path in inputs if path.resolve().parent == folder), None)
+    if among is not None:
+        raise ValueError(f"--output {out_dir} holds the input {among}: predict draws its images there and would "
+                         f"write over inputs; choose another --output folder (default runs/predict)")
 
 
 def _open_data(args: argparse.Namespace, detector):
