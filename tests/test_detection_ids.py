@@ -160,6 +160,11 @@ def test_mismatched_ids_are_an_error_naming_both_files(coco_set, tmp_path, capsy
     assert _eval(coco_set, swapped, tmp_path)[0] == 2  # ids 100..102 are not val.json's
     code, stats = _eval(coco_set, swapped, tmp_path, "--match-categories", "name")
     assert code == 0 and stats["AP"] == pytest.approx(1.0)
+    # names matched as everywhere (case and surrounding spaces aside): 'Cat ' is val.json's 'cat'
+    write_detections(swapped, remapped, [{"id": i} for i in SIZES],
+                     categories_of([100, 101, 102], ["Cat ", "DOG", "Fox"]))
+    code, stats = _eval(coco_set, swapped, tmp_path, "--match-categories", "name")
+    assert code == 0 and stats["AP"] == pytest.approx(1.0)
 
 
 def test_the_python_trainer_gives_a_model_without_ids_the_datasets(coco_set, tmp_path):

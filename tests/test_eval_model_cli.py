@@ -96,6 +96,24 @@ def test_label_mapping_by_name_and_what_it_refuses():
         label_mapping(["circle", "square"], ["cup", "horse"])
 
 
+def test_label_mapping_matches_names_as_fine_tuning_does():
+    """Case and surrounding spaces aside, as a checkpoint's class rows are matched: a model fine-tuned on 'Square'
+    from a 'square' checkpoint scored 'Square' AP 0 against its own data's 'square' (only a warning said so)."""
+    from scaledet.evaluation.results import label_mapping
+
+    assert label_mapping(["circle", "square"], ["Square", " Circle "]) == [1, 0]
+    with pytest.warns(UserWarning, match=r"the model has no class \[Cross\]"):
+        assert label_mapping(["Square", "circle"], ["square", "Circle", "Cross"]) == [0, 1]
+    with pytest.raises(ValueError, match=r"the dataset's classes repeat the name\(s\) \[Cup, cup\] \(case and spaces "
+                                         r"aside\)"):
+        label_mapping(["cup", "horse"], ["Cup", "cup", "horse"])
+    # a model built for another class count, without names: the message says so, not "other classes"
+    with pytest.raises(ValueError, match=r"the model's 5 classes have no names \[class_0, class_1, class_2, class_3, "
+                                         r"class_4\], the dataset has 2 \[square, circle\]: give the model the "
+                                         r"dataset's classes \(create_model\(..., num_classes=2"):
+        label_mapping([f"class_{k}" for k in range(5)], ["square", "circle"])
+
+
 def test_cli_eval_of_weights_trained_on_other_classes_is_an_error(tmp_path, capsys):
     """Named classes of the model that share no name with the dataset's: exit 2 with a line, not an AP."""
     dataset = ShapesDataset(num_images=2, image_size=(48, 64), seed=5)

@@ -97,6 +97,12 @@ class RawBox:
 CLIP_TOLERANCE_PX = 0.01
 
 
+def plain_name(name: str) -> str:
+    """A class name as classes are matched by name (a checkpoint's against the data's, a model's against a
+    validation set's): case and surrounding spaces aside, ``"Person "`` is COCO's ``"person"``."""
+    return str(name).strip().lower()
+
+
 def clean_boxes(raw: list[RawBox], width: int, height: int, report: DataReport) -> dict[str, np.ndarray]:
     """Validate boxes against the image size: drop NaN / negative / zero-area / outside
     boxes and clip partly-outside ones, counting each case in ``report``.
@@ -264,7 +270,7 @@ class DetectionDataset(Dataset):
             raise UserError(_no_boxes_message(records, report, self.empty_hint))
         folded: dict[str, list[str]] = {}
         for name in class_names:
-            folded.setdefault(name.strip().lower(), []).append(name)
+            folded.setdefault(plain_name(name), []).append(name)
         alike = [names for names in folded.values() if len(names) > 1]
         if alike:  # 'Cup' and 'cup' (or 'cup' twice) are two classes to a detector: almost always a labelling slip
             warnings.warn(f"{report.source}: class names that repeat or differ only in case or spaces are separate "

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from scaledet.data.base import plain_name
 from scaledet.data.coco import as_int, as_number, read_json
 
 ROW_KEYS = ("image_id", "category_id", "bbox", "score")
@@ -321,12 +322,13 @@ def _categories_by_name(rows: list[dict], header: dict, gt: dict, header_name: s
     how many rows were dropped for classes the ground truth does not have."""
     gt_ids: dict[str, list[int]] = defaultdict(list)
     for category in gt["categories"]:
-        gt_ids[str(category.get("name", category["id"]))].append(category["id"])
+        gt_ids[plain_name(category.get("name", category["id"]))].append(category["id"])
     repeated = sorted(name for name, ids in gt_ids.items() if len(ids) > 1)
     if repeated:
-        raise ValueError(f"{gt_name} repeats category names {repeated[:5]}, so categories cannot be matched by name")
+        raise ValueError(f"{gt_name} repeats category names {repeated[:5]} (case and spaces aside), so categories "
+                         "cannot be matched by name")
     names = {category["id"]: str(category["name"]) for category in header["categories"]}
-    mapping = {cid: gt_ids[name][0] for cid, name in names.items() if name in gt_ids}
+    mapping = {cid: gt_ids[plain_name(name)][0] for cid, name in names.items() if plain_name(name) in gt_ids}
     used = {row["category_id"] for row in rows}
     unnamed = used - names.keys()
     if unnamed:
@@ -348,7 +350,8 @@ def _check_names_agree(rows: list[dict], header: dict, gt: dict, header_name: st
     gt_names = {c["id"]: str(c.get("name", c["id"])) for c in gt["categories"]}
     names = {c["id"]: str(c["name"]) for c in header["categories"]}
     clashes = [(cid, names[cid], gt_names[cid]) for cid in sorted({row["category_id"] for row in rows})
-               if cid in names and cid in gt_names and names[cid] != gt_names[cid] and not is_placeholder_name(names[cid])]
+               if cid in names and cid in gt_names and plain_name(names[cid]) != plain_name(gt_names[cid])
+               and not is_placeholder_name(names[cid])]
     if clashes:
         shown = "; ".join(f"id {cid} is {a!r} in {header_name} but {b!r} in {gt_name}" for cid, a, b in clashes[:3])
         raise ValueError(f"category ids name different classes: {shown}"
@@ -358,37 +361,48 @@ def _check_names_agree(rows: list[dict], header: dict, gt: dict, header_name: st
 
 
 def label_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
-    """Model label -> dataset label (``-1``: class not in the dataset), by class name.
+    """Model label -> dataset label (``-1``: class not in the dataset), by class name (case and
+    surrounding spaces aside, as :func:`~scaledet.data.base.plain_name` says, the rule fine-tuning
+    matches a checkpoint's classes by).
 
     When some names match, the dataset's classes the model lacks are named in a warning (they can
     only score AP 0, and count in the mean). When no name matches, the same class order is assumed
     (with a warning) only if the counts are equal and one side's names are placeholders (``class_0``,
-    ``0``, ...); otherwise the model was trained on other classes: ValueError naming both sides.
+    ``0``, ...); otherwise the model was trained on other classes (or, unnamed, built for another
+    class count): ValueError naming both sides.
     """
     model_names, dataset_names = list(model_names), list(dataset_names)
     if model_names == dataset_names:
         return list(range(len(model_names)))
-    sides = (("the model's", model_names, dataset_names), ("the dataset's", dataset_names, model_names))
-    for side, names, other in sides:  # 'N/A' of the COCO-91 label space's gaps, repeated on one side only: harmless
-        repeated = sorted({str(name) for name in names if names.count(name) > 1 and name in other})
+    model_keys, dataset_keys = [plain_name(name) for name in model_names], [plain_name(name) for name in dataset_names]
+    sides = (("the model's", model_names, model_keys, dataset_keys),
+             ("the dataset's", dataset_names, dataset_keys, model_keys))
+    for side, names, keys, other in sides:  # 'N/A' of the COCO-91 label space's gaps, repeated on one side only: harmless
+        repeated = sorted({str(name) for name, key in zip(names, keys) if keys.count(key) > 1 and key in other})
         if repeated:  # 'red' twice on one side, once on the other: which would a 'red' detection be scored as?
-            raise ValueError(f"{side} classes repeat the name(s) {short_list(repeated)}, so the model's classes "
-                             f"{short_list(model_names)} cannot be matched to the dataset's "
+            aside = " (case and spaces aside)" if len(repeated) > len({plain_name(name) for name in repeated}) else ""
+            raise ValueError(f"{side} classes repeat the name(s) {short_list(repeated)}{aside}, so "
+                             f"the model's classes {short_list(model_names)} cannot be matched to the dataset's "
                              f"{short_list(dataset_names)} by name: give each class its own name")
-    index = {name: i for i, name in enumerate(dataset_names)}
-    mapping = [index.get(name, -1) for name in model_names]
+    index = {key: i for i, key in enumerate(dataset_keys)}
+    mapping = [index.get(key, -1) for key in model_keys]
     if any(m >= 0 for m in mapping):
-        known = set(model_names)
-        lacking = [name for name in dataset_names if name not in known]
+        known = set(model_keys)
+        lacking = [name for name, key in zip(dataset_names, dataset_keys) if key not in known]
         if lacking:
             warnings.warn(f"the model has no class {short_list(lacking)} of the dataset ({len(lacking)} of "
                           f"{len(dataset_names)}): they score AP 0 and count in the mean AP", stacklevel=2)
         return mapping
-    placeholders = any(all(is_placeholder_name(str(name)) for name in names) for names in (model_names, dataset_names))
-    if len(model_names) == len(dataset_names) and placeholders:
+    unnamed = [all(is_placeholder_name(str(name)) for name in names) for names in (model_names, dataset_names)]
+    if len(model_names) == len(dataset_names) and any(unnamed):
         warnings.warn(f"model classes {short_list(model_names)} are not named as the dataset's {short_list(dataset_names)}; "
                       "assuming the same class order", stacklevel=2)
         return list(range(len(model_names)))
+    if unnamed[0]:  # e.g. create_model(name, num_classes=5) for a 2-class dataset
+        raise ValueError(f"the model's {len(model_names)} classes have no names {short_list(model_names)}, the "
+                         f"dataset has {len(dataset_names)} {short_list(dataset_names)}: give the model the dataset's "
+                         f"classes (create_model(..., num_classes={len(dataset_names)}, class_names=the dataset's "
+                         "class_names)) or use weights trained on them")
     raise ValueError(f"the model's classes {short_list(model_names)} share no name with the dataset's "
                      f"{short_list(dataset_names)}: the weights were trained on other classes (use weights trained "
                      "on this dataset's classes; classes are matched by name)")

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scaledet.data.base import plain_name
 from scaledet.errors import UserError
 from scaledet.weights import compare_state_dicts, read_checkpoint
 
@@ -225,11 +226,6 @@ def class_rows(model: nn.Module) -> dict[str, int] | None:
             return None
         rows[key] = grown.shape[0] - value.shape[0]
     return rows
-
-
-def plain_name(name: str) -> str:
-    """A class name as matched between a checkpoint and data: ``"Person "`` is COCO's ``"person"``."""
-    return str(name).strip().lower()
 
 
 def match_class_rows(state_dict: StateDict, model: nn.Module, file_names: Sequence[str]) -> tuple[StateDict, list[str]]:
