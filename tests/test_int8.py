@@ -322,6 +322,34 @@ def test_calibration_images_from_a_folder_or_a_dataset(tmp_path):
         calibration_images(str(tmp_path / "missing"), 2)
 
 
+def test_calibration_images_of_a_coco_file_beside_its_images_folder_and_unreadable_files(tmp_path):
+    """A COCO JSON whose images are in another folder needs --images (export had no such option: 'dataset has no
+    usable images'); an unreadable file's place goes to another image (it shortened the check)."""
+    import json
+
+    from PIL import Image
+
+    from scaledet.commands.export import calibration_images
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for index in range(3):
+        Image.new("RGB", (40, 30), (index * 60, 0, 0)).save(pictures / f"{index}.png")
+    coco = {"images": [{"id": i + 1, "file_name": f"{i}.png", "width": 40, "height": 30} for i in range(3)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 10, 10]}
+                            for i in range(3)],
+            "categories": [{"id": 1, "name": "Cup"}]}
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    pairs = calibration_images(str(tmp_path / "val.json"), 2, ["cup"], images=str(pictures))  # names as matched
+    assert len(pairs) == 2 and all(isinstance(item, tuple) for item in pairs)
+    with pytest.raises(ValueError, match="--images / --split go with a dataset"):
+        calibration_images(str(pictures), 2, images=str(pictures))
+    (pictures / "0.png").write_bytes(b"not a png")
+    images = calibration_images(str(pictures), 3)
+    assert len(images) == 2  # the two readable ones
+    assert len(calibration_images(str(pictures), 1)) == 1  # 0.png's place taken by 1.png
+
+
 def test_calibration_ap_is_coco_ap_on_the_given_ground_truth():
     images = [torch.zeros(3, 50, 60), torch.zeros(3, 40, 40)]
     targets = [{"boxes": torch.tensor([[0.0, 0, 20, 20], [30, 10, 55, 40]]), "labels": torch.tensor([0, 1])},

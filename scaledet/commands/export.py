@@ -65,22 +65,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--int8: activation ranges cover P percent of each tensor's calibration values "
                              f"(default {HELP_PERCENTILE}: D0's INT8 AP loss on one held-out set 0.0002 where "
                              "min / max lost 0.017; 100 = min / max, a faster calibration)")
+    parser.add_argument("--images", help="with a dataset as --calibration / --check-images: the image folder of a "
+                        "COCO JSON (default: beside it or images/)")
+    parser.add_argument("--split", help="with a dataset as --calibration / --check-images: VOC / YOLO split "
+                        "(default: the format's)")
     parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
                         help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "
                              "every agreeing rule on this machine and keep the fastest (slower export)")
 
 
 def calibration_images(data: str, count: int, class_names: list[str] | None = None,
-                       flag: str = "--calibration") -> list:
+                       flag: str = "--calibration", images: str | None = None, split: str | None = None) -> list:
     """Up to ``count`` calibration items from ``data``, evenly spread over it: from a dataset
     (:func:`scaledet.data.open_dataset`: ``shapes...``, ``.json``, ``.yaml``, a folder with
-    ``Annotations/``) ``(image, target)`` pairs with labels in the order of ``class_names`` (the
-    model's; the INT8 rule is then judged by AP), or bare images when its classes are not the
-    model's or ``class_names`` is None; from files / folders / globs, images (float ``[3, H, W]`` in
-    [0, 1]). ``flag``: the option that gave ``data``, named in messages."""
+    ``Annotations/``; ``images`` / ``split`` as it takes them) ``(image, target)`` pairs with labels in
+    the order of ``class_names`` (the model's; the INT8 rule is then judged by AP), or bare images when
+    its classes are not the model's or ``class_names`` is None; from files / folders / globs, readable
+    images (float ``[3, H, W]`` in [0, 1]; unreadable ones are named and others taken in their place).
+    ``flag``: the option that gave ``data``, named in messages."""
     import torch
 
     from scaledet.data import load_image, open_dataset
+    from scaledet.data.base import plain_name
     from scaledet.data.images import IMAGE_ERRORS
     from scaledet.evaluation.results import label_mapping
     from scaledet.inference.predict import IMAGE_SUFFIXES, collect_inputs
@@ -88,10 +94,10 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
     path = Path(data)
     is_dataset = path.suffix.lower() in (".json", ".yaml", ".yml") or (path / "Annotations").is_dir()
     if data.startswith("shapes") or is_dataset:
-        dataset = open_dataset(data, progress=False)
+        dataset = open_dataset(data, images, split, progress=False)
         step = max(len(dataset) // count, 1)
         items = [dataset[i] for i in range(0, len(dataset), step)][:count]
-        if class_names is None or set(class_names) != set(dataset.class_names):
+        if class_names is None or {plain_name(n) for n in class_names} != {plain_name(n) for n in dataset.class_names}:
             if class_names is not None:
                 print(f"{flag} {data}: its classes are not the model's; the INT8 layers are judged by agreement "
                       "with float, not by AP")
@@ -105,16 +111,22 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
     if not paths:
         raise ValueError(f"{flag} {data}: no images found" + (f" ({problems[0]})" if problems else "")
                          + "; give a folder or glob of images, or a dataset such as shapes:val or a COCO .json")
+    if images is not None or split is not None:
+        raise ValueError(f"{flag} {data} is no dataset: --images / --split go with a dataset (a COCO .json, a VOC "
+                         "folder, a YOLO data.yaml)")
     step = max(len(paths) // count, 1)
-    images = []
-    for path in paths[::step][:count]:
+    spread = paths[::step]
+    loaded = []
+    for path in spread + [p for p in paths if p not in set(spread)]:  # an unreadable one's place goes to the next
+        if len(loaded) == count:
+            break
         try:
-            images.append(load_image(path))
+            loaded.append(load_image(path))
         except IMAGE_ERRORS as error:  # as predict does: one line, the rest still calibrate
             print(f"{flag}: skipped {path}: cannot read image ({error})")
-    if not images:
+    if not loaded:
         raise ValueError(f"{flag} {data}: none of its images could be read; give readable images")
-    return images
+    return loaded
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,17 +158,21 @@ def run(args: argparse.Namespace) -> int:
     int8_only = [flag for flag, value in int8_options if value is not None]
     if int8_only and not args.int8:
         raise ValueError(f"{' / '.join(int8_only)}: for --int8 only")
+    dataset_options = [flag for flag, value in (("--images", args.images), ("--split", args.split)) if value is not None]
+    if dataset_options and not (args.calibration or args.check_images):
+        raise ValueError(f"{' / '.join(dataset_options)}: for a dataset given as --calibration or --check-images")
     warn_if_random_weights(args.weights, args.model)
     model = scaledet.load(args.weights, model=args.model, image_size=args.image_size)
     if args.int8:
         return _export_int8(model, args)
     output = Path(args.output or f"{model.config['model']}.onnx")
+    if args.check_images:  # read first: a folder without readable images stops before the export
+        images, kind = calibration_images(args.check_images, CHECK_IMAGES, flag="--check-images", images=args.images,
+                                          split=args.split), "images"
     path = export_onnx(model, output, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset})")
     if args.check:
-        if args.check_images:
-            images, kind = calibration_images(args.check_images, CHECK_IMAGES, flag="--check-images"), "images"
-        else:
+        if not args.check_images:
             generator = torch.Generator().manual_seed(0)
             images = [torch.rand(3, 480, 640, generator=generator), torch.rand(3, 500, 375, generator=generator)]
             kind = "random images"
@@ -195,7 +211,8 @@ def _export_int8(model, args: argparse.Namespace) -> int:
         raise ValueError("--calibration-images must be >= 1")
     if not 50 < args.calibration_percentile <= 100:
         raise ValueError(f"--calibration-percentile must be in (50, 100], got {args.calibration_percentile:g}")
-    calibration = calibration_images(args.calibration, args.calibration_images, list(model.class_names))
+    calibration = calibration_images(args.calibration, args.calibration_images, list(model.class_names),
+                                     images=args.images, split=args.split)
     images, _ = check_calibration(calibration)
     output = Path(args.output or f"{model.config['model']}.int8.onnx")
     with tempfile.TemporaryDirectory(prefix="scaledet-export-") as tmp:
