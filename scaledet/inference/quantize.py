@@ -172,12 +172,14 @@ class QuantizationReport:
 
     def summary(self) -> str:
         """The rule kept, the float-kept layers (module paths) and every rule tried, one line each."""
+        criterion = (f"lost at most {self.max_ap_drop} AP on the labelled calibration images" if self.float_ap is not None
+                     else "agreed with the float detections")
         fallback = "the most accurate one" if self.float_ap is not None else "the most float one"
-        verdict = "" if self.passed else (f" - NO rule kept the float accuracy, kept {fallback}" if self.verified
+        verdict = "" if self.passed else (f" - NO rule {criterion}, kept {fallback}" if self.verified
                                           else " - UNVERIFIED: the float graph finds nothing on the calibration images")
         ranges = "min / max ranges" if self.percentile is None else f"{self.percentile}th-percentile ranges"
-        unbounded = f"; {len(self.unbounded_nodes)} nodes with an infinite range always float" \
-            if self.unbounded_nodes else ""
+        unbounded = (f"; {len(self.unbounded_nodes)} nodes always float (a tensor they read or write has an infinite "
+                     "range: the -inf padding before a max-pool)") if self.unbounded_nodes else ""
         lines = [f"int8: {self.quantized_nodes} of {self.network_nodes} network nodes quantized; kept float: "
                  f"{self.float_rule} ({len(self.float_nodes)} nodes), post-processing float; calibrated on "
                  f"{self.calibration_images} images ({ranges}){unbounded}{verdict}"]
