@@ -139,6 +139,8 @@ def test_predict_refuses_an_output_folder_holding_its_inputs(tmp_path, capsys):
                      "--output", str(photos), "--no-progress"]) == 2
         assert f"--output {photos} holds the input {photos / 'a.jpg'}" in capsys.readouterr().err
     assert (photos / "a.jpg").read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["a.jpg"]
-    # another folder is fine
-    assert main(["predict", str(photos), "--model", "efficientdet_lite0", "--image-size", "64",
-                 "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    # another folder is fine; a second run into it says that it replaces the first's results
+    for run in range(2):
+        assert main(["predict", str(photos), "--model", "efficientdet_lite0", "--image-size", "64",
+                     "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+        assert ("holds an earlier run's outputs: its detections.json is replaced" in capsys.readouterr().err) == (run == 1)

@@ -37,10 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_option(parser)
     parser.add_argument("--image-size", type=int, help="model input size override")
     parser.add_argument("--optimize", action="store_true", help="run scaledet.optimize (folded BN, channels_last)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="bf16 (CPUs with native bfloat16, GPUs) or fp16 (GPUs) autocast; implies --optimize")
     parser.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "auto"],
-                        help="with --optimize: run in PyTorch, in onnxruntime (fp32, CPU) or whichever is faster "
-                        "here (auto: measured once per processor and model, cached)")
+                        help="run in PyTorch, in onnxruntime (fp32, CPU) or whichever is faster here (auto: measured "
+                        "once per processor and model, cached); onnxruntime and auto imply --optimize")
     parser.add_argument("--save-json", action="store_true", help="also write one detections JSON per image")
     tiles = parser.add_argument_group("large images (docs/tiling.md)")
     add_tile_arguments(tiles, "detect through overlapping TILE x TILE tiles at native resolution "
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = _open_data(args, detector) if args.data else None
     category_ids = _dataset_category_ids(detector, dataset) if dataset is not None else category_ids_of(detector)
     out_dir = Path(args.output)
+    if (out_dir / f"{RESULTS_STEM}.json").exists():
+        print(f"note: {out_dir} holds an earlier run's outputs: its {RESULTS_STEM}.json is replaced, drawn images of "
+              "inputs this run lacks stay (choose a new --output to keep the runs apart)", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     # the run's own files are never an input's name (an input detections.png wrote its JSON there, then lost it)
     state = {"results": [], "images": [], "used": {RESULTS_STEM, RESULTS_STEM + ".images"}, "skipped": 0, "done": 0,
