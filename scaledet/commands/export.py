@@ -116,8 +116,9 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
                          "folder, a YOLO data.yaml)")
     step = max(len(paths) // count, 1)
     spread = paths[::step]
+    in_spread = set(spread)
     loaded = []
-    for path in spread + [p for p in paths if p not in set(spread)]:  # an unreadable one's place goes to the next
+    for path in spread + [p for p in paths if p not in in_spread]:  # an unreadable one's place goes to the next
         if len(loaded) == count:
             break
         try:
