@@ -45,6 +45,11 @@ def test_input_size_fitted_to_the_data():
     assert fitted_input_size(box_statistics(mixed), (512, 512)) == (384, 384)
     big = [_record(2000, 3000, [])]
     assert fitted_input_size(box_statistics(big), (512, 512)) == (384, 512)  # never above native
+    # scaled to fit before rounding: VGA fills (384, 512) as 800x600 does, not a (512, 512) a third padding
+    for height, width in ((480, 640), (600, 800)):
+        assert fitted_input_size(box_statistics([_record(height, width, [])]), (512, 512)) == (384, 512)
+    assert fitted_input_size(box_statistics([_record(640, 480, [])]), (512, 512)) == (512, 384)
+    assert fitted_input_size(box_statistics([_record(120, 160, [])]), (512, 512)) == (128, 256)  # never downscaled
 
 
 def test_time_budget_plans_finishes_warmup_and_anneals(tmp_path):

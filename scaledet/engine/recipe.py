@@ -175,19 +175,19 @@ def fitted_input_size(stats: dict[str, Any], native: tuple[int, int], multiple: 
 
     Images that all share one size keep their aspect (e.g. 224x384 -> (256, 384)); mixed sizes
     get a square of the median longer side. Upsampling small images costs CPU time quadratically
-    and adds no detail, so the data's size wins when it is the smaller one.
+    and adds no detail, so the data's size wins when it is the smaller one. Data larger than
+    ``native`` is scaled to fit it first, then rounded up (640x480 -> (384, 512), as 800x600:
+    the scaled 480x640 images fill it, where rounding before scaling gave (512, 512), a third of it padding).
     """
     def up(value: float) -> int:
         return max(multiple, int(math.ceil(value / multiple)) * multiple)
 
     if stats["same_size"]:
-        height, width = up(stats["median_height"]), up(stats["median_width"])
+        height, width = stats["median_height"], stats["median_width"]
     else:
-        side = up(stats["median_long_side"])
-        height = width = side
-    scale = min(1.0, native[0] / height, native[1] / width)
-    return (min(native[0], up(height * scale) if scale < 1 else height),
-            min(native[1], up(width * scale) if scale < 1 else width))
+        height = width = stats["median_long_side"]
+    scale = min(1.0, native[0] / max(height, 1.0), native[1] / max(width, 1.0))
+    return min(native[0], up(height * scale)), min(native[1], up(width * scale))
 
 
 # ---- threads -----------------------------------------------------------------------------------
