@@ -50,6 +50,12 @@ def test_input_size_fitted_to_the_data():
         assert fitted_input_size(box_statistics([_record(height, width, [])]), (512, 512)) == (384, 512)
     assert fitted_input_size(box_statistics([_record(640, 480, [])]), (512, 512)) == (512, 384)
     assert fitted_input_size(box_statistics([_record(120, 160, [])]), (512, 512)) == (128, 256)  # never downscaled
+    # photos of several sizes, one orientation: their shape, not a square a quarter padding; a few portraits
+    # among them (under 5%) are scaled down to fit, a third of them make it square
+    phones = [_record(3024, 4032, []), _record(3000, 4000, []), _record(2448, 3264, []), _record(1080, 1920, [])] * 10
+    assert fitted_input_size(box_statistics(phones), (512, 512)) == (384, 512)
+    assert fitted_input_size(box_statistics(phones + [_record(4032, 3024, [])]), (512, 512)) == (384, 512)
+    assert fitted_input_size(box_statistics(phones + [_record(4032, 3024, [])] * 20), (512, 512)) == (512, 512)
 
 
 def test_time_budget_plans_finishes_warmup_and_anneals(tmp_path):

@@ -146,7 +146,11 @@ def eval_interval(planned_epochs: float, evaluations: int = 4) -> int:
 
 def box_statistics(records: list) -> dict[str, float | int]:
     """Median image size and median box side (absolute and relative to the longer image side) over
-    the non-crowd boxes of ``records`` (:class:`scaledet.data.ImageRecord` or alike)."""
+    the non-crowd boxes of ``records`` (:class:`scaledet.data.ImageRecord` or alike).
+
+    ``fit_height`` x ``fit_width``: the box that holds nearly all (95%) of the images once each is
+    scaled to the median longer side, as a letterboxing resize does: the images' own size when they
+    all share one; 384x512 for landscape 4:3 photos of several sizes; square for mixed orientations."""
     heights = np.array([r.height for r in records], dtype=np.float64)
     widths = np.array([r.width for r in records], dtype=np.float64)
     sides, fractions = [], []
@@ -156,13 +160,17 @@ def box_statistics(records: list) -> dict[str, float | int]:
             side = np.sqrt(np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
             sides.append(side)
             fractions.append(side / max(record.height, record.width))
+    long_side = float(np.median(np.maximum(heights, widths))) if len(heights) else 0.0
+    to_long_side = long_side / np.maximum(np.maximum(heights, widths), 1.0)
     sides = np.concatenate(sides) if sides else np.zeros(0)
     fractions = np.concatenate(fractions) if fractions else np.zeros(0)
     return {
         "images": len(records), "boxes": int(len(sides)),
         "median_height": float(np.median(heights)) if len(heights) else 0.0,
         "median_width": float(np.median(widths)) if len(widths) else 0.0,
-        "median_long_side": float(np.median(np.maximum(heights, widths))) if len(heights) else 0.0,
+        "median_long_side": long_side,
+        "fit_height": float(np.percentile(heights * to_long_side, 95)) if len(heights) else 0.0,
+        "fit_width": float(np.percentile(widths * to_long_side, 95)) if len(heights) else 0.0,
         "same_size": bool(len(records) and (heights == heights[0]).all() and (widths == widths[0]).all()),
         "median_box_side": float(np.median(sides)) if len(sides) else 0.0,
         "median_box_fraction": float(np.median(fractions)) if len(fractions) else 0.0,
@@ -173,19 +181,18 @@ def fitted_input_size(stats: dict[str, Any], native: tuple[int, int], multiple: 
     """An input size for data of ``stats`` (see :func:`box_statistics`): the data's own size rounded
     up to ``multiple`` (the network's largest stride), never above the model's ``native`` size.
 
-    Images that all share one size keep their aspect (e.g. 224x384 -> (256, 384)); mixed sizes
-    get a square of the median longer side. Upsampling small images costs CPU time quadratically
-    and adds no detail, so the data's size wins when it is the smaller one. Data larger than
-    ``native`` is scaled to fit it first, then rounded up (640x480 -> (384, 512), as 800x600:
-    the scaled 480x640 images fill it, where rounding before scaling gave (512, 512), a third of it padding).
+    The data's size is the box holding nearly all images at the median longer side (``fit_height``
+    x ``fit_width``): images that all share one size keep it (e.g. 224x384 -> (256, 384)), photos
+    of one orientation and several sizes keep their shape, mixed orientations get a square.
+    Upsampling small images costs CPU time quadratically and adds no detail, so the data's size
+    wins when it is the smaller one. Data larger than ``native`` is scaled to fit it first, then
+    rounded up: 640x480 -> (384, 512), as 800x600 (rounding before scaling gave (512, 512), a third
+    of it padding around the scaled 384x512 images).
     """
-    def up(value: float) -> int:
-        return max(multiple, int(math.ceil(value / multiple)) * multiple)
+    def up(value: float) -> int:  # (the small allowance: 384.0000001 from scaling is 384, not 512)
+        return max(multiple, int(math.ceil(value / multiple - 1e-6)) * multiple)
 
-    if stats["same_size"]:
-        height, width = stats["median_height"], stats["median_width"]
-    else:
-        height = width = stats["median_long_side"]
+    height, width = stats["fit_height"], stats["fit_width"]
     scale = min(1.0, native[0] / max(height, 1.0), native[1] / max(width, 1.0))
     return min(native[0], up(height * scale)), min(native[1], up(width * scale))
 
