@@ -30,8 +30,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
-from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, probe_image
+from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, probe_image, shrink_factor
 from scaledet.data.report import KEPT_REASONS, REASONS, DataReport, DataWarning, format_report
+from scaledet.data.transforms import largest_resize
 from scaledet.errors import UserError
 
 Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
@@ -42,8 +43,9 @@ class Target(TypedDict, total=False):
 
     ``boxes``: ``Tensor[M,4]`` float32 xyxy pixels of the returned image; ``labels``: ``Tensor[M]``
     int64 in ``[0, K)``; ``image_id``: the source's image id; ``orig_size``: ``(h, w)`` of the
-    file as displayed; ``scale``: only after :func:`~scaledet.data.eval_transforms`, ``Tensor[4]``
-    ``(sx, sy, sx, sy)`` with ``original_box = box / scale``.
+    file as displayed; ``scale``: only after :func:`~scaledet.data.eval_transforms` or a shrunk decode
+    (:meth:`DetectionDataset.decode_shrunk`), ``Tensor[4]`` ``(sx, sy, sx, sy)`` with
+    ``original_box = box / scale``.
     """
 
     boxes: torch.Tensor
@@ -291,9 +293,39 @@ class DetectionDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    #: how large the pipeline will resize each image (:meth:`decode_shrunk`); ``None``: decode at full size
+    decode_scale: str | Callable[[int, int], float] | None = None
+
     def load_image(self, index: int) -> torch.Tensor:
-        """Float ``Tensor[3,H,W]`` RGB in ``[0,1]`` of record ``index`` (subclasses may render)."""
-        return load_image(self.records[index].path)
+        """Float ``Tensor[3,H,W]`` RGB in ``[0,1]`` of record ``index`` (subclasses may render): the
+        file as displayed, or shrunk after :meth:`decode_shrunk`."""
+        record = self.records[index]
+        return load_image(record.path, self._shrink(record))
+
+    def decode_shrunk(self, largest_scale: str | Callable[[int, int], float] | None = "transforms") -> None:
+        """Decode each file only as large as it is used: an image that the pipeline shrinks at least
+        2x is decoded a power of two smaller (:func:`~scaledet.data.images.load_image`), its boxes
+        with it (``target["scale"]`` maps them back to the file's pixels, as after ``eval_transforms``).
+
+        ``largest_scale(height, width)``: the largest factor the pipeline resizes an image of that
+        displayed size by; ``"transforms"``: as the dataset's transforms say, at the time each file is
+        read (:func:`~scaledet.data.transforms.largest_resize`; full size for transforms that do not
+        say, e.g. DETR's, which leave the resize to the model); ``None``: full size again. A 4032x3024
+        photo trained at 384x512 with scale jitter up to 2 decodes at 2016x1512, about 4x faster and
+        in a quarter of the memory :meth:`cache_images` keeps."""
+        self.decode_scale = largest_scale
+
+    def _shrink(self, record: ImageRecord) -> int:
+        """The power of two record's file is decoded smaller by (:meth:`decode_shrunk`)."""
+        rule = self.decode_scale
+        if rule is None or record.path is None:
+            return 1
+        if rule == "transforms":
+            fit = largest_resize(self.transforms)
+            if fit is None:
+                return 1
+            return shrink_factor(min(fit[0] / record.height, fit[1] / record.width))
+        return shrink_factor(rule(record.height, record.width))
 
     def cache_images(self, max_bytes: int) -> None:
         """Keep decoded images in memory (uint8 ``[3,H,W]``, until ``max_bytes`` are used) so that
@@ -334,14 +366,19 @@ class DetectionDataset(Dataset):
         record = self.records[index]
         height, width = image.shape[-2:]
         keep = ~record.iscrowd
+        boxes = torch.from_numpy(record.boxes[keep]).reshape(-1, 4)
+        shrunk = record.path is not None and (height, width) != (record.height, record.width)
+        if shrunk:  # decoded smaller (decode_shrunk): the boxes follow; "scale" maps them back
+            scale = torch.tensor([width / record.width, height / record.height] * 2, dtype=torch.float32)
+            boxes = boxes * scale
         target = {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(record.boxes[keep]).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
-            ),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
             "labels": torch.from_numpy(record.labels[keep]),
             "image_id": record.image_id,
-            "orig_size": (int(height), int(width)),
+            "orig_size": (int(record.height), int(record.width)) if shrunk else (int(height), int(width)),
         }
+        if shrunk:
+            target["scale"] = scale
         image = tv_tensors.Image(image)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

@@ -11,6 +11,7 @@ turned e.g. a reflectance or elevation image into a blank one. NaN and infinite 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -146,16 +147,50 @@ def _in_unit_range(values: np.ndarray, mode: str, source: str | Path) -> np.ndar
     return values.astype(np.float32, copy=False)
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """Decode ``path`` fully into float ``Tensor[3,H,W]`` RGB in ``[0, 1]``, EXIF-transposed.
+def load_image(path: Path, shrink: int = 1) -> torch.Tensor:
+    """Decode ``path`` into float ``Tensor[3,H,W]`` RGB in ``[0, 1]``, EXIF-transposed: at full size,
+    or ``shrink`` (a power of two, :func:`shrink_factor`) times smaller on each side.
+
+    Shrinking happens while decoding where the format allows: JPEGs are decoded at 1/2, 1/4 or 1/8
+    scale from their DCT coefficients (PIL's ``draft``; a 12-megapixel photo decodes several times
+    faster), the rest of the factor (and other formats) by averaging ``f x f`` blocks. Sides round up
+    (``ceil(w / f)``): map boxes by the returned size, not by ``shrink``. Palette and 16-bit images,
+    which PIL cannot average in their mode, are converted first (to RGB / 32-bit, values kept).
 
     Raises:
         OSError (or another of :data:`IMAGE_ERRORS`): missing, truncated or unreadable file.
     """
     with Image.open(path) as image:
+        full_width = image.width
+        if shrink > 1 and image.format in ("JPEG", "MPO"):
+            image.draft(image.mode, (math.ceil(image.width / shrink), math.ceil(image.height / shrink)))
         image.load()
+        left = shrink // max(1, round(full_width / image.width))  # what the JPEG decoder has not shrunk
+        if left > 1:
+            image = _reducible(image).reduce(left)
         image = ImageOps.exif_transpose(image)
         return pil_to_float(image, path)
+
+
+#: the PIL modes ``Image.reduce`` averages in
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """``image`` in a mode ``Image.reduce`` takes, its values kept: 16-bit as 32-bit integers, the rest RGB."""
+    if image.mode in _REDUCIBLE_MODES:
+        return image
+    return image.convert("I") if image.mode.startswith("I;16") else image.convert("RGB")
+
+
+def shrink_factor(scale: float) -> int:
+    """The largest power of two ``f`` with ``f * scale <= 1``: how many times smaller an image that a
+    pipeline resizes by at most ``scale`` can be decoded and still be only shrunk by the resize (1 from
+    ``scale`` 0.5 up). E.g. a 3024x4032 photo fitted into 768x1024 (scale 0.254): 2; into 384x512: 4."""
+    factor = 1
+    while factor * 2 * scale <= 1.0:
+        factor *= 2
+    return factor
 
 
 def pil_to_float(image: Image.Image, source: str | Path = "an image") -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Box-aware augmentation with torchvision.transforms.v2 (``tv_tensors.Image`` + ``BoundingBoxes``).
 
-* :func:`train_transforms`: photometric jitter, horizontal flip, the paper's scale jitter
-  (resize by a random factor of the output size keeping the aspect ratio, random crop, pad
-  bottom/right), then clip boxes and drop degenerate ones (and their labels).
+* :func:`train_transforms`: the paper's scale jitter (resize by a random factor of the output
+  size keeping the aspect ratio, random crop), horizontal flip, photometric jitter, pad
+  bottom/right, then clip boxes and drop degenerate ones (and their labels).
 * :func:`eval_transforms`: resize the longest side to fit, pad bottom/right; the target gets
   ``scale`` so ``boxes_in_original_pixels = boxes / scale``.
 * :func:`collate_fn`: ``(list[Tensor[3,H,W]], list[dict])`` for a DataLoader.
@@ -39,7 +39,8 @@ def _input_size(flat_inputs: list[Any]) -> tuple[int, int]:
 
 class ResizeCropPad(v2.Transform):
     """Scale jitter: resize so the image fits ``scale * size`` (aspect kept), random crop to at
-    most ``size``, pad bottom/right with ``fill`` to exactly ``size`` (height, width).
+    most ``size``, pad bottom/right with ``fill`` to exactly ``size`` (height, width); ``pad=False``
+    leaves the padding to a later :class:`PadTo`.
 
     ``scale_range=(1, 1)`` with ``random_crop=False`` is the deterministic eval resize + pad.
     """
@@ -50,11 +51,18 @@ class ResizeCropPad(v2.Transform):
         scale_range: tuple[float, float] = (0.1, 2.0),
         random_crop: bool = True,
         fill: float = 0.0,
+        pad: bool = True,
     ) -> None:
         super().__init__()
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
         self.size, self.scale_range, self.random_crop, self.fill = _size(size), scale_range, random_crop, fill
+        self.pad = pad
+
+    @property
+    def largest_fit(self) -> tuple[float, float]:
+        """The largest (height, width) an image is resized to fit: ``size`` times the top of ``scale_range``."""
+        return self.size[0] * self.scale_range[1], self.size[1] * self.scale_range[1]
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = _input_size(flat_inputs)
@@ -73,7 +81,39 @@ class ResizeCropPad(v2.Transform):
         inpt = self._call_kernel(F.resize, inpt, size=[new_h, new_w], antialias=True)
         crop_h, crop_w = min(new_h, out_h), min(new_w, out_w)
         inpt = self._call_kernel(F.crop, inpt, top=params["top"], left=params["left"], height=crop_h, width=crop_w)
+        if not self.pad:
+            return inpt
         return self._call_kernel(F.pad, inpt, padding=[0, 0, out_w - crop_w, out_h - crop_h], fill=self.fill)
+
+
+class PadTo(v2.Transform):
+    """Pad bottom/right with ``fill`` to exactly ``size`` (height, width); the image must not be larger."""
+
+    def __init__(self, size: int | tuple[int, int], fill: float = 0.0) -> None:
+        super().__init__()
+        self.size, self.fill = _size(size), fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = _input_size(flat_inputs)
+        return {"padding": [0, 0, self.size[1] - width, self.size[0] - height]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=self.fill)
+
+
+def largest_resize(transforms: Any) -> tuple[float, float] | None:
+    """The largest (height, width) ``transforms`` resize an image to fit (``largest_fit`` of the
+    first step that has one, searching a ``v2.Compose`` and an eval :class:`_RecordScale`), or
+    ``None`` when they do not say (e.g. no transforms, or DETR's, whose model resizes)."""
+    if transforms is None:
+        return None
+    if hasattr(transforms, "largest_fit"):
+        return transforms.largest_fit
+    for step in getattr(transforms, "transforms", ()):
+        found = largest_resize(step)
+        if found is not None:
+            return found
+    return largest_resize(getattr(transforms, "resize", None))
 
 
 class _RecordScale:
@@ -88,7 +128,9 @@ class _RecordScale:
         params = self.resize.make_params([image])
         image, target = self.resize(image, target)
         new_h, new_w = params["resized"]
-        target["scale"] = torch.tensor([new_w / width, new_h / height] * 2, dtype=torch.float32)
+        scale = torch.tensor([new_w / width, new_h / height] * 2, dtype=torch.float32)
+        earlier = target.get("scale")  # the file was decoded shrunk: this image's pixels are not the original's
+        target["scale"] = scale if earlier is None else scale * torch.as_tensor(earlier, dtype=torch.float32)
         return image, target
 
 
@@ -110,13 +152,15 @@ def train_transforms(
         fill: padding value (0 = black).
         min_box_size: boxes narrower or shorter than this (pixels) after the crop are dropped.
     """
-    steps: list[v2.Transform] = []
-    if photometric:
-        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+    # resize first: the flip and the colour jitter then touch at most ``image_size`` pixels, not a
+    # 12-megapixel photo's (its hue jitter alone took seconds); the jitter before the padding keeps it ``fill``
+    steps: list[v2.Transform] = [ResizeCropPad(image_size, scale_range, random_crop=True, fill=fill, pad=False)]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
+    if photometric:
+        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
     steps += [
-        ResizeCropPad(image_size, scale_range, random_crop=True, fill=fill),
+        PadTo(image_size, fill=fill),
         v2.ClampBoundingBoxes(),
         v2.SanitizeBoundingBoxes(min_size=min_box_size, min_area=min_box_size),
     ]

@@ -225,6 +225,9 @@ class OnnxDetector:
     def unresized_size(self) -> tuple[int, int]:
         return self.model.unresized_size()
 
+    def input_scale(self, height: int, width: int, image_size: Any = None) -> tuple[float, float]:
+        return self.model.input_scale(height, width, image_size)
+
 
 def onnxruntime_detector(model: Detector, threads: int | None = None) -> OnnxDetector:
     """``model`` exported (a CPU copy; ``model`` is left untouched) to a temporary file that lives as

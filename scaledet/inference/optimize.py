@@ -184,6 +184,9 @@ class OptimizedDetector(nn.Module):
     def unresized_size(self) -> tuple[int, int]:
         return self.model.unresized_size()
 
+    def input_scale(self, height: int, width: int, image_size: Any = None) -> tuple[float, float]:
+        return self.model.input_scale(height, width, image_size)
+
     def autocast(self, device: torch.device):
         dtype = PRECISIONS[self.precision]
         if dtype is None:

@@ -1,0 +1,166 @@
+"""Training on photos far larger than the input: files decoded shrunk to what the resize uses, boxes
+following; the resize before the flip and colour jitter (a 12-megapixel photo's hue jitter took seconds)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from scaledet.data import eval_transforms, load_image, open_dataset, train_transforms
+from scaledet.data.images import shrink_factor
+from scaledet.data.transforms import largest_resize
+from scaledet.evaluation import predict_dataset
+from scaledet.models.detr.transforms import train_transforms as detr_train_transforms
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _photo(height: int, width: int) -> np.ndarray:
+    """A smooth RGB image (a gradient plus a few flat blocks) that survives JPEG compression."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    image = np.stack([xs * 255 // width, ys * 255 // height, (xs + ys) * 127 // (width + height)], -1)
+    image[height // 4: height // 2, width // 4: width // 2] = (250, 30, 30)
+    image[height // 2: height * 3 // 4, width // 2: width * 7 // 8] = (20, 200, 40)
+    return image.astype(np.uint8)
+
+
+def _write_coco(folder, sizes, suffix=".jpg"):
+    """A COCO set of photos of ``sizes`` (height, width), each with the two flat blocks as boxes."""
+    (folder / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for index, (height, width) in enumerate(sizes):
+        name = f"{index}{suffix}"
+        Image.fromarray(_photo(height, width)).save(folder / "images" / name, quality=95)
+        images.append({"id": index + 1, "file_name": name, "width": width, "height": height})
+        for x, y, w, h in ((width // 4, height // 4, width // 4, height // 4),
+                           (width // 2, height // 2, width * 3 // 8, height // 4)):
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": 1,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+    path = folder / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "block"}]}))
+    return path
+
+
+def test_shrink_factor_is_the_largest_power_of_two_the_resize_still_shrinks():
+    assert shrink_factor(min(768 / 3024, 1024 / 4032)) == 2  # 1512x2016 covers 768x1024, 756x1008 would not
+    assert shrink_factor(min(384 / 3024, 512 / 4032)) == 4
+    assert shrink_factor(1.0) == shrink_factor(0.6) == shrink_factor(2.0) == 1  # less than 2x: as is
+    assert shrink_factor(0.5) == 2 and shrink_factor(0.01) == 64
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_load_image_decodes_shrunk(tmp_path, suffix):
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(_photo(1200, 1600)).save(path, quality=95)
+    full = load_image(path)
+    shrunk = load_image(path, shrink=4)
+    assert full.shape == (3, 1200, 1600) and shrunk.shape == (3, 300, 400)
+    reference = torch.nn.functional.avg_pool2d(full[None], 4)[0]  # the same picture, averaged 4 x 4
+    assert (shrunk - reference).abs().mean() < 0.02
+    assert load_image(path, shrink=16).shape == (3, 75, 100)  # JPEG: 1/8 in the decoder, then 2 x 2 blocks
+
+
+def test_load_image_shrinks_an_exif_rotated_photo_as_displayed(tmp_path):
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[_EXIF_ORIENTATION] = 6  # stored 1600 wide, 1200 high; displayed turned: 1200 wide, 1600 high
+    Image.fromarray(_photo(1200, 1600)).save(path, quality=95, exif=exif)
+    assert load_image(path).shape == (3, 1600, 1200)
+    assert load_image(path, shrink=2).shape == (3, 800, 600)
+
+
+def test_16_bit_and_palette_images_shrink_with_their_values(tmp_path):
+    gray = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "gray16.png")
+    full, shrunk = load_image(tmp_path / "gray16.png"), load_image(tmp_path / "gray16.png", shrink=4)
+    assert shrunk.shape == (3, 16, 16)
+    assert torch.allclose(shrunk, torch.nn.functional.avg_pool2d(full[None], 4)[0], atol=1 / 65535)
+    Image.fromarray((gray // 256).astype(np.uint8)).convert("P").save(tmp_path / "palette.png")
+    assert load_image(tmp_path / "palette.png", shrink=2).shape == (3, 32, 32)
+
+
+def test_a_shrunk_decode_trains_on_the_samples_the_full_one_gives(tmp_path):
+    path = _write_coco(tmp_path, [(1200, 1600), (1600, 1200)])
+    full, shrunk = open_dataset(path), open_dataset(path)
+    for dataset in (full, shrunk):
+        dataset.transforms = train_transforms((96, 128), scale_range=(0.8, 1.2), photometric=True)
+    shrunk.decode_shrunk()
+    for index in range(2):
+        torch.manual_seed(index)
+        image, target = full[index]
+        torch.manual_seed(index)
+        small_image, small_target = shrunk[index]
+        assert small_image.shape == image.shape == (3, 96, 128)
+        assert torch.allclose(small_target["boxes"], target["boxes"], atol=1.0)  # within a pixel of the input
+        assert torch.equal(small_target["labels"], target["labels"])
+        assert (small_image - image).abs().mean() < 0.02  # the same picture, resampled from another size
+    assert shrunk.load_image(0).shape == (3, 150, 200)  # what was decoded: 1/8, still covering 96x128 x 1.2
+    shrunk.decode_shrunk(None)
+    assert shrunk.load_image(0).shape == (3, 1200, 1600)
+
+
+def test_a_shrunk_decode_maps_evaluation_boxes_back_to_the_files_pixels(tmp_path):
+    path = _write_coco(tmp_path, [(1200, 1600)], suffix=".png")
+    dataset = open_dataset(path)
+    dataset.transforms = eval_transforms((96, 128))
+    dataset.decode_shrunk()
+    image, target = dataset[0]
+    assert image.shape == (3, 96, 128) and target["orig_size"] == (1200, 1600)
+    assert torch.allclose(target["boxes"] / target["scale"], torch.from_numpy(dataset.records[0].boxes), atol=0.5)
+
+
+def test_evaluation_decodes_for_the_models_resize_and_scores_in_the_files_pixels(tmp_path):
+    path = _write_coco(tmp_path, [(1200, 1600), (1600, 1200)])
+    dataset = open_dataset(path)
+    model = _ReportsItsInputs()
+    predictions = predict_dataset(model, dataset, progress=False)
+    assert model.seen == [(150, 200), (100, 75)]  # 1/8 and 1/16: the model's 96x128 resize still shrinks both
+    for prediction, record in zip(predictions, dataset.records):  # its boxes (the ground truth) in file pixels
+        assert torch.allclose(prediction.detections["boxes"], torch.from_numpy(record.boxes), atol=0.5)
+    assert dataset.decode_scale is None  # as it was
+
+
+class _ReportsItsInputs(torch.nn.Module):
+    """A stand-in detector that resizes to fit 96x128 and 'detects' the two blocks of :func:`_photo` exactly."""
+
+    class_names = ["block"]
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def input_scale(self, height, width, image_size=None):
+        scale = min(96 / height, 128 / width)
+        return scale, scale
+
+    def forward(self, images):
+        outputs = []
+        for image in images:
+            height, width = image.shape[-2:]
+            self.seen.append((height, width))
+            boxes = torch.tensor([[width / 4, height / 4, width / 2, height / 2],
+                                  [width / 2, height / 2, width * 7 / 8, height * 3 / 4]], dtype=torch.float32)
+            outputs.append({"boxes": boxes, "scores": torch.ones(2), "labels": torch.zeros(2, dtype=torch.long)})
+        return outputs
+
+
+def test_colour_jitter_comes_after_the_resize_and_leaves_the_padding_alone():
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.rand(3, 60, 100))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[10.0, 5.0, 30.0, 25.0]]), format="XYXY", canvas_size=(60, 100))
+    pipeline = train_transforms((120, 120), scale_range=(0.5, 0.5), hflip=0.0, photometric=True)
+    for _ in range(5):  # 60x100 fits 60x60 as 36x60: the rest is padding, still exactly 0 after the jitter
+        out, _ = pipeline(image, {"boxes": boxes, "labels": torch.tensor([0])})
+        assert out[:, 36:].abs().sum() == 0 and out[:, :, 60:].abs().sum() == 0
+    assert out[:, :36, :60].abs().sum() > 0
+
+
+def test_largest_resize_reads_the_pipelines():
+    assert largest_resize(train_transforms((384, 512), scale_range=(0.1, 2.0))) == (768, 1024)
+    assert largest_resize(eval_transforms((384, 512))) == (384, 512)
+    assert largest_resize(None) is None
+    assert largest_resize(detr_train_transforms()) is None  # DETR's model resizes: full-size decode
