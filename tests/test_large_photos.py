@@ -2,6 +2,7 @@
 following; the resize before the flip and colour jitter (a 12-megapixel photo's hue jitter took seconds)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,16 @@ def test_largest_resize_reads_the_pipelines():
     assert largest_resize(eval_transforms((384, 512))) == (384, 512)
     assert largest_resize(None) is None
     assert largest_resize(detr_train_transforms()) is None  # DETR's model resizes: full-size decode
+
+
+def test_the_large_photos_benchmark_runs_and_writes_its_record(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "large_photos"
+    subprocess.run([sys.executable, "benchmarks/large_photos.py", "--photos", "2", "--photo-size", "600", "800",
+                    "--input", "128", "128", "--out", str(out)], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["decoded_for_training"] == [150, 200]  # 1/4: still covers 128 x 1.1 = 141 px
+    assert len(record["median_ms"]) == 4 and all(value > 0 for value in record["median_ms"].values())
