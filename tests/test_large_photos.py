@@ -2,6 +2,7 @@
 following; the resize before the flip and colour jitter (a 12-megapixel photo's hue jitter took seconds)."""
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from scaledet.data import eval_transforms, load_image, open_dataset, train_trans
 from scaledet.data.images import shrink_factor
 from scaledet.data.transforms import largest_resize
 from scaledet.evaluation import predict_dataset
+from scaledet.evaluation.runner import _decoded_for
 from scaledet.models.detr.transforms import train_transforms as detr_train_transforms
 
 _EXIF_ORIENTATION = 0x0112
@@ -123,6 +125,9 @@ def test_evaluation_decodes_for_the_models_resize_and_scores_in_the_files_pixels
     for prediction, record in zip(predictions, dataset.records):  # its boxes (the ground truth) in file pixels
         assert torch.allclose(prediction.detections["boxes"], torch.from_numpy(record.boxes), atol=0.5)
     assert dataset.decode_scale is None  # as it was
+    with _decoded_for(model, dataset):  # the rule travels to DataLoader workers started by spawn / forkserver
+        copy = pickle.loads(pickle.dumps(dataset))
+    assert copy.load_image(1).shape == (3, 100, 75)
 
 
 class _ReportsItsInputs(torch.nn.Module):

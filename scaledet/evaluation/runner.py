@@ -116,15 +116,26 @@ def _decoded_for(model: Any, dataset: Dataset) -> Iterator[None]:
     the model's :meth:`~scaledet.models.base.Detector.input_scale`): a 12-megapixel photo evaluated at
     512x512 decodes at 1/4 scale, several times faster; the boxes come back in the file's pixels."""
     input_scale = getattr(model, "input_scale", None)
-    if input_scale is None or not hasattr(dataset, "decode_shrunk") or getattr(dataset, "transforms", None) is not None:
+    records = getattr(dataset, "records", None)
+    if input_scale is None or records is None or not hasattr(dataset, "decode_shrunk") \
+            or getattr(dataset, "transforms", None) is not None:
         yield
         return
     previous = dataset.decode_scale
-    dataset.decode_shrunk(lambda height, width: max(input_scale(height, width)))
+    sizes = {(record.height, record.width) for record in records}
+    # a table, not the model: DataLoader workers started by spawn / forkserver get a copy of the dataset
+    dataset.decode_shrunk(_ScaleBySize({size: max(input_scale(*size)) for size in sizes}))
     try:
         yield
     finally:
         dataset.decode_shrunk(previous)
+
+
+class _ScaleBySize(dict):
+    """``{(height, width): the model's resize factor}``, called as ``(height, width) -> factor``."""
+
+    def __call__(self, height: int, width: int) -> float:
+        return self[(height, width)]
 
 
 @contextlib.contextmanager
