@@ -150,7 +150,8 @@ def box_statistics(records: list) -> dict[str, float | int]:
 
     ``fit_height`` x ``fit_width``: the box that holds nearly all (95%) of the images once each is
     scaled to the median longer side, as a letterboxing resize does: the images' own size when they
-    all share one; 384x512 for landscape 4:3 photos of several sizes; square for mixed orientations."""
+    all share one; 3:4 for landscape 4:3 photos of several sizes (e.g. 3024x4032, which
+    :func:`fitted_input_size` makes 384x512 for D0); square for mixed orientations."""
     heights = np.array([r.height for r in records], dtype=np.float64)
     widths = np.array([r.width for r in records], dtype=np.float64)
     sides, fractions = [], []
