@@ -12,16 +12,22 @@ photos (median):
   before 2026-12-07 (colour jitter and flip before the resize), and as it reads them now (decoded
   only as large as the resize uses it, :meth:`DetectionDataset.decode_shrunk`; the resize first);
 * an evaluation read (decode + EfficientDet-D0's own ``preprocess`` at ``--input``) at full size
-  and decoded for the model's resize (as ``predict_dataset`` now reads files).
+  and decoded for the model's resize (as ``predict_dataset`` now reads files);
+* what ``scaledet predict`` does per photo (read, D0 at ``--input`` in eval mode, draw, save the drawn
+  JPEG) with the whole file decoded, as before 2026-12-08, and decoded as large as the model and the
+  drawing use it (:func:`scaledet.inference.predict.open_frame`).
 
 Nothing is cached (each time is a first epoch's; ``--image-cache-gb`` then keeps the decoded
-images, a quarter to a sixteenth as large when shrunk). Prints a markdown table with the
+images, a quarter to a sixteenth as large when shrunk). The process keeps freed memory for reuse, as
+``scaledet train`` / ``eval`` / ``predict`` set theirs (:mod:`scaledet.engine.allocator`; the records
+of 2026-12-07 ran without it, which made each 146 MB full-size decode page-fault afresh). Prints a markdown table with the
 processor; writes ``--out`` ``.json`` / ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import sys
@@ -42,6 +48,8 @@ from benchmarks.machine import describe  # noqa: E402
 from benchmarks.record import write_results  # noqa: E402
 from scaledet import create_model  # noqa: E402
 from scaledet.data import ResizeCropPad, open_dataset, train_transforms  # noqa: E402
+from scaledet.engine.allocator import keep_freed_memory  # noqa: E402
+from scaledet.inference.predict import detect_in_batches, open_frame  # noqa: E402
 
 
 def write_photos(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> Path:
@@ -89,6 +97,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "large_photos"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     size, scale_range = tuple(args.input), tuple(args.scale_range)
     model = create_model("efficientdet_d0", num_classes=1, image_size=size).eval()
 
@@ -107,10 +116,19 @@ def main() -> None:
             model.preprocess([evaluation[index][0]])
             evaluation.decode_shrunk(None)
 
+        def predict(index: int, shrunk: bool) -> None:
+            frame = open_frame(evaluation.records[index].path, model if shrunk else None)
+            detect_in_batches(model, [frame], batch_size=1, device="cpu")
+            drawn = frame.drawn(model.class_names, 0.3).permute(1, 2, 0).numpy()
+            Image.fromarray(drawn).save(io.BytesIO(), format="JPEG", quality=92)
+
         cases = {"training sample, before (full decode, jitter and flip before the resize)": before.__getitem__,
                  "training sample, now (decoded for the resize, resize first)": now.__getitem__,
                  "evaluation read, full decode + D0 preprocess": evaluate_full,
-                 "evaluation read, decoded for the model's resize + D0 preprocess": evaluate_shrunk}
+                 "evaluation read, decoded for the model's resize + D0 preprocess": evaluate_shrunk,
+                 "predict (read, D0, draw, save), full decode": lambda index: predict(index, shrunk=False),
+                 "predict (read, D0, draw, save), decoded for the model and the drawing":
+                     lambda index: predict(index, shrunk=True)}
         times: dict[str, list[float]] = {name: [] for name in cases}
         with torch.no_grad():
             for index in range(len(now)):
@@ -128,7 +146,7 @@ def main() -> None:
               f"{'on' if args.photometric else 'off'}, {args.threads} thread(s), nothing cached; decoded now at "
               f"{decoded[0]}x{decoded[1]} for training. {machine['date_utc']}, {describe(machine)}, torch {torch.__version__}.")
     rows = ["| per image | median ms | x faster than full decode |", "|---|---:|---:|"]
-    for pair in ((names[0], names[1]), (names[2], names[3])):
+    for pair in zip(names[0::2], names[1::2]):
         rows.append(f"| {pair[0]} | {medians[pair[0]]:.0f} | 1.0 |")
         rows.append(f"| {pair[1]} | {medians[pair[1]]:.0f} | {medians[pair[0]] / medians[pair[1]]:.1f} |")
     markdown = header + "\n\n" + "\n".join(rows) + "\n"

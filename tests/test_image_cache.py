@@ -39,3 +39,17 @@ def test_cpu_training_defaults_to_channels_last(tmp_path):
     conv = next(m for m in Trainer(off, TinyDetector(), RectangleDataset(8)).model.modules()
                 if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
+
+
+def test_the_trainer_decodes_large_files_shrunk_but_keeps_a_rule_the_caller_set(tmp_path):
+    path = write_shapes_coco(tmp_path / "coco", "train", num_images=4, image_size=64)
+    config = TrainConfig.for_model("tiny", max_steps=1, batch_size=4, out=str(tmp_path / "run"), progress=False)
+    default, own = open_dataset(path), open_dataset(path)
+
+    def own_rule(height, width):
+        return 0.25
+
+    own.decode_shrunk(own_rule)
+    for dataset in (default, own):
+        Trainer(config, TinyDetector(num_classes=dataset.num_classes), dataset)
+    assert default.decode_scale == "transforms" and own.decode_scale is own_rule

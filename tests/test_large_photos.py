@@ -11,11 +11,14 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from scaledet import create_model
 from scaledet.data import eval_transforms, load_image, open_dataset, train_transforms
 from scaledet.data.images import shrink_factor
 from scaledet.data.transforms import largest_resize
 from scaledet.evaluation import predict_dataset
 from scaledet.evaluation.runner import _decoded_for
+from scaledet.inference import predict as predict_module
+from scaledet.inference.predict import detect_in_batches, open_frame
 from scaledet.models.detr.transforms import train_transforms as detr_train_transforms
 
 _EXIF_ORIENTATION = 0x0112
@@ -154,6 +157,49 @@ class _ReportsItsInputs(torch.nn.Module):
         return outputs
 
 
+def test_predict_decodes_a_large_photo_for_the_model_and_keeps_boxes_in_the_files_pixels(tmp_path, monkeypatch):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(_photo(1200, 1600)).save(path, quality=95)
+    model = _ReportsItsInputs()
+    assert open_frame(path, model).image.shape == (3, 1200, 1600)  # drawn at >= 1000 px: 1600 is under 2x that
+    monkeypatch.setattr(predict_module, "MIN_DRAWN_SIDE", 100)
+    frame = open_frame(path, model)
+    assert frame.image.shape == (3, 150, 200) and frame.size == (1200, 1600)  # 1/8: still covers 96x128
+    detect_in_batches(model, [frame], batch_size=1, device="cpu")
+    blocks = torch.tensor([[400.0, 300.0, 800.0, 600.0], [800.0, 600.0, 1400.0, 900.0]])  # _photo's, in file pixels
+    assert torch.allclose(frame.detections["boxes"], blocks, atol=0.5)
+    assert frame.drawn(model.class_names, 0.5).shape == (3, 150, 200)  # drawn on what was decoded
+    assert open_frame(path).image.shape == (3, 1200, 1600)  # no model: the whole file
+
+
+def test_predict_command_on_large_photos_and_a_dataset_of_them(tmp_path, monkeypatch):
+    from scaledet.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(_photo(3000, 4000)).save(folder / "phone.jpg", quality=90)
+    args = ["--model", "efficientdet_lite0", "--image-size", "128", "--score-threshold", "0", "--no-progress"]
+    assert main(["predict", str(folder), "--output", str(tmp_path / "out"), *args]) == 0
+    with Image.open(tmp_path / "out" / "phone.jpg") as drawn:
+        assert drawn.size == (1000, 750)  # decoded at 1/4 for the drawing's 1000 px (the model's 128 allowed 1/16)
+    image = json.loads((tmp_path / "out" / "detections.images.json").read_text())["images"][0]
+    assert (image["width"], image["height"]) == (4000, 3000)
+    boxes = np.array([row["bbox"] for row in json.loads((tmp_path / "out" / "detections.json").read_text())])
+    assert len(boxes) == 100 and (boxes[:, 0] + boxes[:, 2]).max() > 1000  # in the file's pixels, not the drawing's
+    assert (boxes[:, 0] + boxes[:, 2]).max() <= 4000 + 1e-3 and (boxes[:, 1] + boxes[:, 3]).max() <= 3000 + 1e-3
+
+    monkeypatch.setattr(predict_module, "MIN_DRAWN_SIDE", 100)
+    data = _write_coco(tmp_path / "set", [(1200, 1600)])
+    weights = create_model("efficientdet_lite0", num_classes=1, image_size=128, class_names=["block"]).save(
+        tmp_path / "block.safetensors")  # random, but of the dataset's class
+    assert main(["predict", "--data", str(data), "--weights", str(weights), "--output", str(tmp_path / "set_out"),
+                 "--score-threshold", "0", "--no-progress"]) == 0
+    with Image.open(tmp_path / "set_out" / "0.jpg") as drawn:
+        assert drawn.size == (200, 150)  # --data: the dataset's files decoded as shrunk as loose ones
+    image = json.loads((tmp_path / "set_out" / "detections.images.json").read_text())["images"][0]
+    assert (image["id"], image["width"], image["height"]) == (1, 1600, 1200)
+
+
 def test_colour_jitter_comes_after_the_resize_and_leaves_the_padding_alone():
     torch.manual_seed(0)
     image = tv_tensors.Image(torch.rand(3, 60, 100))
@@ -182,4 +228,4 @@ def test_the_large_photos_benchmark_runs_and_writes_its_record(tmp_path):
                    cwd=Path(__file__).resolve().parents[1])
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["decoded_for_training"] == [150, 200]  # 1/4: still covers 128 x 1.1 = 141 px
-    assert len(record["median_ms"]) == 4 and all(value > 0 for value in record["median_ms"].values())
+    assert len(record["median_ms"]) == 6 and all(value > 0 for value in record["median_ms"].values())

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         if dataset is not None:
             frames = _dataset_frames(dataset, chunk, state, args)
         else:
-            frames = _image_frames(chunk, state, args)
+            frames = _image_frames(chunk, state, args, detector)
         _predict_images(detector, frames, args, out_dir, state)
         progress.update(len(chunk))
     progress.close()
@@ -215,12 +215,16 @@ def _refuse_output_among_inputs(out_dir: Path, inputs: list[Path]) -> None:
 
 
 def _open_data(args: argparse.Namespace, detector):
-    """The ``--data`` dataset (see :func:`scaledet.commands.eval.open_eval_dataset`)."""
+    """The ``--data`` dataset (see :func:`scaledet.commands.eval.open_eval_dataset`), its files decoded
+    as large as ``detector``'s resize and the drawing use them (:func:`decode_scale_for`)."""
     from scaledet.commands.eval import open_eval_dataset
     from scaledet.data import print_report
+    from scaledet.inference.predict import decode_scale_for
 
     dataset = open_eval_dataset(args.data, args.images, args.split, detector, progress=args.progress)
     print_report(dataset)
+    if hasattr(dataset, "decode_shrunk"):
+        dataset.decode_shrunk(decode_scale_for(detector))
     return dataset
 
 
@@ -250,24 +254,25 @@ def _register(frame, state: dict, args: argparse.Namespace, output: Path) -> lis
     return rows
 
 
-def _image_frames(paths: list[Path], state: dict, args: argparse.Namespace) -> list:
-    """Frames of the readable image files (unreadable ones are reported and counted as skipped);
-    with ``--tile`` read window by window where the format allows."""
-    from scaledet.data.images import load_image
-    from scaledet.inference.predict import Frame
+def _image_frames(paths: list[Path], state: dict, args: argparse.Namespace, detector) -> list:
+    """Frames of the readable image files (unreadable ones are reported and counted as skipped):
+    decoded as large as ``detector``'s resize and the drawing use them (:func:`open_frame`); with
+    ``--tile`` read window by window where the format allows."""
+    from scaledet.inference.predict import open_frame
 
     frames = []
     for path in paths:
         frame = _read_frame(path, state, lambda: _tiled_frame(path, args) if args.tiling is not None
-                            else Frame(path, load_image(path)))
+                            else open_frame(path, detector))
         if frame is not None:
             frames.append(frame)
     return frames
 
 
 def _dataset_frames(dataset, indices: list[int], state: dict, args: argparse.Namespace) -> list:
-    """Frames of dataset records ``indices``, carrying the dataset's image ids (unreadable ones skipped)."""
-    from scaledet.inference.predict import Frame
+    """Frames of dataset records ``indices``, carrying the dataset's image ids (unreadable ones skipped);
+    files decoded as :func:`_open_data` set."""
+    from scaledet.inference.predict import shrunk_frame
 
     frames = []
     for index in indices:
@@ -276,8 +281,8 @@ def _dataset_frames(dataset, indices: list[int], state: dict, args: argparse.Nam
         if args.tiling is not None and record.path is not None:
             frame = _read_frame(source, state, lambda: _tiled_frame(source, args, record.image_id))
         else:
-            frame = _read_frame(source, state, lambda: Frame(source, dataset.load_image(index),
-                                                              image_id=record.image_id))
+            frame = _read_frame(source, state, lambda: shrunk_frame(source, dataset.load_image(index),
+                                                                     (record.height, record.width), record.image_id))
         if frame is not None:
             frames.append(frame)
     return frames

@@ -216,8 +216,8 @@ class Trainer:
         ema_decay = _PROVISIONAL_EMA_DECAY if config.ema_decay is None else config.ema_decay
         self.ema = create_ema(self.model, ema_decay) if ema_decay else None
         self.ddp_model = self._wrap_ddp(self.model)
-        if hasattr(train_set, "decode_shrunk"):  # files far larger than the input decode shrunk
-            train_set.decode_shrunk()
+        if hasattr(train_set, "decode_shrunk") and train_set.decode_scale is None:  # files far larger than the
+            train_set.decode_shrunk()  # input decode shrunk (a rule the caller set stays)
         if self.config.image_cache_gb > 0 and hasattr(train_set, "cache_images"):
             train_set.cache_images(int(self.config.image_cache_gb * 2**30))
         self.loader, self.sampler = self._build_loader(train_set)
