@@ -16,7 +16,8 @@ from scaledet.models.efficientdet.feature_network import (
     SumFusion,
 )
 from scaledet.models.efficientdet.loss import match_anchors
-from scaledet.models.efficientdet.postprocess import soft_nms_gaussian
+from scaledet.models.efficientdet import postprocess
+from scaledet.models.efficientdet.postprocess import MIN_BOX_SIDE, soft_nms_gaussian
 
 effdet = pytest.importorskip("effdet")
 
@@ -159,8 +160,11 @@ def test_mixed_sizes_eval_and_train(d0_small):
     assert torch.isfinite(d0_small(images, targets)["loss"])
 
 
-def test_resize_and_pad_geometry_equal_effdet():
-    """A non-model-size image: ours resizes/pads inside; effdet gets the same batch and img_scale."""
+def test_resize_and_pad_geometry_equal_effdet(monkeypatch):
+    """A non-model-size image: ours resizes/pads inside; effdet gets the same batch and img_scale.
+    effdet keeps the zero-width boxes that its candidates in the padding clip to; ours drops them
+    (test_candidates_left_without_area_...): compared with that drop off."""
+    monkeypatch.setattr(postprocess, "MIN_BOX_SIDE", float("-inf"))
     torch.manual_seed(0)
     bench = effdet.create_model("tf_efficientdet_d0", bench_task="predict", pretrained=False,
                                 pretrained_backbone=False, image_size=(128, 128)).eval()
@@ -204,6 +208,41 @@ def test_forward_features_traces(d0_small):
         eager, again = d0_small.forward_features(batch), traced(batch)
     for a, b in zip(eager[0] + eager[1], again[0] + again[1]):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_candidates_left_without_area_are_dropped_in_eager_and_export_alike(monkeypatch, fast):
+    torch.manual_seed(0)
+    model = scaledet.create_model("efficientdet_d0", num_classes=4, image_size=128).eval()
+    image = torch.rand(3, 128, 24)  # a narrow portrait: most of the input is padding, where random weights fire
+    batch = model.preprocess([image])
+
+    def detect():
+        with torch.no_grad():
+            return model.postprocess(model.forward_features(*batch.inputs), batch, fast=fast)[0]
+
+    def shortest_sides(boxes):
+        return (boxes[:, 2:] - boxes[:, :2]).amin(dim=1)
+
+    monkeypatch.setattr(postprocess, "MIN_BOX_SIDE", float("-inf"))
+    kept_all = detect()
+    monkeypatch.undo()
+    eager = detect()
+    assert (shortest_sides(kept_all["boxes"]) == 0).sum() > 10  # zero-width lines on the image's right edge
+    assert len(eager["boxes"]) == 100 and (shortest_sides(eager["boxes"]) >= MIN_BOX_SIDE).all()
+    with torch.no_grad():
+        graph = model.export_spec().module.eval()
+        exported = model.detections_from_export(graph(*model.export_feeds(batch).values()), batch)[0]
+    torch.testing.assert_close(_rows_in_order(exported), _rows_in_order(eager))  # random weights tie scores
+
+
+def _rows_in_order(detections):
+    """``[N, 6]`` (score, label, box) rows sorted lexicographically: detections compared as a set."""
+    import numpy as np
+
+    rows = torch.cat([detections["scores"][:, None], detections["labels"][:, None].float(), detections["boxes"]], 1)
+    order = np.lexsort(rows.numpy().T[::-1])
+    return rows[torch.from_numpy(order.copy())]
 
 
 def test_soft_nms_gaussian():

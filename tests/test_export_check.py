@@ -71,11 +71,11 @@ def test_export_check_prints_the_verdict_and_exits_by_it(tmp_path, capsys, monke
     assert "200 of 200 reference / 200 other detections matched (same label, score within 0.0001, box within 0.01 px)" in printed
     assert printed.rstrip().endswith("PASS")
     assert OnnxDetector(output).category_ids == [1, 5, 90]
-    # the same file, with onnxruntime's boxes moved by 1 px: FAIL and exit status 1
+    # the same file, with onnxruntime's boxes moved away (200 px: no overlap, so no near-tie explains them): FAIL, exit 1
     monkeypatch.setattr(scaledet.export, "export_onnx", lambda model, path, opset: path)
     run = OnnxDetector.__call__
     monkeypatch.setattr(OnnxDetector, "__call__",
-                        lambda self, images: [{**d, "boxes": d["boxes"] + 1.0} for d in run(self, images)])
+                        lambda self, images: [{**d, "boxes": d["boxes"] + 200.0} for d in run(self, images)])
     assert main(["export", "--weights", str(weights), "--output", str(output), "--check"]) == 1
     assert "\nFAIL: image 0: reference detection" in capsys.readouterr().out
     # neither side finds anything on the check images: not a PASS

@@ -4,7 +4,8 @@ Inputs ``images [B, 3, H, W]`` (normalised, resized and padded to the model's ``
 :meth:`EfficientDet.preprocess <scaledet.models.efficientdet.model.EfficientDet.preprocess>` makes
 them) and ``valid_sizes [B, 2]`` float (h, w of the real image inside, network pixels); outputs
 ``batch_index [M]`` int64, ``boxes [M, 4]`` xyxy network pixels, ``scores [M]``, ``labels [M]``
-int64 - per image at most ``max_detections``, by descending score. The decode helpers are the eager
+int64 - per image at most ``max_detections``, by descending score; rows of score 0 are candidates that
+clipping left without area (no detections: drop them, as any score threshold does). The decode helpers are the eager
 model's (:mod:`.postprocess`); NMS is one ONNX ``NonMaxSuppression`` (per class via coordinate
 offsets, :func:`scaledet.models.ops.nms_per_class`).
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import Tensor, nn
 
 from scaledet.models.ops import nms_per_class
 
 from .feature_network import freeze_fusions
 from .head import flatten_outputs
-from .postprocess import decode_candidates, top_candidates
+from .postprocess import decode_candidates, has_area, top_candidates
 
 INPUT_NAMES = ["images", "valid_sizes"]
 OUTPUT_NAMES = ["batch_index", "boxes", "scores", "labels"]
@@ -54,5 +56,5 @@ class EfficientDetExport(nn.Module):
         box_codes = flatten_outputs(box_out, 4)  # [B, A, 4]
         logits, anchor_index, labels = top_candidates(cls_logits, self.max_points)  # [B, k]
         boxes = decode_candidates(box_codes, self.anchors, anchor_index, valid_sizes)  # [B, k, 4]
-        return nms_per_class(boxes, logits.sigmoid(), labels, self.max_detections, self.iou_threshold,
-                             self.class_offset)
+        scores = torch.where(has_area(boxes), logits.sigmoid(), 0.0)  # no area: no detection (sorted last)
+        return nms_per_class(boxes, scores, labels, self.max_detections, self.iou_threshold, self.class_offset)

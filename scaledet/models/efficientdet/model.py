@@ -29,7 +29,7 @@ from .export import INPUT_NAMES, OUTPUT_NAMES, EfficientDetExport
 from .feature_network import TOPOLOGIES, FeatureNetwork, freeze_fusions
 from .head import HeadNet, UnsharedHead, flatten_outputs
 from .loss import detection_loss
-from .postprocess import select_detections
+from .postprocess import select_detections, with_area_only
 
 
 class EfficientDetNet(nn.Module):
@@ -193,8 +193,10 @@ class EfficientDet(Detector):
         return {"images": batch.inputs[0], "valid_sizes": torch.tensor(batch.meta["valid"], dtype=torch.float32)}
 
     def detections_from_export(self, outputs: Sequence[Tensor], batch: Batch) -> list[Detections]:
-        """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels."""
-        return _to_input_pixels(split_by_image(*outputs, num_images=len(batch.image_sizes)), batch.meta["scales"])
+        """``(batch_index, boxes, scores, labels)`` -> per-image detections in input-image pixels (the graph's
+        score-0 rows, candidates without area, dropped as the eager path drops them)."""
+        results = with_area_only(split_by_image(*outputs, num_images=len(batch.image_sizes)))
+        return _to_input_pixels(results, batch.meta["scales"])
 
     def preprocessing_spec(self) -> dict:
         """:meth:`preprocess` written out (:mod:`scaledet.models.preprocessing`): longest side fitted into

@@ -18,6 +18,9 @@ The fast path takes two more exact shortcuts (same detections):
   survive. Small prefixes also take torchvision's single-call coordinate-offset path.
 
 Boxes are xyxy in network-input pixels throughout; the model divides by each image's resize scale.
+A candidate that clipping leaves without area (it lay wholly in the padding or outside the image: a
+zero-width line on the image's edge) is no detection: the eager paths drop it before NMS, the export
+graph gives it score 0, which :func:`with_area_only` drops (:data:`MIN_BOX_SIDE`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,22 @@ from torchvision.ops import batched_nms, box_iou
 from scaledet.models.base import Detections
 
 from .anchors import decode_boxes
+
+#: candidates narrower or shorter than this (network pixels) after clipping are dropped, as torchvision's
+#: detectors drop them (``remove_small_boxes(boxes, 1e-2)``): an undertrained model's detections in the
+#: padding of a portrait photo became dozens of zero-width boxes on its edge, scored like real ones,
+#: which NMS never suppresses (no area, no overlap) and which pushed real detections out of the 100 kept
+MIN_BOX_SIDE = 1e-2
+
+
+def has_area(boxes: Tensor) -> Tensor:
+    """xyxy ``[..., 4]`` -> bool ``[...]``: both sides at least :data:`MIN_BOX_SIDE`."""
+    return (boxes[..., 2:] - boxes[..., :2] >= MIN_BOX_SIDE).all(dim=-1)
+
+
+def with_area_only(results: list[Detections]) -> list[Detections]:
+    """The export graph's per-image detections without its score-0 rows (candidates without area)."""
+    return [{key: value[result["scores"] > 0] for key, value in result.items()} for result in results]
 
 
 def soft_nms_gaussian(boxes: Tensor, scores: Tensor, classes: Tensor, sigma: float = 0.5,
@@ -143,7 +162,8 @@ def prefix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: flo
 def select_detections(cls_logits: Tensor, box_codes: Tensor, anchors: Tensor, clip_sizes: Tensor,
                       max_points: int = 5000, max_detections: int = 100, iou_threshold: float = 0.5,
                       soft_nms: bool = False, soft_nms_sigma: float = 0.5, fast: bool = False) -> list[Detections]:
-    """Detections of a batch: the ``max_points`` best (anchor, class) pairs, decoded, clipped, NMS.
+    """Detections of a batch: the ``max_points`` best (anchor, class) pairs, decoded, clipped, those
+    left without area dropped (:func:`has_area`), NMS.
 
     Args:
         cls_logits: ``[B, A, K]`` class logits; box_codes: ``[B, A, 4]`` (ty, tx, th, tw).
@@ -161,6 +181,9 @@ def select_detections(cls_logits: Tensor, box_codes: Tensor, anchors: Tensor, cl
     scores = logits.float().sigmoid()
     results = []
     for image_boxes, image_scores, image_labels in zip(boxes, scores, labels):
+        area = has_area(image_boxes)
+        if not bool(area.all()):  # order kept: the candidates stay sorted by score
+            image_boxes, image_scores, image_labels = image_boxes[area], image_scores[area], image_labels[area]
         if soft_nms:
             keep, image_scores = soft_nms_gaussian(image_boxes, image_scores, image_labels, soft_nms_sigma,
                                                    max_detections)
