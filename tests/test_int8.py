@@ -513,3 +513,21 @@ def test_int8_profile_benchmark_groups_kernel_time_by_part(tmp_path):
         assert abs(sum(record[graph]["parts_ms"].values()) - record[graph]["kernel_ms"]) < 0.05
     assert record["int8"]["top_ops_ms"].get("QLinearConv", 0) > 0 and "Conv" not in record["int8"]["top_ops_ms"]
     assert "| **all kernels** |" in (tmp_path / "profile.md").read_text()
+
+
+def test_calibration_images_of_a_yolo_data_yaml_are_its_training_images(tmp_path):
+    from PIL import Image
+
+    from scaledet.commands.export import calibration_images
+
+    for split, count, width in (("train", 3, 40), ("val", 1, 50)):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (width, 30), (index * 60, 0, 0)).save(tmp_path / "images" / split / f"{index}.png")
+            (tmp_path / "labels" / split / f"{index}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: square}\n")
+    images = calibration_images(str(tmp_path / "data.yaml"), 8)  # no --split: the data.yaml's training images
+    assert [tuple(image.shape) for image in images] == [(3, 30, 40)] * 3
+    assert [tuple(image.shape) for image in calibration_images(str(tmp_path / "data.yaml"), 8, split="val")] == [
+        (3, 30, 50)]

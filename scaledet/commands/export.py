@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="with a dataset as --calibration / --check-images: the image folder of a "
                         "COCO JSON (default: beside it or images/)")
     parser.add_argument("--split", help="with a dataset as --calibration / --check-images: VOC / YOLO split "
-                        "(default: the format's)")
+                        "(default: train for a YOLO data.yaml, every annotated image of a VOC folder)")
     parser.add_argument("--int8-choose", choices=["first", "fastest"], default="first",
                         help="--int8: keep the first float-kept rule that agrees with float (most int8), or time "
                              "every agreeing rule on this machine and keep the fastest (slower export)")
@@ -94,6 +94,8 @@ def calibration_images(data: str, count: int, class_names: list[str] | None = No
     path = Path(data)
     is_dataset = path.suffix.lower() in (".json", ".yaml", ".yml") or (path / "Annotations").is_dir()
     if data.startswith("shapes") or is_dataset:
+        if split is None and path.suffix.lower() in (".yaml", ".yml"):  # a data.yaml lists several splits:
+            split = "train"  # its training images, as scaledet train and doctor read it
         dataset = open_dataset(data, images, split, progress=False)
         step = max(len(dataset) // count, 1)
         items = [dataset[i] for i in range(0, len(dataset), step)][:count]
