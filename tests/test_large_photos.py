@@ -14,11 +14,12 @@ from torchvision import tv_tensors
 from scaledet import create_model
 from scaledet.data import eval_transforms, load_image, open_dataset, train_transforms
 from scaledet.data.images import shrink_factor
-from scaledet.data.transforms import largest_resize
+from scaledet.data.transforms import largest_resize, largest_scale
 from scaledet.evaluation import predict_dataset
 from scaledet.evaluation.runner import _decoded_for
 from scaledet.inference import predict as predict_module
 from scaledet.inference.predict import detect_in_batches, open_frame
+from scaledet.models.detr.transforms import ShorterSideResize, StretchResize
 from scaledet.models.detr.transforms import train_transforms as detr_train_transforms
 
 _EXIF_ORIENTATION = 0x0112
@@ -215,7 +216,38 @@ def test_largest_resize_reads_the_pipelines():
     assert largest_resize(train_transforms((384, 512), scale_range=(0.1, 2.0))) == (768, 1024)
     assert largest_resize(eval_transforms((384, 512))) == (384, 512)
     assert largest_resize(None) is None
-    assert largest_resize(detr_train_transforms()) is None  # DETR's model resizes: full-size decode
+    assert largest_resize(detr_train_transforms()) is None  # DETR's model resizes: its pipeline says how far
+    assert largest_scale(train_transforms((384, 512), scale_range=(0.1, 2.0)), 3024, 4032) == 1024 / 4032
+    assert largest_scale(None, 3024, 4032) is None and largest_scale(detr_train_transforms(), 3024, 4032) is None
+
+
+def test_the_detr_familys_pipelines_say_how_far_their_model_resizes():
+    detr = detr_train_transforms(model_resize=ShorterSideResize(800, 1333))
+    # the smallest crop keeps 384 of 600 px of the shorter side (0.64 x 3024 = 1935 px), resized to 800
+    assert detr.largest_scale(3024, 4032) == pytest.approx(800 / 1935.36, rel=1e-3)
+    uncropped = detr_train_transforms(crop=0.0, model_resize=ShorterSideResize(800, 1333))
+    assert uncropped.largest_scale(3024, 4032) == pytest.approx(800 / 3024, rel=1e-3)
+    assert detr_train_transforms(model_resize=StretchResize(640, 640)).largest_scale(3024, 4032) == \
+        pytest.approx(640 / 1935.36, rel=1e-3)
+    rtdetr = create_model("rtdetr_r18vd", num_classes=1).train_transforms()
+    assert rtdetr.largest_scale(3024, 4032) == pytest.approx(640 / 1935.36, rel=1e-3)
+    assert pickle.loads(pickle.dumps(rtdetr)).largest_scale(3024, 4032) == rtdetr.largest_scale(3024, 4032)
+
+
+def test_a_detr_training_set_decodes_shrunk_with_boxes_following(tmp_path):
+    path = _write_coco(tmp_path, [(1200, 1600)])
+    full, shrunk = open_dataset(path), open_dataset(path)
+    for dataset in (full, shrunk):  # the model resizes to a shorter side of 100: 1/4 still covers the smallest crop
+        dataset.transforms = detr_train_transforms(model_resize=ShorterSideResize(100, 200))
+    shrunk.decode_shrunk()
+    assert shrunk.load_image(0).shape == (3, 300, 400)
+    for seed in range(4):  # flips and crops drawn alike: the same region, a quarter the pixels
+        torch.manual_seed(seed)
+        image, target = full[0]
+        torch.manual_seed(seed)
+        small_image, small_target = shrunk[0]
+        assert abs(image.shape[1] / 4 - small_image.shape[1]) <= 1 and abs(image.shape[2] / 4 - small_image.shape[2]) <= 1
+        assert torch.allclose(small_target["boxes"] * 4, target["boxes"], atol=4.0)
 
 
 def test_the_large_photos_benchmark_runs_and_writes_its_record(tmp_path):

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from scaledet.data.images import IMAGE_ERRORS, load_image, needs_conversion, probe_image, shrink_factor
 from scaledet.data.report import KEPT_REASONS, REASONS, DataReport, DataWarning, format_report
-from scaledet.data.transforms import largest_resize
+from scaledet.data.transforms import largest_scale
 from scaledet.errors import UserError
 
 Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
@@ -309,10 +309,10 @@ class DetectionDataset(Dataset):
 
         ``largest_scale(height, width)``: the largest factor the pipeline resizes an image of that
         displayed size by; ``"transforms"``: as the dataset's transforms say, at the time each file is
-        read (:func:`~scaledet.data.transforms.largest_resize`; full size for transforms that do not
-        say, e.g. DETR's, which leave the resize to the model); ``None``: full size again. A 4032x3024
-        photo trained at 384x512 with scale jitter up to 2 decodes at 2016x1512, about 4x faster and
-        in a quarter of the memory :meth:`cache_images` keeps."""
+        read (:func:`~scaledet.data.transforms.largest_scale`: EfficientDet's resize, or the DETR family's
+        pipelines for their model's resize; full size for transforms that do not say); ``None``: full
+        size again. A 4032x3024 photo trained at 384x512 with scale jitter up to 2 decodes at
+        2016x1512, about 4x faster and in a quarter of the memory :meth:`cache_images` keeps."""
         self.decode_scale = largest_scale
 
     def _shrink(self, record: ImageRecord) -> int:
@@ -321,10 +321,8 @@ class DetectionDataset(Dataset):
         if rule is None or record.path is None:
             return 1
         if rule == "transforms":
-            fit = largest_resize(self.transforms)
-            if fit is None:
-                return 1
-            return shrink_factor(min(fit[0] / record.height, fit[1] / record.width))
+            scale = largest_scale(self.transforms, record.height, record.width)
+            return 1 if scale is None else shrink_factor(scale)
         return shrink_factor(rule(record.height, record.width))
 
     def cache_images(self, max_bytes: int) -> None:

@@ -101,10 +101,22 @@ class PadTo(v2.Transform):
         return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=self.fill)
 
 
+def largest_scale(transforms: Any, height: int, width: int) -> float | None:
+    """The largest factor ``transforms`` (and the model after them, where they say so) resize an image
+    of ``height`` x ``width`` by: their own ``largest_scale(height, width)`` where they have one (the
+    DETR family's pipelines, :class:`scaledet.models.detr.transforms.TrainPipeline`, whose model does
+    the resizing), else the fit of :func:`largest_resize`; ``None`` when they do not say."""
+    own = getattr(transforms, "largest_scale", None)
+    if own is not None:
+        return own(height, width)
+    fit = largest_resize(transforms)
+    return None if fit is None else min(fit[0] / height, fit[1] / width)
+
+
 def largest_resize(transforms: Any) -> tuple[float, float] | None:
     """The largest (height, width) ``transforms`` resize an image to fit (``largest_fit`` of the
     first step that has one, searching a ``v2.Compose`` and an eval :class:`_RecordScale`), or
-    ``None`` when they do not say (e.g. no transforms, or DETR's, whose model resizes)."""
+    ``None`` when they do not say (e.g. no transforms, or DETR's, whose model resizes: see :func:`largest_scale`)."""
     if transforms is None:
         return None
     if hasattr(transforms, "largest_fit"):

@@ -58,8 +58,11 @@ class DetrInputs:
     def train_transforms(self, hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0):
         """DETR's own training pipeline (:func:`scaledet.models.detr.transforms.train_transforms`):
         flip and the paper's random crop, images at their own size. No scale jitter and no fixed
-        size: the multi-scale resize is :meth:`preprocess` with ``training=True``."""
-        return transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
+        size: the multi-scale resize is :meth:`preprocess` with ``training=True``; the pipeline knows
+        its largest size, so photos far larger decode shrunk."""
+        shorter = max(self.preprocessor.train_min_sizes or (self.preprocessor.min_size,))
+        resize = transforms.ShorterSideResize(shorter, self.preprocessor.max_size) if shorter > 0 else None
+        return transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size, model_resize=resize)
 
     def export_feeds(self, batch: Batch) -> dict[str, Tensor]:
         """``images`` and ``mask`` as preprocessed, ``image_sizes [B, 2]`` float (h, w) of the inputs."""

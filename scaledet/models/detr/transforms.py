@@ -17,13 +17,14 @@ the crop and boxes (with their labels) thinner than ``min_box_size`` pixels are 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from scaledet.models.detr.preprocess import resized_size
+from scaledet.models.detr.preprocess import resize_scale, resized_size
 
 #: the official crop: shorter side resized to one of these first ...
 CROP_RESIZE_SCALES: tuple[int, ...] = (400, 500, 600)
@@ -76,15 +77,68 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, top=top, left=left, height=height, width=width)
 
 
-def train_transforms(hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0) -> v2.Compose:
+@dataclass(frozen=True)
+class ShorterSideResize:
+    """DETR's training resize at its largest: shorter side ``shorter``, longer at most ``longer``;
+    called as ``(height, width) -> scale`` (picklable, for DataLoader workers)."""
+
+    shorter: int
+    longer: int
+
+    def __call__(self, height: int, width: int) -> float:
+        return max(resize_scale(height, width, self.shorter, self.longer))
+
+
+@dataclass(frozen=True)
+class StretchResize:
+    """RT-DETR's resize: every image stretched to ``height`` x ``width``; ``(height, width) -> scale``
+    is the larger of the two axes' factors."""
+
+    height: int
+    width: int
+
+    def __call__(self, height: int, width: int) -> float:
+        return max(self.height / height, self.width / width)
+
+
+class TrainPipeline(v2.Compose):
+    """The family's training steps plus what the model's own resize does after them, so that a
+    dataset decodes files only as large as they are used (:meth:`largest_scale`,
+    :meth:`~scaledet.data.DetectionDataset.decode_shrunk`).
+
+    Args:
+        steps: the transforms, in order.
+        model_resize: ``(height, width) -> scale`` of the model's training resize at its largest
+            (:class:`ShorterSideResize`, :class:`StretchResize`); ``None``: not said (files decode whole).
+        smallest_crop: the smallest crop side as a fraction of the image's shorter side (1: no crop).
+    """
+
+    def __init__(self, steps: list[v2.Transform], model_resize=None, smallest_crop: float = 1.0) -> None:
+        super().__init__(steps)
+        self.model_resize, self.smallest_crop = model_resize, smallest_crop
+
+    def largest_scale(self, height: int, width: int) -> float | None:
+        """The largest factor an image of ``height`` x ``width`` is resized by before the network: the
+        model's resize of the smallest crop (both resizes only grow as the crop shrinks), or ``None``."""
+        if self.model_resize is None:
+            return None
+        side = max(1.0, self.smallest_crop * min(height, width))
+        return self.model_resize(min(height, side), min(width, side))
+
+
+def train_transforms(hflip: float = 0.5, crop: float = 0.5, min_box_size: float = 1.0,
+                     model_resize=None) -> TrainPipeline:
     """DETR's training pipeline: horizontal flip with probability ``hflip``, :class:`RandomSizeCrop`
     with probability ``crop``, then clip the boxes and drop those narrower or shorter than
     ``min_box_size`` pixels. No resize and no padding: images keep their own size (the model's
-    multi-scale resize follows in ``preprocess(training=True)``)."""
+    multi-scale resize follows in ``preprocess(training=True)``; ``model_resize`` says how large it
+    goes, see :class:`TrainPipeline`)."""
     steps: list[v2.Transform] = []
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
     if crop > 0:
         steps.append(RandomSizeCrop(p=crop))
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size)]
-    return v2.Compose(steps)
+    # every crop side is at least side_range[0] px of the image resized to a shorter side of at most max(scales)
+    smallest_crop = CROP_SIDE_RANGE[0] / max(CROP_RESIZE_SCALES) if crop > 0 else 1.0
+    return TrainPipeline(steps, model_resize, smallest_crop)

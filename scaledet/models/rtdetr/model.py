@@ -138,7 +138,8 @@ class RTDETR(Detector):
         """Flip and a random crop at the image's own size (the DETR family's pipeline,
         :func:`scaledet.models.detr.transforms.train_transforms`); :meth:`preprocess` then
         stretches to ``image_size``, as RT-DETR's RandomIoUCrop + Resize do."""
-        return detr_transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size)
+        return detr_transforms.train_transforms(hflip=hflip, crop=crop, min_box_size=min_box_size,
+                                                model_resize=detr_transforms.StretchResize(*self.image_size))
 
     # ----------------------------------------------------------------------------------------
     # inference and export
