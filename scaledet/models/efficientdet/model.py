@@ -210,7 +210,8 @@ class EfficientDet(Detector):
                    preprocessing.normalize(self.variant.mean, self.variant.std), preprocessing.pad("(H, W)")],
             feeds={"images": preprocessing.BATCH, "valid_sizes": "[h * scale, w * scale]"},
             boxes="batch_index [M], boxes [M, 4] xyxy in network-input pixels: divide by the image's scale for its "
-                  "pixels; scores [M], labels [M] (0-based: the 'config' metadata's class_names / category_ids)")
+                  "pixels; scores [M] (rows of score 0 are candidates left without area: drop them), labels [M] "
+                  "(0-based: the 'config' metadata's class_names / category_ids)")
 
 
 def _to_input_pixels(detections: list[Detections], scales: list[float]) -> list[Detections]:
