@@ -64,7 +64,7 @@ class Frame:
 
     def to_full_size(self, detections: dict[str, Tensor]) -> dict[str, Tensor]:
         """``detections`` on ``image`` with their boxes in the full image's pixels (unchanged unless shrunk)."""
-        if self.full_size is None or self.pixels is not None or "boxes" not in detections:
+        if self.full_size is None or "boxes" not in detections:
             return detections
         height, width = self.full_size
         scale = torch.tensor([width / self.image.shape[2], height / self.image.shape[1]] * 2)

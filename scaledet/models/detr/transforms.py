@@ -110,19 +110,22 @@ class TrainPipeline(v2.Compose):
         steps: the transforms, in order.
         model_resize: ``(height, width) -> scale`` of the model's training resize at its largest
             (:class:`ShorterSideResize`, :class:`StretchResize`); ``None``: not said (files decode whole).
-        smallest_crop: the smallest crop side as a fraction of the image's shorter side (1: no crop).
     """
 
-    def __init__(self, steps: list[v2.Transform], model_resize=None, smallest_crop: float = 1.0) -> None:
+    def __init__(self, steps: list[v2.Transform], model_resize=None) -> None:
         super().__init__(steps)
-        self.model_resize, self.smallest_crop = model_resize, smallest_crop
+        self.model_resize = model_resize
 
     def largest_scale(self, height: int, width: int) -> float | None:
         """The largest factor an image of ``height`` x ``width`` is resized by before the network: the
-        model's resize of the smallest crop (both resizes only grow as the crop shrinks), or ``None``."""
+        model's resize of the smallest crop (both resizes only grow as the crop shrinks), or ``None``.
+        Every :class:`RandomSizeCrop` side is at least ``side_range[0]`` px of the image resized to a
+        shorter side of at most ``max(scales)``."""
         if self.model_resize is None:
             return None
-        side = max(1.0, self.smallest_crop * min(height, width))
+        crops = [step for step in self.transforms if isinstance(step, RandomSizeCrop) and step.p > 0]
+        fraction = min((crop.side_range[0] / max(crop.scales) for crop in crops), default=1.0)
+        side = max(1.0, fraction * min(height, width))
         return self.model_resize(min(height, side), min(width, side))
 
 
@@ -139,6 +142,4 @@ def train_transforms(hflip: float = 0.5, crop: float = 0.5, min_box_size: float 
     if crop > 0:
         steps.append(RandomSizeCrop(p=crop))
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size)]
-    # every crop side is at least side_range[0] px of the image resized to a shorter side of at most max(scales)
-    smallest_crop = CROP_SIDE_RANGE[0] / max(CROP_RESIZE_SCALES) if crop > 0 else 1.0
-    return TrainPipeline(steps, model_resize, smallest_crop)
+    return TrainPipeline(steps, model_resize)
